@@ -1,0 +1,95 @@
+"""Wire format of the grading door: plain data as JSON, tensors as safetensors. Never pickle.
+
+A value is encoded to ``(header, blob)``: ``header`` is JSON in which every tensor is replaced by
+``{"__tensor__": key, "device": "cuda:0"}`` and ``blob`` holds the tensors by key. Supported:
+``None``, ``bool``, ``int``, ``float`` (NaN and infinities too), ``str``, ``list``, ``tuple``,
+``dict`` with ``str`` keys, and dense ``torch.Tensor`` (exactly that type, or ``nn.Parameter``).
+Anything else raises :class:`CodecError`, so an object with a lying ``__eq__`` cannot cross.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, BinaryIO
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+
+class CodecError(TypeError):
+    """A value that cannot cross the door."""
+
+
+def encode(value: Any) -> bytes:
+    """One message: 4-byte header length, JSON header, 8-byte blob length, safetensors blob."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(v):
+        if v is None or type(v) in (bool, int, float, str):
+            return v
+        if type(v) in (list, tuple):
+            items = [walk(x) for x in v]
+            return items if type(v) is list else {"__tuple__": items}
+        if type(v) is dict:
+            if not all(type(k) is str for k in v):
+                raise CodecError("dict keys must be str")
+            if "__tensor__" in v or "__tuple__" in v:
+                raise CodecError("reserved dict key")
+            return {k: walk(x) for k, x in v.items()}
+        if type(v) in (torch.Tensor, torch.nn.Parameter):
+            if v.layout != torch.strided:
+                raise CodecError(f"only dense tensors cross the door, got layout {v.layout}")
+            key = f"t{len(tensors)}"
+            tensors[key] = v.detach().to("cpu").contiguous().clone()
+            return {"__tensor__": key, "device": str(v.device)}
+        raise CodecError(f"cannot send a value of type {type(v).__module__}.{type(v).__qualname__}")
+
+    header = json.dumps(walk(value)).encode()
+    blob = save_tensors(tensors) if tensors else b""
+    return struct.pack(">I", len(header)) + header + struct.pack(">Q", len(blob)) + blob
+
+
+def decode(message: bytes, *, map_device: str | None = None) -> Any:
+    """Inverse of :func:`encode`. ``map_device`` overrides where tensors land (else their origin)."""
+    (n_header,) = struct.unpack(">I", message[:4])
+    header = json.loads(message[4:4 + n_header])
+    (n_blob,) = struct.unpack(">Q", message[4 + n_header:12 + n_header])
+    blob = message[12 + n_header:12 + n_header + n_blob]
+    tensors = load_tensors(blob) if n_blob else {}
+
+    def walk(v):
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            if "__tensor__" in v:
+                device = map_device or v["device"]
+                if device.startswith("cuda") and not torch.cuda.is_available():
+                    device = "cpu"
+                return tensors[v["__tensor__"]].to(device)
+            if "__tuple__" in v:
+                return tuple(walk(x) for x in v["__tuple__"])
+            return {k: walk(x) for k, x in v.items()}
+        return v
+
+    return walk(header)
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` with its 8-byte length prefix, as :func:`read_message` expects it."""
+    return struct.pack(">Q", len(payload)) + payload
+
+
+def read_message(stream: BinaryIO, *, max_bytes: int = 1 << 31) -> bytes:
+    """Read one length-prefixed message from ``stream``; ``EOFError`` if it ends first."""
+    prefix = stream.read(8)
+    if len(prefix) < 8:
+        raise EOFError("the other side closed the door")
+    (n,) = struct.unpack(">Q", prefix)
+    if n > max_bytes:
+        raise CodecError(f"message of {n} bytes is larger than the limit {max_bytes}")
+    payload = stream.read(n)
+    if len(payload) < n:
+        raise EOFError("the other side closed the door mid-message")
+    return payload

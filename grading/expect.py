@@ -1,0 +1,48 @@
+"""Assertions for graded tests: compare on the trusted side and tell the student what is wrong."""
+
+from __future__ import annotations
+
+import torch
+
+# Default tolerances per dtype: a few units in the last place of each format (torch.testing's
+# defaults), enough for a different but correct order of floating-point operations.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-7, atol=1e-7),
+    torch.float32: dict(rtol=1.3e-6, atol=1e-5),
+    torch.float16: dict(rtol=1e-3, atol=1e-5),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
+}
+
+
+def assert_close(actual, expected: torch.Tensor, *, what: str, hint: str = "",
+                 rtol: float | None = None, atol: float | None = None, check_dtype: bool = True) -> None:
+    """Fail with a message for a student unless ``actual`` matches ``expected``.
+
+    ``what`` names the quantity ("stable_softmax(logits)"); ``hint`` says the likely mistake when
+    the values differ. NaN must sit where ``expected`` has NaN; infinities must match exactly.
+    """
+    if not isinstance(actual, torch.Tensor):
+        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
+    if check_dtype and actual.dtype != expected.dtype:
+        raise AssertionError(f"{what}: dtype {actual.dtype}, expected {expected.dtype} "
+                             "(keep the input's dtype)")
+    tol = TOLERANCES.get(expected.dtype, dict(rtol=0.0, atol=0.0))
+    rtol = tol["rtol"] if rtol is None else rtol
+    atol = tol["atol"] if atol is None else atol
+    actual = actual.to(device=expected.device, dtype=expected.dtype)
+    nan_actual, nan_expected = torch.isnan(actual), torch.isnan(expected)
+    if not torch.equal(nan_actual, nan_expected):
+        where = "has NaN where the answer has none" if (nan_actual & ~nan_expected).any() \
+            else "is missing a NaN the answer has"
+        raise AssertionError(f"{what} {where} ({int((nan_actual ^ nan_expected).sum())} entries). {hint}".strip())
+    ok = torch.isclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
+    if not bool(ok.all()):
+        bad = (~ok).nonzero()[0].tolist()
+        diff = (actual - expected).abs().nan_to_num(posinf=float("inf"))[~ok].max().item()
+        raise AssertionError(
+            f"{what} is wrong at {int((~ok).sum())} of {ok.numel()} entries (first at index {bad}: "
+            f"got {actual[tuple(bad)].item():.6g}, expected {expected[tuple(bad)].item():.6g}; "
+            f"max abs diff {diff:.3g}, rtol={rtol:g}, atol={atol:g}). {hint}".strip()
+        )
