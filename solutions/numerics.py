@@ -14,8 +14,9 @@ def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
 def stable_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     shifted = logits - _finite_max(logits, dim)          # every exponent <= 0: no overflow
     exp = torch.exp(shifted)
-    total = exp.sum(dim=dim, keepdim=True)               # >= 1 unless the row is fully masked
-    return torch.where(total > 0, exp / total, torch.zeros_like(exp))
+    total = exp.sum(dim=dim, keepdim=True)               # >= 1, or 0 for a fully masked row
+    # The clamp only acts on fully masked rows, where exp is all zeros: 0 / tiny = 0, not NaN.
+    return exp / total.clamp_min(torch.finfo(exp.dtype).tiny)
 
 
 def logsumexp(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:

@@ -1,0 +1,49 @@
+"""Timing helpers shared by every benchmark."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from statistics import median
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Row:
+    """One measured comparison: the course's code against a library, on one input."""
+
+    benchmark: str
+    case: str
+    device: str
+    course_ms: float
+    library_ms: float
+    library: str
+
+    @property
+    def ratio(self) -> float:
+        return self.course_ms / self.library_ms
+
+
+def measure_ms(fn: Callable[[], object], device: torch.device, *, repeats: int = 20,
+               min_time_s: float = 0.05) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after a warm-up, synchronising CUDA."""
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    once()  # warm-up: allocator, kernels, caches
+    times, total = [], 0.0
+    while len(times) < repeats or total < min_time_s:
+        times.append(once())
+        total += times[-1]
+        if len(times) >= 10 * repeats:
+            break
+    return 1000 * median(times)
