@@ -104,3 +104,15 @@ def test_hidden_cross_entropy_float64_single_class(student, device):
     assert_close(student.cross_entropy(logits, targets, label_smoothing=0.3),
                  reference_cross_entropy(logits, targets, label_smoothing=0.3),
                  what="cross_entropy with a single class (loss 0)")
+
+
+# Half precisions keep 11 (float16) and 8 (bfloat16) significant bits: one unit in the last place
+# near 1.0 is 2**-10 and 2**-7, so two of them bound a correct half-precision softmax.
+@pytest.mark.exercise("0.1")
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2 * 2**-10), (torch.bfloat16, 2 * 2**-7)])
+def test_hidden_stable_softmax_half_precision_is_close_to_the_float32_answer(student, device, dtype, atol):
+    logits = make_logits((16, 300), device, scale=8.0, seed=21).to(dtype)
+    logits[0, 0] = 6e4 if dtype == torch.float16 else 1e30  # exp overflows in either format
+    expected = torch.softmax(logits.float(), dim=-1)
+    assert_close(student.stable_softmax(logits).float(), expected, rtol=0.0, atol=atol,
+                 what=f"stable_softmax in {dtype}")
