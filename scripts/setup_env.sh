@@ -9,11 +9,15 @@ stamp="$VENV/.course-installed"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+# Up to date when pyproject.toml is unchanged since the last install and the packages import from
+# anywhere (an editable install made before a package folder existed maps nothing).
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
+   (cd / && "$OLDPWD/$VENV/bin/python" -c "import course_lib, solutions, grading" 2>/dev/null); then
   exit 0
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first and pinned: a looser request can pull a multi-GB CUDA build on a CPU machine.
 "$VENV/bin/python" -m pip install -q "torch==${COURSE_TORCH_VERSION:-2.13.0}"
 "$VENV/bin/python" -m pip install -q -e ".[book,grading,dev]"
-touch "$stamp"
+echo "$want" > "$stamp"
