@@ -110,7 +110,9 @@ def log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
         masked row are ``-inf``.
 
     Hint:
-        ``log_softmax(x) = x - logsumexp(x)``; keep the dimension for broadcasting.
+        ``log_softmax(x) = x - logsumexp(x)`` in exact arithmetic. In floating point, subtract the
+        row max ``m`` first and compute ``(x - m) - log(sum(exp(x - m)))``: for logits near ``1e4``,
+        ``x - logsumexp(x)`` subtracts two large, nearly equal numbers and loses precision.
     """
     raise NotImplementedError("Exercise 0.3: implement log_softmax in course_lib/numerics.py")
 

@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export COURSE_LIB_MODE=solution
-export MPLBACKEND=Agg
 # The pages import this checkout's course_lib, whatever the venv has installed.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYDEVD_DISABLE_FILE_VALIDATION=1

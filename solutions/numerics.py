@@ -26,9 +26,12 @@ def logsumexp(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Te
 
 
 def log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    lse = logsumexp(logits, dim=dim, keepdim=True)
-    # A fully masked row has lse = -inf; x - lse would be -inf - (-inf) = NaN there.
-    return torch.where(lse == float("-inf"), torch.full_like(logits, float("-inf")), logits - lse)
+    # Subtract the max first, then log(sum(exp)) of the shifted values: x - logsumexp(x) would
+    # subtract two numbers near 1e4 and lose the digits that matter (the shifted form keeps them).
+    shifted = logits - _finite_max(logits, dim)
+    log_total = torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))   # -inf when fully masked
+    # A fully masked row has shifted = -inf and log_total = -inf; their difference would be NaN.
+    return torch.where(log_total == float("-inf"), torch.full_like(logits, float("-inf")), shifted - log_total)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,

@@ -102,6 +102,14 @@ def test_log_softmax_stays_finite_where_the_probability_underflows(student, devi
 
 
 @pytest.mark.exercise("0.3")
+def test_log_softmax_keeps_precision_for_large_logits(student, device):
+    logits = torch.tensor([[1e4, 1e4 - 1.0, 1e4 - 2.0], [-5e3, -5e3 - 0.5, -5e3 - 3.0]], device=device)
+    assert_close(student.log_softmax(logits), F.log_softmax(logits, dim=-1), what="log_softmax of logits near 1e4",
+                 hint="x - logsumexp(x) subtracts two numbers near 1e4 in float32 (spacing 2**-10): "
+                      "compute (x - max) - log(sum(exp(x - max))) instead.")
+
+
+@pytest.mark.exercise("0.3")
 def test_log_softmax_of_masked_entries_is_minus_inf_and_fully_masked_rows_too(student, device):
     logits = torch.tensor([[2.0, NEG_INF, 0.0], [NEG_INF, NEG_INF, NEG_INF]], device=device)
     expected = F.log_softmax(logits, dim=-1)

@@ -42,6 +42,11 @@ def log_softmax_nan_on_fully_masked_rows(logits, dim=-1):
     return logits - torch.logsumexp(logits, dim=dim, keepdim=True)
 
 
+def log_softmax_as_logits_minus_logsumexp(logits, dim=-1):
+    lse = torch.logsumexp(logits, dim=dim, keepdim=True)
+    return torch.where(lse == float("-inf"), torch.full_like(logits, float("-inf")), logits - lse)
+
+
 def log_softmax_without_keepdim_broadcast(logits, dim=-1):
     lse = torch.logsumexp(logits, dim=dim)
     return (logits - lse.unsqueeze(0)).nan_to_num(float("-inf"))
@@ -84,7 +89,7 @@ MUTANTS = {
     "stable_softmax": [softmax_without_max_shift, softmax_over_first_axis, softmax_nan_on_fully_masked_rows],
     "logsumexp": [logsumexp_naive, logsumexp_nan_on_fully_masked_rows, logsumexp_ignoring_keepdim],
     "log_softmax": [log_softmax_as_log_of_softmax, log_softmax_nan_on_fully_masked_rows,
-                    log_softmax_without_keepdim_broadcast],
+                    log_softmax_as_logits_minus_logsumexp, log_softmax_without_keepdim_broadcast],
     "cross_entropy": [cross_entropy_mean_over_all_positions, cross_entropy_smoothing_only_on_wrong_classes,
                       cross_entropy_of_probabilities_not_log_probabilities],
 }
