@@ -2,13 +2,14 @@
 
 A value is encoded to ``(header, blob)``: ``header`` is JSON in which every tensor is replaced by
 ``{"__tensor__": key, "device": "cuda:0"}`` and ``blob`` holds the tensors by key. Supported:
-``None``, ``bool``, ``int``, ``float`` (NaN and infinities too), ``str``, ``list``, ``tuple``,
+``None``, ``bool``, ``int``, ``float`` (NaN and infinities too), ``str``, ``bytes``, ``list``, ``tuple``,
 ``dict`` with ``str`` keys, and dense ``torch.Tensor`` (exactly that type, or ``nn.Parameter``).
 Anything else raises :class:`CodecError`, so an object with a lying ``__eq__`` cannot cross.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from typing import Any, BinaryIO
@@ -29,13 +30,15 @@ def encode(value: Any) -> bytes:
     def walk(v):
         if v is None or type(v) in (bool, int, float, str):
             return v
+        if type(v) is bytes:
+            return {"__bytes__": base64.b64encode(v).decode("ascii")}
         if type(v) in (list, tuple):
             items = [walk(x) for x in v]
             return items if type(v) is list else {"__tuple__": items}
         if type(v) is dict:
             if not all(type(k) is str for k in v):
                 raise CodecError("dict keys must be str")
-            if "__tensor__" in v or "__tuple__" in v:
+            if {"__tensor__", "__tuple__", "__bytes__"} & v.keys():
                 raise CodecError("reserved dict key")
             return {k: walk(x) for k, x in v.items()}
         if type(v) in (torch.Tensor, torch.nn.Parameter):
@@ -70,6 +73,8 @@ def decode(message: bytes, *, map_device: str | None = None) -> Any:
                 return tensors[v["__tensor__"]].to(device)
             if "__tuple__" in v:
                 return tuple(walk(x) for x in v["__tuple__"])
+            if "__bytes__" in v:
+                return base64.b64decode(v["__bytes__"])
             return {k: walk(x) for k, x in v.items()}
         return v
 
