@@ -1,0 +1,1 @@
+"""Tests of the grading infrastructure (not part of the student handout)."""
