@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import pkgutil
 from pathlib import Path
 
@@ -19,10 +20,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", default=[], help="benchmark module, e.g. numerics")
     parser.add_argument("--device", action="append", default=[], help="cpu and/or cuda (default: all present)")
-    parser.add_argument("--mode", choices=exercises.MODES, default="solution",
-                        help="time the reference (solution, default) or your own code (student)")
+    parser.add_argument("--mode", choices=exercises.MODES, default=None,
+                        help="time the reference (solution; the default where solutions/ exists) "
+                             "or your own code (student; the default in the student handout)")
     args = parser.parse_args()
-    exercises.set_mode(args.mode)
+    exercises.set_mode(args.mode or ("solution" if importlib.util.find_spec("solutions") else "student"))
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     names = sorted(m.name.removeprefix("bench_") for m in pkgutil.iter_modules([str(Path(__file__).parent)])
                    if m.name.startswith("bench_"))

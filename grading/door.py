@@ -68,6 +68,15 @@ def submitted_modules(submission: Path) -> dict[str, Path]:
     return found
 
 
+def reference_folder() -> Path | None:
+    """The folder of the reference solutions, or None where they are absent (the student handout)."""
+    try:
+        import solutions
+    except ModuleNotFoundError:
+        return None
+    return Path(solutions.__file__).parent
+
+
 class SandboxDoor:
     """Forwards calls to a child process that runs the submitted code.
 
@@ -97,19 +106,19 @@ class SandboxDoor:
     # -- child process ----------------------------------------------------------------------
     def _prepare_folder(self) -> Path:
         import course_lib
-        import solutions
 
         folder = Path(tempfile.mkdtemp(prefix="course-sandbox-"))
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(Path(course_lib.__file__).parent, folder / "course_lib", ignore=ignore)
         for module, path in self.modules.items():
             shutil.copyfile(path, folder / "course_lib" / f"{module}.py")
-        reference = folder / "solutions"
-        reference.mkdir()
-        shutil.copyfile(Path(solutions.__file__), reference / "__init__.py")
-        for module in exercises.CHAPTER_MODULES:
-            if module not in self.modules:
-                shutil.copyfile(Path(solutions.__file__).parent / f"{module}.py", reference / f"{module}.py")
+        reference = reference_folder()
+        if reference is not None:  # the instructor's side: the other chapters run the reference
+            (folder / "solutions").mkdir()
+            shutil.copyfile(reference / "__init__.py", folder / "solutions" / "__init__.py")
+            for module in exercises.CHAPTER_MODULES:
+                if module not in self.modules:
+                    shutil.copyfile(reference / f"{module}.py", folder / "solutions" / f"{module}.py")
         here = Path(__file__).parent
         shutil.copyfile(here / "codec.py", folder / "door_codec.py")
         shutil.copyfile(here / "sandbox_runner.py", folder / "door_runner.py")
@@ -125,7 +134,8 @@ class SandboxDoor:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONHASHSEED": "0",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-            exercises.MODE_ENV: "solution",
+            # Without the reference (a student's own machine) every chapter runs the student's code.
+            exercises.MODE_ENV: "solution" if reference_folder() is not None else "student",
             exercises.STUDENT_MODULES_ENV: ",".join(self.modules),
         }
         for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"):

@@ -337,9 +337,6 @@ def test_scan_catches_a_written_model_answer_pasted_into_a_notebook(leaky):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="grading.check.check() in a handout goes through SandboxDoor, which needs the "
-                          "reference solutions for the other chapters: students see \"No module named "
-                          "'solutions'\" instead of their stub's NotImplementedError", strict=False)
 def test_a_released_notebooks_public_check_reports_the_stubs_not_implemented(leaky, tmp_path):
     if not SOURCE_NOTEBOOKS:
         pytest.skip("no assignment notebook")
