@@ -1,0 +1,47 @@
+"""The course's one cache folder, for artefacts that are built once and reused (corpus, tokenizer, models).
+
+The folder is ``$COURSE_CACHE`` when that is set, else ``~/.cache/llm-course``. Everything in it can
+be deleted at any time: whatever needs it is rebuilt on first use. Files are written atomically
+(to a temporary name, then renamed), so an interrupted build never leaves a half-written artefact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+CACHE_ENV = "COURSE_CACHE"
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache folder (or a subfolder of it, ``cache_dir("corpus")``), created if missing."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "llm-course")
+    path = Path(root).joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_key(*values) -> str:
+    """A short, stable hex digest of ``values`` (anything ``json`` can write) for file names."""
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def write_atomic(path: Path | str, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is readable like any other file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

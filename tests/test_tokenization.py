@@ -1,0 +1,559 @@
+"""Chapter 1 graded tests (public): word and GPT-2 pre-tokenization, byte-level BPE training,
+encoding, decoding, streaming and export to ``tokenizer.json``.
+
+The references are outside the course: ``tokenizers`` (its GPT-2 pre-tokenizer, its BPE trainer and
+``Tokenizer.from_str``), ``tiktoken`` built from the same ranks and pattern, ``transformers``, and a
+brute-force BPE trainer written here that recounts every pair after every merge. The tests of
+encoding, decoding and streaming use merges trained by ``tokenizers`` (not by your ``train_bpe``),
+so a mistake in one exercise is not charged again in another. Nothing depends on the exact text of
+the course corpus, which differs between Python versions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import re
+from collections import Counter
+
+import pytest
+import regex
+import tiktoken
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+from course_lib.corpus import load_corpus
+from course_lib.tokenization import GPT2_SPLIT_PATTERN, bytes_to_unicode
+
+EOT = "<|endoftext|>"
+SPECIALS = [EOT, "<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+# Hypothesis: a fixed, bounded number of examples, the same ones on every run.
+# (@given tests take keyword-only arguments: hypothesis probes a first positional one with hasattr.)
+FEW = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+# Any character that Python's Unicode tables know (no surrogates, no unassigned code points, whose
+# classes may differ between the regex engines of `regex`, `tokenizers` and `tiktoken`).
+ANY_CHAR = st.characters(exclude_categories=("Cs", "Cn"))
+PIECES = ["the", " the", " ", "  ", "\n", "\n\n", "\t", " \n ", "don't", "I'm", " 'll", "é", "naïve", "日本語",
+          "😀", "👍🏽", "123", " 4567", "3.14", "!!", " ...", "--", "(", ")", "_", "Ω", "ß", "\u00a0", "\u3000"]
+TEXT = st.one_of(st.text(ANY_CHAR, max_size=40),
+                 st.lists(st.one_of(st.sampled_from(PIECES), st.text(ANY_CHAR, max_size=3)), max_size=25)
+                 .map("".join))
+
+
+def with_specials(draw_text=TEXT, specials=(EOT, "<|pad|>")):
+    """Text with special tokens between (and inside) ordinary pieces."""
+    return st.lists(st.one_of(draw_text, st.sampled_from(list(specials))), max_size=6).map("".join)
+
+
+# -- references ----------------------------------------------------------------------------------
+def split_special(text: str, special_tokens) -> list[tuple[str, bool]]:
+    """(segment, is_special) parts: at each position the longest special token that starts there."""
+    ordered = sorted(set(special_tokens), key=len, reverse=True)
+    parts, plain, i = [], "", 0
+    while i < len(text):
+        token = next((t for t in ordered if text.startswith(t, i)), None)
+        if token is None:
+            plain += text[i]
+            i += 1
+            continue
+        if plain:
+            parts.append((plain, False))
+            plain = ""
+        parts.append((token, True))
+        i += len(token)
+    if plain:
+        parts.append((plain, False))
+    return parts
+
+
+def tokenizers_pretokenize(text: str) -> list[str]:
+    """GPT-2 pre-tokens by Hugging Face ``tokenizers`` (its own GPT-2 regex, in Oniguruma)."""
+    splitter = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    return [text[start:end] for _, (start, end) in splitter.pre_tokenize_str(text)]
+
+
+def reference_pretokenize(text: str, special_tokens=()) -> list[str]:
+    pieces = []
+    for segment, is_special in split_special(text, special_tokens):
+        pieces += [segment] if is_special else tokenizers_pretokenize(segment)
+    return pieces
+
+
+def word_frequencies(documents, special_tokens=()) -> Counter:
+    """Each pre-token (special tokens dropped) as a tuple of single bytes, with its frequency."""
+    words = Counter()
+    for doc in documents:
+        for segment, is_special in split_special(doc, special_tokens):
+            if not is_special:
+                for piece in regex.findall(GPT2_SPLIT_PATTERN, segment):
+                    words[tuple(bytes([b]) for b in piece.encode("utf-8"))] += 1
+    return words
+
+
+def merge_word(word: tuple, pair: tuple) -> tuple:
+    out, i = [], 0
+    while i < len(word):
+        if word[i:i + 2] == pair:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
+def brute_force_bpe(documents, vocab_size, special_tokens=(), stop_at_tie=False):
+    """Obviously correct BPE: recount every pair after every merge. Returns (merges, tied), where
+    ``tied[k]`` says whether merge ``k`` won a tie (another pair had the same count); with
+    ``stop_at_tie`` the merges end before the first tie."""
+    n_special = len(set(special_tokens))
+    words = word_frequencies(documents, special_tokens)
+    merges, tied = [], []
+    while 256 + len(merges) + n_special < vocab_size:
+        counts = Counter()
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
+                counts[pair] += n
+        if not counts:
+            break
+        best = max(counts, key=lambda pair: (counts[pair], pair))  # most frequent, then greatest
+        is_tie = sum(c == counts[best] for c in counts.values()) > 1
+        if is_tie and stop_at_tie:
+            break
+        merges.append(best)
+        tied.append(is_tie)
+        merged = Counter()
+        for word, n in words.items():
+            merged[merge_word(word, best)] += n
+        words = merged
+    return merges, tied
+
+
+def layout(merges, special_tokens=()):
+    """The vocabulary that the chapter's layout gives these merges."""
+    return ([bytes([b]) for b in range(256)] + [a + b for a, b in merges]
+            + [t.encode("utf-8") for t in dict.fromkeys(special_tokens)])
+
+
+U2B = {c: b for b, c in bytes_to_unicode().items()}
+
+
+def tokenizers_bpe(documents, vocab_size, special_tokens=()):
+    """Merges learned by the ``tokenizers`` BPE trainer on the same pre-tokens (its own tie-break)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(GPT2_SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(documents, trainer)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    return [tuple(bytes(U2B[c] for c in part) for part in pair) for pair in merges]
+
+
+@functools.lru_cache(maxsize=None)
+def trained(vocab_size: int = 700, special_tokens: tuple = tuple(SPECIALS)):
+    """(vocab, merges) trained by ``tokenizers`` on the validation split, in the chapter's layout."""
+    merges = tokenizers_bpe(load_corpus("validation"), vocab_size, special_tokens)
+    return layout(merges, special_tokens), merges
+
+
+def tiktoken_encoding(vocab, merges, special_tokens=()) -> tiktoken.Encoding:
+    n = 256 + len(merges)
+    special_ids = {vocab[i].decode("utf-8"): i for i in range(n, len(vocab))}
+    return tiktoken.Encoding(name="course-test", pat_str=GPT2_SPLIT_PATTERN,
+                             mergeable_ranks={vocab[i]: i for i in range(n)},
+                             special_tokens={t: special_ids[t] for t in special_tokens})
+
+
+def tiktoken_ids(vocab, merges, text, special_tokens=()) -> list[int]:
+    enc = tiktoken_encoding(vocab, merges, special_tokens)
+    return enc.encode(text, allowed_special=set(special_tokens), disallowed_special=())
+
+
+def corpus_text(n_chars: int = 20_000, split: str = "test", seed: int = 0) -> str:
+    """About ``n_chars`` of corpus text: documents of ``split``, joined by special tokens."""
+    docs = load_corpus(split)
+    out, size = [], 0
+    for doc in random.Random(seed).sample(docs, len(docs)):
+        out.append(doc[:n_chars - size])
+        size += len(out[-1])
+        if size >= n_chars:
+            break
+    return EOT.join(out)
+
+
+def first_difference(actual, expected) -> str:
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        if a != e:
+            return f"first difference at index {i}: got {a!r}, expected {e!r}"
+    return f"lengths differ: got {len(actual)} items, expected {len(expected)}"
+
+
+def assert_same(actual, expected, what: str, hint: str = "") -> None:
+    if isinstance(actual, tuple) and isinstance(expected, list):
+        actual = list(actual)
+    if actual != expected:
+        raise AssertionError(f"{what}: {first_difference(actual, expected)}. {hint}".strip())
+
+
+# -- 1.1 word_tokenize ------------------------------------------------------------------------------
+@pytest.mark.exercise("1.1")
+@pytest.mark.parametrize("text, expected", [
+    ("Don't panic... 42!", ["Don", "'", "t", "panic", ".", ".", ".", "42", "!"]),
+    ("Hello, world!", ["Hello", ",", "world", "!"]),
+    ("snake_case x2 3.14", ["snake_case", "x2", "3", ".", "14"]),
+    ("naïve café—déjà vu", ["naïve", "café", "—", "déjà", "vu"]),
+    ("  \n\t ", []),
+    ("", []),
+])
+def test_word_tokenize_hand_examples(student, text, expected):
+    assert_same(student.word_tokenize(text), expected, f"word_tokenize({text!r})",
+                "A token is a maximal run of \\w characters or ONE other non-space character; "
+                "whitespace is dropped, and punctuation marks are separate tokens.")
+
+
+@pytest.mark.exercise("1.1")
+@FEW
+@given(text=TEXT)
+def test_word_tokenize_follows_its_definition_on_any_text(*, student, text):
+    assert_same(student.word_tokenize(text), re.findall(r"\w+|[^\w\s]", text), f"word_tokenize({text!r})",
+                "Use Unicode \\w (letters of every script), one token per punctuation character.")
+
+
+# -- 1.2 pretokenize --------------------------------------------------------------------------------
+@pytest.mark.exercise("1.2")
+@pytest.mark.parametrize("text, special_tokens, expected", [
+    ("Hi  there<|endoftext|>!", [EOT], ["Hi", " ", " there", EOT, "!"]),
+    ("I'm sure they'll say you've done it", [],
+     ["I", "'m", " sure", " they", "'ll", " say", " you", "'ve", " done", " it"]),
+    ("  hello world\n\n", [], [" ", " hello", " world", "\n\n"]),
+    ("x = 1234 + 5;", [], ["x", " =", " 1234", " +", " 5", ";"]),
+    ("<|pad|><|pad|>a<|endoftext|>", [EOT, "<|pad|>"], ["<|pad|>", "<|pad|>", "a", EOT]),
+    ("", [EOT], []),
+])
+def test_pretokenize_hand_examples(student, text, special_tokens, expected):
+    assert_same(student.pretokenize(text, special_tokens), expected, f"pretokenize({text!r}, {special_tokens})",
+                "Keep the leading space with the word (' there'), split contractions, keep special tokens whole.")
+
+
+@pytest.mark.exercise("1.2")
+def test_pretokenize_matches_tokenizers_on_corpus_text(student):
+    text = corpus_text(30_000).replace(EOT, "\n")
+    assert_same(student.pretokenize(text), tokenizers_pretokenize(text), "pretokenize(corpus text)",
+                "Apply GPT2_SPLIT_PATTERN with regex.findall on the whole text.")
+
+
+@pytest.mark.exercise("1.2")
+@FEW
+@given(text=TEXT)
+def test_pretokenize_matches_tokenizers_on_any_text(*, student, text):
+    pieces = student.pretokenize(text)
+    assert "".join(pieces) == text, f"pretokenize({text!r}) joined is {''.join(pieces)!r}: characters were lost"
+    assert_same(pieces, tokenizers_pretokenize(text), f"pretokenize({text!r})",
+                "Use the `regex` package with GPT2_SPLIT_PATTERN (\\p{L}, \\p{N}).")
+
+
+@pytest.mark.exercise("1.2")
+@FEW
+@given(text=with_specials())
+def test_pretokenize_keeps_special_tokens_whole(*, student, text):
+    pieces = student.pretokenize(text, [EOT, "<|pad|>"])
+    assert_same(pieces, reference_pretokenize(text, [EOT, "<|pad|>"]), f"pretokenize({text!r}, specials)",
+                "Split out the special tokens first; pre-tokenize only the text between them.")
+
+
+@pytest.mark.exercise("1.2")
+def test_pretokenize_prefers_the_longest_special_token(student):
+    specials = ["<|a|>", "<|a|><|b|>", "[MASK]"]
+    text = "x<|a|><|b|><|a|> y[MASK]+<|b|>"
+    assert_same(student.pretokenize(text, specials),
+                ["x", "<|a|><|b|>", "<|a|>", " y", "[MASK]", "+<|", "b", "|>"],
+                f"pretokenize({text!r}, {specials})",
+                "Where two special tokens start at the same place the longer wins (sort them by length, "
+                "longest first, before joining them into one pattern), and escape them (regex.escape).")
+
+
+# -- 1.3 train_bpe ----------------------------------------------------------------------------------
+HAND_MERGES = [(b"a", b"a"), (b"aa", b"a"), (b"aaa", b"b"), (b"d", b"aaab"), (b"daaab", b"a"),
+               (b"daaaba", b"c"), (b"aaab", b"daaabac")]
+
+
+@pytest.mark.exercise("1.3")
+def test_train_bpe_on_the_classic_example(student):
+    # "aaabdaaabac" is one pre-token. (a, a) occurs 4 times; then (aa, a) and (a, b) tie at 2 and
+    # the greater pair, (b"aa", b"a"), wins; later all pairs tie at 1 and (b"d", ...) is the greatest.
+    vocab, merges = student.train_bpe(["aaabdaaabac"], 256 + len(HAND_MERGES))
+    assert_same(list(map(tuple, merges)), HAND_MERGES, "merges of train_bpe(['aaabdaaabac'])",
+                "Count all adjacent pairs ('aaa' has two (a, a)); break ties towards the greatest "
+                "(left, right) pair of bytes.")
+    assert_same(list(vocab), layout(HAND_MERGES), "vocab of train_bpe(['aaabdaaabac'])",
+                "vocab: the 256 single bytes, then one token per merge (left + right).")
+
+
+@pytest.mark.exercise("1.3")
+def test_train_bpe_stops_when_no_pair_is_left(student):
+    vocab, merges = student.train_bpe(["aaabdaaabac"], 1000, [EOT])
+    assert len(merges) == len(HAND_MERGES), (
+        f"train_bpe(['aaabdaaabac'], vocab_size=1000) made {len(merges)} merges; after 7 the text is one "
+        "token and training must stop")
+    assert_same(list(vocab), layout(HAND_MERGES, [EOT]), "vocab when training stops early",
+                "The special tokens still come last.")
+
+
+@pytest.mark.exercise("1.3")
+def test_train_bpe_keeps_documents_apart(student):
+    _, merges = student.train_bpe(["ab", "cd"], 300)
+    assert_same(list(map(tuple, merges)), [(b"c", b"d"), (b"a", b"b")], "train_bpe(['ab', 'cd'])",
+                "Pre-tokenize each document on its own: no pre-token spans two documents "
+                "(and the tie between (a, b) and (c, d) goes to the greater pair).")
+
+
+@pytest.mark.exercise("1.3")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_train_bpe_matches_brute_force_on_random_corpora(student, seed):
+    rng = random.Random(seed)
+    alphabet = ["a", "b", "c", "é", "ab", " ", " ", "\n", ".", "1", "ß"]
+    documents = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(12)]
+    vocab_size = 256 + 40
+    expected, tied = brute_force_bpe(documents, vocab_size)
+    assert any(tied), "test corpus has no tie (test of the test)"
+    vocab, merges = student.train_bpe(documents, vocab_size)
+    assert_same(list(map(tuple, merges)), expected, f"merges of train_bpe (random corpus, seed {seed})",
+                "Most frequent pair first (all adjacent pairs inside each pre-token, weighted by its count); "
+                "ties go to the greatest (left, right); merges never cross pre-tokens.")
+    assert_same(list(vocab), layout(expected), "vocab of train_bpe (random corpus)")
+
+
+@pytest.mark.exercise("1.3")
+def test_train_bpe_drops_special_tokens_from_the_training_text(student):
+    rng = random.Random(7)
+    words = ["<|", "|>", "end", "of", "text", " the", " cat", "!"]
+    documents = [EOT.join("".join(rng.choice(words) for _ in range(8)) for _ in range(6)) for _ in range(10)]
+    vocab_size = 256 + 30 + 2
+    expected, _ = brute_force_bpe(documents, vocab_size, [EOT, "<|pad|>"])
+    vocab, merges = student.train_bpe(documents, vocab_size, [EOT, "<|pad|>"])
+    assert_same(list(map(tuple, merges)), expected, "merges with special tokens in the training text",
+                "Cut the special tokens out before counting pairs: their text takes no part in training.")
+    assert_same(list(vocab[-2:]), [EOT.encode(), b"<|pad|>"], "the last two vocab entries",
+                "Special tokens come at the end of vocab, in the order given.")
+    assert len(vocab) == vocab_size, f"len(vocab) is {len(vocab)}, expected vocab_size={vocab_size}"
+
+
+@pytest.mark.exercise("1.3")
+def test_train_bpe_agrees_with_tokenizers_until_the_first_tie(student):
+    documents = load_corpus("validation")
+    expected, _ = brute_force_bpe(documents, 10**6, [EOT], stop_at_tie=True)
+    n = len(expected)
+    library = tokenizers_bpe(documents, 256 + n + 1, [EOT])
+    assert library == expected, "tokenizers and the brute-force trainer disagree (test of the test)"
+    assert n >= 10, f"only {n} merges before the first tie (test of the test)"
+    _, merges = student.train_bpe(documents, 256 + n + 1, [EOT])
+    assert_same(list(map(tuple, merges)), library,
+                f"the first {n} merges on corpus text (all before any tie) against the tokenizers BPE trainer",
+                "The most frequent pair of adjacent tokens inside a pre-token, weighted by frequency.")
+
+
+@pytest.mark.exercise("1.3")
+def test_train_bpe_merges_stay_inside_pre_tokens(student):
+    documents = [corpus_text(15_000, split="validation")]
+    vocab, merges = student.train_bpe(documents, 256 + 150 + 1, [EOT])
+    pieces = {p.encode() for p in reference_pretokenize(documents[0], [EOT]) if p != EOT}
+    for left, right in merges:
+        token = left + right
+        assert any(token in piece for piece in pieces), (
+            f"merged token {token!r} is not part of any pre-token of the text: merges must not cross "
+            "pre-token boundaries, and special tokens take no part in training")
+
+
+# -- 1.4 bpe_encode ---------------------------------------------------------------------------------
+@pytest.mark.exercise("1.4")
+def test_bpe_encode_applies_merges_by_rank(student):
+    merges = [(b"b", b"c"), (b"a", b"b"), (b"ab", b"c")]
+    vocab = layout(merges)
+    assert_same(student.bpe_encode(vocab, merges, "abc"), [97, 256],
+                "bpe_encode('abc') with merges [(b, c), (a, b), (ab, c)]",
+                "Merge the pair with the LOWEST rank first (b+c, rank 0), not the leftmost pair (a+b): "
+                "'abc' is a + bc, and (a, bc) is not a merge.")
+    assert_same(student.bpe_encode(vocab, merges, "abd"), [257, 100], "bpe_encode('abd')")
+
+
+@pytest.mark.exercise("1.4")
+def test_bpe_encode_does_not_merge_across_pre_tokens(student):
+    merges = [(b"a", b" "), (b"a ", b"b")]
+    vocab = layout(merges)
+    assert_same(student.bpe_encode(vocab, merges, "a b"), [97, 32, 98], "bpe_encode('a b') with merge (a, ' ')",
+                "Pre-tokenize first ('a', ' b'): a merge never joins two pre-tokens.")
+
+
+@pytest.mark.exercise("1.4")
+def test_bpe_encode_matches_tiktoken_on_corpus_text(student):
+    vocab, merges = trained()
+    text = corpus_text(20_000)
+    assert_same(student.bpe_encode(vocab, merges, text, SPECIALS), tiktoken_ids(vocab, merges, text, SPECIALS),
+                "bpe_encode(corpus text) against tiktoken with the same ranks",
+                "Pre-tokenize with the GPT-2 pattern, apply merges by rank inside each pre-token, and map "
+                "special tokens to their ids.")
+
+
+@pytest.mark.exercise("1.4")
+@FEW
+@given(text=with_specials())
+def test_bpe_encode_matches_tiktoken_on_any_text(*, student, text):
+    vocab, merges = trained()
+    assert_same(student.bpe_encode(vocab, merges, text, SPECIALS), tiktoken_ids(vocab, merges, text, SPECIALS),
+                f"bpe_encode({text!r}) against tiktoken")
+
+
+@pytest.mark.exercise("1.4")
+def test_bpe_encode_special_tokens_are_single_ids_only_when_asked(student):
+    vocab, merges = trained()
+    text = f"{EOT}Hello<|pad|>{EOT}"
+    ids = student.bpe_encode(vocab, merges, text, SPECIALS)
+    eot, pad = len(vocab) - 4, len(vocab) - 3
+    assert ids[0] == eot and ids[-1] == eot and pad in ids, (
+        f"bpe_encode({text!r}) = {ids}: expected {EOT} -> {eot} and <|pad|> -> {pad} (their positions in vocab)")
+    plain = student.bpe_encode(vocab, merges, text)
+    assert_same(plain, tiktoken_ids(vocab, merges, text), "bpe_encode(text with special tokens, special_tokens=())",
+                "Without special_tokens, '<|endoftext|>' is ordinary text.")
+
+
+# -- 1.5 bpe_decode ---------------------------------------------------------------------------------
+@pytest.mark.exercise("1.5")
+@FEW
+@given(text=with_specials())
+def test_bpe_decode_inverts_encoding_on_any_text(*, student, text):
+    vocab, merges = trained()
+    ids = tiktoken_ids(vocab, merges, text, SPECIALS)
+    assert student.bpe_decode(vocab, ids) == text, (
+        f"bpe_decode(ids of {text!r}) = {student.bpe_decode(vocab, ids)!r}: join the tokens' bytes, then decode "
+        "the whole byte string as UTF-8 (a character's bytes can sit in two tokens)")
+
+
+@pytest.mark.exercise("1.5")
+@pytest.mark.parametrize("ids, expected", [
+    ([0xC3, 0xA9], "é"),                        # one character, two tokens
+    ([0xC3], "\ufffd"),                          # cut after the first byte of "é"
+    ([0x61, 0xF0, 0x9F, 0x98], "a\ufffd"),       # a cut 4-byte emoji: one replacement character
+    ([0xFF, 0x62], "\ufffdb"),                   # a byte that is never valid UTF-8
+    ([], ""),
+])
+def test_bpe_decode_replaces_invalid_utf8(student, ids, expected):
+    vocab = layout([])
+    got = student.bpe_decode(vocab, ids)
+    assert got == expected, (f"bpe_decode(byte tokens {ids}) = {got!r}, expected {expected!r}: decode the joined "
+                             "bytes with errors='replace' (no exception, one U+FFFD per invalid sequence)")
+
+
+# -- 1.6 encode_chunk -------------------------------------------------------------------------------
+def stream(student, vocab, merges, chunks, special_tokens):
+    """Drive ``encode_chunk`` like ``encode_iterable`` does: (ids, longest buffer kept)."""
+    ids, buffer, longest = [], "", 0
+    for chunk in chunks:
+        new_ids, buffer = student.encode_chunk(vocab, merges, buffer, chunk, special_tokens)
+        ids += new_ids
+        longest = max(longest, len(buffer))
+    new_ids, buffer = student.encode_chunk(vocab, merges, buffer, None, special_tokens)
+    assert buffer == "", f"encode_chunk(..., chunk=None) returned buffer {buffer!r}: at the end, encode everything"
+    return ids + list(new_ids), longest
+
+
+def random_chunks(text: str, seed: int, max_size: int = 40) -> list[str]:
+    rng, chunks, i = random.Random(seed), [], 0
+    while i < len(text):
+        n = rng.randint(0, max_size)
+        chunks.append(text[i:i + n])
+        i += n
+    return chunks
+
+
+@pytest.mark.exercise("1.6")
+@pytest.mark.parametrize("chunks", [
+    ["Hello wor", "ld, hello world"],                   # inside a word
+    ["a  ", " b", "\n", "\n c"],                        # inside runs of whitespace
+    ["x<|endof", "text|>y<", "|pad|", ">"],             # inside special tokens
+    ["<|im_start|", ">user\nhi<|im_end|>"],
+    ["don", "'", "t 12", "34"],                         # inside a contraction and a number
+    list("The <|pad|> cat's 42 naïve 😀!"),          # one character at a time
+])
+def test_encode_chunk_gives_the_ids_of_the_whole_text(student, chunks):
+    vocab, merges = trained()
+    text = "".join(chunks)
+    ids, _ = stream(student, vocab, merges, chunks, SPECIALS)
+    assert_same(ids, tiktoken_ids(vocab, merges, text, SPECIALS), f"ids of the stream {chunks}",
+                "A chunk can end inside a pre-token or a special token: keep the last pre-token and any "
+                "unfinished special token in the buffer instead of encoding them.")
+
+
+@pytest.mark.exercise("1.6")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_encode_chunk_streams_corpus_text_in_bounded_memory(student, seed):
+    vocab, merges = trained()
+    text = corpus_text(3_000, seed=seed).replace("\n\n\n", "\n")
+    chunks = random_chunks(text, seed)
+    ids, longest = stream(student, vocab, merges, chunks, SPECIALS)
+    assert_same(ids, tiktoken_ids(vocab, merges, text, SPECIALS), "ids of a chunked corpus text",
+                "Concatenated over all steps, the ids must be those of the whole text.")
+    longest_piece = max(map(len, reference_pretokenize(text, SPECIALS)))
+    bound = 2 * longest_piece + max(map(len, SPECIALS)) + 40
+    assert longest <= bound, (f"the buffer grew to {longest} characters (the text's longest pre-token has "
+                              f"{longest_piece}): keep only what the next chunk can still change")
+
+
+@pytest.mark.exercise("1.6")
+def test_encode_chunk_at_the_end_of_an_empty_stream(student):
+    vocab, merges = trained()
+    ids, buffer = student.encode_chunk(vocab, merges, "", None, SPECIALS)
+    assert list(ids) == [] and buffer == "", f"encode_chunk(buffer='', chunk=None) = {(ids, buffer)}, expected ([], '')"
+
+
+# -- 1.7 to_tokenizer_json --------------------------------------------------------------------------
+def load_json(student, vocab, merges, special_tokens) -> Tokenizer:
+    text = student.to_tokenizer_json(vocab, merges, special_tokens)
+    assert isinstance(text, str), f"to_tokenizer_json returned {type(text).__name__}, expected the JSON text (str)"
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as err:
+        raise AssertionError(f"tokenizers.Tokenizer.from_str could not load your tokenizer.json: {err}") from None
+
+
+@pytest.mark.exercise("1.7")
+def test_tokenizer_json_loads_and_gives_the_same_ids_on_corpus_text(student):
+    vocab, merges = trained()
+    tok = load_json(student, vocab, merges, SPECIALS)
+    text = corpus_text(20_000)
+    assert_same(tok.encode(text).ids, tiktoken_ids(vocab, merges, text, SPECIALS),
+                "Tokenizer.from_str(to_tokenizer_json(...)).encode(corpus text)",
+                "Write tokens in GPT-2's byte-level alphabet (bytes_to_unicode), merges in rank order, the "
+                "GPT-2 Split pre-tokenizer followed by ByteLevel(use_regex=False), and the special tokens as "
+                "added_tokens.")
+    assert tok.decode(tok.encode(text).ids, skip_special_tokens=False) == text, (
+        "decoding with the tokenizer.json does not give the text back: is the decoder ByteLevel?")
+
+
+@pytest.mark.exercise("1.7")
+@FEW
+@given(text=with_specials())
+def test_tokenizer_json_gives_the_same_ids_on_any_text(*, student, text):
+    vocab, merges = trained()
+    tok = load_json(student, vocab, merges, SPECIALS)
+    assert_same(tok.encode(text).ids, tiktoken_ids(vocab, merges, text, SPECIALS), f"tokenizer.json on {text!r}")
+
+
+@pytest.mark.exercise("1.7")
+def test_tokenizer_json_works_in_transformers(student):
+    from transformers import PreTrainedTokenizerFast
+
+    vocab, merges = trained()
+    fast = PreTrainedTokenizerFast(tokenizer_object=load_json(student, vocab, merges, SPECIALS),
+                                   eos_token=EOT, pad_token="<|pad|>")
+    text = "<|im_start|>user\nWhat's 2 + 2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>" + EOT
+    assert_same(fast(text)["input_ids"], tiktoken_ids(vocab, merges, text, SPECIALS),
+                "PreTrainedTokenizerFast(tokenizer_object=...) on a chat text")
+    assert fast.eos_token_id == len(vocab) - 4 and fast.pad_token_id == len(vocab) - 3, (
+        "transformers does not find the special tokens at their ids: list them in added_tokens with their ids")
