@@ -1,0 +1,50 @@
+"""nbgrader configuration of the course. nbgrader reads it when it runs in this folder (the repository
+root); run every ``nbgrader`` command from here.
+
+- The nbgrader *source* of each assignment is ``assignments/<chapter>/`` in this repository (the
+  notebook made by ``scripts/make_assignment.py`` and the chapter's stub module beside it).
+- Everything nbgrader writes (``release/``, ``submitted/``, ``autograded/``, ``feedback/`` and the
+  gradebook) lives in the course folder: ``$COURSE_GRADING_DIR``, default ``_grading/`` here.
+  Student work never lands in the repository's tracked files.
+- The gradebook is SQLite in the course folder (``gradebook.db``) unless ``$COURSE_GRADEBOOK_URL``
+  names another SQLAlchemy URL (``postgresql://user@host/course``).
+
+Instructor flow (from the repository root)::
+
+    nbgrader generate_assignment numerics     # student release in _grading/release/numerics
+    nbgrader collect numerics                 # or place files in _grading/submitted/<student>/numerics/
+    nbgrader autograde numerics
+    nbgrader formgrader / manual grading of the written answers
+    nbgrader generate_feedback numerics       # HTML in _grading/feedback/<student>/numerics/
+    nbgrader export --to grades.csv           # one row per student and assignment
+"""
+
+import os
+import sys
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+c = get_config()  # noqa: F821 (injected by traitlets)
+
+sys.path.insert(0, str(here))
+from course_lib.exercises import CHAPTER_MODULES  # noqa: E402  (light: no torch)
+
+c.CourseDirectory.course_id = "llm-course"
+course_folder = Path(os.environ.get("COURSE_GRADING_DIR") or here / "_grading").resolve()
+course_folder.mkdir(parents=True, exist_ok=True)
+c.CourseDirectory.root = str(course_folder)
+c.CourseDirectory.source_directory = str(here / "assignments")  # absolute: nbgrader joins it as is
+if os.environ.get("COURSE_GRADEBOOK_URL"):
+    c.CourseDirectory.db_url = os.environ["COURSE_GRADEBOOK_URL"]
+
+# The student's chapter module is what is graded: never replace it with the source's stub.
+c.Autograde.exclude_overwriting = {module: [f"{module}.py"] for module in CHAPTER_MODULES}
+
+# A test cell runs check() for the public and then the hidden tests, each within
+# grading.check.DEFAULT_TIMEOUT (300 s); the cell's own limit lies above both together.
+c.Execute.timeout = 900
+c.Execute.startup_timeout = 120
+
+# The grading kernel imports grading.check from this tree (also where course_lib is not installed).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(here)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])

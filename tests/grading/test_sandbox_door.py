@@ -1,0 +1,186 @@
+"""The sandboxed door (grading.door.SandboxDoor) against a correct submission and hostile ones.
+
+Submissions are made from the repository by grading.submissions; the hostile bodies below are
+bounded themselves (a loop gives up after 30 s, nothing forks or allocates much), so that a bug in
+the door cannot hurt the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+import solutions.numerics as reference
+from grading.door import SandboxDoor, SubmissionError, SubmissionTimeout
+from grading.submissions import module_with, solved_module
+
+CALL_TIMEOUT = 2.0
+
+
+# -- hostile completions (their bodies are spliced into numerics.py) -----------------------------
+def hostile_loop(logits, dim=-1):
+    deadline = time.monotonic() + 30  # bounded: the door must stop it long before
+    while time.monotonic() < deadline:
+        pass
+    return torch.softmax(logits, dim=dim)
+
+
+def hostile_os_exit(x, dim=-1, keepdim=False):
+    os._exit(0)
+
+
+def hostile_sys_exit(logits, dim=-1):
+    sys.exit(0)
+
+
+class LyingResult:
+    """Equal to everything: a test that compared with ``==`` would pass."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+
+def hostile_lying_object(logits, targets, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    return LyingResult()
+
+
+class LyingTensor(torch.Tensor):
+    def __eq__(self, other):
+        return True
+
+
+def hostile_lying_tensor(x, dim=-1, keepdim=False):
+    return torch.logsumexp(x, dim=dim, keepdim=keepdim).as_subclass(LyingTensor)
+
+
+def hostile_printer(logits, dim=-1):
+    fake = b"\x00\x00\x00\x00\x00\x00\x00\x10" + b"not a real reply"  # a forged length-prefixed frame
+    print("debug: softmax called")
+    sys.stdout.buffer.write(fake)
+    sys.stdout.flush()
+    sys.__stdout__.write("to the original stdout object\n")
+    sys.__stdout__.flush()
+    os.write(1, fake)
+    shifted = logits - logits.amax(dim=dim, keepdim=True)
+    return torch.exp(shifted) / torch.exp(shifted).sum(dim=dim, keepdim=True)
+
+
+# -- doors ------------------------------------------------------------------------------------
+def _door(tmp_path_factory, name: str, source: str):
+    """A door on a submission folder holding ``source`` as numerics.py. Its call limit is generous
+    (starting the child imports torch); the loop test lowers it to CALL_TIMEOUT for its call."""
+    folder = tmp_path_factory.mktemp(name)
+    (folder / "numerics.py").write_text(source)
+    door = SandboxDoor(folder, call_timeout=60.0)
+    yield door
+    door.close()
+
+
+@pytest.fixture(scope="module")
+def solved(tmp_path_factory):
+    yield from _door(tmp_path_factory, "solved", solved_module("numerics"))
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    yield from _door(tmp_path_factory, "hostile", module_with("numerics", {
+        "stable_softmax": hostile_loop, "logsumexp": hostile_os_exit,
+        "log_softmax": hostile_sys_exit, "cross_entropy": hostile_lying_object}))
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    yield from _door(tmp_path_factory, "noisy", module_with("numerics", {
+        "stable_softmax": hostile_printer, "logsumexp": hostile_lying_tensor, "cross_entropy": None}))
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64) * 30
+    logits[0, 1] = float("-inf")
+    targets = torch.randint(0, 7, (3, 5), generator=gen)
+    targets[1, 2] = -100
+    return logits, targets
+
+
+def _same(actual, expected):
+    assert type(actual) is torch.Tensor
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+# -- a correct submission ---------------------------------------------------------------------
+def test_solved_submission_gives_the_reference_results(solved):
+    logits, targets = _inputs()
+    _same(solved.stable_softmax(logits, dim=1), reference.stable_softmax(logits, dim=1))
+    _same(solved.logsumexp(logits, dim=-1, keepdim=True), reference.logsumexp(logits, dim=-1, keepdim=True))
+    _same(solved.log_softmax(logits), reference.log_softmax(logits))
+    for reduction in ("mean", "sum", "none"):
+        _same(solved.cross_entropy(logits[1:], targets[1:], label_smoothing=0.1, reduction=reduction),
+              reference.cross_entropy(logits[1:], targets[1:], label_smoothing=0.1, reduction=reduction))
+
+
+def test_argument_errors_cross_the_door_as_the_same_exception(solved):
+    with pytest.raises(ValueError, match="targets"):
+        solved.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 5]))
+
+
+# -- stubs and hostile submissions ------------------------------------------------------------------
+def test_a_stub_raises_not_implemented_error_through_the_door(noisy):
+    logits, targets = _inputs()
+    with pytest.raises(NotImplementedError, match="Exercise 0.4"):
+        noisy.cross_entropy(logits, targets)
+
+
+def test_an_endless_loop_is_stopped_by_the_call_timeout_and_the_door_recovers(hostile):
+    with pytest.raises(SubmissionError, match="SystemExit"):  # the child survives this one: it is up
+        hostile.log_softmax(torch.zeros(2, 3))
+    pid = hostile._proc.pid
+    hostile.call_timeout = CALL_TIMEOUT
+    started = time.monotonic()
+    try:
+        with pytest.raises(SubmissionTimeout):
+            hostile.stable_softmax(torch.zeros(2, 3))
+    finally:
+        hostile.call_timeout = 60.0
+    assert time.monotonic() - started < CALL_TIMEOUT + 5
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the looping child is gone, not left running
+    with pytest.raises(SubmissionError, match="LyingResult"):  # the next call gets a fresh child
+        hostile.cross_entropy(*_inputs())
+
+
+def test_os_exit_inside_the_function_is_a_failure_not_a_pass(hostile):
+    with pytest.raises(SubmissionError, match="ended"):
+        hostile.logsumexp(torch.zeros(2, 3))
+    with pytest.raises(SubmissionError, match="SystemExit"):  # and the next call gets a new child
+        hostile.log_softmax(torch.zeros(2, 3))
+
+
+def test_sys_exit_inside_the_function_is_a_failure_not_a_pass(hostile):
+    with pytest.raises(SubmissionError, match="SystemExit"):
+        hostile.log_softmax(torch.zeros(2, 3))
+
+
+def test_an_object_with_a_lying_eq_is_rejected(hostile):
+    with pytest.raises(SubmissionError, match="LyingResult"):
+        hostile.cross_entropy(*_inputs())
+
+
+def test_a_tensor_subclass_with_a_lying_eq_is_rejected(noisy):
+    with pytest.raises(SubmissionError, match="LyingTensor"):
+        noisy.logsumexp(torch.zeros(2, 3))
+
+
+def test_printing_to_stdout_does_not_corrupt_the_protocol(noisy):
+    logits, _ = _inputs()
+    expected = reference.stable_softmax(logits[1:])
+    for _ in range(2):  # the forged frames went to the log, not into the reply stream
+        torch.testing.assert_close(noisy.stable_softmax(logits[1:]), expected, equal_nan=True)
+    _same(noisy.log_softmax(logits), reference.log_softmax(logits))
