@@ -557,3 +557,57 @@ def test_tokenizer_json_works_in_transformers(student):
                 "PreTrainedTokenizerFast(tokenizer_object=...) on a chat text")
     assert fast.eos_token_id == len(vocab) - 4 and fast.pad_token_id == len(vocab) - 3, (
         "transformers does not find the special tokens at their ids: list them in added_tokens with their ids")
+
+
+# -- not graded: the implemented tokenizer built on the exercises (needs the reference solutions) --
+@pytest.fixture
+def solution_mode(monkeypatch):
+    pytest.importorskip("solutions.tokenization", reason="needs the reference solutions")
+    from course_lib import exercises
+
+    monkeypatch.setenv(exercises.MODE_ENV, "solution")
+    monkeypatch.setenv(exercises.STUDENT_MODULES_ENV, "")
+
+
+def test_bpe_tokenizer_round_trips_saves_and_streams(solution_mode, tmp_path):
+    from course_lib.tokenization import BPETokenizer
+
+    tok = BPETokenizer.train(load_corpus("validation"), 600, SPECIALS)
+    text = corpus_text(5_000) + "<|im_start|>user\nnaïve 😀<|im_end|>"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and ids.count(tok.token_id(EOT)) == text.count(EOT)
+    loaded = BPETokenizer.load(tok.save(tmp_path / "tok"))
+    assert (loaded.vocab, loaded.merges, loaded.special_tokens) == (tok.vocab, tok.merges, tok.special_tokens)
+    path = tmp_path / "big.txt"
+    path.write_text(text * 3, encoding="utf-8")
+    with open(path, encoding="utf-8") as f:
+        assert list(tok.encode_iterable(f)) == tok.encode(text * 3)
+    from tokenizers import Tokenizer, models
+
+    files = Tokenizer(models.BPE.from_file(str(tmp_path / "tok" / "vocab.json"), str(tmp_path / "tok" / "merges.txt")))
+    assert files.get_vocab_size() == len(tok), "vocab.json/merges.txt load in tokenizers"
+
+
+def test_bpe_tokenizer_in_transformers(solution_mode):
+    from course_lib.tokenization import BPETokenizer
+
+    tok = BPETokenizer.train(load_corpus("validation"), 500, SPECIALS)
+    fast = tok.to_transformers()
+    text = "<|im_start|>assistant\nHello there!<|im_end|><|endoftext|>"
+    assert fast(text)["input_ids"] == tok.encode(text)
+    assert (fast.bos_token_id, fast.eos_token_id, fast.pad_token_id) == (
+        tok.token_id(EOT), tok.token_id(EOT), tok.token_id("<|pad|>"))
+    assert fast.decode(tok.encode(text)) == text
+
+
+def test_course_tokenizer_is_trained_once_and_cached(solution_mode, tmp_path, monkeypatch):
+    from course_lib import tokenization
+
+    source = tmp_path / "docs.txt"
+    source.write_text("\n\n".join(load_corpus("test")), encoding="utf-8")
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    tok = tokenization.train_course_tokenizer(400, source=str(source))
+    assert len(tok) == 400 and tok.special_tokens == list(tokenization.COURSE_SPECIAL_TOKENS)
+    monkeypatch.setattr(tokenization, "train_bpe", lambda *a: pytest.fail("trained again instead of loading"))
+    again = tokenization.train_course_tokenizer(400, source=str(source))
+    assert (again.vocab, again.merges) == (tok.vocab, tok.merges)
