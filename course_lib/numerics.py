@@ -73,7 +73,7 @@ def stable_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
         ``softmax(x) == softmax(x - c)`` for any constant ``c``. Which ``c`` makes every exponent
         ``<= 0``? What is that ``c`` for a fully masked row, and what must you do there?
     """
-    raise NotImplementedError("Exercise 0.1: implement stable_softmax in course_lib/numerics.py")
+    raise NotImplementedError("Exercise 0.1: implement stable_softmax in numerics.py")
 
 
 @exercise("0.2", points=2, validate=_validate_logsumexp)
@@ -92,7 +92,7 @@ def logsumexp(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Te
     Hint:
         ``logsumexp(x) = m + log(sum(exp(x - m)))`` for ``m = max(x)``.
     """
-    raise NotImplementedError("Exercise 0.2: implement logsumexp in course_lib/numerics.py")
+    raise NotImplementedError("Exercise 0.2: implement logsumexp in numerics.py")
 
 
 @exercise("0.3", points=2, validate=_validate_logits)
@@ -114,7 +114,7 @@ def log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
         row max ``m`` first and compute ``(x - m) - log(sum(exp(x - m)))``: for logits near ``1e4``,
         ``x - logsumexp(x)`` subtracts two large, nearly equal numbers and loses precision.
     """
-    raise NotImplementedError("Exercise 0.3: implement log_softmax in course_lib/numerics.py")
+    raise NotImplementedError("Exercise 0.3: implement log_softmax in numerics.py")
 
 
 @exercise("0.4", points=4, validate=_validate_cross_entropy)
@@ -140,4 +140,4 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
         Per position, ``loss = (1 - eps) * (-log p[target]) + eps * mean_c(-log p[c])`` with
         ``log p = log_softmax(logits)``. Gather needs a valid index even at ignored positions.
     """
-    raise NotImplementedError("Exercise 0.4: implement cross_entropy in course_lib/numerics.py")
+    raise NotImplementedError("Exercise 0.4: implement cross_entropy in numerics.py")

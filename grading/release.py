@@ -204,6 +204,7 @@ def release_notebooks(assignments: Path, dest: Path, *, root: Path = ROOT) -> li
             proc = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", name, "--force"],
                                   cwd=scratch, capture_output=True, text=True,
                                   env={**os.environ, "JUPYTER_CONFIG_DIR": str(scratch / "jupyter"),
+                                       "COURSE_GRADING_DIR": str(scratch),
                                        # nbgrader runs `alembic` for the gradebook: this venv's one
                                        "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                                                 os.environ.get("PATH", os.defpath)])})
