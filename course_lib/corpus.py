@@ -4,17 +4,19 @@ Every later chapter trains on this corpus, and no machine that builds the course
 so the corpus is assembled from two parts of the running CPython itself:
 
 1. **The Python reference documentation** that ships as :mod:`pydoc_data.topics` (what ``help("if")``
-   prints): one document per topic, 79 topics and about 0.47 MB of text on Python 3.11.
+   prints): one document per topic (79 topics, 0.46 MB of text on Python 3.11).
 2. **The docstrings of the standard library**, read from its source files with :mod:`ast` (nothing is
    imported: importing arbitrary modules has side effects, ``antigravity`` opens a web browser). One
    document per module: the module docstring followed by the docstrings of its classes, functions
    and methods in source order. Tests, ``idlelib``, ``lib2to3``, ``ensurepip``, ``turtledemo``,
-   ``site-packages`` and the like are skipped. About 1.6 MB of text from some 560 modules on 3.11.
+   ``site-packages`` and the like are skipped. On Python 3.11, 572 source files give 364 documents
+   and 1.6 MB of text.
 
 Each document is cleaned (docstring indentation removed, tabs expanded, trailing spaces stripped,
 runs of blank lines collapsed to one) and documents shorter than :data:`MIN_DOCUMENT_CHARS` are
-dropped. On Python 3.11 that gives about 640 documents and 2.1 MB of text (almost all ASCII;
-:func:`corpus_summary` gives the exact numbers of the running interpreter). It is technical English:
+dropped. On Python 3.11.7 that gives 443 documents and 2.08 million characters (2.09 MB of UTF-8,
+almost all ASCII): 1.89 MB for ``train``, 0.13 MB for ``validation`` and 0.06 MB for ``test``.
+:func:`corpus_summary` gives the exact numbers of the running interpreter. It is technical English:
 prose about programming, with code samples and identifiers, much like the documentation that
 language models are trained on.
 

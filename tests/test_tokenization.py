@@ -205,6 +205,7 @@ def assert_same(actual, expected, what: str, hint: str = "") -> None:
 # -- 1.1 word_tokenize ------------------------------------------------------------------------------
 @pytest.mark.exercise("1.1")
 @pytest.mark.parametrize("text, expected", [
+    ("This is an example sentence.", ["This", "is", "an", "example", "sentence", "."]),  # the seed's example
     ("Don't panic... 42!", ["Don", "'", "t", "panic", ".", ".", ".", "42", "!"]),
     ("Hello, world!", ["Hello", ",", "world", "!"]),
     ("snake_case x2 3.14", ["snake_case", "x2", "3", ".", "14"]),
