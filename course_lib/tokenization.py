@@ -67,21 +67,32 @@ def _check_special_tokens(special_tokens) -> None:
             raise ValueError(f"special_tokens[{i}] must be a non-empty str, got {token!r}")
 
 
-def _check_vocab_merges(vocab, merges) -> None:
-    if not isinstance(vocab, (list, tuple)) or not all(type(t) is bytes for t in vocab):
-        raise TypeError("vocab must be a list of bytes (token id -> token bytes)")
-    if not isinstance(merges, (list, tuple)) or not all(
-            isinstance(m, (list, tuple)) and len(m) == 2 and all(type(x) is bytes for x in m) for m in merges):
-        raise TypeError("merges must be a list of (bytes, bytes) pairs")
+_SINGLE_BYTES = [bytes([i]) for i in range(256)]
+
+
+def _check_vocab_merges(vocab, merges, full: bool = False) -> None:
+    """Check the layout of ``vocab`` and ``merges``: every merge with ``full``, else a sample of them
+    (this runs before every call, and a full check of a 4,096-token vocabulary costs milliseconds)."""
+    if not isinstance(vocab, (list, tuple)):
+        raise TypeError(f"vocab must be a list of bytes (token id -> token bytes), got {type(vocab).__name__}")
+    if not isinstance(merges, (list, tuple)):
+        raise TypeError(f"merges must be a list of (bytes, bytes) pairs, got {type(merges).__name__}")
     if len(vocab) < 256 + len(merges):
         raise ValueError(f"vocab has {len(vocab)} tokens, fewer than 256 bytes + {len(merges)} merges")
-    for i in range(256):
-        if vocab[i] != bytes([i]):
-            raise ValueError(f"vocab[{i}] must be bytes([{i}]) (ids 0..255 are the single bytes), got {vocab[i]!r}")
-    for k, (left, right) in enumerate(merges):
-        if vocab[256 + k] != left + right:
-            raise ValueError(f"vocab[{256 + k}] must be merges[{k}][0] + merges[{k}][1] = {left + right!r}, "
+    if list(vocab[:256]) != _SINGLE_BYTES:
+        bad = next(i for i in range(256) if vocab[i] != bytes([i]))
+        raise ValueError(f"vocab[{bad}] must be bytes([{bad}]) (ids 0..255 are the single bytes), got {vocab[bad]!r}")
+    step = 1 if full else max(1, len(merges) // 16)
+    for k in sorted({*range(0, len(merges), step), len(merges) - 1} - {-1}):
+        pair = merges[k]
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(type(x) is bytes for x in pair)):
+            raise TypeError(f"merges[{k}] must be a pair of bytes, got {pair!r}")
+        if vocab[256 + k] != pair[0] + pair[1]:
+            raise ValueError(f"vocab[{256 + k}] must be merges[{k}][0] + merges[{k}][1] = {pair[0] + pair[1]!r}, "
                              f"got {vocab[256 + k]!r}: vocab and merges do not come from the same train_bpe")
+    for i in range(256 + len(merges), len(vocab)):
+        if type(vocab[i]) is not bytes:
+            raise TypeError(f"vocab[{i}] must be bytes, got {type(vocab[i]).__name__}")
 
 
 def _check_special_in_vocab(vocab, merges, special_tokens) -> None:
@@ -122,7 +133,7 @@ def _validate_bpe_encode(vocab, merges, text, special_tokens=()) -> None:
 
 
 def _validate_bpe_decode(vocab, ids) -> None:
-    if not isinstance(vocab, (list, tuple)) or not all(type(t) is bytes for t in vocab):
+    if not isinstance(vocab, (list, tuple)) or not vocab or type(vocab[-1]) is not bytes:
         raise TypeError("vocab must be a list of bytes (token id -> token bytes)")
     if not isinstance(ids, (list, tuple)):
         raise TypeError(f"ids must be a list of int, got {type(ids).__name__}")
@@ -357,15 +368,23 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def encode_iterable(vocab: list[bytes], merges: list[tuple[bytes, bytes]], chunks: Iterable[str],
-                    special_tokens: list[str] = ()) -> Iterator[int]:
+                    special_tokens: list[str] = (), block_size: int = 1 << 16) -> Iterator[int]:
     """Token ids of a stream of text chunks (e.g. an open file, line by line), in bounded memory.
 
     Yields exactly the ids of ``bpe_encode(vocab, merges, "".join(chunks), special_tokens)``, one
-    :func:`encode_chunk` step per chunk, without ever holding the whole text.
+    :func:`encode_chunk` step per block of about ``block_size`` characters (small chunks, like the
+    lines of a file, are gathered into blocks first), without ever holding the whole text.
     """
-    buffer = ""
+    buffer, block, size = "", [], 0
     for chunk in chunks:
-        ids, buffer = encode_chunk(vocab, merges, buffer, chunk, special_tokens)
+        block.append(chunk)
+        size += len(chunk)
+        if size >= block_size:
+            ids, buffer = encode_chunk(vocab, merges, buffer, "".join(block), special_tokens)
+            yield from ids
+            block, size = [], 0
+    if block:
+        ids, buffer = encode_chunk(vocab, merges, buffer, "".join(block), special_tokens)
         yield from ids
     ids, _ = encode_chunk(vocab, merges, buffer, None, special_tokens)
     yield from ids
@@ -384,7 +403,7 @@ class BPETokenizer:
         self.vocab = list(vocab)
         self.merges = [(bytes(a), bytes(b)) for a, b in merges]
         self.special_tokens = list(dict.fromkeys(special_tokens))
-        _check_vocab_merges(self.vocab, self.merges)
+        _check_vocab_merges(self.vocab, self.merges, full=True)
         _check_special_in_vocab(self.vocab, self.merges, self.special_tokens)
 
     @classmethod
