@@ -279,7 +279,8 @@ def test_handout_pytest_fails_on_every_exercise_with_not_implemented_and_no_coll
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, f"expected failing tests (exit 1), got {proc.returncode}:\n{output[-3000:]}"
     assert "ERROR collecting" not in output and "ImportError" not in output, output[-3000:]
-    assert str(ROOT / "course_lib") not in output and "solutions" not in output
+    assert str(ROOT / "course_lib") not in output, "the handout imported the instructor's course_lib"
+    assert "No module named 'solutions'" not in output and "solutions/" not in output, output[-3000:]
     cases = ET.parse(report).getroot().iter("testcase")
     named, failed = set(), 0
     for case in cases:
