@@ -548,11 +548,11 @@ def test_tokenizer_json_gives_the_same_ids_on_any_text(*, student, text):
 
 @pytest.mark.exercise("1.7")
 def test_tokenizer_json_works_in_transformers(student):
-    from transformers import PreTrainedTokenizerFast
-
     vocab, merges = trained()
-    fast = PreTrainedTokenizerFast(tokenizer_object=load_json(student, vocab, merges, SPECIALS),
-                                   eos_token=EOT, pad_token="<|pad|>")
+    tokenizer = load_json(student, vocab, merges, SPECIALS)
+    from transformers import PreTrainedTokenizerFast  # (imported once there is something to wrap)
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOT, pad_token="<|pad|>")
     text = "<|im_start|>user\nWhat's 2 + 2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>" + EOT
     assert_same(fast(text)["input_ids"], tiktoken_ids(vocab, merges, text, SPECIALS),
                 "PreTrainedTokenizerFast(tokenizer_object=...) on a chat text")
