@@ -353,7 +353,7 @@ def test_train_bpe_agrees_with_tokenizers_until_the_first_tie(student):
     n = len(expected)
     library = tokenizers_bpe(documents, 256 + n + 1, [EOT])
     assert library == expected, "tokenizers and the brute-force trainer disagree (test of the test)"
-    assert n >= 10, f"only {n} merges before the first tie (test of the test)"
+    assert n >= 5, f"only {n} merges before the first tie (test of the test)"
     _, merges = student.train_bpe(documents, 256 + n + 1, [EOT])
     assert_same(list(map(tuple, merges)), library,
                 f"the first {n} merges on corpus text (all before any tie) against the tokenizers BPE trainer",
