@@ -177,7 +177,7 @@ def word_tokenize(text: str) -> list[str]:
     Hint:
         One regular expression with two alternatives does it; ``re.findall`` returns the matches.
     """
-    raise NotImplementedError("Exercise 1.1: implement word_tokenize in course_lib/tokenization.py")
+    raise NotImplementedError("Exercise 1.1: implement word_tokenize in tokenization.py")
 
 
 @exercise("1.2", points=2, validate=_validate_pretokenize)
@@ -201,7 +201,7 @@ def pretokenize(text: str, special_tokens: list[str] = ()) -> list[str]:
         Use the ``regex`` package, not ``re`` (``\\p{L}``). For the special tokens, one alternation of
         the ``regex.escape``-d tokens, longest first, finds them; split the text around the matches.
     """
-    raise NotImplementedError("Exercise 1.2: implement pretokenize in course_lib/tokenization.py")
+    raise NotImplementedError("Exercise 1.2: implement pretokenize in tokenization.py")
 
 
 @exercise("1.3", points=4, validate=_validate_train_bpe)
@@ -234,7 +234,7 @@ def train_bpe(documents: list[str], vocab_size: int,
         the merged pair change: keep the pair counts, and an index pair -> pre-tokens containing it,
         and update both for those pre-tokens only. A heap (``heapq``) finds the best pair quickly.
     """
-    raise NotImplementedError("Exercise 1.3: implement train_bpe in course_lib/tokenization.py")
+    raise NotImplementedError("Exercise 1.3: implement train_bpe in tokenization.py")
 
 
 @exercise("1.4", points=3, validate=_validate_bpe_encode)
@@ -260,7 +260,7 @@ def bpe_encode(vocab: list[bytes], merges: list[tuple[bytes, bytes]], text: str,
         with merges ``[(b"b", b"c"), (b"a", b"b")]``, ``"abc"`` is ``a`` + ``bc``, not ``ab`` + ``c``.
         Many pre-tokens repeat (``" the"``): cache the ids of each distinct pre-token.
     """
-    raise NotImplementedError("Exercise 1.4: implement bpe_encode in course_lib/tokenization.py")
+    raise NotImplementedError("Exercise 1.4: implement bpe_encode in tokenization.py")
 
 
 @exercise("1.5", points=1, validate=_validate_bpe_decode)
@@ -279,7 +279,7 @@ def bpe_decode(vocab: list[bytes], ids: list[int]) -> str:
     Hint:
         A token can end in the middle of a character: decode the whole byte string, not token by token.
     """
-    raise NotImplementedError("Exercise 1.5: implement bpe_decode in course_lib/tokenization.py")
+    raise NotImplementedError("Exercise 1.5: implement bpe_decode in tokenization.py")
 
 
 @exercise("1.6", points=2, validate=_validate_encode_chunk)
@@ -309,7 +309,7 @@ def encode_chunk(vocab: list[bytes], merges: list[tuple[bytes, bytes]], buffer: 
         special token may be the start of a longer one). Pre-tokenize the rest: every pre-token but
         the last is final, and so is a special token.
     """
-    raise NotImplementedError("Exercise 1.6: implement encode_chunk in course_lib/tokenization.py")
+    raise NotImplementedError("Exercise 1.6: implement encode_chunk in tokenization.py")
 
 
 @exercise("1.7", points=2, validate=_validate_to_tokenizer_json)
@@ -339,7 +339,7 @@ def to_tokenizer_json(vocab: list[bytes], merges: list[tuple[bytes, bytes]],
         Build a tiny tokenizer with ``tokenizers`` (``Tokenizer(models.BPE(...))``, ``pre_tokenizers``,
         ``add_special_tokens``) and print ``to_str()`` to see every field the format expects.
     """
-    raise NotImplementedError("Exercise 1.7: implement to_tokenizer_json in course_lib/tokenization.py")
+    raise NotImplementedError("Exercise 1.7: implement to_tokenizer_json in tokenization.py")
 
 
 # -- implemented: what the exercises are used for -------------------------------------------------
