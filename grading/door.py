@@ -40,6 +40,14 @@ class SubmissionTimeout(SubmissionError):
     """A call into the submission ran past its time limit; its process was killed."""
 
 
+def _find(name: str) -> exercises.Exercise:
+    """The exercise called ``name``; ``AttributeError`` (so ``hasattr(student, x)`` works) if none."""
+    try:
+        return exercises.find(name)
+    except KeyError as err:
+        raise AttributeError(f"no exercise entry point named {name!r}") from err
+
+
 class InProcessDoor:
     """Calls the exercise entry points of ``course_lib`` in this process."""
 
@@ -51,7 +59,7 @@ class InProcessDoor:
             raise AttributeError(name)
         if name in self.overrides:
             return self.overrides[name]
-        return exercises.entry_point(exercises.find(name))
+        return exercises.entry_point(_find(name))
 
     def close(self) -> None:
         pass
@@ -100,7 +108,7 @@ class SandboxDoor:
     def __getattr__(self, name: str) -> Callable:
         if name.startswith("_"):
             raise AttributeError(name)
-        exercises.find(name)  # an unknown name fails here, on the trusted side
+        _find(name)  # an unknown name fails here, on the trusted side
         return lambda *args, **kwargs: self.call(name, *args, **kwargs)
 
     # -- child process ----------------------------------------------------------------------

@@ -113,6 +113,17 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    if against == "mutants":  # judge only the wrong variants whose tests were selected
+        selected = {(name, mutant.__name__) for item in keep if hasattr(item, "callspec")
+                    for name, mutant in [item.callspec.params.get("student", (None, _NoMutant))] if name}
+        killed = config._course_mutants_killed
+        for key in list(killed):
+            if key not in selected:
+                del killed[key]
+
+
+class _NoMutant:
+    """Placeholder for a test that runs no wrong variant."""
 
 
 def _cuda_available() -> bool:
