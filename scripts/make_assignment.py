@@ -3,9 +3,16 @@ beside it, ``<module>.py``, a symlink to the chapter's stub module ``course_lib/
 the student completes and hands in with the notebook; nbgrader releases a copy of the file).
 
 Generated, not hand-edited, so that the test cells, their points and the stub module stay in sync
-with ``course_lib`` (``@exercise("0.1", points=2)``). Usage::
+with ``course_lib`` (``@exercise("0.1", points=2)``). This file holds what every assignment shares:
+the cell constructor, the exercises table, the test cells (one per exercise of ``all_exercises()``),
+the stub symlink and ``--check``. Each chapter's own text (introduction, experiment, written
+questions and their model answers) lives in ``scripts/assignments/<module>.py``, whose
+``cells(kit)`` returns the cells that come before the tests. It lives there, not in
+``assignments/<module>/``, because nbgrader releases every file of that folder to the students.
 
-    python scripts/make_assignment.py            # every chapter that has an assignment text below
+Usage::
+
+    python scripts/make_assignment.py            # every chapter with a scripts/assignments/<module>.py
     python scripts/make_assignment.py numerics
     python scripts/make_assignment.py --check    # fail if a committed file differs from what it writes
 """
@@ -13,15 +20,18 @@ with ``course_lib`` (``@exercise("0.1", points=2)``). Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTENT = Path(__file__).resolve().parent / "assignments"  # one content module per chapter
 sys.path.insert(0, str(ROOT))
 
 from course_lib import exercises  # noqa: E402
@@ -44,9 +54,45 @@ def _cell(kind: str, grade_id: str, source: str, *, grade: bool = False, solutio
     return cell
 
 
+@dataclass(frozen=True)
+class Kit:
+    """What a chapter's content module gets: its chapter and the constructors of the cells it may use."""
+
+    module: str  # the chapter module ("numerics"): the student's file is <module>.py beside the notebook
+    exercises: tuple[exercises.Exercise, ...]  # the chapter's exercises, in id order
+
+    @property
+    def total(self) -> float:
+        """Points of the code exercises together."""
+        return sum(e.points for e in self.exercises)
+
+    @property
+    def table(self) -> str:
+        """The rows of a Markdown table ``| exercise | function | points |`` (header not included)."""
+        return "\n".join(f"| {e.id} | `{e.name}` | {e.points:g} |" for e in self.exercises)
+
+    def markdown(self, grade_id: str, source: str):
+        """Instructions: a locked Markdown cell."""
+        return _cell("markdown", grade_id, source)
+
+    def code(self, grade_id: str, source: str):
+        """Setup or an experiment: a locked code cell (it runs at autograde, scores nothing)."""
+        return _cell("code", grade_id, source)
+
+    def written_answer(self, grade_id: str, model_answer: str, points: float):
+        """The student's answer cell of a written question, graded by hand. ``model_answer`` is what
+        the instructor's copy shows; nbgrader releases the cell with a placeholder instead."""
+        return _cell("markdown", grade_id, f"### BEGIN SOLUTION\n{model_answer.strip()}\n### END SOLUTION",
+                     grade=True, solution=True, points=points)
+
+
 def test_cells(module: str) -> list:
-    """One instruction cell and one autograded test cell per exercise of ``module``."""
-    cells = []
+    """A heading, then one instruction cell and one autograded test cell per exercise of ``module``."""
+    cells = [_cell("markdown", "about_tests", """
+## Tests
+
+Each cell below checks one exercise (the points are in its heading). Run them after each change.
+""")]
     for ex in (e for e in exercises.all_exercises() if e.module == module):
         summary = inspect.getdoc(exercises.entry_point(ex)).splitlines()[0]
         key = ex.id.replace(".", "_")
@@ -67,151 +113,39 @@ check("{ex.id}", hidden=True)
     return cells
 
 
-def numerics_notebook() -> nbformat.NotebookNode:
-    module = "numerics"
-    chapter = [e for e in exercises.all_exercises() if e.module == module]
-    table = "\n".join(f"| {e.id} | `{e.name}` | {e.points:g} |" for e in chapter)
-    total = sum(e.points for e in chapter)
-    cells = [
-        _cell("markdown", "intro", f"""
-# Chapter 0: numerically stable softmax
-
-In this assignment you complete the {len(chapter)} functions of **`{module}.py`**, the file in this folder
-beside the notebook. Each one raises `NotImplementedError` until you write its body; its docstring
-states the contract (shapes, dtypes, masked entries, edge cases) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{table}
-
-The code exercises are worth {total:g} points, checked automatically; the written answer below is
-graded by hand.
-
-How to work:
-
-1. Edit `numerics.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiment to see where the naive formulas break, and answer the question.
-3. Run the test cell of each exercise. A test cell prints one line per test and fails with a message
-   that says what is wrong.
-
-Hand in this notebook **and** `numerics.py`. Do not rename the file and do not edit the test cells:
-they are restored before grading, and grading runs additional hidden tests.
-"""),
-        _cell("code", "setup", f"""
-%load_ext autoreload
-%autoreload 2
-
-import torch
-import torch.nn.functional as F
-
-import {module}  # your file: {module}.py in this folder
-"""),
-        _cell("markdown", "about_experiment", """
-## Experiment: when does softmax overflow?
-
-`exp` of a float32 above about 88.7 is `inf`, and `inf / inf` is NaN. Real logits get that large
-(an untrained model, a temperature near 0, attention scores before scaling). The cell compares the
-naive formula with your `stable_softmax` on random logits of growing scale, counts the rows that
-come out NaN, and checks your answer against `torch.softmax`. An exercise you have not done yet is
-reported, not fatal.
-"""),
-        _cell("code", "experiment", f"""
-def naive_softmax(logits):
-    exp = torch.exp(logits)
-    return exp / exp.sum(dim=-1, keepdim=True)
+def assignments() -> list[str]:
+    """The chapter modules that have a content module ``scripts/assignments/<module>.py``."""
+    return sorted(p.stem for p in CONTENT.glob("*.py") if not p.name.startswith("_"))
 
 
-def attempt(fn, *args, **kwargs):
-    \"\"\"Call one of your functions; an unfinished or failing one gives None and a message.\"\"\"
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError as err:
-        print(f"not done yet: {{err}}")
-    except Exception as err:
-        print(f"{{fn.__name__}} raised {{type(err).__name__}}: {{err}}")
-    return None
+def content(module: str):
+    """``scripts/assignments/<module>.py``, loaded from its file (the name ``assignments`` is also the
+    nbgrader source folder at the repository root, so it is not imported as a package)."""
+    path = CONTENT / f"{module}.py"
+    spec = importlib.util.spec_from_file_location(f"assignment_content_{module}", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
-def nan_rows(probs):
-    return float(torch.isnan(probs).any(dim=-1).float().mean())
-
-
-gen = torch.Generator().manual_seed(0)
-scales = [1, 10, 30, 100, 300, 1000, 3000]
-naive_rate, yours_rate = [], []
-print(f"{{'scale':>6}} {{'naive NaN rows':>15}} {{'yours NaN rows':>15}} {{'max |yours - torch|':>20}}")
-for scale in scales:
-    logits = torch.randn(2000, 64, generator=gen) * scale
-    naive_rate.append(nan_rows(naive_softmax(logits)))
-    yours = attempt({module}.stable_softmax, logits)
-    if yours is None:
-        break
-    yours_rate.append(nan_rows(yours))
-    gap = (yours - torch.softmax(logits, dim=-1)).abs().max().item()
-    print(f"{{scale:>6}} {{naive_rate[-1]:>15.1%}} {{yours_rate[-1]:>15.1%}} {{gap:>20.2e}}")
-
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-if plt is not None and yours_rate:
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.semilogx(scales[:len(naive_rate)], naive_rate, "o-", label="naive exp / sum")
-    ax.semilogx(scales[:len(yours_rate)], yours_rate, "s--", label="your stable_softmax")
-    ax.set_xlabel("logit scale (std of the logits)")
-    ax.set_ylabel("fraction of NaN rows")
-    ax.legend()
-    plt.show()
-
-logits = torch.randn(4, 16, 100, generator=gen) * 5          # (batch, seq, vocab)
-targets = torch.randint(0, 100, (4, 16), generator=gen)       # (batch, seq)
-targets[:, -3:] = -100                                        # padding: ignored
-loss = attempt({module}.cross_entropy, logits, targets)
-if loss is not None:
-    expected = F.cross_entropy(logits.reshape(-1, 100), targets.reshape(-1))
-    print(f"cross_entropy: yours {{loss.item():.6f}}, torch {{expected.item():.6f}}")
-"""),
-        _cell("markdown", "question_masked_rows", """
-## Written answer (2 points, graded by hand)
-
-`torch.softmax` returns NaN for a row whose logits are all `-inf`; this course's `stable_softmax`
-returns zeros there. Where in a language model do fully masked rows occur, why is NaN harmful there,
-and when could silently returning zeros hide a bug instead? Answer in a few sentences.
-"""),
-        _cell("markdown", "answer_masked_rows", """
-### BEGIN SOLUTION
-Fully masked rows appear in attention when a query may attend to no key: left-padding positions in a
-batch with a padding mask, or a causal mask combined with a padding mask at the first positions.
-A NaN there does not stay put: it spreads through the weighted sum of values, the next layers and
-the loss, and one NaN gradient corrupts every parameter in the optimiser step. Zeros give those
-positions a zero attention output, which is harmless when the positions are padding whose outputs
-are ignored (their loss is masked too). But zeros also hide mistakes: a mask built the wrong way
-(inverted, or shifted by one) that blanks out real tokens' rows produces plausible numbers instead
-of a loud NaN, so such a bug shows up only as a worse loss. A check that real (non-padding) rows
-are never fully masked catches it.
-### END SOLUTION
-""", grade=True, solution=True, points=2),
-        _cell("markdown", "about_tests", """
-## Tests
-
-Each cell below checks one exercise (the points are in its heading). Run them after each change.
-"""),
-        *test_cells(module),
-    ]
-    nb = new_notebook(cells=cells)
+def notebook(module: str) -> nbformat.NotebookNode:
+    """The source notebook: the chapter's cells (its content module), then the generated tests."""
+    kit = Kit(module, tuple(e for e in exercises.all_exercises() if e.module == module))
+    nb = new_notebook(cells=[*content(module).cells(kit), *test_cells(module)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                  "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
 
 
-ASSIGNMENTS = {"numerics": numerics_notebook}
-
-
 def notebook_text(module: str) -> str:
-    notebook = ASSIGNMENTS[module]()
-    nbformat.validate(notebook)
-    return nbformat.writes(notebook) + "\n"
+    nb = notebook(module)
+    nbformat.validate(nb)
+    ids = [cell.id for cell in nb.cells]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{module}: cell ids (grade ids) used twice: {duplicates}")
+    return nbformat.writes(nb) + "\n"
 
 
 def stub_link(module: str) -> tuple[Path, str]:
@@ -221,28 +155,29 @@ def stub_link(module: str) -> tuple[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    known = assignments()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modules", nargs="*", help=f"chapter modules (default: {', '.join(ASSIGNMENTS)})")
+    parser.add_argument("modules", nargs="*", help=f"chapter modules (default: {', '.join(known)})")
     parser.add_argument("--check", action="store_true", help="only compare with the committed files")
     args = parser.parse_args(argv)
     stale = []
-    for module in args.modules or list(ASSIGNMENTS):
-        if module not in ASSIGNMENTS:
-            parser.error(f"no assignment for {module!r}; known: {', '.join(ASSIGNMENTS)}")
-        notebook, text = ROOT / "assignments" / module / f"{module}.ipynb", notebook_text(module)
+    for module in args.modules or known:
+        if module not in known:
+            parser.error(f"no assignment for {module!r} (scripts/assignments/{module}.py); known: {', '.join(known)}")
+        path, text = ROOT / "assignments" / module / f"{module}.ipynb", notebook_text(module)
         link, target = stub_link(module)
         if args.check:
-            if not notebook.is_file() or notebook.read_text() != text:
-                stale.append(notebook)
+            if not path.is_file() or path.read_text() != text:
+                stale.append(path)
             if not link.is_symlink() or os.readlink(link) != target or not link.is_file():
                 stale.append(link)
             continue
-        notebook.parent.mkdir(parents=True, exist_ok=True)
-        notebook.write_text(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(target)
-        print(f"wrote {notebook.relative_to(ROOT)}, {link.relative_to(ROOT)} -> {target}")
+        print(f"wrote {path.relative_to(ROOT)}, {link.relative_to(ROOT)} -> {target}")
     if stale:
         print("out of date (run python scripts/make_assignment.py):")
         for path in stale:
