@@ -169,13 +169,28 @@ def split_documents(documents: list[str], seed: int = SPLIT_SEED) -> dict[str, l
             (("train", train), ("validation", validation), ("test", test))}
 
 
+CORPUS_ENV = "COURSE_CORPUS"
+
+
+def resolve_source(source: str | os.PathLike | None) -> str | None:
+    """``source`` as a string; ``None`` becomes ``$COURSE_CORPUS`` if set (one switch for every
+    chapter), else stays ``None``, the built-in corpus."""
+    if source is None:
+        return os.environ.get(CORPUS_ENV) or None
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path, a dataset name or None, got {type(source).__name__}")
+    return os.fspath(source)
+
+
 def corpus_cache_path(source: str | None = None) -> Path:
     """Where the split corpus of ``source`` is (or will be) cached."""
+    source = resolve_source(source)
     return cache_dir("corpus") / f"corpus-{cache_key(CORPUS_VERSION, SPLIT_SEED, _describe(source))}.json"
 
 
 def build_corpus(source: str | None = None) -> dict:
     """``{"meta": {...}, "splits": {"train": [...], "validation": [...], "test": [...]}}``, cached."""
+    source = resolve_source(source)
     path = corpus_cache_path(source)
     if path.is_file():
         try:
@@ -197,22 +212,22 @@ def load_corpus(split: str = "train", source: str | None = None) -> list[str]:
     Args:
         split: ``"train"``, ``"validation"`` or ``"test"``; the three are disjoint by document.
         source: ``None`` for the built-in corpus (Python's own documentation, see the module
-            docstring); a local text file (documents are its paragraphs) or folder (documents are
-            its files); or the name of a Hugging Face dataset (needs ``datasets`` and a network).
+            docstring, or ``$COURSE_CORPUS`` when set); a local text file (documents are its
+            paragraphs) or folder (documents are its files); or the name of a Hugging Face dataset
+            (needs ``datasets`` and a network).
 
     Returns:
         A list of documents (``str``), in their original order.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if source is not None and not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path, a dataset name or None, got {type(source).__name__}")
-    return build_corpus(None if source is None else os.fspath(source))["splits"][split]
+    return build_corpus(source)["splits"][split]
 
 
 def corpus_summary(source: str | None = None) -> dict:
     """Sizes per split (documents, characters, UTF-8 bytes) and what the corpus is made of."""
-    corpus = build_corpus(None if source is None else os.fspath(source))
+    source = resolve_source(source)
+    corpus = build_corpus(source)
     splits = {}
     for name in SPLITS:
         docs = corpus["splits"][name]
