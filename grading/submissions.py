@@ -152,7 +152,10 @@ class _Source:
             if name in needed or name not in self.top_level or name == "annotations":
                 continue
             if name in defined:
-                if name not in entry_points and _normalised(defined[name]) != _normalised(self.top_level[name]):
+                # The reference may import a name from the chapter module itself: same meaning.
+                same = (name in entry_points or _imports_from_course_lib(self.top_level[name])
+                        or _normalised(defined[name]) == _normalised(self.top_level[name]))
+                if not same:
                     raise ValueError(f"{name} means different things in the chapter module and in the "
                                      f"module a completion comes from; rename one of them")
                 continue
@@ -193,6 +196,11 @@ def _used_names(node: ast.AST) -> set[str]:
 
 def _is_import(segment: str) -> bool:
     return isinstance(ast.parse(textwrap.dedent(segment)).body[0], (ast.Import, ast.ImportFrom))
+
+
+def _imports_from_course_lib(segment: str) -> bool:
+    node = ast.parse(textwrap.dedent(segment)).body[0]
+    return isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "course_lib"
 
 
 def _normalised(segment: str) -> str:
