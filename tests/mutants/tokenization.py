@@ -13,6 +13,7 @@ import regex
 
 from course_lib import tokenization as T
 from course_lib.tokenization import GPT2_SPLIT_PATTERN
+from tests.test_tokenization import merge_word
 
 LONGEST_FIRST = lambda tokens: sorted(set(tokens), key=len, reverse=True)  # noqa: E731
 
@@ -77,18 +78,6 @@ def pretokenize_ascii_pattern(text, special_tokens=()):
 
 
 # -- 1.3 train_bpe ------------------------------------------------------------------------------------
-def _merge(word, pair):
-    out, i = [], 0
-    while i < len(word):
-        if word[i:i + 2] == pair:
-            out.append(pair[0] + pair[1])
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return tuple(out)
-
-
 def _train(documents, vocab_size, special_tokens, *, pick=lambda c: max(c, key=lambda p: (c[p], p)),
            pieces=lambda doc, specials: [p for p in T.pretokenize(doc, specials) if p not in specials],
            weighted=True, specials_first=False):
@@ -107,7 +96,7 @@ def _train(documents, vocab_size, special_tokens, *, pick=lambda c: max(c, key=l
         merges.append(best)
         merged = Counter()
         for word, n in words.items():
-            merged[_merge(word, best)] += n
+            merged[merge_word(word, best)] += n
         words = merged
     specials = [t.encode() for t in special_tokens]
     body = [bytes([b]) for b in range(256)] + [a + b for a, b in merges]
@@ -164,7 +153,7 @@ def _by_rank(merges):
             pairs = [p for p in zip(parts, parts[1:]) if p in rank]
             if not pairs:
                 break
-            parts = list(_merge(tuple(parts), min(pairs, key=rank.get)))
+            parts = list(merge_word(tuple(parts), min(pairs, key=rank.get)))
         return parts
 
     return encode_piece
@@ -184,7 +173,7 @@ def bpe_encode_left_to_right(vocab, merges, text, special_tokens=()):
             first = next((p for p in zip(parts, parts[1:]) if p in merge_set), None)
             if first is None:
                 return _ids(vocab, merges, parts)
-            parts = list(_merge(tuple(parts), first))
+            parts = list(merge_word(tuple(parts), first))
 
     return _encode_pieces(vocab, merges, T.pretokenize(text, special_tokens), special_tokens, encode_piece)
 
