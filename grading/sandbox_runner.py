@@ -1,19 +1,15 @@
 """Entry point of the grading sandbox's child process (copied into the sandbox folder and run there).
 
-Usage: ``python -I door_runner.py FOLDER``. Reads call requests on stdin, answers on the original
-stdout; the submission's own prints go to stderr (a log file), so they cannot forge an answer.
+Usage: ``python -I door_runner.py FOLDER``. First, before anything of the submission is imported, it
+confines itself (``door_sandbox.confine`` with ``FOLDER/spec.json``: network, file system, resource
+limits, then an unprivileged uid) and answers with a hello that carries the confinement report.
+Then it reads call requests on stdin and answers on the original stdout; the submission's own prints
+go to stderr (a log file), so they cannot forge an answer.
 """
 
-import ctypes
+import json
 import os
-import signal
 import sys
-
-# Die with the grader: if the process that started us is killed, so are we (Linux prctl).
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
 
 folder = sys.argv[1]
 sys.path.insert(0, folder)
@@ -23,7 +19,22 @@ os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
 os.dup2(2, 1)
 sys.stdin = open(os.devnull)
 
-import door_codec as codec  # noqa: E402  (the trusted copy beside this file)
+import door_sandbox  # noqa: E402  (the trusted copies beside this file)
+
+with open(os.path.join(folder, "spec.json")) as f:
+    spec = json.load(f)
+try:
+    report = door_sandbox.confine(spec)
+except Exception as err:  # refuse to run student code half confined
+    print(f"sandbox: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    os._exit(71)
+os.chdir(spec.get("work") or folder)
+
+import door_codec as codec  # noqa: E402
+
+replies.write(codec.frame(codec.encode({"ready": True, "confinement": report})))
+replies.flush()
+
 from course_lib import exercises  # noqa: E402
 
 while True:
