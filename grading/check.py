@@ -28,6 +28,7 @@ from pathlib import Path
 
 COURSE_ROOT_ENV = "COURSE_ROOT"
 TIMEOUT_ENV = "COURSE_CHECK_TIMEOUT"
+DEFER_ENV = "COURSE_CHECK_DEFER"  # set by the batch grader (grading.autograde): scores come from it
 DEFAULT_TIMEOUT = 300.0  # seconds for all the tests of one exercise, subprocess included
 CALL_TIMEOUT = 60.0  # seconds for one call into the submission (SandboxDoor)
 
@@ -55,6 +56,11 @@ def check(exercise: str, hidden: bool = False, submission: str | os.PathLike | N
     their results for the hidden check that follows it in the test cell (if the submission's files
     are unchanged by then): one subprocess and one sandbox start per cell instead of two.
     """
+    if os.environ.get(DEFER_ENV):
+        # Batch grading: the code exercises are scored outside this kernel, in the sandbox, and
+        # written into the gradebook and this cell's output by the trusted grader afterwards.
+        print(f"exercise {exercise}: scored by the course's sandboxed grader (see the feedback)")
+        raise AssertionError(f"exercise {exercise}: scored outside the notebook by the sandboxed grader")
     root = course_root()
     folder = Path(submission if submission is not None else os.getcwd()).resolve()
     limit = float(timeout if timeout is not None else os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
@@ -122,16 +128,17 @@ def _clean_environment() -> dict[str, str]:
     """The kernel's environment without what could steer the grading run: Python and pytest
     options, the course's mode switch."""
     return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PYTHON", "PYTEST", "COURSE_LIB_", "COV_"))}
+            if not k.startswith(("PYTHON", "PYTEST", "COURSE_LIB_", "COURSE_SANDBOX_", "COV_"))}
 
 
-def _run(command: list[str], cwd: str, limit: float) -> tuple[int | None, str]:
+def _run(command: list[str], cwd: str, limit: float,
+         extra_env: dict[str, str] | None = None) -> tuple[int | None, str]:
     """Run ``command`` in its own session; kill it and all its descendants after ``limit`` seconds.
     Returns (exit status or None on timeout, combined output)."""
     with tempfile.TemporaryFile() as out:
         # TMPDIR: the door's sandbox folders land in ``cwd`` (a scratch folder removed afterwards),
         # even when a timeout kills the run before the door could clean up.
-        env = {**_clean_environment(), "TMPDIR": cwd}
+        env = {**_clean_environment(), "TMPDIR": cwd, **(extra_env or {})}
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:

@@ -1,0 +1,422 @@
+"""Grade a whole assignment for every student: ``python -m grading.autograde ASSIGNMENT [--jobs N]``
+(or ``./course grade ASSIGNMENT``), from the repository root, with the course's ``nbgrader_config.py``.
+
+For each submission in ``<course folder>/submitted/<student>/<assignment>/``:
+
+1. **Code exercises, in the sandbox.** The submitted chapter module(s) are copied (regular files
+   only, size-capped) into a private scratch folder, and the course's graded tests of the
+   assignment's exercises, public and hidden, run in a *trusted* ``pytest`` process whose only way to
+   the student's code is the sandboxed door (:class:`grading.door.SandboxDoor`: a child process per
+   submission, its own uid, no network, Landlock, limits). Each test's result is written by that
+   process (:mod:`grading.results`) as it finishes; an exercise earns its points when every one of
+   its tests passed, and a missing result is a failure. Submissions run in parallel (``--jobs``) on
+   CPU; on a GPU machine one at a time per GPU, each GPU checked free before the next.
+2. **The notebook, with nbgrader.** ``nbgrader autograde --force`` runs the notebooks of the graded
+   students (restoring locked cells, for the written answers and the experiment). Its test cells do
+   not run the tests: ``check()`` sees ``COURSE_CHECK_DEFER`` and fails, so nbgrader's provisional
+   score of a code cell is 0, never more.
+3. **Scores, by the trusted side.** The sandbox's scores are written into nbgrader's gradebook as the
+   ``auto_score`` of each exercise's test cell (``test_0_1``, ...); a ``manual_score`` set by a human
+   is never touched (it wins, as in nbgrader). The test cells' outputs in the autograded notebook
+   are replaced by each exercise's result and messages (no test code), which is what
+   ``nbgrader generate_feedback`` shows.
+4. **A record** ``<course folder>/autograde/<assignment>/<student>.json`` (written last, atomically)
+   marks the student done for the submission's fingerprint. A rerun skips recorded students and
+   redoes the others from the start, so a crash or kill mid-run loses and duplicates nothing; a new
+   submission (another fingerprint) or ``--force`` grades again.
+
+A progress bar runs while grading; a table of every student's scores follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from course_lib import exercises
+from grading import check, sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+COURSE_ID = "llm-course"
+MAX_MODULE_BYTES = 2 << 20  # a chapter module larger than this is not graded
+STARTUP_MARGIN = 180.0  # seconds the trusted pytest may take beyond the submission's time budget
+_GB_LOCK = threading.Lock()
+
+
+# -- where things are ------------------------------------------------------------------------------
+def course_folder() -> Path:
+    """nbgrader's course folder, as nbgrader_config.py sets it."""
+    return Path(os.environ.get("COURSE_GRADING_DIR") or ROOT / "_grading").resolve()
+
+
+def gradebook_url(course: Path) -> str:
+    return os.environ.get("COURSE_GRADEBOOK_URL") or f"sqlite:///{course / 'gradebook.db'}"
+
+
+def assignment_modules(assignment: str) -> list[str]:
+    """Chapter modules that the assignment's students hand in (beside its source notebook)."""
+    modules = [m for m in exercises.CHAPTER_MODULES if (ROOT / "assignments" / assignment / f"{m}.py").exists()]
+    if not modules:
+        raise SystemExit(f"assignments/{assignment}/ holds no chapter module ({', '.join(exercises.CHAPTER_MODULES)})")
+    return modules
+
+
+def assignment_exercises(modules: list[str]) -> list[exercises.Exercise]:
+    return [e for e in exercises.all_exercises() if e.module in modules]
+
+
+def cell_name(ex: exercises.Exercise) -> str:
+    """The grade id of an exercise's autograded test cell (scripts/make_assignment.py)."""
+    return f"test_{ex.id.replace('.', '_')}"
+
+
+def submitted_students(course: Path, assignment: str) -> list[str]:
+    return sorted(p.parent.name for p in (course / "submitted").glob(f"*/{assignment}") if p.is_dir())
+
+
+def _module_file(folder: Path, module: str) -> Path | None:
+    for candidate in (folder / f"{module}.py", folder / "course_lib" / f"{module}.py"):
+        try:
+            info = candidate.lstat()
+        except OSError:
+            continue
+        if candidate.is_file() and not candidate.is_symlink() and info.st_size <= MAX_MODULE_BYTES:
+            return candidate
+    return None
+
+
+def fingerprint(folder: Path, modules: list[str]) -> str:
+    """Hash of what is graded: the chapter modules and the notebooks of a submission."""
+    digest = hashlib.sha256()
+    files = [_module_file(folder, m) for m in modules] + sorted(folder.glob("*.ipynb"))
+    for path in files:
+        if path is not None and path.is_file() and not path.is_symlink():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+# -- 1. code exercises in the sandbox -------------------------------------------------------------
+def score_exercises(lines: list[dict], chapter: list[exercises.Exercise]) -> dict[str, dict]:
+    """Per exercise: points when every collected test of it passed (skipped ones aside, at least one
+    passing); a test without a result, or no collection at all, is a failure."""
+    collected = next((line["collected"] for line in lines if "collected" in line), None)
+    results = {line["result"]: line for line in lines if "result" in line}
+    scores = {}
+    for ex in chapter:
+        mine = [c for c in collected or [] if c["exercise"] == ex.id]
+        passed = failed = 0
+        messages = []
+        for test in mine:
+            got = results.get(test["nodeid"])
+            if got is None:
+                failed += 1
+                messages.append("a test did not finish (the run was stopped)")
+            elif got["outcome"] == "failed":
+                failed += 1
+                messages.append(got["message"] or "failed")
+            elif got["outcome"] == "passed":
+                passed += 1
+        if collected is None:
+            messages.append("the grading run did not start")
+        elif not mine:
+            messages.append("no graded test of this exercise ran")
+        ok = collected is not None and failed == 0 and passed > 0
+        scores[ex.id] = {"name": ex.name, "points": ex.points, "score": ex.points if ok else 0.0,
+                         "passed": passed, "failed": failed, "messages": list(dict.fromkeys(messages))[:10]}
+    return scores
+
+
+def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log: Path | None = None,
+               gpu: int | None = None) -> dict:
+    """Run the graded tests of ``modules``' exercises against the submission in ``submitted``."""
+    chapter = assignment_exercises(modules)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as scratch:
+        scratch = Path(scratch)  # mode 0700: the sandbox's uid cannot enter it
+        snap = scratch / "submission"
+        snap.mkdir()
+        for module in modules:
+            found = _module_file(submitted, module)
+            if found is not None:
+                (snap / f"{module}.py").write_bytes(found.read_bytes())
+        if not any(snap.iterdir()):
+            lines, status, output = [], None, ""
+            missing = ", ".join(f"{m}.py" for m in modules)
+            scores = score_exercises([{"collected": []}], chapter)
+            for s in scores.values():
+                s["messages"] = [f"{missing} is not in the submission"]
+            return {"exercises": scores, "seconds": 0.0, "status": "no module"}
+        report = scratch / "results.jsonl"
+        env = {"COURSE_SANDBOX_" + k.upper(): str(v) for k, v in limits.as_dict().items()}
+        env["OMP_NUM_THREADS"] = "1"
+        env["COURSE_DEVICE"] = "cuda" if gpu is not None else "cpu"
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        command = [sys.executable, "-I", "-c", check._RUNNER, str(ROOT), str(ROOT / "tests"),
+                   *[a for ex in chapter for a in ("--exercise", ex.id)],
+                   "--submission", str(snap), "--call-timeout", str(limits.call_timeout),
+                   "-p", "grading.results", "--results-file", str(report),
+                   "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+        status, output = check._run(command, cwd=str(scratch), limit=limits.submission_timeout + STARTUP_MARGIN,
+                                    extra_env=env)
+        lines = []
+        if report.is_file():
+            for raw in report.read_text().splitlines():
+                try:
+                    lines.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    pass
+        if gpu is not None:
+            sandbox.wait_gpu_free(gpu)
+    if log is not None:  # the full output, for the instructor only (it may show test code)
+        log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log.write_text(output)
+    scores = score_exercises(lines, chapter)
+    finished = any("finished" in line for line in lines)
+    return {"exercises": scores, "seconds": round(time.monotonic() - started, 2),
+            "status": "ok" if finished else ("stopped" if status is None else f"pytest exit {status}")}
+
+
+def probe(modules: list[str]) -> dict:
+    """Start one sandbox on the untouched stub and return what confinement it got; raise
+    :class:`grading.door.SandboxUnavailable` if a layer the grader requires is missing."""
+    from grading.door import SandboxDoor
+
+    with tempfile.TemporaryDirectory(prefix="course-probe-") as folder:
+        for module in modules:
+            shutil.copyfile(ROOT / "course_lib" / f"{module}.py", Path(folder) / f"{module}.py")
+        door = SandboxDoor(folder)
+        try:
+            return door.start()
+        finally:
+            door.close()
+
+
+# -- 2. the notebooks, with nbgrader ---------------------------------------------------------------
+def nbgrader_env(course: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON", "COURSE_LIB_"))}
+    bin_dir = str(Path(sys.executable).parent)  # nbgrader runs `alembic` and jupyter from PATH
+    env.update(COURSE_GRADING_DIR=str(course), PATH=bin_dir + os.pathsep + env.get("PATH", os.defpath),
+               MPLBACKEND="agg", OMP_NUM_THREADS="1")
+    env[check.DEFER_ENV] = "1"
+    return env
+
+
+def run_notebooks(course: Path, assignment: str, students: list[str], everyone: list[str],
+                  log: Path) -> dict[str, str]:
+    """``nbgrader autograde --force`` for ``students`` only; per student "ok" or what went wrong."""
+    exclude = sorted(set(everyone) - set(students))
+    command = [sys.executable, "-m", "nbgrader", "autograde", assignment, "--force"]
+    if exclude:
+        command.append(f"--CourseDirectory.student_id_exclude={','.join(exclude)}")
+    env = nbgrader_env(course)
+    with _GB_LOCK:
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600 + 300 * len(students))
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(command)}\nexit {proc.returncode}\n{proc.stdout}\n{proc.stderr}\n")
+    status = {}
+    for student in students:
+        notebooks = list((course / "autograded" / student / assignment).glob("*.ipynb"))
+        status[student] = "ok" if notebooks else "failed (no autograded notebook; see the log)"
+    return status
+
+
+# -- 3. scores into the gradebook, results into the feedback --------------------------------------
+def write_scores(url: str, assignment: str, student: str, scores: dict[str, dict],
+                 chapter: list[exercises.Exercise]) -> None:
+    """Set the ``auto_score`` of each exercise's test cell; leave ``manual_score`` alone."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    by_cell = {cell_name(ex): ex.id for ex in chapter}
+    with _GB_LOCK, Gradebook(url, course_id=COURSE_ID) as gb:
+        gb.update_or_create_student(student)
+        try:
+            gb.find_submission(assignment, student)
+        except MissingEntry:  # nbgrader could not run the notebook: the code scores still count
+            gb.add_submission(assignment, student)
+        for notebook in gb.find_assignment(assignment).notebooks:
+            for cell in notebook.grade_cells:
+                if cell.name not in by_cell:
+                    continue
+                grade = gb.find_grade(cell.name, notebook.name, assignment, student)
+                grade.auto_score = min(float(scores[by_cell[cell.name]]["score"]), float(cell.max_score))
+                grade.needs_manual_grade = grade.manual_score is not None
+        gb.db.commit()
+
+
+def feedback_text(ex_id: str, result: dict) -> str:
+    head = (f"exercise {ex_id} ({result['name']}): {result['score']:g} of {result['points']:g} points, "
+            f"{result['passed']} tests passed, {result['failed']} failed")
+    lines = [head] + [f"- {m}" for m in result["messages"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_feedback_outputs(notebook: Path, scores: dict[str, dict], chapter: list[exercises.Exercise]) -> None:
+    """Replace each exercise test cell's outputs in the autograded notebook with the trusted result."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    by_cell = {cell_name(ex): ex.id for ex in chapter}
+    for cell in nb.cells:
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if cell.cell_type == "code" and grade_id in by_cell:
+            ex_id = by_cell[grade_id]
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=feedback_text(ex_id, scores[ex_id]))]
+    tmp = notebook.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, notebook)
+
+
+def _write_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# -- the whole assignment ----------------------------------------------------------------------------
+def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | None = None, force: bool = False,
+                     notebooks: bool = True, limits: sandbox.Limits | None = None, course: Path | None = None,
+                     url: str | None = None, progress: bool = True, out=sys.stdout) -> dict[str, dict]:
+    """Grade ``assignment`` for ``students`` (default: everyone who submitted); return the records."""
+    from tqdm import tqdm
+
+    course = Path(course or course_folder()).resolve()
+    url = url or gradebook_url(course)
+    limits = limits or sandbox.Limits.from_env()
+    modules = assignment_modules(assignment)
+    chapter = assignment_exercises(modules)
+    everyone = submitted_students(course, assignment)
+    chosen = [s for s in (students or everyone) if s in everyone]
+    store = course / "autograde" / assignment
+    records, pending, prints = {}, [], {}
+    for student in chosen:
+        prints[student] = fingerprint(course / "submitted" / student / assignment, modules)
+        try:
+            old = json.loads((store / f"{student}.json").read_text())
+        except (OSError, ValueError):
+            old = None
+        if not force and old and old.get("complete") and old.get("fingerprint") == prints[student]:
+            records[student] = old
+        else:
+            pending.append(student)
+
+    confinement = probe(modules) if pending else None
+    gpus = _gpus()
+    slots = cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(gpus)) if gpus else jobs))
+    free_gpus = list(gpus)
+    gpu_lock = threading.Condition()
+
+    def one(student: str) -> dict:
+        gpu = None
+        if gpus:
+            with gpu_lock:
+                gpu_lock.wait_for(lambda: free_gpus)
+                gpu = free_gpus.pop(0)
+        try:
+            return grade_code(course / "submitted" / student / assignment, modules, limits,
+                              log=store / "logs" / f"{student}.log", gpu=gpu)
+        finally:
+            if gpu is not None:
+                with gpu_lock:
+                    free_gpus.append(gpu)
+                    gpu_lock.notify()
+
+    bar = tqdm(total=len(pending), desc=f"grading {assignment}", unit="student", disable=not progress,
+               file=sys.stderr)
+    started = time.monotonic()
+    futures = {slots.submit(one, s): s for s in pending}
+    waiting = set(futures)
+    try:
+        while waiting:
+            done, waiting = cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
+            batch = {futures[f]: f.result() for f in done}
+            status = (run_notebooks(course, assignment, sorted(batch), everyone, store / "logs" / "nbgrader.log")
+                      if notebooks else {s: "not run" for s in batch})
+            for student, result in sorted(batch.items()):
+                write_scores(url, assignment, student, result["exercises"], chapter)
+                for notebook in (course / "autograded" / student / assignment).glob("*.ipynb"):
+                    write_feedback_outputs(notebook, result["exercises"], chapter)
+                record = {"student": student, "assignment": assignment, "fingerprint": prints[student],
+                          "exercises": result["exercises"], "status": result["status"],
+                          "notebook": status[student], "seconds": result["seconds"],
+                          "code_score": sum(e["score"] for e in result["exercises"].values()),
+                          "max_code_score": sum(ex.points for ex in chapter),
+                          "confinement": confinement, "complete": True}
+                _write_record(store / f"{student}.json", record)
+                records[student] = record
+                bar.update(1)
+    finally:
+        slots.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    elapsed = time.monotonic() - started
+    print_summary(records, chapter, pending, elapsed, confinement, out=out)
+    return records
+
+
+def _gpus() -> list[int]:
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def print_summary(records: dict[str, dict], chapter: list[exercises.Exercise], graded_now: list[str],
+                  elapsed: float, confinement: dict | None, out=sys.stdout) -> None:
+    ids = [ex.id for ex in chapter]
+    header = ["student", *ids, "code", "notebook", "seconds"]
+    rows = []
+    for student in sorted(records):
+        r = records[student]
+        rows.append([student, *[f"{r['exercises'][i]['score']:g}" for i in ids],
+                     f"{r['code_score']:g}/{r['max_code_score']:g}", r["notebook"].split(" (")[0],
+                     f"{r['seconds']:.1f}" + ("" if student in graded_now else " (earlier)")])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    print(line(header), file=out)
+    print(line(["-" * w for w in widths]), file=out)
+    for row in rows:
+        print(line(row), file=out)
+    if graded_now:
+        per = [records[s]["seconds"] for s in graded_now if s in records]
+        print(f"\n{len(graded_now)} graded now in {elapsed:.0f} s ({elapsed / len(graded_now):.1f} s per "
+              f"submission overall; sandboxed tests {sum(per) / max(len(per), 1):.1f} s each on average); "
+              f"{len(records) - len(graded_now)} unchanged since an earlier run", file=out)
+    if confinement:
+        print(f"sandbox: {json.dumps(confinement)}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grading.autograde", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("assignment")
+    parser.add_argument("--jobs", "-j", type=int, default=2, help="submissions graded at once on CPU (default 2)")
+    parser.add_argument("--student", action="append", default=None, help="only this student (repeatable)")
+    parser.add_argument("--force", action="store_true", help="grade again students already recorded")
+    parser.add_argument("--no-notebooks", action="store_true", help="only the code exercises (no nbgrader autograde)")
+    parser.add_argument("--call-timeout", type=float, default=None, help="seconds of one call into a submission")
+    parser.add_argument("--submission-timeout", type=float, default=None, help="seconds of all calls of one submission")
+    parser.add_argument("--memory-gb", type=float, default=None, help="memory of one submission's processes")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    limits = sandbox.Limits.from_env(
+        call_timeout=args.call_timeout, submission_timeout=args.submission_timeout,
+        memory_bytes=int(args.memory_gb * 2**30) if args.memory_gb else None)
+    grade_assignment(args.assignment, jobs=args.jobs, students=args.student, force=args.force,
+                     notebooks=not args.no_notebooks, limits=limits, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
