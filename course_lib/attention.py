@@ -347,7 +347,8 @@ def multi_head_attention(weights: dict[str, torch.Tensor], x: torch.Tensor, cont
         d_head)`` has the right shape and the wrong numbers. Turn ``attention_mask`` into a
         ``(batch, 1, 1, kv_len)`` bool mask and combine it with ``attn_mask`` (``&`` with a bool
         one; ``masked_fill(~pad, -inf)`` on a float one). Merge the heads back with the inverse
-        steps before ``o_proj``. Use your :func:`scaled_dot_product_attention`.
+        steps before ``o_proj``. Use your :func:`scaled_dot_product_attention` (so a mistake there
+        shows up here too: get 2.1 right first).
     """
     raise NotImplementedError("Exercise 2.3: implement multi_head_attention in attention.py")
 
