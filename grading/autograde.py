@@ -162,7 +162,7 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         env["COURSE_DEVICE"] = "cuda" if gpu is not None else "cpu"
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        command = [sys.executable, "-I", "-c", check._RUNNER, str(ROOT), str(ROOT / "tests"),
+        command = [sys.executable, "-I", "-c", check._RUNNER, str(os.getpid()), str(ROOT), str(ROOT / "tests"),
                    *[a for ex in chapter for a in ("--exercise", ex.id)],
                    "--submission", str(snap), "--call-timeout", str(limits.call_timeout),
                    "-p", "grading.results", "--results-file", str(report),
@@ -213,16 +213,30 @@ def nbgrader_env(course: Path) -> dict[str, str]:
 
 
 def run_notebooks(course: Path, assignment: str, students: list[str], everyone: list[str],
-                  log: Path) -> dict[str, str]:
-    """``nbgrader autograde --force`` for ``students`` only; per student "ok" or what went wrong."""
+                  log: Path, confined_kernel: bool = True, cell_timeout: float = 120.0) -> dict[str, str]:
+    """``nbgrader autograde --force`` for ``students`` only; per student "ok" or what went wrong.
+    ``confined_kernel``: run the notebooks in the :mod:`grading.kernel` kernel (as root, the default)."""
+    from grading import kernel
+
     exclude = sorted(set(everyone) - set(students))
-    command = [sys.executable, "-m", "nbgrader", "autograde", assignment, "--force"]
+    # The test cells return at once (COURSE_CHECK_DEFER), so a cell that runs long is the student's
+    # code hanging the kernel: a short cell limit keeps one notebook from stalling the batch.
+    command = [sys.executable, "-m", "nbgrader", "autograde", assignment, "--force",
+               f"--Execute.timeout={int(cell_timeout)}"]
     if exclude:
         command.append(f"--CourseDirectory.student_id_exclude={','.join(exclude)}")
     env = nbgrader_env(course)
-    with _GB_LOCK:
-        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=600 + 300 * len(students))
+    with tempfile.TemporaryDirectory(prefix="course-jupyter-") as jupyter, _GB_LOCK:
+        if confined_kernel:
+            kernel.write_kernelspec(Path(jupyter))
+            env["JUPYTER_PATH"] = os.pathsep.join([jupyter, *filter(None, [env.get("JUPYTER_PATH")])])
+            command.append(f"--Execute.kernel_name={kernel.KERNEL_NAME}")
+        try:
+            proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=600 + 300 * len(students))
+        finally:
+            if sandbox.privileged():
+                sandbox.sweep()  # what a kernel left running
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log, "a") as f:
         f.write(f"$ {' '.join(command)}\nexit {proc.returncode}\n{proc.stdout}\n{proc.stderr}\n")
@@ -289,7 +303,8 @@ def _write_record(path: Path, record: dict) -> None:
 # -- the whole assignment ----------------------------------------------------------------------------
 def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | None = None, force: bool = False,
                      notebooks: bool = True, limits: sandbox.Limits | None = None, course: Path | None = None,
-                     url: str | None = None, progress: bool = True, out=sys.stdout) -> dict[str, dict]:
+                     url: str | None = None, progress: bool = True, cell_timeout: float = 120.0,
+                     out=sys.stdout) -> dict[str, dict]:
     """Grade ``assignment`` for ``students`` (default: everyone who submitted); return the records."""
     from tqdm import tqdm
 
@@ -314,6 +329,11 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
             pending.append(student)
 
     confinement = probe(modules) if pending else None
+    # The notebooks' kernel is confined where Landlock exists (or where the grader is no root anyway).
+    confined_kernel = sandbox.landlock_abi() >= 1 or not sandbox.privileged()
+    if notebooks and pending and not confined_kernel:
+        print("warning: no Landlock here: nbgrader runs the notebooks in an ordinary kernel with the grader's "
+              "rights (the code scores still come from the sandbox)", file=sys.stderr)
     gpus = _gpus()
     slots = cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(gpus)) if gpus else jobs))
     free_gpus = list(gpus)
@@ -343,7 +363,8 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
         while waiting:
             done, waiting = cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
             batch = {futures[f]: f.result() for f in done}
-            status = (run_notebooks(course, assignment, sorted(batch), everyone, store / "logs" / "nbgrader.log")
+            status = (run_notebooks(course, assignment, sorted(batch), everyone, store / "logs" / "nbgrader.log",
+                                    confined_kernel=confined_kernel, cell_timeout=cell_timeout)
                       if notebooks else {s: "not run" for s in batch})
             for student, result in sorted(batch.items()):
                 write_scores(url, assignment, student, result["exercises"], chapter)
@@ -408,13 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--call-timeout", type=float, default=None, help="seconds of one call into a submission")
     parser.add_argument("--submission-timeout", type=float, default=None, help="seconds of all calls of one submission")
     parser.add_argument("--memory-gb", type=float, default=None, help="memory of one submission's processes")
+    parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds of one notebook cell (default 120)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     limits = sandbox.Limits.from_env(
         call_timeout=args.call_timeout, submission_timeout=args.submission_timeout,
         memory_bytes=int(args.memory_gb * 2**30) if args.memory_gb else None)
     grade_assignment(args.assignment, jobs=args.jobs, students=args.student, force=args.force,
-                     notebooks=not args.no_notebooks, limits=limits, progress=not args.no_progress)
+                     notebooks=not args.no_notebooks, limits=limits, progress=not args.no_progress,
+                     cell_timeout=args.cell_timeout)
     return 0
 
 

@@ -32,9 +32,14 @@ DEFER_ENV = "COURSE_CHECK_DEFER"  # set by the batch grader (grading.autograde):
 DEFAULT_TIMEOUT = 300.0  # seconds for all the tests of one exercise, subprocess included
 CALL_TIMEOUT = 60.0  # seconds for one call into the submission (SandboxDoor)
 
+# The pytest process dies with the process that started it (Linux prctl PR_SET_PDEATHSIG), so a
+# killed grader or kernel leaves no grading run behind.
 _RUNNER = (
-    "import sys; sys.path.insert(0, sys.argv[1]); import pytest; "
-    "sys.exit(pytest.main(sys.argv[2:]))"
+    "import os, sys, ctypes, signal; ppid = int(sys.argv[1])\n"
+    "try: ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "except Exception: pass\n"
+    "if os.getppid() != ppid: sys.exit(70)\n"
+    "sys.path.insert(0, sys.argv[2]); import pytest; sys.exit(pytest.main(sys.argv[3:]))"
 )
 
 
@@ -110,7 +115,8 @@ def _run_tests(root: Path, folder: Path, exercise: str, marker: str | None,
                 "--submission", str(folder), "--call-timeout", str(CALL_TIMEOUT),
                 "-q", "-p", "no:cacheprovider", "--junitxml", str(report), "-o", "junit_family=xunit2"]
         started = time.monotonic()
-        status, output = _run([sys.executable, "-I", "-c", _RUNNER, str(root), *args], cwd=scratch, limit=limit)
+        status, output = _run([sys.executable, "-I", "-c", _RUNNER, str(os.getpid()), str(root), *args],
+                              cwd=scratch, limit=limit)
         elapsed = time.monotonic() - started
         results = _read_report(report) if status is not None and report.is_file() else []
     return status, output, results, elapsed

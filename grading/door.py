@@ -102,7 +102,8 @@ class SandboxDoor:
     own, no network, a file system reduced to the system, Python and that folder (its ``work/``
     subfolder the only writable place), and resource limits. The door also watches the memory of all
     the sandbox's processes. A call that exceeds ``limits.call_timeout`` seconds, or any call once the
-    submission has used ``limits.submission_timeout`` seconds in all, fails; a stopped child is
+    exercise's entry point has used ``limits.exercise_timeout`` seconds, or the submission
+    ``limits.submission_timeout`` seconds in all, fails; a stopped child is
     replaced by a new one at the next call. ``require`` lists the layers (:data:`grading.sandbox.
     LAYERS`) that must apply, default all of them when the grader runs as root.
     """
@@ -117,6 +118,7 @@ class SandboxDoor:
         self.limits = limits or sandbox.Limits.from_env(call_timeout=call_timeout)
         self.require = tuple(sandbox.LAYERS if require is None and sandbox.privileged() else require or ())
         self.spent = 0.0  # wall seconds of calls into this submission so far
+        self.spent_on: dict[str, float] = {}  # the same per entry point
         self.confinement: dict | None = None  # what the last child reported having applied
         self._proc: subprocess.Popen | None = None
         self._replies: queue.Queue = queue.Queue()
@@ -316,6 +318,11 @@ class SandboxDoor:
         if left <= 0:
             raise SubmissionTimeout(f"{name} was not run: the submission used up its total time "
                                     f"({self.limits.submission_timeout:g} s)")
+        left_here = self.limits.exercise_timeout - self.spent_on.get(name, 0.0)
+        if left_here <= 0:
+            raise SubmissionTimeout(f"{name} was not run: its calls used up the exercise's time "
+                                    f"({self.limits.exercise_timeout:g} s)")
+        left = min(left, left_here)
         self.start()
         started = time.monotonic()
         try:
@@ -332,6 +339,7 @@ class SandboxDoor:
             raise SubmissionTimeout(f"{name} ran longer than {limit:g} s and was stopped") from None
         finally:
             self.spent += time.monotonic() - started
+            self.spent_on[name] = self.spent_on.get(name, 0.0) + time.monotonic() - started
         if isinstance(reply, Exception):
             status = self._proc.wait() if self._proc is not None else None
             why = self._stopped_because or _describe_exit(status) or str(reply)

@@ -61,6 +61,7 @@ class Limits:
     case) override the defaults; the batch grader passes its own."""
 
     call_timeout: float = 60.0  # wall seconds of one call into the submission
+    exercise_timeout: float = 180.0  # wall seconds of all calls into one exercise's entry point
     submission_timeout: float = 600.0  # wall seconds of all calls into one submission together
     cpu_seconds: int = 900  # RLIMIT_CPU of each child process
     memory_bytes: int = 4 << 30  # resident memory of all the sandbox's processes (watchdog), and
@@ -108,7 +109,7 @@ def landlock_abi() -> int:
     return max(int(abi), 0)
 
 
-def _landlock(read: list[str], write: list[str], devices: list[str]) -> int:
+def _landlock(read: list[str], write: list[str], devices: list[str], bind_ports: list[int] = ()) -> int:
     """Allow only ``read`` (read, list, execute), ``write`` (everything) and ``devices`` (read,
     write, ioctl); deny all TCP (ABI 4+), signals and abstract sockets outside the sandbox (ABI 6+).
     Returns the ABI used, 0 if Landlock is unavailable."""
@@ -146,6 +147,10 @@ def _landlock(read: list[str], write: list[str], devices: list[str]) -> int:
                     raise _fail(f"landlock_add_rule {path}")
             finally:
                 os.close(fd)
+        for port in bind_ports if abi >= 4 else ():  # LANDLOCK_RULE_NET_PORT: bind only
+            rule = ctypes.create_string_buffer(struct.pack("=QQ", 1, int(port)), 16)
+            if libc.syscall(_SYS_LANDLOCK[1], ctypes.c_int(ruleset), ctypes.c_int(2), rule, ctypes.c_uint32(0)):
+                raise _fail(f"landlock_add_rule port {port}")
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
             raise _fail("prctl(NO_NEW_PRIVS)")
         if libc.syscall(_SYS_LANDLOCK[2], ctypes.c_int(ruleset), ctypes.c_uint32(0)):
@@ -234,16 +239,19 @@ def confine(spec: dict) -> dict:
     """Apply the limits of ``spec`` to this process (see the module docstring); return a report.
 
     ``spec``: ``uid``/``gid`` (None: stay), ``read``, ``write``, ``devices``, ``hide`` (path lists),
-    ``limits`` (a :class:`Limits` as dict), ``gpu`` (no RLIMIT_DATA), ``fs`` ("auto", "landlock",
+    ``limits`` (a :class:`Limits` as dict), ``netns`` (False: stay in the host's network namespace,
+    as a notebook kernel must to reach its client on 127.0.0.1), ``bind_ports`` (the only TCP ports
+    it may bind, under Landlock ABI 4+), ``gpu`` (no RLIMIT_DATA), ``fs`` ("auto", "landlock",
     "mount", "none"), ``require`` (layers that must apply, from :data:`LAYERS`).
     """
     report: dict = {"uid": None, "fs": None, "net": None, "limits": None}
     root = os.geteuid() == 0
     libc = _libc()
-    if root:  # a network namespace with no interface up: every connect fails, 127.0.0.1 included
+    if root and spec.get("netns", True):
+        # a network namespace with no interface up: every connect fails, 127.0.0.1 included
         if libc.unshare(_CLONE_NEWNET) == 0:
             report["net"] = "namespace"
-    if report["net"] is None:
+    if report["net"] is None and spec.get("netns", True):
         _block_sockets()
         report["net"] = "audit-hook"  # weaker: code that calls libc itself is not stopped
 
@@ -279,11 +287,12 @@ def confine(spec: dict) -> dict:
             report["reachable"] = _make_reachable(closed, spec["staging"])
     mode = spec.get("fs") or "auto"
     if mode in ("auto", "landlock"):
-        abi = _landlock(spec.get("read", []), spec.get("write", []), spec.get("devices", []))
+        abi = _landlock(spec.get("read", []), spec.get("write", []), spec.get("devices", []),
+                        spec.get("bind_ports", []))
         if abi:
             report["fs"] = f"landlock-abi{abi}"
             if abi >= 4 and report["net"] != "namespace":
-                report["net"] = f"landlock-tcp+{report['net']}"
+                report["net"] = "landlock-tcp" + (f"+{report['net']}" if report["net"] else "")
     if report["fs"] is None and mode in ("auto", "mount") and root:
         report["fs"] = f"mount-hide-{_hide(spec.get('hide', []))}"
 
@@ -360,6 +369,25 @@ def acquire_uid() -> UidSlot:
         kill_uid(uid)
         return UidSlot(uid, lock)
     raise RuntimeError(f"all {UID_SLOTS} sandbox uids from {base} are in use")
+
+
+def sweep() -> int:
+    """Kill what is left of sandboxes whose holder has gone (a kernel, a killed grader): every uid
+    of the range with a lock file that nobody holds. Returns how many uids were swept."""
+    import fcntl
+
+    swept = 0
+    for lock_path in sorted(sandbox_dir().glob(".uid-*.lock")):
+        uid = int(lock_path.name.split("-")[1].split(".")[0])
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            if pids(uid=uid):
+                kill_uid(uid)
+                swept += 1
+    return swept
 
 
 def pids(uid: int | None = None, session: int | None = None) -> list[int]:

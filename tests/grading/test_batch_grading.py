@@ -1,0 +1,122 @@
+"""A 30-submission mixed batch (correct, partial, broken, hostile) through ``python -m grading.autograde``,
+killed mid-run and run again: every student ends with the expected scores, once, and a manual grade
+set by a human survives a forced regrade. Prints the summary table and the time per submission."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from grading.submissions import module_with, solved_module
+from tests.grading import test_adversarial as hostile
+from tests.grading.batch_helpers import ASSIGNMENT, ROOT, gradebook_scores, released_course, sandbox_processes, submit
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux's")]
+
+
+def _mutant(name: str):
+    spec = importlib.util.spec_from_file_location("course_mutants_numerics", ROOT / "tests" / "mutants" / "numerics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def _batch() -> dict[str, tuple[str | None, float]]:
+    """student -> (numerics.py or None, expected code score of 10)."""
+    solved = solved_module(ASSIGNMENT)
+    wrong_03 = _mutant("log_softmax_as_log_of_softmax")
+    batch = {f"correct_{i}": (solved, 10) for i in range(8)}
+    partial = [({"0.4": None}, 6), ({"0.3": wrong_03}, 8), ({"0.1": None, "0.2": None}, 6), ({"0.2": None}, 8),
+               ({"0.3": wrong_03, "0.4": None}, 4), ({"0.1": None}, 8), ({"0.1": None, "0.2": None, "0.3": None}, 4),
+               ({"0.3": None}, 8)]
+    for i, (replacements, score) in enumerate(partial):
+        batch[f"partial_{i}"] = (module_with(ASSIGNMENT, replacements), score)
+    stub = (ROOT / "course_lib" / f"{ASSIGNMENT}.py").read_text()
+    batch.update({
+        "broken_stub": (stub, 0), "broken_stub_2": (stub, 0),
+        "broken_syntax": (solved + "\ndef broken(:\n", 0),
+        "broken_missing_function": (hostile._drop_function(solved), 8),
+        "broken_signature": (hostile._swap_signature(solved), 8),
+        "broken_no_module": (None, 0),
+        "broken_import_error": ("import no_such_module_here\n" + solved, 0),
+    })
+    for name in ("endless_loop", "memory_bomb", "fork_bomb", "os_exit_zero", "patch_torch", "lying_eq", "fake_output"):
+        batch[f"hostile_{name}"] = (module_with(ASSIGNMENT, {"0.1": getattr(hostile, name)}), 8)
+    assert len(batch) == 30
+    return batch
+
+
+def _grade(course, *args, kill_after_records: int | None = None) -> subprocess.CompletedProcess | None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
+    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_CALL_TIMEOUT="5", COURSE_SANDBOX_EXERCISE_TIMEOUT="15",
+               COURSE_SANDBOX_MEMORY_BYTES=str(3 << 29), COURSE_SANDBOX_PROCESSES="64",
+               PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
+    command = [sys.executable, "-m", "grading.autograde", ASSIGNMENT, "--jobs", "2", "--no-progress", "--cell-timeout", "30", *args]
+    if kill_after_records is None:
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    store = course / "autograde" / ASSIGNMENT
+    deadline = time.monotonic() + 600
+    while len(list(store.glob("*.json"))) < kill_after_records and time.monotonic() < deadline:
+        assert proc.poll() is None, "the grader ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the grader and nbgrader; pytest runs and sandboxes die with them
+    proc.wait()
+    return None
+
+
+def test_thirty_mixed_submissions_killed_mid_run_then_resumed(tmp_path):
+    course = tmp_path / "course"
+    released_course(course)
+    batch = _batch()
+    for student, (module, _) in batch.items():
+        submit(course, student, module)
+    expected = {s: score for s, (_, score) in batch.items()}
+
+    started = time.monotonic()
+    _grade(course, kill_after_records=6)
+    killed_at = time.monotonic() - started
+    done_before = {p.stem for p in (course / "autograde" / ASSIGNMENT).glob("*.json")}
+    assert 6 <= len(done_before) < 30
+    time.sleep(1)
+    resumed = _grade(course)
+    total = time.monotonic() - started
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    print("\n" + resumed.stdout)
+    print(f"killed after {killed_at:.0f} s with {len(done_before)} students recorded; whole batch {total:.0f} s "
+          f"({total / 30:.1f} s per submission, 2 jobs, 2 cores)")
+    assert f"{len(done_before)} unchanged since an earlier run" in resumed.stdout
+
+    records = {p.stem: json.loads(p.read_text()) for p in (course / "autograde" / ASSIGNMENT).glob("*.json")}
+    assert {s: r["code_score"] for s, r in records.items()} == expected
+    scores = gradebook_scores(course, expected)
+    assert {s: sum(a for n, (a, m) in cells.items() if n.startswith("test_")) for s, cells in scores.items()} == expected
+    assert not sandbox_processes()
+    assert not list((course / "autograde" / ASSIGNMENT).glob("*.tmp"))
+
+    from nbgrader.api import Gradebook
+
+    url = f"sqlite:///{course / 'gradebook.db'}"
+    with Gradebook(url, "llm-course") as gb:
+        assert len(gb.assignment_submissions(ASSIGNMENT)) == 30  # none twice
+        # A human overrides one autograded cell and grades the written answer ...
+        gb.find_grade("test_0_4", ASSIGNMENT, ASSIGNMENT, "partial_0").manual_score = 3.0
+        gb.find_grade("answer_masked_rows", ASSIGNMENT, ASSIGNMENT, "partial_0").manual_score = 2.0
+        gb.db.commit()
+    # ... and a forced regrade of that student keeps both.
+    again = _grade(course, "--force", "--student", "partial_0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    with Gradebook(url, "llm-course") as gb:
+        grade = gb.find_grade("test_0_4", ASSIGNMENT, ASSIGNMENT, "partial_0")
+        assert (grade.auto_score, grade.manual_score, grade.score) == (0.0, 3.0, 3.0)
+        assert gb.find_grade("answer_masked_rows", ASSIGNMENT, ASSIGNMENT, "partial_0").manual_score == 2.0
+        assert gb.find_submission(ASSIGNMENT, "partial_0").score == 6 + 3 + 2
