@@ -415,9 +415,16 @@ def pids(uid: int | None = None, session: int | None = None) -> list[int]:
 
 
 def rss_bytes(pid_list: list[int]) -> int:
-    """Resident memory of ``pid_list`` together (processes that are gone count 0)."""
+    """Memory of ``pid_list`` together: proportional set sizes (pages shared after a fork count
+    once), or resident sizes where the kernel has no ``smaps_rollup``. Processes gone count 0."""
     total = 0
     for pid in pid_list:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+            continue
+        except (OSError, StopIteration, ValueError, IndexError):
+            pass
         try:
             with open(f"/proc/{pid}/statm") as f:
                 total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -184,3 +184,107 @@ def test_printing_to_stdout_does_not_corrupt_the_protocol(noisy):
     for _ in range(2):  # the forged frames went to the log, not into the reply stream
         torch.testing.assert_close(noisy.stable_softmax(logits[1:]), expected, equal_nan=True)
     _same(noisy.log_softmax(logits), reference.log_softmax(logits))
+
+
+# -- the operating-system limits (grading.sandbox) ------------------------------------------------
+from grading import sandbox  # noqa: E402
+
+needs_root = pytest.mark.skipif(not sandbox.privileged(), reason="the uid, namespace and mount layers need root")
+
+
+def probe_environment(logits, dim=-1):
+    import socket
+
+    seen = {"uid": os.getuid(), "groups": os.getgroups()}
+    for label, path in (("solutions", "@ROOT@/solutions/numerics.py"), ("hidden", "@ROOT@/tests/hidden/__init__.py"),
+                        ("course_lib", "@ROOT@/course_lib/numerics.py"), ("tmp", "/tmp")):
+        try:
+            os.listdir(path) if os.path.isdir(path) else open(path).read(1)
+            seen[label] = "read"
+        except OSError as err:
+            seen[label] = type(err).__name__
+    try:
+        open("@ROOT@/written-by-the-sandbox", "w")
+        seen["write"] = "written"
+    except OSError as err:
+        seen["write"] = type(err).__name__
+    try:
+        socket.create_connection(("127.0.0.1", 9), timeout=1)
+        seen["net"] = "connected"
+    except OSError as err:
+        seen["net"] = type(err).__name__
+    raise ValueError(repr(seen))
+
+
+def hostile_fork(x, dim=-1, keepdim=False):
+    children = 0
+    try:
+        for _ in range(300):  # bounded: each child sleeps 20 s, then exits
+            if os.fork() == 0:
+                time.sleep(20)
+                os._exit(0)
+            children += 1
+    except OSError:
+        pass
+    raise ValueError(f"children={children}")
+
+
+def hostile_hoard(logits, dim=-1):
+    hoard = [torch.ones(64 << 20) for _ in range(12)]  # at most 3 GB, every page touched
+    return logits + len(hoard)
+
+
+@pytest.fixture(scope="module")
+def probing(tmp_path_factory):
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    source = module_with("numerics", {"stable_softmax": probe_environment, "logsumexp": hostile_fork,
+                                      "log_softmax": hostile_hoard}).replace("@ROOT@", root)
+    folder = tmp_path_factory.mktemp("probing")
+    (folder / "numerics.py").write_text(source)
+    door = SandboxDoor(folder, limits=sandbox.Limits(call_timeout=60, memory_bytes=1 << 30, processes=48))
+    yield door
+    door.close()
+
+
+@needs_root
+def test_the_child_runs_confined_as_root_sets_it_up(probing):
+    report = probing.start()
+    assert report["uid"] >= 61000 and report["net"] == "namespace" and report["fs"], report
+    with pytest.raises(ValueError) as err:
+        probing.stable_softmax(torch.zeros(2, 3))
+    seen = eval(str(err.value))  # a dict of words, made by this test's own probe
+    assert seen["uid"] == report["uid"] and seen["groups"] == []
+    assert {seen[k] for k in ("solutions", "hidden", "course_lib", "tmp", "write")} == {"PermissionError"}, seen
+    assert seen["net"] in ("PermissionError", "OSError") or "Error" in seen["net"], seen
+
+
+@needs_root
+def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing(probing):
+    with pytest.raises(ValueError, match=r"children=\d+") as err:
+        probing.logsumexp(torch.zeros(2, 3))
+    assert int(str(err.value).split("=")[1]) < 48  # RLIMIT_NPROC of the sandbox's own uid
+    uid = probing._slot.uid
+    probing._stop_child()
+    assert sandbox.pids(uid=uid) == []
+
+
+def test_a_memory_bomb_is_stopped(probing):
+    # RLIMIT_DATA makes the allocation fail (RuntimeError); on a GPU run the RSS watchdog kills it
+    with pytest.raises((SubmissionError, RuntimeError), match="memory|allocate"):
+        probing.log_softmax(torch.zeros(2, 3))
+    assert probing.stable_softmax  # the door still works for the next call
+
+
+def test_per_exercise_and_per_submission_time_budgets(tmp_path):
+    (tmp_path / "numerics.py").write_text(module_with("numerics", {"stable_softmax": hostile_loop}))
+    door = SandboxDoor(tmp_path, limits=sandbox.Limits(call_timeout=2, exercise_timeout=3, submission_timeout=60))
+    try:
+        door.start()
+        started = time.monotonic()
+        for _ in range(3):
+            with pytest.raises(SubmissionTimeout):
+                door.stable_softmax(torch.zeros(2, 3))
+        assert time.monotonic() - started < 12  # 2 s, then 1 s, then refused without a call
+        torch.testing.assert_close(door.logsumexp(torch.zeros(2, 3)), reference.logsumexp(torch.zeros(2, 3)))
+    finally:
+        door.close()
