@@ -13,10 +13,17 @@ Instructor flow (from the repository root)::
 
     nbgrader generate_assignment numerics     # student release in _grading/release/numerics
     nbgrader collect numerics                 # or place files in _grading/submitted/<student>/numerics/
-    nbgrader autograde numerics
+    ./course grade numerics --jobs 4          # NOT plain `nbgrader autograde`: see below
     nbgrader formgrader / manual grading of the written answers
     nbgrader generate_feedback numerics       # HTML in _grading/feedback/<student>/numerics/
     nbgrader export --to grades.csv           # one row per student and assignment
+
+Grade with ``./course grade`` (``python -m grading.autograde``): it runs ``nbgrader autograde`` for the
+notebooks in a confined kernel (grading.kernel) with the test cells deferred, scores every code
+exercise in the course's sandbox (grading.door, grading.sandbox) and writes those scores into this
+gradebook as the test cells' ``auto_score``. Plain ``nbgrader autograde`` still works (its test cells
+then run ``check()``), but its kernel runs student code with the grader's rights: a hostile notebook
+can read the solutions or rewrite the gradebook there.
 """
 
 import os

@@ -11,7 +11,10 @@ This module imports nothing heavy (no torch) and nothing from the student's fold
 defence against code that the student ran earlier in the same kernel (that code could replace
 :func:`check` itself, or the hidden results it keeps between the two calls of a cell); it only keeps
 the kernel's state (environment, ``sys.path``, patched modules) out of the grading run. Scores that
-a hostile notebook cannot touch come from running the sandboxed tests outside the kernel.
+a hostile notebook cannot touch come from running the sandboxed tests outside the kernel
+(:mod:`grading.autograde`, which sets ``COURSE_CHECK_DEFER``: then
+:func:`check` runs nothing and fails, and the batch grader writes the sandbox's score and messages
+into the gradebook and this cell's output afterwards).
 """
 
 from __future__ import annotations

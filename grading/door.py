@@ -6,8 +6,9 @@ plain data in and out:
 - :class:`InProcessDoor` calls ``course_lib`` directly (what a student running ``pytest`` uses);
   ``overrides`` swap single entry points (how the test suite checks itself against wrong variants).
 - :class:`SandboxDoor` forwards each call to a separate child process that imports the *submitted*
-  chapter modules (the reference for every other chapter), under a per-call time limit. Only data
-  crosses back (see :mod:`grading.codec`) and the assertions run on the trusted side.
+  chapter modules (the reference for every other chapter), confined by :mod:`grading.sandbox` (own
+  uid, no network, Landlock, limits) under per-call, per-exercise and per-submission time limits.
+  Only data crosses back (see :mod:`grading.codec`) and the assertions run on the trusted side.
 """
 
 from __future__ import annotations
