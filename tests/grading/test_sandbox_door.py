@@ -288,3 +288,28 @@ def test_per_exercise_and_per_submission_time_budgets(tmp_path):
         torch.testing.assert_close(door.logsumexp(torch.zeros(2, 3)), reference.logsumexp(torch.zeros(2, 3)))
     finally:
         door.close()
+
+
+def hostile_gpu_hoard(logits, dim=-1):
+    hoard = []
+    while len(hoard) < 4096:  # bounded: at most 4096 GiB asked; the GPU runs out long before
+        hoard.append(torch.empty(1 << 30, dtype=torch.uint8, device="cuda"))
+    return torch.softmax(logits, dim=dim)
+
+
+@pytest.mark.gpu
+def test_a_gpu_memory_bomb_fails_its_call_and_the_gpu_is_free_afterwards(tmp_path):
+    (tmp_path / "numerics.py").write_text(module_with("numerics", {"stable_softmax": hostile_gpu_hoard}))
+    door = SandboxDoor(tmp_path, limits=sandbox.Limits(call_timeout=120))
+    try:
+        report = door.start()
+        with pytest.raises((RuntimeError, SubmissionError), match="memory|CUDA|ended"):
+            door.stable_softmax(torch.zeros(2, 3, device="cuda"))
+        # the next call gets a working child on the same GPU
+        logits = torch.randn(4, 5, device="cuda")
+        torch.testing.assert_close(door.logsumexp(logits), reference.logsumexp(logits))
+    finally:
+        door.close()
+    index = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+    sandbox.wait_gpu_free(index, timeout=30, ignore={os.getpid()})
+    assert report["fs"] and (report["uid"] or not sandbox.privileged())
