@@ -335,6 +335,8 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
         else:
             pending.append(student)
 
+    if pending and sandbox.privileged():
+        sandbox.sweep()  # what an earlier, killed run left
     confinement = probe(modules) if pending else None
     # The notebooks' kernel is confined where Landlock exists (or where the grader is no root anyway).
     confined_kernel = sandbox.landlock_abi() >= 1 or not sandbox.privileged()

@@ -324,8 +324,8 @@ class SandboxDoor:
             raise SubmissionTimeout(f"{name} was not run: its calls used up the exercise's time "
                                     f"({self.limits.exercise_timeout:g} s)")
         left = min(left, left_here)
+        started = time.monotonic()  # a restart after a crash counts against the exercise too
         self.start()
-        started = time.monotonic()
         try:
             self._proc.stdin.write(codec.frame(message))
             self._proc.stdin.flush()

@@ -373,11 +373,19 @@ def acquire_uid() -> UidSlot:
 
 def sweep() -> int:
     """Kill what is left of sandboxes whose holder has gone (a kernel, a killed grader): every uid
-    of the range with a lock file that nobody holds. Returns how many uids were swept."""
+    of the range with a lock file that nobody holds; remove their folders. Returns how many uids
+    had processes left."""
     import fcntl
 
     swept = 0
-    for lock_path in sorted(sandbox_dir().glob(".uid-*.lock")):
+    base = sandbox_dir()
+    folders: dict[int, list[Path]] = {}  # a sandbox's folder has a work/ owned by its uid
+    for folder in base.glob("course-*"):
+        try:
+            folders.setdefault(os.lstat(folder / "work").st_uid, []).append(folder)
+        except OSError:
+            continue
+    for lock_path in sorted(base.glob(".uid-*.lock")):
         uid = int(lock_path.name.split("-")[1].split(".")[0])
         with open(lock_path, "a") as lock:
             try:
@@ -387,6 +395,8 @@ def sweep() -> int:
             if pids(uid=uid):
                 kill_uid(uid)
                 swept += 1
+            for folder in folders.get(uid, []):
+                shutil.rmtree(folder, ignore_errors=True)
     return swept
 
 
