@@ -252,7 +252,7 @@ class SandboxDoor:
             log = (folder / "child.log").read_bytes()[-2000:].decode(errors="replace")
             if status == 71:
                 raise SandboxUnavailable(log.strip().splitlines()[-1] if log.strip() else "confinement failed")
-            raise SandboxUnavailable(f"the sandbox's process did not start (exit status {status}): {log[-500:]}")
+            raise SandboxUnavailable(f"the sandbox's process did not start (exit status {status}): {log[-1500:]}")
         self.confinement = ready["confinement"]
 
     def start(self) -> dict:

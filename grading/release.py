@@ -285,10 +285,12 @@ def _git_describe(root: Path) -> str:
 # -- a Python that sees the handout as a student's machine does ------------------------------------------
 HANDOUT_ONLY = '''\
 """Answer the course's top-level packages from the student handout only (written by grading.release)."""
+import os
 import sys
 from importlib.machinery import PathFinder
 
 HANDOUT = {handout!r}
+INSTRUCTOR = {instructor!r}
 NAMES = {names!r}
 
 
@@ -299,7 +301,10 @@ class HandoutOnlyFinder:
     def find_spec(cls, fullname, path=None, target=None):
         if fullname not in NAMES:
             return None
-        spec = PathFinder.find_spec(fullname, [HANDOUT])
+        # sys.path as a student has it (a grading sandbox puts its own folder first), never the
+        # instructor's tree, and the handout last.
+        search = [p for p in sys.path if not (os.path.abspath(p or ".") + os.sep).startswith(INSTRUCTOR)] + [HANDOUT]
+        spec = PathFinder.find_spec(fullname, search)
         if spec is None:
             raise ModuleNotFoundError(f"No module named {{fullname!r}} (not in the student handout)", name=fullname)
         return spec
@@ -325,7 +330,8 @@ def student_python(handout: Path | str, where: Path | str) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, capture_output=True)
     site = Path(sysconfig.get_path("purelib", scheme="venv", vars={"base": str(where), "platbase": str(where)}))
     libraries = dict.fromkeys(sysconfig.get_path(k) for k in ("purelib", "platlib"))
-    (site / "course_handout_only.py").write_text(HANDOUT_ONLY.format(handout=str(handout), names=set(HANDOUT_PACKAGES)))
+    (site / "course_handout_only.py").write_text(HANDOUT_ONLY.format(handout=str(handout), instructor=str(ROOT) + os.sep,
+                                                                             names=set(HANDOUT_PACKAGES)))
     (site / "00-course-handout-only.pth").write_text("import course_handout_only\n")
     (site / "course-libraries.pth").write_text("".join(f"{p}\n" for p in libraries))
     return where / ("Scripts" if os.name == "nt" else "bin") / "python"

@@ -468,6 +468,8 @@ def read_paths() -> list[str]:
               os.path.dirname(os.path.realpath(sys.executable))):
         paths.append(p)
     paths += [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    # Library folders reached through .pth files (a venv that borrows another's packages).
+    paths += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
     return list(dict.fromkeys(os.path.realpath(p) for p in paths if os.path.exists(p)))
 
 
