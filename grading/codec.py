@@ -5,6 +5,12 @@ A value is encoded to ``(header, blob)``: ``header`` is JSON in which every tens
 ``None``, ``bool``, ``int``, ``float`` (NaN and infinities too), ``str``, ``bytes``, ``list``, ``tuple``,
 ``dict`` with ``str`` keys, and dense ``torch.Tensor`` (exactly that type, or ``nn.Parameter``).
 Anything else raises :class:`CodecError`, so an object with a lying ``__eq__`` cannot cross.
+
+Models travel one way only, from the grader to the submission (``decode(..., models=True)`` in the
+sandbox child): a ``transformers.PreTrainedModel`` of a class defined in ``transformers`` or
+``course_lib`` crosses as its class name, its config (JSON) and its state dict (safetensors), and is
+rebuilt on the other side from that trusted class in the mode (train/eval) it had. The grader never
+decodes a model, so a submission cannot make it build one.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import json
 import struct
 from typing import Any, BinaryIO
 
+import importlib
+
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -21,6 +29,37 @@ from safetensors.torch import save as save_tensors
 
 class CodecError(TypeError):
     """A value that cannot cross the door."""
+
+
+MODEL_PACKAGES = ("transformers", "course_lib")  # where a model's class may come from
+
+
+def _model_class_name(model) -> str | None:
+    """``"module:QualName"`` of a model that may cross, or None for anything else."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return None
+    cls = type(model)
+    if not isinstance(model, PreTrainedModel) or cls.__module__.split(".")[0] not in MODEL_PACKAGES:
+        return None
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _build_model(spec: dict, state: dict[str, torch.Tensor]):
+    """The model that :func:`encode` described by ``spec``, with the weights in ``state``."""
+    from transformers import PreTrainedModel
+
+    module_name, _, qualname = spec["__model__"].partition(":")
+    if module_name.split(".")[0] not in MODEL_PACKAGES:
+        raise CodecError(f"a model of class {spec['__model__']} may not cross")
+    cls = getattr(importlib.import_module(module_name), qualname)
+    if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
+        raise CodecError(f"{spec['__model__']} is not a transformers model class")
+    config = cls.config_class.from_dict(spec["config"])
+    model = cls(config)
+    model.load_state_dict(state, strict=True)
+    return model.to(state[next(iter(state))].device if state else "cpu").train(spec["training"])
 
 
 def encode(value: Any) -> bytes:
@@ -38,7 +77,7 @@ def encode(value: Any) -> bytes:
         if type(v) is dict:
             if not all(type(k) is str for k in v):
                 raise CodecError("dict keys must be str")
-            if {"__tensor__", "__tuple__", "__bytes__"} & v.keys():
+            if {"__tensor__", "__tuple__", "__bytes__", "__model__"} & v.keys():
                 raise CodecError("reserved dict key")
             return {k: walk(x) for k, x in v.items()}
         if type(v) in (torch.Tensor, torch.nn.Parameter):
@@ -47,6 +86,11 @@ def encode(value: Any) -> bytes:
             key = f"t{len(tensors)}"
             tensors[key] = v.detach().to("cpu").contiguous().clone()
             return {"__tensor__": key, "device": str(v.device)}
+        model_class = _model_class_name(v)
+        if model_class is not None:
+            config = json.loads(v.config.to_json_string(use_diff=False))
+            return {"__model__": model_class, "config": config, "training": v.training,
+                    "state": {k: walk(t) for k, t in v.state_dict().items()}}
         raise CodecError(f"cannot send a value of type {type(v).__module__}.{type(v).__qualname__}")
 
     header = json.dumps(walk(value)).encode()
@@ -54,8 +98,9 @@ def encode(value: Any) -> bytes:
     return struct.pack(">I", len(header)) + header + struct.pack(">Q", len(blob)) + blob
 
 
-def decode(message: bytes, *, map_device: str | None = None) -> Any:
-    """Inverse of :func:`encode`. ``map_device`` overrides where tensors land (else their origin)."""
+def decode(message: bytes, *, map_device: str | None = None, models: bool = False) -> Any:
+    """Inverse of :func:`encode`. ``map_device`` overrides where tensors land (else their origin);
+    ``models`` allows models in the message (only the sandboxed side sets it)."""
     (n_header,) = struct.unpack(">I", message[:4])
     header = json.loads(message[4:4 + n_header])
     (n_blob,) = struct.unpack(">Q", message[4 + n_header:12 + n_header])
@@ -75,6 +120,10 @@ def decode(message: bytes, *, map_device: str | None = None) -> Any:
                 return tuple(walk(x) for x in v["__tuple__"])
             if "__bytes__" in v:
                 return base64.b64decode(v["__bytes__"])
+            if "__model__" in v:
+                if not models:
+                    raise CodecError("a model may not cross in this direction")
+                return _build_model(v, walk(v["state"]))
             return {k: walk(x) for k, x in v.items()}
         return v
 
