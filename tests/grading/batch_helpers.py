@@ -1,8 +1,9 @@
-"""Shared by the batch-grading tests: a temporary nbgrader course with Chapter 0 released, and
-submissions placed as ``nbgrader collect`` would place them."""
+"""Shared by the batch-grading tests: a temporary nbgrader course with an assignment released
+(Chapter 0's unless told), and submissions placed as ``nbgrader collect`` would place them."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +19,14 @@ ASSIGNMENT = "numerics"
 POINTS = {e.id: e.points for e in exercises.all_exercises() if e.module == ASSIGNMENT}
 
 
+def mutant(module: str, name: str):
+    """The wrong variant ``name`` from ``tests/mutants/<module>.py``."""
+    spec = importlib.util.spec_from_file_location(f"course_mutants_{module}", ROOT / "tests" / "mutants" / f"{module}.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    return getattr(variants, name)
+
+
 def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
     from grading.autograde import nbgrader_env
 
@@ -30,24 +39,25 @@ def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def released_course(course: Path) -> Path:
-    """A course folder with the assignment released (and in the gradebook); its release folder."""
-    nbgrader(course, "generate_assignment", ASSIGNMENT)
-    return course / "release" / ASSIGNMENT
+def released_course(course: Path, assignment: str = ASSIGNMENT) -> Path:
+    """A course folder with ``assignment`` released (and in the gradebook); its release folder."""
+    nbgrader(course, "generate_assignment", assignment)
+    return course / "release" / assignment
 
 
-def submit(course: Path, student: str, module: str | None, notebook: dict | None = None) -> Path:
-    """Place a submission: ``module`` as numerics.py (None: no module at all), ``notebook`` (default:
-    the released notebook) as numerics.ipynb."""
-    release = course / "release" / ASSIGNMENT
-    folder = course / "submitted" / student / ASSIGNMENT
+def submit(course: Path, student: str, module: str | None, notebook: dict | None = None,
+           assignment: str = ASSIGNMENT) -> Path:
+    """Place a submission of ``assignment`` (a chapter module's name): ``module`` as its .py (None: no
+    module at all), ``notebook`` (default: the released notebook) as its .ipynb."""
+    release = course / "release" / assignment
+    folder = course / "submitted" / student / assignment
     folder.mkdir(parents=True)
     if notebook is None:
-        shutil.copy(release / f"{ASSIGNMENT}.ipynb", folder)
+        shutil.copy(release / f"{assignment}.ipynb", folder)
     else:
-        (folder / f"{ASSIGNMENT}.ipynb").write_text(json.dumps(notebook))
+        (folder / f"{assignment}.ipynb").write_text(json.dumps(notebook))
     if module is not None:
-        (folder / f"{ASSIGNMENT}.py").write_text(module)
+        (folder / f"{assignment}.py").write_text(module)
     (folder / "timestamp.txt").write_text("2026-11-26 12:00:00.000000 UTC")
     return folder
 
@@ -56,14 +66,14 @@ def released_notebook(course: Path) -> dict:
     return json.loads((course / "release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text())
 
 
-def gradebook_scores(course: Path, students) -> dict[str, dict[str, tuple]]:
+def gradebook_scores(course: Path, students, assignment: str = ASSIGNMENT) -> dict[str, dict[str, tuple]]:
     """student -> grade cell -> (auto_score, manual_score)."""
     from nbgrader.api import Gradebook
 
     out = {}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "llm-course") as gb:
         for student in students:
-            sub = gb.find_submission(ASSIGNMENT, student)
+            sub = gb.find_submission(assignment, student)
             out[student] = {g.name: (g.auto_score, g.manual_score) for nb in sub.notebooks for g in nb.grades}
     return out
 

@@ -4,7 +4,6 @@ set by a human survives a forced regrade. Prints the summary table and the time 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,23 +15,17 @@ import pytest
 
 from grading.submissions import module_with, solved_module
 from tests.grading import test_adversarial as hostile
-from tests.grading.batch_helpers import ASSIGNMENT, ROOT, gradebook_scores, released_course, sandbox_processes, submit
+from tests.grading.batch_helpers import ASSIGNMENT, ROOT, gradebook_scores, mutant, released_course, sandbox_processes, submit
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux's")]
 
 
-def _mutant(name: str):
-    spec = importlib.util.spec_from_file_location("course_mutants_numerics", ROOT / "tests" / "mutants" / "numerics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
-
 
 def _batch() -> dict[str, tuple[str | None, float]]:
     """student -> (numerics.py or None, expected code score of 10)."""
     solved = solved_module(ASSIGNMENT)
-    wrong_03 = _mutant("log_softmax_as_log_of_softmax")
+    wrong_03 = mutant(ASSIGNMENT, "log_softmax_as_log_of_softmax")
     batch = {f"correct_{i}": (solved, 10) for i in range(8)}
     # cross_entropy (0.4) calls the module's own log_softmax (0.3): a wrong 0.3 costs 0.4 too
     partial = [({"0.4": None}, 6), ({"0.3": wrong_03}, 4), ({"0.1": None, "0.2": None}, 6), ({"0.2": None}, 8),

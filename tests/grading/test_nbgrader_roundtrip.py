@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import html
-import importlib.util
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import pytest
 
 from course_lib import exercises
 from grading.submissions import module_with, solved_module
+from tests.grading.batch_helpers import mutant
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSIGNMENT = "numerics"
@@ -38,12 +38,6 @@ def test_committed_assignment_is_what_the_generator_writes():
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-
-def _mutant(name: str):
-    spec = importlib.util.spec_from_file_location("course_mutants_numerics", ROOT / "tests" / "mutants" / "numerics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
 
 
 def _nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
@@ -85,7 +79,7 @@ def test_release_autograde_feedback_and_export_give_the_exact_scores(tmp_path):
     modules = {
         "correct": solved_module(ASSIGNMENT),
         "untouched": (release / f"{ASSIGNMENT}.py").read_text(),
-        "partly_wrong": module_with(ASSIGNMENT, {"0.3": _mutant("log_softmax_as_log_of_softmax"), "0.4": None}),
+        "partly_wrong": module_with(ASSIGNMENT, {"0.3": mutant(ASSIGNMENT, "log_softmax_as_log_of_softmax"), "0.4": None}),
     }
     for student, source in modules.items():
         folder = course / "submitted" / student / ASSIGNMENT
