@@ -405,7 +405,8 @@ def gpt2_block_weights(block) -> dict[str, torch.Tensor]:
     return {k: w.detach().contiguous() for k, w in weights.items()}
 
 
-def _check_plain_gpt2(config) -> None:
+def gpt2_config_to_course(config) -> CourseLMConfig:
+    """A GPT-2-style :class:`CourseLMConfig` with the architecture of a ``GPT2Config``."""
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
         if getattr(config, flag, False):
             raise ValueError(f"GPT-2 option {flag}=True has no counterpart in the course's model")
@@ -413,19 +414,18 @@ def _check_plain_gpt2(config) -> None:
         raise ValueError("GPT-2 option scale_attn_weights=False has no counterpart in the course's model")
     if config.activation_function not in GPT2_ACTIVATIONS:
         raise ValueError(f"GPT-2 activation {config.activation_function!r} has no counterpart here")
-
-
-def from_gpt2(model) -> CourseLMForCausalLM:
-    """A GPT-2-style :class:`CourseLMForCausalLM` with the weights of a ``GPT2LMHeadModel``."""
-    config = model.config
-    _check_plain_gpt2(config)
-    course = CourseLMForCausalLM(CourseLMConfig(
+    return CourseLMConfig(
         vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.n_inner or 4 * config.n_embd,
         num_hidden_layers=config.n_layer, num_attention_heads=config.n_head, num_key_value_heads=config.n_head,
         max_position_embeddings=config.n_positions, norm_type="layernorm", norm_eps=config.layer_norm_epsilon,
         hidden_act=GPT2_ACTIVATIONS[config.activation_function], position_embedding_type="learned",
         attention_bias=True, mlp_bias=True, tie_word_embeddings=config.tie_word_embeddings,
-        **_special_tokens(config)))
+        **_special_tokens(config))
+
+
+def from_gpt2(model) -> CourseLMForCausalLM:
+    """A GPT-2-style :class:`CourseLMForCausalLM` with the weights of a ``GPT2LMHeadModel``."""
+    course = CourseLMForCausalLM(gpt2_config_to_course(model.config))
     gpt2 = model.transformer
     state = {"model.embed_tokens.weight": gpt2.wte.weight, "model.embed_positions.weight": gpt2.wpe.weight,
              "model.norm.weight": gpt2.ln_f.weight, "model.norm.bias": gpt2.ln_f.bias,

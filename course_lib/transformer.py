@@ -180,8 +180,15 @@ def _check_weight_dict(weights, required: Sequence[str], optional: Sequence[str]
     """Keys and dtypes of a plain weights dict (a model's :class:`LayerWeights` is the course's own)."""
     if isinstance(weights, LayerWeights):
         return
-    attention._check_weights(weights, required, optional)
-    for k, w in weights.items():
+    if type(weights) is not dict:
+        raise TypeError(f"weights must be a dict of name -> tensor, got {type(weights).__name__}")
+    expected = f"(expected {list(required)}, optionally {list(optional)})"
+    if missing := [k for k in required if k not in weights]:
+        raise ValueError(f"weights is missing {missing} {expected}")
+    if unknown := sorted(set(weights) - set(required) - set(optional)):
+        raise ValueError(f"weights has unknown keys {unknown} {expected}")
+    for k, w in weights.items():  # norms' weights and biases are vectors, linear weights matrices
+        check_tensor(f"weights[{k!r}]", w, floating=True, min_ndim=1)
         if w.dtype != dtype:
             raise TypeError(f"weights[{k!r}] must have the dtype of the input ({dtype}), got {w.dtype}")
 
