@@ -1,0 +1,516 @@
+"""Chapter 4 graded tests (public): greedy decoding, the KV cache, logits processors, seeded sampling,
+beam search and stop sequences.
+
+The references are outside the course: Hugging Face ``generate()`` on the same model (tiny random
+``LlamaForCausalLM`` and ``GPT2LMHeadModel``, and the course's own LM from Chapter 3), its logits
+processors (``TopKLogitsWarper``, ``TopPLogitsWarper``, ``MinPLogitsWarper``,
+``RepetitionPenaltyLogitsProcessor``), the processed ``scores`` it reports, and its
+``StopStringCriteria``. Token ids must match exactly; logits match to float32 rounding, since the
+same model runs the same operations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+import pytest
+import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+                                                    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+from course_lib import exercises
+from course_lib.generation import random_causal_lm
+from grading.expect import assert_close
+
+VOCAB = 96
+PAD = 0
+ARCHITECTURES = ["llama", "gpt2", "course_lm"]
+
+
+# -- models, prompts and references -----------------------------------------------------------------
+@contextlib.contextmanager
+def reference_mode():
+    """Run the enclosed code (the references) with the course's reference solutions where they exist,
+    so that the course LM's forward pass does not depend on the code under test."""
+    if importlib.util.find_spec("solutions") is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in (exercises.MODE_ENV, exercises.STUDENT_MODULES_ENV)}
+    os.environ[exercises.MODE_ENV], os.environ[exercises.STUDENT_MODULES_ENV] = "solution", ""
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def course_lm(seed: int = 0):
+    """The course's LM from Chapter 3, small and random, or a skip if it cannot run here."""
+    try:
+        from course_lib.language_model import CourseLMForCausalLM, course_lm_config
+    except ImportError:
+        pytest.skip("the course LM (Chapter 3, course_lib/language_model.py) is not available")
+    torch.manual_seed(seed)
+    config = course_lm_config("cpu", "llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              max_position_embeddings=1024, initializer_range=0.2, bos_token_id=1, eos_token_id=2,
+                              pad_token_id=PAD)
+    model = CourseLMForCausalLM(config).eval()
+    try:
+        with reference_mode(), torch.no_grad():
+            model(input_ids=torch.ones(1, 2, dtype=torch.long))
+    except NotImplementedError:
+        pytest.skip("the course LM runs your Chapter 2-3 exercises, which are not done yet")
+    return model
+
+
+_MODELS: dict = {}
+
+
+def make_model(architecture: str, device, seed: int = 0):
+    """A small random causal LM with peaked next-token distributions, in eval mode on ``device``."""
+    key = (architecture, str(device), seed)
+    if key not in _MODELS:
+        model = course_lm(seed) if architecture == "course_lm" else \
+            random_causal_lm(architecture, vocab_size=VOCAB, pad_token_id=PAD, seed=seed)
+        _MODELS[key] = model.to(device)
+    return _MODELS[key]
+
+
+def left_padded(lengths, device, seed=0, vocab=VOCAB):
+    """``(input_ids, attention_mask)`` for prompts of the given lengths, left-padded with PAD."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    input_ids = torch.randint(3, vocab, (len(lengths), width), generator=gen)
+    attention_mask = (torch.arange(width)[None] >= width - torch.tensor(lengths)[:, None]).long()
+    return input_ids.masked_fill(attention_mask == 0, PAD).to(device), attention_mask.to(device)
+
+
+def hf_generate(model, input_ids, attention_mask, **options):
+    """``model.generate`` with the course's defaults spelled out (no EOS unless given, PAD padding)."""
+    options = {"eos_token_id": None, "pad_token_id": PAD, "do_sample": False, **options}
+    with reference_mode(), torch.no_grad():
+        return model.generate(input_ids, attention_mask=attention_mask, **options)
+
+
+def hf_logits(model, input_ids, attention_mask):
+    """The float32 next-token logits of every row after the whole sequence, without a cache."""
+    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    with reference_mode(), torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False).logits[:, -1].float()
+
+
+def eos_from(sequences, picks):
+    """EOS ids taken from a reference run (``picks``: (row, column) pairs), so that rows really end."""
+    return [int(sequences[r, c]) for r, c in picks]
+
+
+def assert_tokens(actual, expected, *, what, hint=""):
+    if not isinstance(actual, torch.Tensor):
+        raise AssertionError(f"{what}: expected a torch.Tensor of token ids, got {type(actual).__name__}")
+    if actual.dtype != torch.long:
+        raise AssertionError(f"{what}: dtype {actual.dtype}, expected torch.int64 token ids")
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)} "
+                             f"(prompt length + generated tokens). {hint}".strip())
+    actual = actual.to(expected.device)
+    if not torch.equal(actual, expected):
+        row, col = (actual != expected).nonzero()[0].tolist()
+        raise AssertionError(f"{what}: first difference in row {row} at column {col}: got "
+                             f"{actual[row].tolist()}, expected {expected[row].tolist()}. {hint}".strip())
+
+
+GREEDY_HINT = ("Take the argmax per row (dim=-1) of the last position's logits, with position ids from the "
+               "attention mask (cumsum - 1) and the mask grown by a column of 1s every step.")
+EOS_HINT = "A row that produced an EOS is finished: every later token of that row is pad_token_id."
+
+
+# -- 4.1 greedy_search --------------------------------------------------------------------------------
+@pytest.mark.exercise("4.1")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("lengths", [(5,), (6, 3, 1)], ids=["one-prompt", "left-padded"])
+def test_greedy_search_matches_generate(student, device, architecture, lengths):
+    model = make_model(architecture, device)
+    input_ids, attention_mask = left_padded(lengths, device, seed=1)
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=12)
+    assert_tokens(student.greedy_search(model, input_ids, attention_mask, max_new_tokens=12, pad_token_id=PAD),
+                  expected, what=f"greedy_search on {architecture} with prompt lengths {lengths}",
+                  hint=GREEDY_HINT + " Padding shifts positions only if they do not come from the mask.")
+
+
+@pytest.mark.exercise("4.1")
+def test_greedy_search_without_attention_mask_means_no_padding(student, device):
+    model = make_model("llama", device)
+    input_ids, attention_mask = left_padded((4, 4), device, seed=2)
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=6)
+    assert_tokens(student.greedy_search(model, input_ids, max_new_tokens=6), expected,
+                  what="greedy_search(model, input_ids) without an attention mask",
+                  hint="attention_mask=None means every token is real (a mask of 1s).")
+
+
+@pytest.mark.exercise("4.1")
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_greedy_search_finishes_rows_at_eos_and_pads_them(student, device, architecture):
+    model = make_model(architecture, device)
+    input_ids, attention_mask = left_padded((6, 2, 4), device, seed=3)
+    free = hf_generate(model, input_ids, attention_mask, max_new_tokens=10)
+    eos = eos_from(free, [(0, 8), (2, 10)])   # rows end after 3 and 5 new tokens (or earlier)
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=5)
+    assert_tokens(student.greedy_search(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos,
+                                        pad_token_id=5),
+                  expected, what=f"greedy_search with eos_token_id={eos}, pad_token_id=5", hint=EOS_HINT)
+
+
+@pytest.mark.exercise("4.1")
+def test_greedy_search_stops_when_every_row_has_finished(student, device):
+    model = make_model("gpt2", device)
+    input_ids, attention_mask = left_padded((3, 5), device, seed=4)
+    free = hf_generate(model, input_ids, attention_mask, max_new_tokens=8)
+    eos = eos_from(free, [(0, 6), (1, 7)])    # both rows end within 3 new tokens
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=30, eos_token_id=eos)
+    assert expected.shape[1] <= 5 + 3
+    assert_tokens(student.greedy_search(model, input_ids, attention_mask, max_new_tokens=30, eos_token_id=eos),
+                  expected, what=f"greedy_search with eos_token_id={eos} (pad defaults to the EOS)",
+                  hint="Stop as soon as every row has finished (the output is then shorter than max_new_tokens), "
+                       "and pad with the first EOS id when pad_token_id is None.")
+
+
+# -- 4.2 decode_step ----------------------------------------------------------------------------------
+def _step_inputs(device, seed=5):
+    input_ids, attention_mask = left_padded((5, 2, 4), device, seed=seed)
+    new = torch.randint(3, VOCAB, (3, 2), generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    return input_ids, attention_mask, new
+
+
+@pytest.mark.exercise("4.2")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_decode_step_prefill_gives_the_models_logits_and_cache(student, device, architecture):
+    model = make_model(architecture, device)
+    input_ids, attention_mask, _ = _step_inputs(device)
+    logits, cache = student.decode_step(model, input_ids, attention_mask, None)
+    assert_close(logits, hf_logits(model, input_ids, attention_mask), what="prefill logits (batch, vocab)",
+                 rtol=1e-4, atol=1e-4, hint="Run the whole prompt with position ids from the attention mask.")
+    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    with reference_mode(), torch.no_grad():
+        reference = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          cache=DynamicCache(), use_cache=True).cache
+    assert isinstance(cache, list) and len(cache) == len(reference.layers), \
+        f"the cache must come back as a list of {len(reference.layers)} (key, value) pairs, got {type(cache).__name__}"
+    for i, ((key, value), layer) in enumerate(zip(cache, reference.layers)):
+        assert_close(key, layer.keys, what=f"cached keys of layer {i}", rtol=1e-4, atol=1e-4)
+        assert_close(value, layer.values, what=f"cached values of layer {i}", rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.exercise("4.2")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_decode_step_with_a_cache_equals_recomputing_the_prefix(student, device, architecture):
+    model = make_model(architecture, device)
+    input_ids, attention_mask, new = _step_inputs(device)
+    _, cache = student.decode_step(model, input_ids, attention_mask, None)
+    for step in range(new.shape[1]):
+        input_ids = torch.cat([input_ids, new[:, step:step + 1]], dim=-1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=-1)
+        logits, cache = student.decode_step(model, new[:, step:step + 1], attention_mask, cache)
+        assert_close(logits, hf_logits(model, input_ids, attention_mask), rtol=1e-4, atol=1e-4,
+                     what=f"logits of decode step {step + 1} (one new token, cached prefix)",
+                     hint="The new token's position is its row's count of real tokens minus 1: the last column "
+                          "of cumsum(attention_mask) - 1. A position off by one, or past_len for every row "
+                          "(wrong under left padding), gives other logits.")
+        assert cache[0][0].shape[2] == input_ids.shape[1], \
+            f"after step {step + 1} the cache must hold {input_ids.shape[1]} positions, got {cache[0][0].shape[2]}"
+
+
+# -- 4.3 cached_greedy_search ---------------------------------------------------------------------------
+@pytest.mark.exercise("4.3")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_cached_greedy_search_matches_generate(student, device, architecture):
+    model = make_model(architecture, device)
+    input_ids, attention_mask = left_padded((7, 4, 1), device, seed=6)
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=16)
+    assert_tokens(student.cached_greedy_search(model, input_ids, attention_mask, max_new_tokens=16, pad_token_id=PAD),
+                  expected, what=f"cached_greedy_search on {architecture}",
+                  hint="Prefill the whole prompt once, then feed only the new token with the cache; the mask keeps "
+                       "every position (cached ones too) and grows by one column per step.")
+
+
+@pytest.mark.exercise("4.3")
+def test_cached_greedy_search_with_eos(student, device):
+    model = make_model("llama", device)
+    input_ids, attention_mask = left_padded((3, 6), device, seed=7)
+    free = hf_generate(model, input_ids, attention_mask, max_new_tokens=10)
+    eos = eos_from(free, [(0, 9), (1, 11)])
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=4)
+    assert_tokens(student.cached_greedy_search(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos,
+                                               pad_token_id=4),
+                  expected, what=f"cached_greedy_search with eos_token_id={eos}", hint=EOS_HINT)
+
+
+# -- 4.4 to 4.7 logits processors --------------------------------------------------------------------------
+def random_logits(batch, vocab, device, seed=0, std=3.0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, vocab, generator=gen, dtype=torch.float64) * std).to(device=device, dtype=dtype)
+
+
+def assert_filtered(actual, expected, *, what, hint):
+    """Same kept set (finite entries) and the same values there."""
+    if isinstance(actual, torch.Tensor) and actual.shape == expected.shape:
+        kept, want = torch.isfinite(actual), torch.isfinite(expected)
+        if not torch.equal(kept.cpu(), want.cpu()):
+            row = int((kept != want).any(-1).nonzero()[0])
+            raise AssertionError(f"{what}: row {row} keeps {int(kept[row].sum())} tokens, expected "
+                                 f"{int(want[row].sum())} (removed tokens must be -inf). {hint}")
+    assert_close(actual, expected, what=what, hint=hint)
+
+
+@pytest.mark.exercise("4.4")
+@pytest.mark.parametrize("top_k, min_keep", [(1, 1), (5, 1), (2, 4), (200, 1)])
+def test_top_k_filter_matches_hugging_face(student, device, top_k, min_keep):
+    logits = random_logits(4, 50, device, seed=top_k)
+    original = logits.clone()
+    expected = TopKLogitsWarper(top_k, min_tokens_to_keep=min_keep)(None, logits.clone())
+    assert_filtered(student.top_k_filter(logits, top_k, min_keep), expected,
+                    what=f"top_k_filter(top_k={top_k}, min_tokens_to_keep={min_keep})",
+                    hint="Keep max(top_k, min_tokens_to_keep) tokens (at most the vocabulary), set the rest to -inf.")
+    assert torch.equal(logits, original), "top_k_filter must not change its input in place"
+
+
+@pytest.mark.exercise("4.4")
+def test_top_k_filter_keeps_ties_with_the_kth_logit(student, device):
+    logits = torch.tensor([[3.0, 1.0, 2.0, 2.0, 2.0, 0.5], [0.0, 0.0, 0.0, 0.0, 1.0, -1.0]], device=device)
+    expected = TopKLogitsWarper(2)(None, logits.clone())
+    assert_filtered(student.top_k_filter(logits, 2), expected, what="top_k_filter(top_k=2) with ties at the 2nd",
+                    hint="Remove only logits strictly below the k-th highest: tokens tied with it stay.")
+
+
+@pytest.mark.exercise("4.5")
+@pytest.mark.parametrize("top_p", [0.3, 0.7, 0.9, 0.95, 1.0])
+def test_top_p_filter_matches_hugging_face(student, device, top_p):
+    logits = random_logits(5, 40, device, seed=int(top_p * 100))
+    expected = TopPLogitsWarper(top_p)(None, logits.clone())
+    assert_filtered(student.top_p_filter(logits, top_p), expected, what=f"top_p_filter(top_p={top_p})",
+                    hint="Keep the smallest set of most probable tokens whose probability reaches top_p: the token "
+                         "that crosses the threshold stays (ascending cumulative sum <= 1 - top_p is removed).")
+
+
+@pytest.mark.exercise("4.5")
+def test_top_p_filter_keeps_the_token_that_crosses_the_threshold(student, device):
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]], device=device).log()
+    expected = logits.clone()
+    expected[0, 2:] = float("-inf")
+    assert_filtered(student.top_p_filter(logits, 0.6), expected,
+                    what="top_p_filter(top_p=0.6) on probabilities [0.5, 0.3, 0.15, 0.05]",
+                    hint="0.5 alone is short of 0.6, so 0.3 (the token that crosses) must stay: keep [0.5, 0.3].")
+
+
+@pytest.mark.exercise("4.5")
+@pytest.mark.parametrize("min_keep", [1, 3])
+def test_top_p_filter_keeps_min_tokens(student, device, min_keep):
+    logits = random_logits(3, 30, device, seed=11, std=6.0)
+    expected = TopPLogitsWarper(0.05, min_tokens_to_keep=min_keep)(None, logits.clone())
+    assert_filtered(student.top_p_filter(logits, 0.05, min_keep), expected,
+                    what=f"top_p_filter(top_p=0.05, min_tokens_to_keep={min_keep})",
+                    hint="The min_tokens_to_keep most probable tokens always stay.")
+
+
+@pytest.mark.exercise("4.6")
+@pytest.mark.parametrize("min_p, min_keep", [(0.05, 1), (0.2, 1), (0.5, 3), (0.0, 1)])
+def test_min_p_filter_matches_hugging_face(student, device, min_p, min_keep):
+    logits = random_logits(4, 40, device, seed=13)
+    expected = MinPLogitsWarper(min_p, min_tokens_to_keep=min_keep)(None, logits.clone())
+    assert_filtered(student.min_p_filter(logits, min_p, min_keep), expected,
+                    what=f"min_p_filter(min_p={min_p}, min_tokens_to_keep={min_keep})",
+                    hint="Remove tokens whose probability is below min_p times the row's top probability "
+                         "(probabilities, not logits), keeping the min_tokens_to_keep most probable.")
+
+
+def hf_repetition_penalty(logits, input_ids, penalty, attention_mask=None):
+    ignore = None if attention_mask is None else (attention_mask != 0).int().argmax(dim=1)
+    return RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=ignore)(input_ids, logits.clone())
+
+
+@pytest.mark.exercise("4.7")
+@pytest.mark.parametrize("penalty", [1.3, 0.7])
+def test_repetition_penalty_matches_hugging_face(student, device, penalty):
+    logits = random_logits(3, 30, device, seed=17)
+    input_ids = torch.tensor([[4, 7, 4, 4, 29], [0, 1, 2, 3, 4], [9, 9, 9, 9, 9]], device=device)
+    assert_close(student.apply_repetition_penalty(logits, input_ids, penalty),
+                 hf_repetition_penalty(logits, input_ids, penalty), what=f"repetition penalty {penalty}",
+                 hint="Divide the positive logits of seen tokens by the penalty and multiply the negative ones; a "
+                      "token seen three times is penalised once.")
+
+
+@pytest.mark.exercise("4.7")
+def test_repetition_penalty_ignores_padding(student, device):
+    logits = random_logits(2, 20, device, seed=19)
+    input_ids, attention_mask = left_padded((6, 3), device, seed=19, vocab=20)
+    assert_close(student.apply_repetition_penalty(logits, input_ids, 1.5, attention_mask),
+                 hf_repetition_penalty(logits, input_ids, 1.5, attention_mask),
+                 what="repetition penalty with a left-padded row",
+                 hint="Padding (attention_mask == 0) is not an occurrence: the pad id is not penalised for it.")
+
+
+# -- 4.8 process_logits ---------------------------------------------------------------------------------------
+SETTINGS = [dict(temperature=0.6, top_p=0.8), dict(temperature=1.5, top_k=8, min_p=0.05),
+            dict(repetition_penalty=1.4, temperature=0.8, top_k=10, top_p=0.9)]
+
+
+@pytest.mark.exercise("4.8")
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_process_logits_equals_generates_scores(student, device, settings):
+    model = make_model("llama", device)
+    input_ids, attention_mask = left_padded((5, 3), device, seed=23)
+    torch.manual_seed(0)
+    out = hf_generate(model, input_ids, attention_mask, max_new_tokens=4, do_sample=True,
+                      top_k=settings.get("top_k", 0), output_scores=True, output_logits=True,
+                      return_dict_in_generate=True, **{k: v for k, v in settings.items() if k != "top_k"})
+    for step, (raw, scores) in enumerate(zip(out.logits, out.scores)):
+        sequence = out.sequences[:, :input_ids.shape[1] + step]
+        mask = torch.cat([attention_mask, torch.ones_like(sequence[:, input_ids.shape[1]:])], dim=-1)
+        assert_filtered(student.process_logits(raw, sequence, mask, **settings), scores,
+                        what=f"process_logits({settings}) at step {step}",
+                        hint="Hugging Face's order: repetition penalty, temperature, top-k, top-p, min-p. Top-p and "
+                             "min-p read the probabilities after the temperature.")
+
+
+@pytest.mark.exercise("4.8")
+def test_process_logits_applies_temperature_before_top_p(student, device):
+    logits = random_logits(4, 30, device, seed=29)
+    input_ids = torch.zeros(4, 1, dtype=torch.long, device=device)
+    expected = TopPLogitsWarper(0.7)(None, TemperatureLogitsWarper(2.5)(None, logits.clone()))
+    assert_filtered(student.process_logits(logits, input_ids, temperature=2.5, top_p=0.7), expected,
+                    what="process_logits(temperature=2.5, top_p=0.7)",
+                    hint="Divide by the temperature first: at T = 2.5 the distribution is flatter, so top-p keeps more "
+                         "tokens than it would on the raw logits.")
+
+
+# -- 4.9 sample -----------------------------------------------------------------------------------------------
+@pytest.mark.exercise("4.9")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("settings", [dict(), dict(temperature=0.7, top_k=10, top_p=0.9)],
+                         ids=["plain", "processed"])
+def test_sample_matches_generate_with_the_same_seed(student, architecture, settings):
+    device = torch.device("cpu")  # the CPU's generator: generate() draws from torch's global one
+    model = make_model(architecture, device)
+    input_ids, attention_mask = left_padded((4, 6, 2), device, seed=31)
+    torch.manual_seed(1234)
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=12, do_sample=True,
+                           top_k=settings.get("top_k", 0), **{k: v for k, v in settings.items() if k != "top_k"})
+    assert_tokens(student.sample(model, input_ids, attention_mask, max_new_tokens=12, seed=1234, pad_token_id=PAD,
+                                 **settings),
+                  expected, what=f"sample(seed=1234, {settings}) on {architecture}",
+                  hint="Draw with torch.multinomial(softmax(processed logits), 1, generator=generator), one call for "
+                       "the whole batch per step, from a torch.Generator seeded with `seed`.")
+
+
+@pytest.mark.exercise("4.9")
+def test_sample_is_reproducible_and_depends_on_the_seed(student, device):
+    model = make_model("gpt2", device)
+    input_ids, attention_mask = left_padded((3, 3), device, seed=37)
+    first = student.sample(model, input_ids, attention_mask, max_new_tokens=20, seed=7, temperature=1.5)
+    again = student.sample(model, input_ids, attention_mask, max_new_tokens=20, seed=7, temperature=1.5)
+    other = student.sample(model, input_ids, attention_mask, max_new_tokens=20, seed=8, temperature=1.5)
+    assert_tokens(again, first, what="sample with the same seed twice", hint="Use a torch.Generator seeded with seed.")
+    assert not torch.equal(first, other), "sample with seeds 7 and 8 gave the same 40 tokens: is the seed used?"
+
+
+# -- 4.10 beam_search -----------------------------------------------------------------------------------------
+BEAM_SETTINGS = [dict(num_beams=3, length_penalty=1.0, early_stopping=False, num_return_sequences=1),
+                 dict(num_beams=4, length_penalty=0.5, early_stopping=True, num_return_sequences=2),
+                 dict(num_beams=3, length_penalty=2.0, early_stopping="never", num_return_sequences=3)]
+BEAM_HINT = ("Keep the best 2 * num_beams candidates over (num_beams * vocab) per prompt; finished ones among the best "
+             "num_beams enter the pool scored sum_logprobs / generated_len ** length_penalty; the best unfinished "
+             "num_beams go on, with their caches reordered.")
+
+
+def hf_beam(model, input_ids, attention_mask, **options):
+    out = hf_generate(model, input_ids, attention_mask, output_scores=True, return_dict_in_generate=True, **options)
+    return out.sequences, out.sequences_scores
+
+
+@pytest.mark.exercise("4.10")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("settings", BEAM_SETTINGS, ids=lambda s: f"beams{s['num_beams']}-lp{s['length_penalty']}-"
+                                                                  f"es{s['early_stopping']}")
+def test_beam_search_matches_generate(student, device, architecture, settings):
+    model = make_model(architecture, device)
+    input_ids, attention_mask = left_padded((6, 3), device, seed=41)
+    free, _ = hf_beam(model, input_ids, attention_mask, max_new_tokens=10, **settings)
+    eos = eos_from(free, [(0, 9), (free.shape[0] - 1, 11)])
+    for eos_token_id in (None, eos):
+        expected, scores = hf_beam(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos_token_id,
+                                   pad_token_id=5, **settings)
+        result = student.beam_search(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos_token_id,
+                                     pad_token_id=5, **settings)
+        assert isinstance(result, tuple) and len(result) == 2, "beam_search returns (sequences, scores)"
+        what = f"beam_search({settings}, eos_token_id={eos_token_id}) on {architecture}"
+        assert_tokens(result[0], expected, what=what + ": sequences", hint=BEAM_HINT)
+        assert_close(result[1], scores, what=what + ": scores", rtol=1e-5, atol=1e-5,
+                     hint="A hypothesis' score is its sum of log-probabilities divided by "
+                          "(number of generated tokens) ** length_penalty.")
+
+
+@pytest.mark.exercise("4.10")
+def test_beam_search_with_one_beam_is_greedy(student, device):
+    model = make_model("gpt2", device)
+    input_ids, attention_mask = left_padded((2, 5), device, seed=43)
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=8)
+    sequences, _ = student.beam_search(model, input_ids, attention_mask, num_beams=1, max_new_tokens=8)
+    assert_tokens(sequences, expected, what="beam_search(num_beams=1)", hint="One beam keeps the best token: greedy.")
+
+
+# -- 4.11, 4.12 stop sequences ----------------------------------------------------------------------------------
+@pytest.mark.exercise("4.11")
+def test_stop_sequence_hit_checks_the_end_of_each_row(student, device):
+    input_ids = torch.tensor([[5, 6, 7, 8], [7, 8, 5, 6], [1, 2, 3, 9], [9, 9, 9, 8]], device=device)
+    stops = [[7, 8], [9], [1, 2, 3, 9, 4]]
+    hit = student.stop_sequence_hit(input_ids, stops)
+    expected = torch.tensor([True, False, True, False])
+    assert isinstance(hit, torch.Tensor) and hit.dtype == torch.bool and hit.shape == (4,), \
+        f"stop_sequence_hit must return a (batch,) bool tensor, got {hit!r}"
+    assert torch.equal(hit.cpu(), expected), \
+        (f"stop_sequence_hit({input_ids.tolist()}, {stops}) = {hit.tolist()}, expected {expected.tolist()}: only the "
+         "end of a row counts (an earlier occurrence was caught when it was made), and a stop longer than the row "
+         "never matches.")
+    assert not student.stop_sequence_hit(input_ids, []).any(), "no stop sequences: no row stops"
+
+
+def word_tokenizer(words):
+    """A tokenizer whose tokens are exactly ``words`` (ids 2, 3, ...; text splits on spaces; decoding
+    joins tokens without spaces). Id 0 is padding and id 1 is ``"abcdef"``, which
+    ``StopStringCriteria`` needs in the vocabulary to read the tokens' text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<pad>", "abcdef", *words])}, unk_token="<pad>"))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.WhitespaceSplit(), decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>")
+
+
+STOP_WORDS = ["st", "op", "stop", "opera", "sto", "pper", "las", "topper", "s", "to", "pped", "at", "tion", "a", "p"]
+
+
+def hf_stop_string_hit(tokenizer, token_texts, stop_strings):
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(token_texts)])
+    return bool(StopStringCriteria(tokenizer, stop_strings)(ids, None)[0])
+
+
+@pytest.mark.exercise("4.12")
+@pytest.mark.parametrize("tokens", [["st", "op"], ["stop"], ["st", "opera"], ["sto", "pper"], ["las", "topper"],
+                                    ["s", "to", "pped"], ["stop", "at"], ["st", "op", "at"], ["st", "opera", "tion"],
+                                    ["a", "st", "o"], ["p"]], ids="".join)
+def test_stop_string_hit_matches_hugging_face(student, tokens):
+    tokenizer = word_tokenizer(STOP_WORDS + ["o"])
+    expected = hf_stop_string_hit(tokenizer, tokens, ["stop"])
+    assert student.stop_string_hit(tokens, ["stop"]) is expected, \
+        (f"stop_string_hit({tokens}, ['stop']) should be {expected}: a stop string counts when the last token "
+         "completes it (it may start in earlier tokens and the last token may run past it), not when it was "
+         "complete before the last token.")
