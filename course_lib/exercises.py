@@ -30,7 +30,8 @@ STUDENT_MODULES_ENV = "COURSE_LIB_STUDENT_MODULES"
 MODES = ("student", "solution")
 
 # Chapter modules in teaching order; a chapter's exercise ids start with its index here.
-CHAPTER_MODULES: tuple[str, ...] = ("numerics", "tokenization", "attention", "transformer", "generation")
+CHAPTER_MODULES: tuple[str, ...] = ("numerics", "tokenization", "attention", "transformer", "generation",
+                                     "pretraining")
 
 
 @dataclass(frozen=True)
