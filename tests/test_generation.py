@@ -357,7 +357,7 @@ def test_repetition_penalty_ignores_padding(student, device):
 
 
 # -- 4.8 process_logits ---------------------------------------------------------------------------------------
-SETTINGS = [dict(temperature=0.6, top_p=0.8), dict(temperature=1.5, top_k=8, min_p=0.05),
+SETTINGS = [dict(temperature=0.6, top_p=0.8), dict(temperature=1.5, top_k=12, top_p=0.85, min_p=0.1),
             dict(repetition_penalty=1.4, temperature=0.8, top_k=10, top_p=0.9)]
 
 
@@ -388,6 +388,17 @@ def test_process_logits_applies_temperature_before_top_p(student, device):
                     what="process_logits(temperature=2.5, top_p=0.7)",
                     hint="Divide by the temperature first: at T = 2.5 the distribution is flatter, so top-p keeps more "
                          "tokens than it would on the raw logits.")
+
+
+@pytest.mark.exercise("4.8")
+def test_process_logits_applies_top_p_before_min_p(student, device):
+    logits = torch.tensor([[0.45, 0.25, 0.15, 0.08, 0.04, 0.03]], device=device).log()
+    input_ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    expected = MinPLogitsWarper(0.1)(None, TopPLogitsWarper(0.75)(None, logits.clone()))   # keeps 3 tokens
+    assert_filtered(student.process_logits(logits, input_ids, top_p=0.75, min_p=0.1), expected,
+                    what="process_logits(top_p=0.75, min_p=0.1) on probabilities [0.45, 0.25, 0.15, 0.08, 0.04, 0.03]",
+                    hint="Top-p comes before min-p: min-p first renormalises what is left, and top-p then cuts deeper "
+                         "(2 tokens instead of 3).")
 
 
 # -- 4.9 sample -----------------------------------------------------------------------------------------------
