@@ -31,6 +31,9 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
     "tokenization": ({"1.1": None, "1.5": "bpe_decode_latin1", "1.7": None}, {"1.1", "1.5", "1.7"}),
     # 2.5 repeats its key/value heads with the student's repeat_kv (2.4)
     "attention": ({"2.3": "mha_heads_split_in_the_wrong_order", "2.4": None}, {"2.3", "2.4", "2.5"}),
+    # 3.9 rotates queries and keys with the student's apply_rope (3.3) and normalises with their rms_norm (3.5)
+    "transformer": ({"3.1": None, "3.3": "rope_rotates_adjacent_pairs", "3.5": None,
+                     "3.10": "count_tied_output_layer_twice"}, {"3.1", "3.3", "3.5", "3.9", "3.10"}),
 }
 
 
