@@ -258,7 +258,7 @@ def random_logits(batch, vocab, device, seed=0, std=3.0, dtype=torch.float32):
     return (torch.randn(batch, vocab, generator=gen, dtype=torch.float64) * std).to(device=device, dtype=dtype)
 
 
-def assert_filtered(actual, expected, *, what, hint):
+def assert_filtered(actual, expected, *, what, hint=""):
     """Same kept set (finite entries) and the same values there."""
     if isinstance(actual, torch.Tensor) and actual.shape == expected.shape:
         kept, want = torch.isfinite(actual), torch.isfinite(expected)
@@ -525,3 +525,151 @@ def test_stop_string_hit_matches_hugging_face(student, tokens):
         (f"stop_string_hit({tokens}, ['stop']) should be {expected}: a stop string counts when the last token "
          "completes it (it may start in earlier tokens and the last token may run past it), not when it was "
          "complete before the last token.")
+
+
+# -- not graded: the helpers built on the exercises (need the reference solutions) ----------------------
+@pytest.fixture
+def solution_mode(monkeypatch):
+    pytest.importorskip("solutions.generation", reason="needs the reference solutions")
+    monkeypatch.setenv(exercises.MODE_ENV, "solution")
+    monkeypatch.setenv(exercises.STUDENT_MODULES_ENV, "")
+
+
+def test_decode_step_keeps_a_dynamic_cache_a_cache(solution_mode):
+    from course_lib.generation import decode_step
+
+    model = make_model("llama", torch.device("cpu"))
+    input_ids, attention_mask, new = _step_inputs(torch.device("cpu"))
+    cache = DynamicCache()
+    _, returned = decode_step(model, input_ids, attention_mask, cache)
+    assert returned is cache and cache.get_seq_length() == input_ids.shape[1]
+    logits, _ = decode_step(model, new[:, :1], torch.cat([attention_mask, torch.ones_like(new[:, :1])], -1), cache)
+    expected = hf_logits(model, torch.cat([input_ids, new[:, :1]], -1),
+                         torch.cat([attention_mask, torch.ones_like(new[:, :1])], -1))
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+
+LETTERS = "abcdefghij"
+WORDS = [a + b for a in LETTERS for b in LETTERS][:VOCAB - 3]   # 93 two-letter tokens after <pad>, abcdef, <eos>
+
+
+def text_tokenizer():
+    tokenizer = word_tokenizer(["<eos>", *WORDS])
+    tokenizer.eos_token = "<eos>"
+    return tokenizer
+
+
+def test_cut_at_stop_strings_equals_generate_with_stop_strings(solution_mode):
+    from course_lib.generation import cached_greedy_search, cut_at_stops, generate_text
+
+    model, tokenizer = make_model("llama", torch.device("cpu")), text_tokenizer()
+    prompts = ["aa bb cc", "dd"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    prompt_len = input_ids.shape[1]
+    free = cached_greedy_search(model, input_ids, attention_mask, max_new_tokens=12, eos_token_id=2, pad_token_id=0)
+    pieces = tokenizer.convert_ids_to_tokens(free[0, prompt_len + 3:prompt_len + 5].tolist())
+    stop = pieces[0][-1] + pieces[1]          # spans a token boundary, ends inside the 5th new token
+    expected = hf_generate(model, input_ids, attention_mask, max_new_tokens=12, eos_token_id=2,
+                           stop_strings=[stop], tokenizer=tokenizer)
+    cut = cut_at_stops(free, prompt_len, stop_strings=[stop], tokenizer=tokenizer, pad_token_id=0)
+    assert torch.equal(cut, expected), f"stop {stop!r}: {cut.tolist()} != {expected.tolist()}"
+    texts = generate_text(model, tokenizer, prompts, max_new_tokens=12, stop_strings=[stop])
+    assert texts == tokenizer.batch_decode(expected[:, prompt_len:], skip_special_tokens=True)
+    assert stop in texts[0]
+
+
+def test_cut_at_stop_sequences_keeps_the_stop_and_pads_the_rest(solution_mode):
+    from course_lib.generation import cut_at_stops
+
+    sequences = torch.tensor([[9, 1, 2, 3, 4, 5], [9, 4, 5, 1, 2, 3], [9, 7, 7, 7, 7, 7]])
+    cut = cut_at_stops(sequences, 1, stop_sequences=[[2, 3], [5]], pad_token_id=0)
+    assert cut.tolist() == [[9, 1, 2, 3, 0, 0], [9, 4, 5, 0, 0, 0], [9, 7, 7, 7, 7, 7]]
+    assert cut_at_stops(sequences[:2], 1, stop_sequences=[[2, 3], [5]]).shape == (2, 4)
+
+
+def test_generate_text_runs_every_strategy(solution_mode):
+    from course_lib.generation import generate_text
+
+    model, tokenizer = make_model("gpt2", torch.device("cpu")), text_tokenizer()
+    for strategy, options in (("greedy", {}), ("sample", dict(seed=0, top_p=0.9)), ("beam", dict(num_beams=3))):
+        texts = generate_text(model, tokenizer, ["aa bb", "cc"], max_new_tokens=5, strategy=strategy, **options)
+        assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
+    with pytest.raises(ValueError, match="strategy"):
+        generate_text(model, tokenizer, "aa", strategy="nucleus")
+
+
+def test_random_causal_lm_builds_both_families():
+    for architecture in ("llama", "gpt2"):
+        model = random_causal_lm(architecture, vocab_size=50, seed=3)
+        assert model.config.vocab_size == 50 and not model.training
+    with pytest.raises(ValueError, match="architecture"):
+        random_causal_lm("t5")
+
+
+def test_plots_draw_the_cuts_and_the_temperatures(solution_mode):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from course_lib.generation import plot_filtered_distribution, plot_temperatures
+
+    logits = random_logits(1, 40, "cpu", seed=3)[0]
+    ax = plot_filtered_distribution(logits, temperature=0.8, top_k=10, top_p=0.9, min_p=0.05, n=20, title="cuts")
+    assert len(ax.patches) == 20 and ax.get_title() == "cuts"
+    assert {t.get_text().split(":")[0] for t in ax.get_legend().get_texts()} == {"top-k = 10", "top-p = 0.9",
+                                                                                    "min-p = 0.05"}
+    plt.close(ax.figure)
+    ax = plot_temperatures(logits, (0.5, 1.0, 2.0), n=10)
+    assert len(ax.lines) == 3
+    plt.close(ax.figure)
+
+
+# -- not graded: bad input gets an error naming the argument (checked before your code runs) --------
+def _bad_calls():
+    from course_lib import generation as G
+
+    model = make_model("llama", torch.device("cpu"))
+    ids = torch.ones(2, 3, dtype=torch.long)
+    logits = torch.zeros(2, 10)
+    return [
+        (lambda: G.greedy_search(model.config, ids, max_new_tokens=2), TypeError, "model"),
+        (lambda: G.greedy_search(model, ids.float(), max_new_tokens=2), TypeError, "input_ids"),
+        (lambda: G.greedy_search(model, ids[0], max_new_tokens=2), ValueError, "input_ids"),
+        (lambda: G.greedy_search(model, ids + VOCAB, max_new_tokens=2), ValueError, "input_ids"),
+        (lambda: G.greedy_search(model, ids, torch.tensor([[1, 1, 0], [1, 1, 1]]), max_new_tokens=2), ValueError,
+         "attention_mask"),
+        (lambda: G.greedy_search(model, ids, torch.ones(2, 4, dtype=torch.long), max_new_tokens=2), ValueError,
+         "attention_mask"),
+        (lambda: G.greedy_search(model, ids, max_new_tokens=0), ValueError, "max_new_tokens"),
+        (lambda: G.greedy_search(model, ids, max_new_tokens=2, eos_token_id=[]), ValueError, "eos_token_id"),
+        (lambda: G.cached_greedy_search(model, ids, max_new_tokens=2, pad_token_id=VOCAB), ValueError,
+         "pad_token_id"),
+        (lambda: G.decode_step(model, ids, torch.ones(2, 4, dtype=torch.long)), ValueError, "attention_mask"),
+        (lambda: G.decode_step(model, ids, torch.ones(2, 3, dtype=torch.long), "cache"), TypeError,
+         "past_key_values"),
+        (lambda: G.top_k_filter(logits, 0), ValueError, "top_k"),
+        (lambda: G.top_k_filter(logits.long(), 2), TypeError, "logits"),
+        (lambda: G.top_p_filter(logits, 1.5), ValueError, "top_p"),
+        (lambda: G.top_p_filter(logits[0], 0.5), ValueError, "logits"),
+        (lambda: G.min_p_filter(logits, 0.1, min_tokens_to_keep=0), ValueError, "min_tokens_to_keep"),
+        (lambda: G.apply_repetition_penalty(logits, ids, 0.0), ValueError, "penalty"),
+        (lambda: G.apply_repetition_penalty(logits, ids[:1], 1.2), ValueError, "input_ids"),
+        (lambda: G.process_logits(logits, ids, temperature=0), ValueError, "temperature"),
+        (lambda: G.sample(model, ids, max_new_tokens=2, seed=-1), ValueError, "seed"),
+        (lambda: G.beam_search(model, ids, num_beams=2, num_return_sequences=3, max_new_tokens=2), ValueError,
+         "num_return_sequences"),
+        (lambda: G.beam_search(model, ids, num_beams=2, max_new_tokens=2, early_stopping="always"), ValueError,
+         "early_stopping"),
+        (lambda: G.stop_sequence_hit(ids, [[]]), TypeError, "stop_sequences"),
+        (lambda: G.stop_string_hit("abc", ["b"]), TypeError, "token_texts"),
+        (lambda: G.stop_string_hit(["a"], [""]), TypeError, "stop_strings"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_bad_calls())))
+def test_bad_input_gets_an_error_naming_the_argument(index):
+    call, error, names = _bad_calls()[index]
+    with pytest.raises(error, match=names):
+        call()
