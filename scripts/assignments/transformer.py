@@ -518,15 +518,16 @@ in a pre-norm stack? What does pre-norm cost, or need, in return?
 Post-norm puts a LayerNorm on the residual stream itself, x_{l+1} = LN(x_l + F(x_l)): there is no
 identity path, and the gradient reaching layer l passes through every LayerNorm above it. At
 initialisation (Xiong et al. 2020) the gradients of the weights near the output are large and do not
-shrink with depth (the table: the last layer's gradient is several times pre-norm's, and the ratio
+shrink with depth (the table: the last layer's gradient is 2 to 4 times pre-norm's, and the ratio
 grows from 3 to 24 layers). A normal learning rate then takes huge steps in those layers right away,
 and training diverges or lands in a bad region; warm-up keeps the first steps small until Adam's
 statistics and the weights settle. The deeper the stack, the worse it gets, and beyond a few dozen
 layers post-norm fails even with warm-up (hence DeepNorm and similar rescalings).
 Pre-norm, x_{l+1} = x_l + F(LN(x_l)), keeps a clean identity path from every layer to the output:
-dL/dx_l = dL/dx_L (I + sum of the sub-layers' Jacobians), so the gradient reaches every layer
-undamped, and each layer's weight gradient shrinks like 1/sqrt(depth) (the table's pre-norm column
-falls with depth): large learning rates and short or no warm-up work, and deep stacks train.
+dL/dx_l = dL/dx_L (I + J_L-1) ... (I + J_l), a product that contains dL/dx_L itself, so the gradient
+reaches every layer undamped whatever the depth, and the weight gradients near the output shrink
+as the stack deepens (like 1/sqrt(depth) in Xiong et al.'s analysis; the table's pre-norm "last"
+column falls): large learning rates and short or no warm-up work, and deep stacks train.
 The cost: the residual stream is never normalised, so its norm grows with depth and the later
 layers' contributions become relatively small (a deep pre-norm model behaves somewhat shallower than
 it is; post-norm that trains can end up slightly better); and the output of the stack is
@@ -718,13 +719,13 @@ smaller model? When is `6N` per token a good estimate of the training cost, and 
 out? Does FlashAttention change these numbers?
 """),
         kit.written_answer("answer_flops", """
-Per token the weights cost a fixed 2 N_matmul FLOPs (about 13.5 GFLOP for Llama 2 7B, 0.2 GFLOP for
+Per token the weights cost a fixed 2 N_matmul FLOPs (about 13 GFLOP for Llama 2 7B, 0.2 GFLOP for
 the course's GPU model), while the two attention products cost 4 * layers * seq_len * d_attn, which
 grows linearly with the context each token reads (so the whole sequence costs quadratically). They
 are equal at seq_len = 2 N_matmul / (4 L d_attn) = N_matmul / (2 L d_attn), roughly 6 d_model for a
-model with the usual 12 d^2 weights per layer: about 25-26k tokens for Llama 2 7B (d 4096) and about
-3-4k for the course's GPU model (d 768, whose SwiGLU MLP and grouped k/v make the weights per layer
-smaller than 12 d^2). The smaller model reaches it sooner because its weights per layer grow like
+model with the usual 12 d^2 weights per layer: about 25k tokens for Llama 2 7B (d 4096) and about
+4k for the course's GPU model (d 768, whose grouped k/v and narrower MLP make its weights per layer a
+little smaller than 12 d^2). The smaller model reaches it sooner because its weights per layer grow like
 d^2 while attention per token of context grows like d only: narrow models are dominated by attention
 at shorter contexts.
 6N (2N forward, 4N backward) is good while seq_len is small against about 6-12 d_model (Kaplan et al.
