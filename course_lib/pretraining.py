@@ -316,8 +316,10 @@ def batch_order(n_blocks: int, batch_size: int, seed: int) -> list[list[int]]:
         A list of batches, each a list of ``batch_size`` block indices: ``torch.randperm(n_blocks)``
         drawn from ``torch.Generator().manual_seed(seed)``, cut into consecutive batches; a last
         batch with fewer than ``batch_size`` blocks is dropped (every step sees as many tokens).
-        This is exactly what ``DataLoader(..., batch_size=batch_size, shuffle=True, drop_last=True,
-        generator=torch.Generator().manual_seed(seed))`` yields. ``n_blocks < batch_size`` gives ``[]``.
+        This is exactly what ``list(BatchSampler(RandomSampler(range(n_blocks), generator=g), batch_size,
+        drop_last=True))`` yields with ``g = torch.Generator().manual_seed(seed)``: the batches of a
+        ``DataLoader(shuffle=True, drop_last=True)`` (which itself first draws a worker seed from its
+        generator, so it needs another one). ``n_blocks < batch_size`` gives ``[]``.
 
     Hint:
         A generator of its own (``torch.Generator().manual_seed(seed)``), not the global
@@ -581,8 +583,8 @@ class PretrainConfig:
     block_size: int = 128
     micro_batch_size: int = 16              # per process
     accumulation_steps: int = 1
-    total_steps: int = 600
-    warmup_steps: int = 30
+    total_steps: int = 200
+    warmup_steps: int = 20
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
@@ -592,8 +594,8 @@ class PretrainConfig:
     mixed_precision: str = "no"             # "bf16": autocast to bfloat16 (GPUs; CPUs with AMX)
     attn_implementation: str = "sdpa"       # torch's fused attention; "eager" runs Chapter 2's
     compile: bool = False                   # torch.compile the model (GPU runs)
-    eval_every: int = 100
-    eval_blocks: int | None = 256           # validation blocks per evaluation (None: all)
+    eval_every: int = 50
+    eval_blocks: int | None = 128           # validation blocks per evaluation (None: all)
     checkpoint_every: int | None = None     # steps between checkpoints (None: only at the end)
     seed: int = 0
     source: str | None = None               # corpus source (course_lib.corpus.load_corpus)
@@ -614,8 +616,8 @@ PRESETS: dict[str, PretrainConfig] = {
                                                 num_attention_heads=2, num_key_value_heads=1),
                            block_size=32, micro_batch_size=4, accumulation_steps=2, total_steps=8, warmup_steps=2,
                            lr=3e-3, eval_every=4, eval_blocks=16),
-    # The course model on a 2-core CPU: ~4M parameters, 600 steps of 16 x 128 tokens (1.2M tokens,
-    # about two passes over the built-in corpus).
+    # The course model on a 2-core CPU: ~4M parameters, 200 steps of 16 x 128 tokens (410k tokens,
+    # about 0.8 passes over the built-in corpus).
     "cpu": PretrainConfig(),
     # ~100M parameters on one GPU in bf16 with fused attention, torch.compile and fused AdamW:
     # 2,000 steps of 64 x 1,024 tokens (131M tokens). The built-in corpus (0.5M tokens) is far too

@@ -1,0 +1,702 @@
+"""Chapter 5 graded tests (public): packing, the document split, batch order, the causal-LM loss,
+masked-LM masking, the learning-rate schedule, weight-decay groups, the training step and MFU.
+
+The references are outside the course: Hugging Face's run_clm ``group_texts`` packing (written out
+below), ``datasets.Dataset.train_test_split``, ``RandomSampler`` and ``BatchSampler``, the
+loss of ``LlamaForCausalLM`` and ``GPT2LMHeadModel`` built from tiny configs, ``F.cross_entropy``,
+``DataCollatorForLanguageModeling`` (same seed, same draws), ``get_cosine_schedule_with_warmup``
+and ``get_cosine_with_min_lr_schedule_with_warmup``, ``Trainer.get_decay_parameter_names``, and a
+training loop written here with ``torch.optim.AdamW``, ``clip_grad_norm_`` and Hugging Face's
+schedule on one big batch. Losses of the training loop are compared in float64, so that only a
+wrong step fails, not rounding.
+
+Not graded (at the end): the course's loop (``pretrain``) lowers the loss, resumes bit-identically
+from a checkpoint, runs under ``accelerate launch`` with 2 CPU processes (slow), and its cached
+pretrained model loads with ``AutoModelForCausalLM`` and ``AutoTokenizer``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grading.expect import assert_close
+
+F64 = torch.float64
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- references --------------------------------------------------------------------------------------
+def group_texts(token_ids_per_doc, block_size, eos):
+    """Hugging Face run_clm.py's ``group_texts`` on documents that end with the end-of-text token."""
+    stream = list(itertools.chain.from_iterable(doc + [eos] for doc in token_ids_per_doc if doc))
+    total = len(stream) // block_size * block_size
+    return torch.tensor([stream[i:i + block_size] for i in range(0, total, block_size)],
+                        dtype=torch.long).view(-1, block_size)
+
+
+def random_docs(seed, n_docs, max_len, vocab=50):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, max_len + 1, (n_docs,), generator=gen).tolist()
+    return [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
+def datasets_split(n_documents, validation_fraction, seed):
+    from datasets import Dataset
+
+    split = Dataset.from_dict({"idx": list(range(n_documents))}).train_test_split(test_size=validation_fraction,
+                                                                                 seed=seed)
+    return split["train"]["idx"], split["test"]["idx"]
+
+
+def sampler_order(n_blocks, batch_size, seed):
+    """The batches of a shuffling, last-dropping ``DataLoader``'s samplers, with a generator seeded ``seed``."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    sampler = RandomSampler(range(n_blocks), generator=torch.Generator().manual_seed(seed))
+    return list(BatchSampler(sampler, batch_size, drop_last=True))
+
+
+def tiny_llama(device, seed=0, vocab=64, tie=True, dtype=torch.float32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         attn_implementation="eager")
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+
+
+def tiny_gpt2(device, seed=0, vocab=64, dtype=torch.float32):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
+                        eos_token_id=2, pad_token_id=0, attn_implementation="eager", resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(config).to(device=device, dtype=dtype)
+
+
+def tiny_course_lm(device, seed=0, vocab=64, dtype=torch.float32, **overrides):
+    from course_lib.language_model import CourseLMForCausalLM, course_lm_config
+
+    torch.manual_seed(seed)
+    config = course_lm_config("cpu", **{"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 48,
+                                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                        "max_position_embeddings": 64, "attn_implementation": "sdpa", **overrides})
+    return CourseLMForCausalLM(config).to(device=device, dtype=dtype)
+
+
+def token_batch(batch, seq, device, seed=0, vocab=64, lengths=None, left=False):
+    """``(input_ids, attention_mask)``; ``lengths[b]`` real tokens per row (padding id 0), right padded."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (batch, seq), generator=gen)
+    attention_mask = torch.ones(batch, seq, dtype=torch.long)
+    for b, n in enumerate(lengths or []):
+        if left:
+            attention_mask[b, :seq - n] = 0
+        else:
+            attention_mask[b, n:] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def hf_labels(input_ids, attention_mask):
+    """Hugging Face's labels for a padded batch: the inputs, with -100 at padding."""
+    return input_ids.masked_fill(attention_mask == 0, -100)
+
+
+def next_token_ce(logits, labels, attention_mask=None, reduction="mean"):
+    """``F.cross_entropy`` of shifted logits, in float64: the loss written out."""
+    targets = labels[:, 1:]
+    if attention_mask is not None:
+        targets = targets.masked_fill(attention_mask[:, 1:] == 0, -100)
+    return F.cross_entropy(logits[:, :-1].double().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=-100, reduction=reduction)
+
+
+def hf_decayed(model):
+    """Hugging Face Trainer's decayed parameters, without the embedding tables (the course's choice)."""
+    from transformers import Trainer
+
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}  # a tied output layer is listed once
+    return [n for n in Trainer.get_decay_parameter_names(None, model) if n in named and id(named[n]) not in embeddings]
+
+
+def hf_schedule(total_steps, warmup_steps, min_lr_ratio=0.0):
+    """The learning-rate multipliers of steps 0..total_steps from Hugging Face's cosine schedule."""
+    from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = (get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup_steps, total_steps,
+                                                             min_lr_rate=min_lr_ratio)
+                 if min_lr_ratio else get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps))
+    rates = []
+    for _ in range(total_steps + 1):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+SETTINGS = {"lr": 2e-2, "warmup_steps": 1, "total_steps": 4, "min_lr_ratio": 0.1, "weight_decay": 0.1,
+            "betas": [0.9, 0.95], "eps": 1e-8, "max_grad_norm": 0.5, "mixed_precision": "no"}
+
+
+def reference_training(model, steps, settings, accumulate=False):
+    """The training loop written out: one big batch per step (all micro-batches together), the loss
+    of ``F.cross_entropy``, AdamW on Hugging Face's decayed parameters, ``clip_grad_norm_`` and
+    Hugging Face's cosine schedule. Returns ``train_steps``'s history. ``accumulate`` runs the
+    micro-batches one by one instead (the same gradient; in bf16 the same rounding as train_steps)."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    decayed = set(hf_decayed(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n in decayed], "weight_decay": settings["weight_decay"]},
+              {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"])
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, settings["warmup_steps"],
+                                                            settings["total_steps"],
+                                                            min_lr_rate=settings["min_lr_ratio"])
+    history = {"loss": [], "grad_norm": [], "lr": [], "tokens": []}
+    model.train()
+    for micro_batches in steps:
+        input_ids = torch.cat([mb["input_ids"] for mb in micro_batches])
+        labels = torch.cat([mb.get("labels", mb["input_ids"]) for mb in micro_batches])
+        mask = torch.cat([mb.get("attention_mask", torch.ones_like(mb["input_ids"])) for mb in micro_batches])
+        n_targets = ((labels[:, 1:] != -100) & (mask[:, 1:] == 1)).sum()
+        loss = 0.0
+        for part in (micro_batches if accumulate else [{"input_ids": input_ids, "labels": labels,
+                                                         "attention_mask": mask}]):
+            part_mask = part.get("attention_mask", torch.ones_like(part["input_ids"]))
+            with torch.autocast(input_ids.device.type, dtype=torch.bfloat16,
+                                enabled=settings["mixed_precision"] == "bf16"):
+                logits = model(input_ids=part["input_ids"], attention_mask=part_mask).logits
+            part_loss = next_token_ce(logits, part.get("labels", part["input_ids"]), part_mask, "sum") / n_targets
+            part_loss.backward()
+            loss += part_loss.item()
+        max_norm = settings["max_grad_norm"] if settings["max_grad_norm"] is not None else math.inf
+        history["grad_norm"].append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item())
+        history["lr"].append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        history["loss"].append(loss)
+        history["tokens"].append(int(mask.sum()))
+    return history
+
+
+def micro_batches(n_steps, n_micro, micro_batch, seq, device, seed=0, vocab=64, padded=False):
+    steps = []
+    for s in range(n_steps):
+        step = []
+        for m in range(n_micro):
+            lengths = None
+            if padded:  # unequal numbers of targets per micro-batch
+                lengths = [seq - (s + m + b) % (seq - 1) for b in range(micro_batch)]
+            input_ids, mask = token_batch(micro_batch, seq, device, seed=seed + 10 * s + m, vocab=vocab,
+                                          lengths=lengths)
+            step.append({"input_ids": input_ids, "attention_mask": mask} if padded else {"input_ids": input_ids})
+        steps.append(step)
+    return steps
+
+
+def assert_history(actual, expected, *, what, rtol=1e-6):
+    if not isinstance(actual, dict) or set(actual) != {"loss", "grad_norm", "lr", "tokens"}:
+        raise AssertionError(f"{what}: expected a dict with keys loss, grad_norm, lr, tokens, got {actual!r:.200}")
+    hints = {
+        "lr": "lr is the learning rate the update used: read it before scheduler.step(), and step the scheduler "
+              "after optimizer.step() (lr_at must be right too).",
+        "grad_norm": "grad_norm is the total norm before clipping, of the accumulated gradient of the whole step: "
+                     "divide each micro-batch's summed loss by the step's number of targets, and zero the "
+                     "gradients after every step.",
+        "loss": "Later steps' losses differ: the update is wrong. Clip before optimizer.step(), zero the gradients "
+                "after it, weight every target of the step equally, and decay only the parameters of "
+                "weight_decay_groups.",
+        "tokens": "tokens counts the step's input tokens that are not padding.",
+    }
+    for key in ("lr", "tokens", "grad_norm", "loss"):
+        got, want = actual[key], expected[key]
+        if len(got) != len(want):
+            raise AssertionError(f"{what}: {len(got)} values of {key!r}, expected one per step ({len(want)})")
+        assert_close(torch.tensor(got, dtype=F64), torch.tensor(want, dtype=F64), what=f"{what}: {key} per step",
+                     hint=hints[key], rtol=rtol, atol=1e-9)
+
+
+# -- 5.1 pack_blocks -----------------------------------------------------------------------------------
+@pytest.mark.exercise("5.1")
+@pytest.mark.parametrize("seed, n_docs, max_len, block_size", [(0, 5, 12, 4), (1, 20, 40, 16), (2, 3, 3, 5),
+                                                               (3, 8, 100, 32)])
+def test_pack_blocks_matches_group_texts(student, seed, n_docs, max_len, block_size):
+    docs = random_docs(seed, n_docs, max_len)
+    got = student.pack_blocks(docs, block_size, 63)
+    assert_close(got, group_texts(docs, block_size, 63), what=f"pack_blocks({n_docs} documents, block_size={block_size})",
+                 hint="Append eos_token_id after every document (the last too), concatenate, keep the first "
+                      "len(stream) // block_size * block_size tokens, view as (n_blocks, block_size).")
+
+
+@pytest.mark.exercise("5.1")
+def test_pack_blocks_puts_eos_after_each_document(student):
+    got = student.pack_blocks([[5, 6, 7], [8], [9, 10]], 3, 2)
+    assert_close(got, torch.tensor([[5, 6, 7], [2, 8, 2], [9, 10, 2]]), what="pack_blocks([[5,6,7],[8],[9,10]], 3, eos=2)",
+                 hint="The stream is 5 6 7 <eos> 8 <eos> 9 10 <eos>: eos after each document, including the last.")
+
+
+@pytest.mark.exercise("5.1")
+def test_pack_blocks_drops_the_tail_and_skips_empty_documents(student):
+    got = student.pack_blocks([[5, 6], [], [7, 8, 9]], 4, 2)
+    assert_close(got, torch.tensor([[5, 6, 2, 7]]), what="pack_blocks([[5,6],[],[7,8,9]], 4, eos=2)",
+                 hint="An empty document adds nothing (no lone eos); the tail 8 9 <eos> does not fill a block and "
+                      "is dropped, not padded.")
+    short = student.pack_blocks([[5, 6]], 8, 2)
+    assert_close(short, torch.zeros(0, 8, dtype=torch.long), what="pack_blocks with fewer tokens than one block",
+                 hint="Return an empty (0, block_size) tensor of dtype torch.long.")
+
+
+# -- 5.2 split_documents -------------------------------------------------------------------------------
+@pytest.mark.exercise("5.2")
+@pytest.mark.parametrize("n_documents, fraction, seed", [(10, 0.2, 42), (443, 0.05, 1234), (7, 0.5, 0), (25, 0.33, 3)])
+def test_split_documents_matches_datasets_train_test_split(student, n_documents, fraction, seed):
+    train, validation = student.split_documents(n_documents, fraction, seed)
+    expected_train, expected_validation = datasets_split(n_documents, fraction, seed)
+    what = f"split_documents({n_documents}, {fraction}, seed={seed})"
+    if not (isinstance(train, list) and isinstance(validation, list)):
+        raise AssertionError(f"{what}: expected two lists of ints, got {type(train).__name__}, {type(validation).__name__}")
+    assert sorted(train + validation) == list(range(n_documents)), \
+        f"{what}: together the two lists must hold every document index exactly once"
+    assert len(validation) == len(expected_validation), \
+        (f"{what}: {len(validation)} validation documents, expected math.ceil({fraction} * {n_documents}) = "
+         f"{len(expected_validation)}")
+    assert (train, validation) == (expected_train, expected_validation), \
+        (f"{what}: not the split of datasets' train_test_split. Use numpy.random.default_rng(seed).permutation(n): "
+         "validation = its first n_validation entries, train = the rest, both in permutation order.")
+
+
+# -- 5.3 batch_order -----------------------------------------------------------------------------------
+@pytest.mark.exercise("5.3")
+@pytest.mark.parametrize("n_blocks, batch_size, seed", [(10, 3, 0), (64, 8, 1), (5, 5, 2), (100, 7, 3)])
+def test_batch_order_matches_torch_samplers(student, n_blocks, batch_size, seed):
+    got = student.batch_order(n_blocks, batch_size, seed)
+    assert got == sampler_order(n_blocks, batch_size, seed), \
+        (f"batch_order({n_blocks}, {batch_size}, seed={seed}) is not what BatchSampler(RandomSampler(...), "
+         "drop_last=True) yields: torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed)), cut into batches, "
+         "the incomplete last one dropped.")
+
+
+@pytest.mark.exercise("5.3")
+def test_batch_order_is_reproducible_and_changes_with_the_seed(student):
+    torch.manual_seed(123)
+    first = student.batch_order(30, 4, 7)
+    torch.manual_seed(456)
+    assert student.batch_order(30, 4, 7) == first, "batch_order must depend on its seed only, not on torch's global seed"
+    assert student.batch_order(30, 4, 8) != first, "another seed must give another order"
+    assert student.batch_order(3, 4, 0) == [], "fewer blocks than one batch give no batch"
+
+
+# -- 5.4 causal_lm_loss --------------------------------------------------------------------------------
+SHIFT_HINT = ("Position t's logits predict labels[:, t + 1]: compare logits[:, :-1] with labels[:, 1:]; "
+              "padding targets (attention_mask[:, 1:] == 0) and ignore_index count for nothing; the mean is over "
+              "all counted targets of the batch at once.")
+
+
+@pytest.mark.exercise("5.4")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_causal_lm_loss_matches_hugging_face_models(student, device, family):
+    model = (tiny_llama if family == "llama" else tiny_gpt2)(device).eval()
+    input_ids, mask = token_batch(3, 10, device, seed=1)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, labels=input_ids)
+    assert_close(student.causal_lm_loss(out.logits, input_ids), out.loss, what=f"causal_lm_loss vs {family}'s loss",
+                 hint=SHIFT_HINT, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.exercise("5.4")
+def test_causal_lm_loss_ignores_padding_like_hugging_face(student, device):
+    model = tiny_llama(device).eval()
+    input_ids, mask = token_batch(4, 9, device, seed=2, lengths=[9, 3, 6, 2])
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=mask, labels=hf_labels(input_ids, mask))
+    assert_close(student.causal_lm_loss(out.logits, input_ids, mask), out.loss,
+                 what="causal_lm_loss with right padding vs LlamaForCausalLM(labels with -100 at padding).loss",
+                 hint=SHIFT_HINT, rtol=1e-5, atol=1e-6)
+    assert_close(student.causal_lm_loss(out.logits, hf_labels(input_ids, mask)), out.loss,
+                 what="causal_lm_loss with -100 labels and no attention_mask", hint=SHIFT_HINT, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.exercise("5.4")
+def test_causal_lm_loss_sum_and_token_weighted_mean(student, device):
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 7, 11, generator=gen, dtype=F64).to(device)
+    labels = torch.randint(0, 11, (3, 7), generator=gen).to(device)
+    mask = torch.tensor([[1] * 7, [1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0]], device=device)
+    assert_close(student.causal_lm_loss(logits, labels, mask, reduction="sum"), next_token_ce(logits, labels, mask, "sum"),
+                 what="causal_lm_loss(reduction='sum')", hint=SHIFT_HINT)
+    assert_close(student.causal_lm_loss(logits, labels, mask), next_token_ce(logits, labels, mask),
+                 what="causal_lm_loss (mean) with rows of 6, 1 and 3 targets",
+                 hint="Token-weighted: divide the sum by all 10 counted targets, not the mean of per-row means.")
+
+
+@pytest.mark.exercise("5.4")
+def test_causal_lm_loss_of_bf16_logits_is_float32(student, device):
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 6, 13, generator=gen).to(device=device, dtype=torch.bfloat16)
+    labels = torch.randint(0, 13, (2, 6), generator=gen).to(device)
+    got = student.causal_lm_loss(logits, labels)
+    assert_close(got, next_token_ce(logits.float(), labels).float(), what="causal_lm_loss of bfloat16 logits",
+                 hint="Compute the loss in float32: logits.float() before the log-softmax.")
+
+
+@pytest.mark.exercise("5.4")
+def test_causal_lm_loss_without_targets(student, device):
+    logits = torch.zeros(2, 1, 5, device=device)
+    labels = torch.zeros(2, 1, dtype=torch.long, device=device)
+    assert_close(student.causal_lm_loss(logits, labels, reduction="sum"), torch.tensor(0.0, device=device),
+                 what="causal_lm_loss(reduction='sum') of one-token rows (nothing to predict)",
+                 hint="A block of seq tokens has seq - 1 targets; with none the sum is 0.")
+    assert torch.isnan(student.causal_lm_loss(logits, labels)), "the mean over no targets is NaN (0/0)"
+
+
+# -- 5.5 mask_tokens -----------------------------------------------------------------------------------
+def mlm_tokenizer(vocab_size=40):
+    """A word-level ``PreTrainedTokenizerFast`` with ``[PAD]`` 0, ``[CLS]`` 1, ``[SEP]`` 2, ``[MASK]`` 3."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[MASK]": 3} | {f"w{i}": i for i in range(4, vocab_size)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="[PAD]")), pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def collator_masking(input_ids, seed, special_ids=(0, 1, 2), **probabilities):
+    """What ``DataCollatorForLanguageModeling`` does to ``input_ids`` with a generator seeded ``seed``."""
+    from transformers import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(mlm_tokenizer(), **probabilities)
+    collator.generator = torch.Generator().manual_seed(seed)
+    special = torch.isin(input_ids, torch.tensor(special_ids))
+    return collator.torch_mask_tokens(input_ids.clone(), special_tokens_mask=special)
+
+
+def mlm_ids(batch, seq, seed, vocab=40):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab, (batch, seq), generator=gen)
+    ids[:, 0], ids[:, -1] = 1, 2                     # [CLS] ... [SEP]
+    ids[0, -3:] = 0                                  # some padding
+    return ids
+
+
+@pytest.mark.exercise("5.5")
+@pytest.mark.parametrize("seed, shape, probabilities", [
+    (0, (4, 16), {}),
+    (1, (8, 32), {}),
+    (2, (3, 20), {"mlm_probability": 0.5, "mask_replace_prob": 0.6, "random_replace_prob": 0.3}),
+    (3, (2, 25), {"mlm_probability": 0.3, "mask_replace_prob": 1.0, "random_replace_prob": 0.0}),
+])
+def test_mask_tokens_matches_the_hugging_face_collator(student, device, seed, shape, probabilities):
+    ids = mlm_ids(*shape, seed)
+    expected_inputs, expected_labels = collator_masking(ids, seed, **probabilities)
+    got_inputs, got_labels = student.mask_tokens(ids.to(device), vocab_size=40, mask_token_id=3,
+                                                 special_token_ids=[0, 1, 2], seed=seed, **probabilities)
+    what = f"mask_tokens(seed={seed}, {probabilities or 'defaults'})"
+    assert_close(got_labels, expected_labels.to(device), what=f"{what}: labels",
+                 hint="labels = the original token where picked, -100 elsewhere; pick with one bernoulli draw of "
+                      "mlm_probability (0 at special tokens) from torch.Generator().manual_seed(seed), first.")
+    assert_close(got_inputs, expected_inputs.to(device), what=f"{what}: masked input_ids",
+                 hint="Draw in the collator's order: picked, then masked (bernoulli(mask_replace_prob) & picked), then "
+                      "randomised (bernoulli(random_replace_prob / (1 - mask_replace_prob)) & picked & ~masked), "
+                      "then torch.randint(vocab_size, shape).")
+
+
+@pytest.mark.exercise("5.5")
+def test_mask_tokens_statistics_are_15_80_10_10(student):
+    ids = torch.randint(4, 1000, (64, 256), generator=torch.Generator().manual_seed(5))
+    ids[:, 0] = 1
+    got_inputs, labels = student.mask_tokens(ids, vocab_size=1000, mask_token_id=3, special_token_ids=[1], seed=5)
+    picked = labels != -100
+    n = int(picked.sum())
+    # binomial standard deviations: 0.15 of 16,320 tokens and 0.8/0.1 of ~2,450 picked ones; 5 sigma bounds
+    assert abs(n / ids[:, 1:].numel() - 0.15) < 0.015, f"{n / ids[:, 1:].numel():.3f} of the tokens picked, expected 0.15"
+    assert not picked[:, 0].any(), "a special token was picked as a target: it must never be"
+    assert torch.equal(labels[picked], ids[picked]), "labels must hold the original tokens at the picked positions"
+    masked = (got_inputs == 3) & picked
+    unchanged = (got_inputs == ids) & picked
+    randomised = picked & ~masked & ~unchanged
+    assert abs(int(masked.sum()) / n - 0.8) < 0.04, f"{int(masked.sum()) / n:.3f} of picked tokens masked, expected 0.8"
+    assert abs(int(randomised.sum()) / n - 0.1) < 0.03, \
+        (f"{int(randomised.sum()) / n:.3f} of picked tokens randomised, expected 0.1: the random draw is conditional on "
+         "not being masked (probability random_replace_prob / (1 - mask_replace_prob))")
+    assert torch.equal(got_inputs[~picked], ids[~picked]), "tokens that were not picked must stay unchanged"
+
+
+@pytest.mark.exercise("5.5")
+def test_mask_tokens_leaves_its_input_alone(student):
+    ids = mlm_ids(2, 12, 6)
+    before = ids.clone()
+    student.mask_tokens(ids, vocab_size=40, mask_token_id=3, special_token_ids=[0, 1, 2], seed=6, mlm_probability=0.9)
+    assert torch.equal(ids, before), "mask_tokens changed its input_ids in place: clone them first"
+
+
+# -- 5.6 lr_at -----------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.6")
+@pytest.mark.parametrize("total_steps, warmup_steps, min_lr_ratio", [(10, 2, 0.0), (100, 10, 0.0), (50, 0, 0.0),
+                                                                     (40, 5, 0.1), (7, 7, 0.0)])
+def test_lr_at_matches_hugging_face_cosine_schedule(student, total_steps, warmup_steps, min_lr_ratio):
+    peak = 3e-4
+    got = [student.lr_at(s, peak_lr=peak, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+           for s in range(total_steps + 1)]
+    expected = [peak * r for r in hf_schedule(total_steps, warmup_steps, min_lr_ratio)]
+    assert_close(torch.tensor(got, dtype=F64), torch.tensor(expected, dtype=F64),
+                 what=f"lr_at(step) for steps 0..{total_steps} (warmup {warmup_steps}, min_lr_ratio {min_lr_ratio})",
+                 hint="Step 0 has lr 0 (peak * step / warmup_steps, not step + 1); the cosine starts at step == "
+                      "warmup_steps with progress (step - warmup) / (total - warmup); min_lr_ratio scales the "
+                      "cosine into [min_lr_ratio, 1].", rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.exercise("5.6")
+def test_lr_at_stays_at_the_floor_after_the_schedule(student):
+    for step in (20, 21, 35):
+        got = student.lr_at(step, peak_lr=1.0, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
+        assert math.isclose(got, 0.1, rel_tol=1e-12), \
+            f"lr_at({step}) after total_steps=20 is {got}, expected the floor min_lr_ratio * peak_lr = 0.1 (clamp progress at 1)"
+
+
+# -- 5.7 weight_decay_groups ---------------------------------------------------------------------------
+def check_groups(groups, model, weight_decay, what):
+    if not (isinstance(groups, list) and len(groups) == 2 and all(isinstance(g, dict) for g in groups)):
+        raise AssertionError(f"{what}: expected a list of two dicts, got {groups!r:.200}")
+    decay, no_decay = groups
+    assert decay.get("weight_decay") == weight_decay and no_decay.get("weight_decay") == 0.0, \
+        f"{what}: the first group decays by weight_decay={weight_decay}, the second by 0.0"
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    expected = hf_decayed(model)
+    assert sorted(decay["params"] + no_decay["params"]) == sorted(names), \
+        f"{what}: every trainable parameter (named_parameters(), requires_grad) must be in exactly one group"
+    wrongly_decayed = sorted(set(decay["params"]) - set(expected))
+    assert not wrongly_decayed, \
+        (f"{what}: {wrongly_decayed[:4]} must not be decayed: biases and norm weights (1-D) and embedding tables are "
+         "left alone")
+    missing = sorted(set(expected) - set(decay["params"]))
+    assert not missing, f"{what}: {missing[:4]} are weight matrices of linear maps and must be decayed"
+    assert decay["params"] == [n for n in names if n in set(expected)], \
+        f"{what}: keep the order of named_parameters() within each group"
+
+
+@pytest.mark.exercise("5.7")
+@pytest.mark.parametrize("family", ["llama", "llama_untied", "gpt2", "course"])
+def test_weight_decay_groups_match_the_trainer_without_embeddings(student, family):
+    model = {"llama": lambda: tiny_llama("cpu"), "llama_untied": lambda: tiny_llama("cpu", tie=False),
+             "gpt2": lambda: tiny_gpt2("cpu"), "course": lambda: tiny_course_lm("cpu")}[family]()
+    check_groups(student.weight_decay_groups(model, 0.1), model, 0.1, f"weight_decay_groups({family} model, 0.1)")
+
+
+@pytest.mark.exercise("5.7")
+def test_weight_decay_groups_skip_frozen_parameters(student):
+    model = tiny_gpt2("cpu")
+    for name, p in model.named_parameters():
+        if name.startswith("transformer.h.0."):
+            p.requires_grad_(False)
+    check_groups(student.weight_decay_groups(model, 0.01), model, 0.01, "weight_decay_groups with layer 0 frozen")
+
+
+# -- 5.8 train_steps -----------------------------------------------------------------------------------
+@pytest.mark.exercise("5.8")
+@pytest.mark.parametrize("family, n_micro", [("llama", 1), ("llama", 2), ("course", 3)])
+def test_train_steps_matches_the_loop_written_out(student, device, family, n_micro):
+    model = (tiny_llama if family == "llama" else tiny_course_lm)(device, seed=1, dtype=F64)
+    steps = micro_batches(4, n_micro, 2, 12, device, seed=7)
+    expected = reference_training(copy.deepcopy(model), steps, SETTINGS)
+    got = student.train_steps(model, steps, SETTINGS)
+    assert_history(got, expected, what=f"train_steps({family} model, 4 steps of {n_micro} micro-batch(es))")
+
+
+@pytest.mark.exercise("5.8")
+def test_train_steps_weighs_every_target_equally_across_micro_batches(student, device):
+    model = tiny_llama(device, seed=2, dtype=F64)
+    steps = micro_batches(3, 2, 2, 10, device, seed=8, padded=True)
+    expected = reference_training(copy.deepcopy(model), steps, SETTINGS)
+    got = student.train_steps(model, steps, SETTINGS)
+    assert_history(got, expected, what="train_steps with padded micro-batches of unequal target counts")
+
+
+@pytest.mark.exercise("5.8")
+def test_train_steps_without_clipping_and_with_labels(student, device):
+    model = tiny_gpt2(device, seed=3, dtype=F64)
+    steps = micro_batches(3, 2, 2, 8, device, seed=9)
+    for s, step in enumerate(steps):
+        for mb in step:
+            mb["labels"] = mb["input_ids"].clone()
+            mb["labels"][:, :3 + s] = -100           # a prompt that is not scored
+    settings = SETTINGS | {"max_grad_norm": None, "warmup_steps": 0, "total_steps": 3, "min_lr_ratio": 0.0}
+    expected = reference_training(copy.deepcopy(model), steps, settings)
+    got = student.train_steps(model, steps, settings)
+    assert_history(got, expected, what="train_steps with max_grad_norm=None and labels with -100")
+
+
+@pytest.mark.exercise("5.8")
+def test_train_steps_in_bf16_autocast(student, device):
+    model = tiny_llama(device, seed=4)
+    steps = micro_batches(3, 2, 2, 12, device, seed=10)
+    settings = SETTINGS | {"mixed_precision": "bf16"}
+    expected = reference_training(copy.deepcopy(model), steps, settings, accumulate=True)
+    full = reference_training(copy.deepcopy(model), steps, SETTINGS, accumulate=True)
+    got = student.train_steps(model, steps, settings)
+    gap = max(abs(a - b) / abs(b) for key in ("loss", "grad_norm") for a, b in zip(full[key], expected[key]))
+    assert gap > 1e-4  # the test itself: bf16 shows, ten times the tolerance
+    assert_history(got, expected, what="train_steps with mixed_precision='bf16'", rtol=1e-5)
+
+
+# -- 5.9 mfu -------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.9")
+def test_mfu_by_hand(student):
+    # A 100M-parameter model at ~2N = 2e8 forward FLOPs per token, 500k tokens/s on one H100 (989 TFLOP/s):
+    # 6 * 1e8 * 5e5 / 9.89e14 = 0.3033...
+    got = student.mfu(5e5, 2 * 10**8, 989e12)
+    assert math.isclose(got, 3 * 2e8 * 5e5 / 989e12, rel_tol=1e-12), \
+        f"mfu(5e5 tokens/s, 2e8 forward FLOPs/token, 989e12) = {got}, expected 0.3033 (training = 3 forward passes; a fraction)"
+    assert math.isclose(student.mfu(4e6, 2 * 10**8, 989e12, n_devices=8), 3 * 2e8 * 4e6 / (8 * 989e12), rel_tol=1e-12), \
+        "with n_devices the peak is that of all devices together"
+
+
+@pytest.mark.exercise("5.9")
+def test_mfu_counts_what_flop_counter_measures_in_training(student):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from course_lib.transformer import flops_per_token
+
+    model = tiny_course_lm("cpu", seed=5, attn_implementation="eager")
+    input_ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(5))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=input_ids, labels=input_ids).loss.backward()
+    measured_per_token = counter.get_total_flops() / input_ids.numel()
+    fpt = flops_per_token(model.config.architecture(), 16)
+    got = student.mfu(1000.0, fpt, 1e12)
+    assert math.isclose(got, measured_per_token * 1000.0 / 1e12, rel_tol=0.05), \
+        (f"mfu = {got:.3g}, but FlopCounterMode measures {measured_per_token:.4g} FLOPs per token for forward + "
+         f"backward, {measured_per_token / fpt:.2f} times flops_per_token")
+
+
+# -- the course's loop (not graded) -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run_inputs():
+    from course_lib import exercises
+
+    if not exercises.uses_reference("pretraining"):
+        pytest.skip("the loop's tests run in solution mode (--against solution or COURSE_LIB_MODE=solution)")
+    from course_lib.pretraining import course_tokenizer, prepare_data, preset
+
+    config = preset("tiny")
+    tokenizer = course_tokenizer()
+    data = prepare_data(tokenizer, config.block_size)
+    return config, tokenizer, data
+
+
+def test_pretrain_lowers_the_validation_loss(tiny_run_inputs):
+    from course_lib.pretraining import pretrain
+
+    config, tokenizer, data = tiny_run_inputs
+    result = pretrain(config, progress=False, data=data, tokenizer=tokenizer)
+    history = result.history
+    assert history["step"] == list(range(1, config.total_steps + 1))
+    assert history["eval_step"] == [0, 4, 8]
+    assert history["eval_loss"][-1] < history["eval_loss"][0] - 0.05
+    assert abs(history["eval_loss"][0] - result.uniform_loss) < 0.2          # an untrained model is near uniform
+    assert result.unigram_loss < result.uniform_loss
+    assert result.tokens_per_second > 0 and 0 < result.mfu < 1
+    assert all(t == config.tokens_per_step() for t in history["tokens"])
+
+
+def test_resume_continues_bit_identically(tiny_run_inputs, tmp_path):
+    from course_lib.pretraining import pretrain
+
+    config, tokenizer, data = tiny_run_inputs
+    whole = pretrain(config, tmp_path / "whole", progress=False, data=data, tokenizer=tokenizer)
+    pretrain(config, tmp_path / "parts", max_steps=3, progress=False, data=data, tokenizer=tokenizer)
+    resumed = pretrain(config, tmp_path / "parts", resume=True, progress=False, data=data, tokenizer=tokenizer)
+    assert resumed.history["loss"] == whole.history["loss"]
+    assert resumed.history["grad_norm"] == whole.history["grad_norm"]
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_step_batches_share_each_step_between_processes(tiny_run_inputs):
+    from course_lib.pretraining import step_batches
+
+    config, _, data = tiny_run_inputs
+    one = list(step_batches(data.train_blocks, config))
+    two = [list(step_batches(data.train_blocks, config, process_index=p, n_processes=2)) for p in range(2)]
+    later = list(step_batches(data.train_blocks, config, start_step=5))
+    assert len(one) == config.total_steps and len(one[0]) == config.accumulation_steps
+    assert [b["input_ids"] for b in later[0]][0].equal(one[5][0]["input_ids"])
+    per_step = [torch.cat([mb["input_ids"] for mb in step]) for step in two[0]]
+    assert all(s.shape[0] == config.micro_batch_size * config.accumulation_steps for s in per_step)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_two_cpu_processes(tmp_path):
+    env = dict(os.environ, COURSE_LIB_MODE="solution", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "course_lib.pretraining", "--preset", "tiny", "--no-progress", "--output", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["processes"] == 2
+    assert math.isfinite(summary["validation_loss"]) and summary["validation_loss"] < summary["uniform_loss"]
+    assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "model" / "config.json").is_file()
+
+
+def test_pretrained_model_loads_with_auto_classes(tiny_run_inputs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from course_lib.pretraining import pretrained_course_lm, pretrained_model_dir
+
+    model, tokenizer = pretrained_course_lm("tiny", progress=False)
+    directory = pretrained_model_dir("tiny")
+    again = AutoModelForCausalLM.from_pretrained(directory)
+    auto_tokenizer = AutoTokenizer.from_pretrained(directory)
+    text = "def f(x):\n    return x"
+    ids = auto_tokenizer(text, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == tiny_run_inputs[1](text, add_special_tokens=False)["input_ids"]
+    assert auto_tokenizer.eos_token == "<|endoftext|>" and auto_tokenizer.pad_token == "<|pad|>"
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+    summary = json.loads((directory / "training.json").read_text())
+    assert summary["validation_loss"] < summary["uniform_loss"]
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, ids.shape[1] + 3)
+
+
+@pytest.mark.parametrize("call, error, names", [
+    (lambda p: p.pack_blocks([[1, 2]], 0, 2), ValueError, "block_size"),
+    (lambda p: p.pack_blocks([[1, -2]], 4, 2), TypeError, "token_ids_per_doc"),
+    (lambda p: p.split_documents(10, 1.0, 0), ValueError, "validation_fraction"),
+    (lambda p: p.causal_lm_loss(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long)), ValueError, "labels"),
+    (lambda p: p.causal_lm_loss(torch.zeros(2, 3, 5), torch.full((2, 3), 5)), ValueError, "labels"),
+    (lambda p: p.causal_lm_loss(torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), reduction="none"),
+     ValueError, "reduction"),
+    (lambda p: p.mask_tokens(torch.zeros(2, 3, dtype=torch.long), vocab_size=5, mask_token_id=5, seed=0), ValueError,
+     "mask_token_id"),
+    (lambda p: p.lr_at(0, peak_lr=1.0, warmup_steps=5, total_steps=3), ValueError, "warmup_steps"),
+    (lambda p: p.weight_decay_groups({"w": torch.zeros(2)}, 0.1), TypeError, "model"),
+    (lambda p: p.train_steps(nn.Linear(2, 2), [[{"input_ids": torch.zeros(2, 3)}]], SETTINGS), TypeError, "input_ids"),
+    (lambda p: p.train_steps(nn.Linear(2, 2), [], {"lr": 1.0}), ValueError, "settings"),
+    (lambda p: p.mfu(1.0, 0, 1.0), ValueError, "flops_per_token"),
+])
+def test_bad_input_gets_an_error_naming_the_argument(call, error, names):
+    from course_lib import pretraining
+
+    with pytest.raises(error, match=names):
+        call(pretraining)
