@@ -403,7 +403,7 @@ def plot_two():
     fig, axes = plt.subplots(2, 1, figsize=(11, 7))
     try:
         for ax, row, name in ((axes[0], confident, "most confident"), (axes[1], uncertain, "most uncertain")):
-            generation.plot_filtered_distribution(logits[row], top_k=10, top_p=0.9, min_p=0.1, n=30,
+            generation.plot_filtered_distribution(logits[row], top_k=10, top_p=0.9, min_p=0.1, n=40,
                                                   token_labels=LABELS, ax=ax,
                                                   title=f"{name} context (entropy {entropy[row]:.2f} nats)")
     except Exception:
@@ -555,7 +555,7 @@ def generated_lengths(sequences):
     return torch.where(ended.any(-1), ended.int().argmax(-1) + 1, torch.tensor(new.shape[1]))
 
 
-PENALTIES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
+PENALTIES = [0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0]
 mean_lengths = []
 
 

@@ -34,6 +34,10 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
     # 3.9 rotates queries and keys with the student's apply_rope (3.3) and normalises with their rms_norm (3.5)
     "transformer": ({"3.1": None, "3.3": "rope_rotates_adjacent_pairs", "3.5": None,
                      "3.10": "count_tied_output_layer_twice"}, {"3.1", "3.3", "3.5", "3.9", "3.10"}),
+    # 4.3, 4.9 and 4.10 decode with the student's decode_step (4.2); 4.8 filters with their top_p_filter
+    # (4.5), and 4.9 samples from their process_logits
+    "generation": ({"4.2": None, "4.5": "top_p_that_drops_the_crossing_token",
+                    "4.11": "stop_sequence_by_its_last_token"}, {"4.2", "4.3", "4.5", "4.8", "4.9", "4.10", "4.11"}),
 }
 
 
