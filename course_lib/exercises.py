@@ -52,6 +52,11 @@ class Exercise:
 _REGISTRY: dict[str, Exercise] = {}
 
 
+def chapters_before(module: str) -> tuple[str, ...]:
+    """The chapter modules taught before ``module`` (the ones its code may build on)."""
+    return CHAPTER_MODULES[:CHAPTER_MODULES.index(module)]
+
+
 def get_mode() -> str:
     """The current mode, "student" or "solution"."""
     mode = os.environ.get(MODE_ENV, "student") or "student"

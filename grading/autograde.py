@@ -84,7 +84,9 @@ def submitted_students(course: Path, assignment: str) -> list[str]:
     return sorted(p.parent.name for p in (course / "submitted").glob(f"*/{assignment}") if p.is_dir())
 
 
-def _module_file(folder: Path, module: str) -> Path | None:
+def submitted_module_file(folder: Path, module: str) -> Path | None:
+    """A submission's ``<module>.py`` (beside the notebook or under ``course_lib/``): a regular file, not a
+    link, at most MAX_MODULE_BYTES; None if there is none."""
     for candidate in (folder / f"{module}.py", folder / "course_lib" / f"{module}.py"):
         try:
             info = candidate.lstat()
@@ -98,7 +100,7 @@ def _module_file(folder: Path, module: str) -> Path | None:
 def fingerprint(folder: Path, modules: list[str]) -> str:
     """Hash of what is graded: the chapter modules and the notebooks of a submission."""
     digest = hashlib.sha256()
-    files = [_module_file(folder, m) for m in modules] + sorted(folder.glob("*.ipynb"))
+    files = [submitted_module_file(folder, m) for m in modules] + sorted(folder.glob("*.ipynb"))
     for path in files:
         if path is not None and path.is_file() and not path.is_symlink():
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -153,7 +155,7 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         snap = scratch / "submission"
         snap.mkdir()
         for module in modules:
-            found = _module_file(submitted, module)
+            found = submitted_module_file(submitted, module)
             if found is not None:
                 (snap / f"{module}.py").write_bytes(found.read_bytes())
         if not any(snap.iterdir()):

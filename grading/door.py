@@ -97,7 +97,8 @@ class SandboxDoor:
     """Forwards calls to a child process that runs the submitted code.
 
     The child starts in a fresh folder holding the trusted ``course_lib`` with the submitted chapter
-    modules swapped in, the reference solutions of the *other* chapters only, and the runner. It runs
+    modules swapped in, the reference solutions of the chapters they build on (the earlier ones) only,
+    and the runner. It runs
     with ``python -I``, a scrubbed environment and its own process group, confined by
     :func:`grading.sandbox.confine` before any submitted code is imported: as root, a uid of its
     own, no network, a file system reduced to the system, Python and that folder (its ``work/``
@@ -156,12 +157,14 @@ class SandboxDoor:
         for module, path in self.modules.items():
             shutil.copyfile(path, folder / "course_lib" / f"{module}.py")
         reference = reference_folder()
-        if reference is not None:  # the instructor's side: the other chapters run the reference
+        if reference is not None:  # the instructor's side: the earlier chapters run the reference
             (folder / "solutions").mkdir()
             shutil.copyfile(reference / "__init__.py", folder / "solutions" / "__init__.py")
-            for module in exercises.CHAPTER_MODULES:
-                if module not in self.modules:
-                    shutil.copyfile(reference / f"{module}.py", folder / "solutions" / f"{module}.py")
+            # Only the chapters the submitted ones build on: the code in this folder can read what is
+            # here and word its errors (which reach the feedback) as it likes.
+            earlier = {m for submitted in self.modules for m in exercises.chapters_before(submitted)}
+            for module in sorted(earlier - set(self.modules)):
+                shutil.copyfile(reference / f"{module}.py", folder / "solutions" / f"{module}.py")
         here = Path(__file__).parent
         shutil.copyfile(here / "codec.py", folder / "door_codec.py")
         shutil.copyfile(here / "sandbox.py", folder / "door_sandbox.py")

@@ -11,6 +11,11 @@ kernel's five ports from the connection file, no connect), resource limits. It s
 network namespace because its client talks to it over 127.0.0.1. The notebook's scores for code
 exercises are not trusted anyway (:mod:`grading.autograde` rewrites them); this keeps the kernel from
 touching anything else.
+
+The kernel imports ``course_lib`` from a copy made for the notebook (:func:`course_library`): the
+student's module of the assignment's chapter and the earlier chapters completed by the reference, as
+on the laptop of a student who finished them. So the experiments of Chapter 4, which run the course's
+language model, run it with the reference blocks of Chapter 3 and the student's generation code.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,6 +45,27 @@ def write_kernelspec(jupyter_path: Path) -> Path:
     return folder
 
 
+def course_library(target: Path, notebook_dir: Path) -> Path:
+    """Write ``target/course_lib``: the trusted package with the chapters before the notebook's one
+    (its folder's name, the assignment) completed by the reference and the student's own module of
+    that chapter where the folder holds one (:func:`grading.autograde.submitted_module_file`).
+    Returns ``target``."""
+    from course_lib import exercises
+    from grading.autograde import submitted_module_file
+    from grading.submissions import solved_module
+
+    package = target / "course_lib"
+    shutil.copytree(ROOT / "course_lib", package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    chapter = notebook_dir.name
+    if chapter in exercises.CHAPTER_MODULES:
+        for module in exercises.chapters_before(chapter):
+            (package / f"{module}.py").write_text(solved_module(module))
+        student = submitted_module_file(notebook_dir, chapter)
+        if student is not None:
+            shutil.copyfile(student, package / f"{chapter}.py")
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     from grading import sandbox
 
@@ -54,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     work = scratch / "work"
     work.mkdir(mode=0o700)
     (scratch / ".mounts").mkdir(mode=0o700)
+    library = scratch / "lib"
+    # In a fresh interpreter: this process must not import course_lib before the copy is on sys.path.
+    subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                    f"from pathlib import Path; from grading.kernel import course_library; "
+                    f"course_library(Path({str(library)!r}), Path({notebook_dir!r}))"], check=True, timeout=300)
     copy = work / "connection.json"
     shutil.copyfile(connection, copy)
     os.chmod(copy, 0o600)
@@ -62,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         os.chown(copy, slot.uid, slot.uid)
     spec = {
         "uid": slot.uid if slot else None, "gid": slot.uid if slot else None,
-        "read": sandbox.read_paths() + [notebook_dir, str(ROOT / "course_lib"), str(ROOT / "grading")],
+        "read": sandbox.read_paths() + [notebook_dir, str(library), str(ROOT / "grading")],
         "write": [str(work)], "devices": sandbox.device_paths(False), "hide": [],
         "limits": {**limits.as_dict(), "processes": max(limits.processes, 256)},  # zmq and IPython threads
         "gpu": False, "netns": False, "bind_ports": ports + [0],  # 0: ephemeral ports (IOPub pipe)
@@ -77,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(HOME=str(work), TMPDIR=str(work), IPYTHONDIR=str(work / ".ipython"),
                       MPLCONFIGDIR=str(work), JUPYTER_RUNTIME_DIR=str(work), COURSE_KERNEL_CONFINEMENT=json.dumps(report))
     os.chdir(notebook_dir)
-    sys.path[:0] = [notebook_dir, str(ROOT)]  # the student's module, then grading.check and course_lib
+    sys.path[:0] = [notebook_dir, str(library), str(ROOT)]  # the student's module, course_lib, grading.check
     rest = [a for i, a in enumerate(args) if a != "-f" and (i == 0 or args[i - 1] != "-f")]
     sys.argv = ["ipykernel_launcher", "-f", str(copy), *rest]
     from ipykernel.kernelapp import launch_new_instance

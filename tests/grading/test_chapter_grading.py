@@ -89,3 +89,24 @@ def test_correct_untouched_and_partly_wrong_submissions_get_their_exact_scores(c
                   and any(o["output_type"] == "error" for o in c.get("outputs", []))]
         assert not errors, f"{chapter}, {student}: cells that raised: {errors}"
     assert not sandbox_processes()
+
+
+def test_the_grading_kernel_imports_earlier_chapters_finished_and_the_students_own_module(tmp_path):
+    """What a notebook's experiments see in the batch grader's kernel (grading.kernel): a student of
+    Chapter 2 has finished Chapters 0 and 1, and course_lib.attention is their own file."""
+    notebook_dir = tmp_path / "submitted" / "attention"
+    notebook_dir.mkdir(parents=True)
+    own = module_with("attention", {"2.4": None}) + "\n# the student's own file\n"
+    (notebook_dir / "attention.py").write_text(own)
+    proc = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                           "from pathlib import Path; from grading.kernel import course_library; "
+                           f"course_library(Path({str(tmp_path / 'lib')!r}), Path({str(notebook_dir)!r}))"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    package = tmp_path / "lib" / "course_lib"
+    assert (package / "attention.py").read_text() == own
+    for earlier in exercises.chapters_before("attention"):
+        assert (package / f"{earlier}.py").read_text() == solved_module(earlier)
+    later = exercises.CHAPTER_MODULES[exercises.CHAPTER_MODULES.index("attention") + 1:]
+    for module in later:  # not finished for them: the stubs, as released
+        assert (package / f"{module}.py").read_text() == (ROOT / "course_lib" / f"{module}.py").read_text()
