@@ -4,20 +4,23 @@ Both models have the same Llama-style architecture and the same weights (convert
 :func:`~course_lib.language_model.to_llama`); each row times one training step's forward and backward
 pass (next-token loss on random tokens, gradients of every weight) with the same attention
 implementation on both sides: ``sdpa`` (torch's fused kernel) and ``eager`` (the course's Chapter 2
-attention against Llama's eager attention). A ratio (course time / Llama time) at or below 1 means
-the course's model is as fast. On the CPU: the course's ``"cpu"`` size (about 4M parameters), 4
+attention against Llama's eager attention), the two models timed in turns. A ratio (course time /
+Llama time) at or below 1 means the course's model is as fast. On the CPU: the course's ``"cpu"`` size (about 4M parameters), 4
 sequences of 256 tokens, float32. On CUDA: the ``"gpu"`` size (about 100M parameters), 8 sequences
 of 1,024 tokens, bfloat16 weights.
 """
 
 from __future__ import annotations
 
+import time
+from statistics import median
+
 import torch
 
 from benchmarks.timing import Row, measure_ms
 from course_lib.language_model import CourseLMForCausalLM, course_lm_config, to_llama
 
-SETTINGS = {"cpu": dict(size="cpu", batch=4, seq_len=256, dtype=torch.float32, repeats=5),
+SETTINGS = {"cpu": dict(size="cpu", batch=4, seq_len=256, dtype=torch.float32, repeats=9),
             "cuda": dict(size="gpu", batch=8, seq_len=1024, dtype=torch.bfloat16, repeats=10)}
 
 
@@ -27,6 +30,24 @@ def _train_step(model, input_ids):
         model(input_ids, labels=input_ids, use_cache=False).loss.backward()
 
     return step
+
+
+def interleaved_ms(first, second, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of ``first()`` and ``second()`` timed in turns, after a warm-up of each, so
+    that both see the same load on a shared machine (back-to-back runs drift by tens of percent)."""
+    measure_ms(first, device, repeats=1, min_time_s=0.0)  # warm-up (and one timing, discarded)
+    measure_ms(second, device, repeats=1, min_time_s=0.0)
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((first, second), times):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            out.append(1000 * (time.perf_counter() - start))
+    return median(times[0]), median(times[1])
 
 
 def run(device: torch.device) -> list[Row]:
@@ -39,8 +60,8 @@ def run(device: torch.device) -> list[Row]:
     for implementation in ("sdpa", "eager"):
         course.set_attn_implementation(implementation)
         llama.set_attn_implementation(implementation)
-        course_ms = measure_ms(_train_step(course, input_ids), device, repeats=settings["repeats"])
-        llama_ms = measure_ms(_train_step(llama, input_ids), device, repeats=settings["repeats"])
+        course_ms, llama_ms = interleaved_ms(_train_step(course, input_ids), _train_step(llama, input_ids), device,
+                                             settings["repeats"])
         tokens = settings["batch"] * settings["seq_len"]
         rows.append(Row("lm fwd+bwd", implementation, device.type, course_ms, llama_ms,
                         f"LlamaForCausalLM {implementation}, same weights, {settings['size']} size, "
