@@ -1,0 +1,200 @@
+"""Chapter 5 graded tests (hidden: grading only, not in the student handout)."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from grading.expect import assert_close
+from tests.test_pretraining import (F64, SETTINGS, assert_history, check_groups, collator_masking, datasets_split,
+                                    group_texts, hf_labels, hf_schedule, micro_batches, mlm_ids, next_token_ce,
+                                    random_docs, reference_training, sampler_order, tiny_course_lm, tiny_gpt2,
+                                    tiny_llama, token_batch)
+
+
+# -- 5.1 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.1")
+def test_hidden_pack_blocks_on_the_course_corpus(student):
+    from course_lib.corpus import load_corpus
+    from course_lib.pretraining import course_tokenizer, tokenize_documents
+
+    tokenizer = course_tokenizer()
+    docs = tokenize_documents(tokenizer, load_corpus("validation")[:6])
+    eos = tokenizer.eos_token_id
+    got = student.pack_blocks(docs, 64, eos)
+    assert_close(got, group_texts(docs, 64, eos), what="pack_blocks of 6 course documents, block_size=64")
+    assert int((got == eos).sum()) <= len(docs)
+
+
+@pytest.mark.exercise("5.1")
+@pytest.mark.parametrize("seed, block_size, eos", [(20, 1, 0), (21, 7, 49), (22, 64, 3), (23, 13, 1)])
+def test_hidden_pack_blocks_random_documents(student, seed, block_size, eos):
+    docs = random_docs(seed, 15, 30)
+    assert_close(student.pack_blocks(docs, block_size, eos), group_texts(docs, block_size, eos),
+                 what=f"pack_blocks(block_size={block_size}, eos={eos})")
+
+
+@pytest.mark.exercise("5.1")
+def test_hidden_pack_blocks_exact_fit_and_no_documents(student):
+    assert_close(student.pack_blocks([[4, 5, 6], [7, 8, 9]], 4, 1), torch.tensor([[4, 5, 6, 1], [7, 8, 9, 1]]),
+                 what="pack_blocks where the stream fills exactly two blocks")
+    assert_close(student.pack_blocks([], 4, 1), torch.zeros(0, 4, dtype=torch.long), what="pack_blocks([])")
+    assert_close(student.pack_blocks([[], []], 4, 1), torch.zeros(0, 4, dtype=torch.long),
+                 what="pack_blocks of empty documents")
+
+
+# -- 5.2 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.2")
+@pytest.mark.parametrize("n_documents, fraction, seed", [(2, 0.5, 0), (100, 0.01, 9), (57, 0.25, 2024), (1000, 0.1, 5)])
+def test_hidden_split_documents(student, n_documents, fraction, seed):
+    assert tuple(student.split_documents(n_documents, fraction, seed)) == tuple(datasets_split(n_documents, fraction, seed)), \
+        f"split_documents({n_documents}, {fraction}, seed={seed}) differs from datasets' train_test_split"
+
+
+# -- 5.3 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.3")
+@pytest.mark.parametrize("n_blocks, batch_size, seed", [(12, 12, 4), (9, 1, 5), (1000, 33, 6), (3, 5, 7)])
+def test_hidden_batch_order(student, n_blocks, batch_size, seed):
+    assert student.batch_order(n_blocks, batch_size, seed) == sampler_order(n_blocks, batch_size, seed), \
+        f"batch_order({n_blocks}, {batch_size}, seed={seed})"
+
+
+# -- 5.4 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.4")
+def test_hidden_causal_lm_loss_left_padding_gpt2(student, device):
+    model = tiny_gpt2(device, seed=30).eval()
+    input_ids, mask = token_batch(3, 11, device, seed=31, lengths=[11, 4, 7], left=True)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, labels=hf_labels(input_ids, mask))
+    assert_close(student.causal_lm_loss(out.logits, input_ids, mask), out.loss, what="loss with left padding vs GPT-2",
+                 rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.exercise("5.4")
+@pytest.mark.parametrize("seed, shape", [(32, (1, 2, 3)), (33, (4, 17, 50)), (34, (2, 9, 1000))])
+def test_hidden_causal_lm_loss_random_float64_with_custom_ignore_index(student, device, seed, shape):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(shape, generator=gen, dtype=F64) * 3).to(device)
+    labels = torch.randint(0, shape[-1], shape[:2], generator=gen)
+    labels[torch.rand(shape[:2], generator=gen) < 0.3] = -1
+    labels = labels.to(device)
+    expected = next_token_ce(logits, labels.masked_fill(labels == -1, -100))
+    got = student.causal_lm_loss(logits, labels, ignore_index=-1)
+    if torch.isnan(expected):
+        assert torch.isnan(got), "no counted target: the mean is NaN"
+    else:
+        assert_close(got, expected, what=f"causal_lm_loss(ignore_index=-1) of shape {shape}")
+
+
+@pytest.mark.exercise("5.4")
+def test_hidden_causal_lm_loss_gradient_matches_the_model(student, device):
+    model = tiny_llama(device, seed=35)
+    input_ids, mask = token_batch(2, 8, device, seed=36, lengths=[8, 5])
+    ours = copy.deepcopy(model)
+    model(input_ids=input_ids, attention_mask=mask, labels=hf_labels(input_ids, mask)).loss.backward()
+    logits = ours(input_ids=input_ids, attention_mask=mask).logits
+    loss = student.causal_lm_loss(logits, input_ids, mask)
+    loss.backward()
+    for (name, a), b in zip(model.named_parameters(), ours.parameters()):
+        assert_close(b.grad, a.grad, what=f"gradient of {name} through causal_lm_loss", rtol=1e-4, atol=1e-6)
+
+
+# -- 5.5 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.5")
+@pytest.mark.parametrize("seed, probabilities", [(40, {"mask_replace_prob": 0.0, "random_replace_prob": 1.0}),
+                                                 (41, {"mlm_probability": 1.0}),
+                                                 (42, {"mlm_probability": 0.0}),
+                                                 (43, {"mask_replace_prob": 0.5, "random_replace_prob": 0.5})])
+def test_hidden_mask_tokens_edge_probabilities(student, seed, probabilities):
+    ids = mlm_ids(5, 30, seed)
+    expected = collator_masking(ids, seed, **probabilities)
+    got = student.mask_tokens(ids, vocab_size=40, mask_token_id=3, special_token_ids=[0, 1, 2], seed=seed, **probabilities)
+    assert_close(got[1], expected[1], what=f"labels with {probabilities}")
+    assert_close(got[0], expected[0], what=f"masked input_ids with {probabilities}")
+
+
+@pytest.mark.exercise("5.5")
+def test_hidden_mask_tokens_one_dimensional_input(student, device):
+    ids = mlm_ids(1, 64, 44)[0]
+    expected = collator_masking(ids, 44)
+    got = student.mask_tokens(ids.to(device), vocab_size=40, mask_token_id=3, special_token_ids=[0, 1, 2], seed=44)
+    assert_close(got[0], expected[0].to(device), what="masked input_ids of a (seq,) input")
+    assert_close(got[1], expected[1].to(device), what="labels of a (seq,) input")
+
+
+# -- 5.6 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.6")
+@pytest.mark.parametrize("total_steps, warmup_steps, min_lr_ratio, peak", [(1, 0, 0.0, 1.0), (1, 1, 0.0, 0.5),
+                                                                           (1000, 37, 0.05, 6e-4), (13, 0, 0.5, 2.0)])
+def test_hidden_lr_at(student, total_steps, warmup_steps, min_lr_ratio, peak):
+    got = [student.lr_at(s, peak_lr=peak, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+           for s in range(total_steps + 1)]
+    expected = [peak * r for r in hf_schedule(total_steps, warmup_steps, min_lr_ratio)]
+    assert_close(torch.tensor(got, dtype=F64), torch.tensor(expected, dtype=F64), rtol=1e-12, atol=1e-15,
+                 what=f"lr_at for total {total_steps}, warmup {warmup_steps}, min ratio {min_lr_ratio}")
+    assert isinstance(got[0], float), "lr_at returns a float"
+
+
+# -- 5.7 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.7")
+@pytest.mark.parametrize("kind", ["course_gpt2", "course_untied", "sequential"])
+def test_hidden_weight_decay_groups(student, kind):
+    if kind == "course_gpt2":
+        model = tiny_course_lm("cpu", **{"norm_type": "layernorm", "hidden_act": "gelu_tanh", "attention_bias": True,
+                                         "mlp_bias": True, "position_embedding_type": "learned"})
+    elif kind == "course_untied":
+        model = tiny_course_lm("cpu", tie_word_embeddings=False)
+    else:
+        model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 10, bias=False))
+    check_groups(student.weight_decay_groups(model, 0.05), model, 0.05, f"weight_decay_groups({kind})")
+
+
+@pytest.mark.exercise("5.7")
+def test_hidden_weight_decay_groups_of_a_bare_embedding(student):
+    groups = student.weight_decay_groups(nn.Embedding(5, 3), 0.1)
+    assert groups == [{"params": [], "weight_decay": 0.1}, {"params": ["weight"], "weight_decay": 0.0}], \
+        "a module that is itself an nn.Embedding has one parameter, 'weight': not decayed"
+
+
+# -- 5.8 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.8")
+def test_hidden_train_steps_gpt2_five_steps_no_warmup(student, device):
+    model = tiny_gpt2(device, seed=50, dtype=F64)
+    steps = micro_batches(5, 2, 3, 9, device, seed=51, padded=True)
+    settings = SETTINGS | {"warmup_steps": 0, "total_steps": 5, "weight_decay": 0.3, "betas": [0.8, 0.99]}
+    expected = reference_training(copy.deepcopy(model), steps, settings)
+    assert_history(student.train_steps(model, steps, settings), expected,
+                   what="train_steps(GPT-2, 5 steps, no warmup, betas (0.8, 0.99))")
+
+
+@pytest.mark.exercise("5.8")
+def test_hidden_train_steps_course_model_gpt2_style_one_step(student, device):
+    model = tiny_course_lm(device, seed=52, dtype=F64, norm_type="layernorm", hidden_act="gelu_tanh",
+                           attention_bias=True, mlp_bias=True, position_embedding_type="learned")
+    steps = micro_batches(2, 4, 1, 16, device, seed=53)
+    settings = SETTINGS | {"total_steps": 2, "max_grad_norm": 0.1}
+    expected = reference_training(copy.deepcopy(model), steps, settings)
+    assert_history(student.train_steps(model, steps, settings), expected,
+                   what="train_steps(course model, GPT-2 style, 4 micro-batches of 1)")
+
+
+@pytest.mark.exercise("5.8")
+def test_hidden_train_steps_large_clip_changes_nothing(student, device):
+    model = tiny_llama(device, seed=54, dtype=F64, tie=False)
+    steps = micro_batches(3, 1, 4, 10, device, seed=55)
+    settings = SETTINGS | {"max_grad_norm": 1e6}
+    expected = reference_training(copy.deepcopy(model), steps, settings)
+    assert_history(student.train_steps(model, steps, settings), expected,
+                   what="train_steps with an untied Llama and a clip threshold that is never reached")
+
+
+# -- 5.9 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.9")
+@pytest.mark.parametrize("tps, fpt, peak, n", [(1234.5, 7_000_000, 3.1e11, 1), (2.5e6, 1_500_000_000, 989e12, 4),
+                                               (0.0, 10, 1.0, 2)])
+def test_hidden_mfu(student, tps, fpt, peak, n):
+    assert math.isclose(student.mfu(tps, fpt, peak, n), 3 * fpt * tps / (peak * n), rel_tol=1e-12, abs_tol=1e-15), \
+        f"mfu({tps}, {fpt}, {peak}, n_devices={n})"

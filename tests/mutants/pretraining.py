@@ -1,0 +1,378 @@
+"""Plausible wrong answers to Chapter 5's exercises. Each must fail at least one graded test
+(``pytest --against mutants``). They are kept out of the student handout.
+
+Each variant changes one thing in an otherwise correct implementation (the helpers below are the
+correct parts they share), so that the test that catches it catches that mistake.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.pretraining import make_lr_scheduler, make_optimizer
+
+
+# -- 5.1 pack_blocks -------------------------------------------------------------------------------------
+def _pack(docs, block_size, eos, *, stream=lambda docs, eos: [t for d in docs if d for t in (*d, eos)], pad_tail=False):
+    tokens = stream(docs, eos)
+    n_blocks = math.ceil(len(tokens) / block_size) if pad_tail else len(tokens) // block_size
+    tokens = (tokens + [eos] * block_size)[:n_blocks * block_size]
+    return torch.tensor(tokens, dtype=torch.long).view(n_blocks, block_size)
+
+
+def pack_without_eos(token_ids_per_doc, block_size, eos_token_id):
+    return _pack(token_ids_per_doc, block_size, eos_token_id, stream=lambda docs, eos: [t for d in docs for t in d])
+
+
+def pack_eos_only_between_documents(token_ids_per_doc, block_size, eos_token_id):
+    def stream(docs, eos):
+        return [t for i, d in enumerate(x for x in docs if x) for t in ([eos] if i else []) + list(d)]
+    return _pack(token_ids_per_doc, block_size, eos_token_id, stream=stream)
+
+
+def pack_eos_before_each_document(token_ids_per_doc, block_size, eos_token_id):
+    return _pack(token_ids_per_doc, block_size, eos_token_id,
+                 stream=lambda docs, eos: [t for d in docs if d for t in (eos, *d)])
+
+
+def pack_pads_the_tail(token_ids_per_doc, block_size, eos_token_id):
+    return _pack(token_ids_per_doc, block_size, eos_token_id, pad_tail=True)
+
+
+def pack_eos_after_empty_documents(token_ids_per_doc, block_size, eos_token_id):
+    return _pack(token_ids_per_doc, block_size, eos_token_id, stream=lambda docs, eos: [t for d in docs for t in (*d, eos)])
+
+
+# -- 5.2 split_documents ---------------------------------------------------------------------------------
+def split_with_round(n_documents, validation_fraction, seed):
+    permutation = np.random.default_rng(seed).permutation(n_documents).tolist()
+    n_validation = round(validation_fraction * n_documents)
+    return permutation[n_validation:], permutation[:n_validation]
+
+
+def split_with_legacy_numpy_seed(n_documents, validation_fraction, seed):
+    np.random.seed(seed)
+    permutation = np.random.permutation(n_documents).tolist()
+    n_validation = math.ceil(validation_fraction * n_documents)
+    return permutation[n_validation:], permutation[:n_validation]
+
+
+def split_train_first(n_documents, validation_fraction, seed):
+    permutation = np.random.default_rng(seed).permutation(n_documents).tolist()
+    n_train = n_documents - math.ceil(validation_fraction * n_documents)
+    return permutation[:n_train], permutation[n_train:]
+
+
+def split_sorted(n_documents, validation_fraction, seed):
+    permutation = np.random.default_rng(seed).permutation(n_documents).tolist()
+    n_validation = math.ceil(validation_fraction * n_documents)
+    return sorted(permutation[n_validation:]), sorted(permutation[:n_validation])
+
+
+# -- 5.3 batch_order -------------------------------------------------------------------------------------
+def _batches(order, batch_size, drop_last=True):
+    stop = len(order) - batch_size + 1 if drop_last else len(order)
+    return [order[i:i + batch_size] for i in range(0, max(stop, 0), batch_size)]
+
+
+def batch_order_keeps_the_last_batch(n_blocks, batch_size, seed):
+    order = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
+    return _batches(order, batch_size, drop_last=False)
+
+
+def batch_order_from_the_global_seed(n_blocks, batch_size, seed):
+    return _batches(torch.randperm(n_blocks).tolist(), batch_size)
+
+
+def batch_order_with_numpy(n_blocks, batch_size, seed):
+    return _batches(np.random.default_rng(seed).permutation(n_blocks).tolist(), batch_size)
+
+
+def batch_order_unshuffled(n_blocks, batch_size, seed):
+    return _batches(list(range(n_blocks)), batch_size)
+
+
+# -- 5.4 causal_lm_loss ----------------------------------------------------------------------------------
+def _lm_loss(logits, labels, attention_mask, ignore_index, reduction, *, shift=1, mask_shift=1, per_row=False,
+             use_mask=True, use_ignore=True, upcast=True):
+    logits = logits.float() if upcast and logits.dtype in (torch.float16, torch.bfloat16) else logits
+    seq = logits.shape[1]
+    logits = logits[:, :seq - shift]
+    targets = labels[:, shift:].clone()
+    if attention_mask is not None and use_mask:
+        targets[attention_mask[:, mask_shift:seq - shift + mask_shift] == 0] = ignore_index
+    if not use_ignore:
+        targets = targets.clamp(min=0)
+    losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=ignore_index, reduction="none")
+    counted = (targets != ignore_index).to(losses.dtype)
+    if reduction == "sum":
+        return losses.sum()
+    if per_row:
+        return (losses.sum(1) / counted.sum(1)).nanmean()
+    return losses.sum() / counted.sum()
+
+
+def loss_without_shift(logits, labels, attention_mask=None, ignore_index=-100, reduction="mean"):
+    return _lm_loss(logits, labels, attention_mask, ignore_index, reduction, shift=0, mask_shift=0)
+
+
+def loss_counts_padding(logits, labels, attention_mask=None, ignore_index=-100, reduction="mean"):
+    return _lm_loss(logits, labels, attention_mask, ignore_index, reduction, use_mask=False)
+
+
+def loss_masks_the_input_position(logits, labels, attention_mask=None, ignore_index=-100, reduction="mean"):
+    return _lm_loss(logits, labels, attention_mask, ignore_index, reduction, mask_shift=0)
+
+
+def loss_mean_of_row_means(logits, labels, attention_mask=None, ignore_index=-100, reduction="mean"):
+    return _lm_loss(logits, labels, attention_mask, ignore_index, reduction, per_row=True)
+
+
+def loss_ignores_ignore_index(logits, labels, attention_mask=None, ignore_index=-100, reduction="mean"):
+    return _lm_loss(logits, labels, attention_mask, ignore_index, reduction, use_ignore=False)
+
+
+def loss_in_the_logits_dtype(logits, labels, attention_mask=None, ignore_index=-100, reduction="mean"):
+    return _lm_loss(logits, labels, attention_mask, ignore_index, reduction, upcast=False)
+
+
+# -- 5.5 mask_tokens -------------------------------------------------------------------------------------
+def _mask(input_ids, vocab_size, mask_token_id, special_token_ids, seed, mlm_probability, mask_replace_prob,
+          random_replace_prob, *, conditional=True, protect_special=True, label_all=False, in_place=False):
+    gen = torch.Generator().manual_seed(seed)
+    ids = input_ids if in_place else input_ids.clone()
+    probability = torch.full(ids.shape, mlm_probability)
+    if protect_special:
+        probability[torch.isin(ids, torch.tensor(list(special_token_ids), dtype=torch.long))] = 0.0
+    picked = torch.bernoulli(probability, generator=gen).bool()
+    labels = ids.clone() if label_all else ids.masked_fill(~picked, -100)
+    masked = torch.bernoulli(torch.full(ids.shape, mask_replace_prob), generator=gen).bool() & picked
+    ids[masked] = mask_token_id
+    if mask_replace_prob < 1 and random_replace_prob > 0:
+        p = random_replace_prob / (1 - mask_replace_prob) if conditional else random_replace_prob
+        randomised = torch.bernoulli(torch.full(ids.shape, p), generator=gen).bool() & picked & ~masked
+        random_ids = torch.randint(vocab_size, ids.shape, dtype=torch.long, generator=gen)
+        ids[randomised] = random_ids[randomised]
+    return ids, labels
+
+
+def mask_random_probability_not_conditional(input_ids, *, vocab_size, mask_token_id, special_token_ids=(), seed,
+                                            mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1):
+    return _mask(input_ids, vocab_size, mask_token_id, special_token_ids, seed, mlm_probability, mask_replace_prob,
+                 random_replace_prob, conditional=False)
+
+
+def mask_special_tokens_too(input_ids, *, vocab_size, mask_token_id, special_token_ids=(), seed,
+                            mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1):
+    return _mask(input_ids, vocab_size, mask_token_id, special_token_ids, seed, mlm_probability, mask_replace_prob,
+                 random_replace_prob, protect_special=False)
+
+
+def mask_labels_every_token(input_ids, *, vocab_size, mask_token_id, special_token_ids=(), seed,
+                            mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1):
+    return _mask(input_ids, vocab_size, mask_token_id, special_token_ids, seed, mlm_probability, mask_replace_prob,
+                 random_replace_prob, label_all=True)
+
+
+def mask_all_picked_tokens(input_ids, *, vocab_size, mask_token_id, special_token_ids=(), seed,
+                           mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1):
+    return _mask(input_ids, vocab_size, mask_token_id, special_token_ids, seed, mlm_probability, 1.0, 0.0)
+
+
+def mask_in_place(input_ids, *, vocab_size, mask_token_id, special_token_ids=(), seed,
+                  mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1):
+    return _mask(input_ids, vocab_size, mask_token_id, special_token_ids, seed, mlm_probability, mask_replace_prob,
+                 random_replace_prob, in_place=True)
+
+
+# -- 5.6 lr_at ------------------------------------------------------------------------------------------
+def _lr(step, peak_lr, warmup_steps, total_steps, min_lr_ratio, *, warmup_offset=0, cosine_from=None, clamp=True,
+        floor_by_max=False):
+    if step < warmup_steps:
+        return peak_lr * (step + warmup_offset) / warmup_steps
+    start = warmup_steps if cosine_from is None else cosine_from
+    progress = (step - start) / max(1, total_steps - start)
+    progress = min(progress, 1.0) if clamp else progress
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    if floor_by_max:
+        return peak_lr * max(min_lr_ratio, cosine)
+    return peak_lr * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
+
+
+def lr_warmup_off_by_one(step, *, peak_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
+    return _lr(step, peak_lr, warmup_steps, total_steps, min_lr_ratio, warmup_offset=1)
+
+
+def lr_cosine_counts_the_warmup(step, *, peak_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
+    return _lr(step, peak_lr, warmup_steps, total_steps, min_lr_ratio, cosine_from=0)
+
+
+def lr_floor_by_max(step, *, peak_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
+    return _lr(step, peak_lr, warmup_steps, total_steps, min_lr_ratio, floor_by_max=True)
+
+
+def lr_cosine_rises_after_the_end(step, *, peak_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
+    return _lr(step, peak_lr, warmup_steps, total_steps, min_lr_ratio, clamp=False)
+
+
+# -- 5.7 weight_decay_groups -----------------------------------------------------------------------------
+def _groups(model, weight_decay, decays, *, trainable_only=True):
+    embeddings = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        (decay if decays(name, p, name in embeddings) else no_decay).append(name)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def decay_everything(model, weight_decay):
+    return _groups(model, weight_decay, lambda name, p, embedding: True)
+
+
+def decay_norms_and_biases(model, weight_decay):
+    return _groups(model, weight_decay, lambda name, p, embedding: not embedding)
+
+
+def decay_embeddings_too(model, weight_decay):
+    return _groups(model, weight_decay, lambda name, p, embedding: p.ndim >= 2)
+
+
+def decay_by_name_weight(model, weight_decay):
+    return _groups(model, weight_decay, lambda name, p, embedding: name.endswith("weight") and not embedding)
+
+
+def decay_groups_with_frozen_parameters(model, weight_decay):
+    return _groups(model, weight_decay, lambda name, p, embedding: p.ndim >= 2 and not embedding, trainable_only=False)
+
+
+# -- 5.8 train_steps ------------------------------------------------------------------------------------
+def _targets(mb):
+    counted = mb.get("labels", mb["input_ids"])[:, 1:] != -100
+    if "attention_mask" in mb:
+        counted &= mb["attention_mask"][:, 1:].bool()
+    return int(counted.sum())
+
+
+def _train(model, batches, settings, optimizer=None, scheduler=None, on_step=None, *, divide="targets",
+           clip="before", zero_grad=True, scheduler_first=False, autocast=True, lr_after=False):
+    from course_lib.pretraining import causal_lm_loss
+
+    optimizer = optimizer or make_optimizer(model, settings)
+    scheduler = scheduler or make_lr_scheduler(optimizer, settings)
+    device_type = next(model.parameters()).device.type
+    max_norm = settings["max_grad_norm"] if settings["max_grad_norm"] is not None else math.inf
+    history = {"loss": [], "grad_norm": [], "lr": [], "tokens": []}
+    model.train()
+    for micro_batches in batches:
+        n = sum(_targets(mb) for mb in micro_batches)
+        step_loss, tokens = 0.0, 0
+        for mb in micro_batches:
+            with torch.autocast(device_type, dtype=torch.bfloat16,
+                                enabled=autocast and settings["mixed_precision"] == "bf16"):
+                logits = model(input_ids=mb["input_ids"], attention_mask=mb.get("attention_mask")).logits
+                labels = mb.get("labels", mb["input_ids"])
+                if divide == "targets":
+                    loss = causal_lm_loss(logits, labels, mb.get("attention_mask"), reduction="sum") / n
+                elif divide == "micro_batches":
+                    loss = causal_lm_loss(logits, labels, mb.get("attention_mask")) / len(micro_batches)
+                else:
+                    loss = causal_lm_loss(logits, labels, mb.get("attention_mask"))
+            loss.backward()
+            step_loss += loss.item()
+            tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["input_ids"].numel()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        if clip == "before":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler_first:
+            scheduler.step()
+            lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        if clip == "after":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if not scheduler_first:
+            scheduler.step()
+        if lr_after:
+            lr = optimizer.param_groups[0]["lr"]
+        if zero_grad:
+            optimizer.zero_grad()
+        stats = {"loss": step_loss if divide != "none" else step_loss / len(micro_batches), "grad_norm": norm.item(),
+                 "lr": lr, "tokens": tokens}
+        for key, value in stats.items():
+            history[key].append(value)
+        if on_step is not None and on_step(stats):
+            break
+    return history
+
+
+def train_accumulates_without_dividing(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler, on_step, divide="none")
+
+
+def train_divides_by_micro_batches(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler, on_step, divide="micro_batches")
+
+
+def train_clips_after_the_optimizer_step(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler, on_step, clip="after")
+
+
+def train_never_clips(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler, on_step, clip="never")
+
+
+def train_without_zero_grad(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler, on_step, zero_grad=False)
+
+
+def train_steps_the_scheduler_first(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler, on_step, scheduler_first=True)
+
+
+def train_reports_the_next_lr(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler, on_step, lr_after=True)
+
+
+def train_ignores_mixed_precision(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler, on_step, autocast=False)
+
+
+# -- 5.9 mfu ------------------------------------------------------------------------------------------
+def mfu_forward_only(tokens_per_second, flops_per_token, peak_flops, n_devices=1):
+    return flops_per_token * tokens_per_second / (peak_flops * n_devices)
+
+
+def mfu_six_times_forward_flops(tokens_per_second, flops_per_token, peak_flops, n_devices=1):
+    return 6 * flops_per_token * tokens_per_second / (peak_flops * n_devices)
+
+
+def mfu_as_a_percentage(tokens_per_second, flops_per_token, peak_flops, n_devices=1):
+    return 300 * flops_per_token * tokens_per_second / (peak_flops * n_devices)
+
+
+def mfu_ignores_the_devices(tokens_per_second, flops_per_token, peak_flops, n_devices=1):
+    return 3 * flops_per_token * tokens_per_second / peak_flops
+
+
+MUTANTS = {
+    "pack_blocks": [pack_without_eos, pack_eos_only_between_documents, pack_eos_before_each_document,
+                    pack_pads_the_tail, pack_eos_after_empty_documents],
+    "split_documents": [split_with_round, split_with_legacy_numpy_seed, split_train_first, split_sorted],
+    "batch_order": [batch_order_keeps_the_last_batch, batch_order_from_the_global_seed, batch_order_with_numpy,
+                    batch_order_unshuffled],
+    "causal_lm_loss": [loss_without_shift, loss_counts_padding, loss_masks_the_input_position, loss_mean_of_row_means,
+                       loss_ignores_ignore_index, loss_in_the_logits_dtype],
+    "mask_tokens": [mask_random_probability_not_conditional, mask_special_tokens_too, mask_labels_every_token,
+                    mask_all_picked_tokens, mask_in_place],
+    "lr_at": [lr_warmup_off_by_one, lr_cosine_counts_the_warmup, lr_floor_by_max, lr_cosine_rises_after_the_end],
+    "weight_decay_groups": [decay_everything, decay_norms_and_biases, decay_embeddings_too, decay_by_name_weight,
+                            decay_groups_with_frozen_parameters],
+    "train_steps": [train_accumulates_without_dividing, train_divides_by_micro_batches,
+                    train_clips_after_the_optimizer_step, train_never_clips, train_without_zero_grad,
+                    train_steps_the_scheduler_first, train_reports_the_next_lr, train_ignores_mixed_precision],
+    "mfu": [mfu_forward_only, mfu_six_times_forward_flops, mfu_as_a_percentage, mfu_ignores_the_devices],
+}
