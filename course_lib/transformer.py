@@ -1066,8 +1066,9 @@ def train_seq2seq(task=None, *, n_train: int = 20000, n_test: int = 500, steps: 
     reversing 4 to 10 symbols of 10) with teacher forcing, and measure held-out exact-match accuracy.
 
     AdamW with linear warm-up then cosine decay, gradient clipping at 1; ``model_kwargs`` go to the
-    model (``d_model``, ``n_heads``, layers, ``norm_first``, ...). On a 2-core CPU the defaults take
-    about half a minute and reach ~99% held-out accuracy on reversal (the book prints the numbers).
+    model (``d_model``, ``n_heads``, layers, ``norm_first``, ...). The defaults (600 steps) take about
+    40 s of one CPU core and reach 100% held-out exact match on reversal (500 unseen sequences, seed 0);
+    250 steps on sequences of 4 to 8 symbols reach 99% (the book prints its own run's numbers).
     ``cpu_threads`` (default 1; ``None`` keeps torch's setting) is torch's thread count while training
     on the CPU: a model this small gains nothing from parallel kernels, and on a busy machine their
     threads wait for each other (tens of times slower); the setting is restored afterwards.
