@@ -154,7 +154,7 @@ class _Source:
             if name in defined:
                 # The reference may import a name from the chapter module itself: same meaning.
                 same = (name in entry_points or _imports_from_course_lib(self.top_level[name])
-                        or _normalised(defined[name]) == _normalised(self.top_level[name]))
+                        or _meaning(defined[name], name) == _meaning(self.top_level[name], name))
                 if not same:
                     raise ValueError(f"{name} means different things in the chapter module and in the "
                                      f"module a completion comes from; rename one of them")
@@ -203,8 +203,20 @@ def _imports_from_course_lib(segment: str) -> bool:
     return isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "course_lib"
 
 
-def _normalised(segment: str) -> str:
-    return ast.dump(ast.parse(textwrap.dedent(segment)))
+def _meaning(segment: str, name: str) -> str:
+    """What ``name`` stands for in the top-level statement ``segment``: the dotted path it imports
+    (``from transformers import Cache, DynamicCache`` and ``from transformers import DynamicCache``
+    mean the same ``DynamicCache``), else the statement itself, normalised."""
+    node = ast.parse(textwrap.dedent(segment)).body[0]
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if (alias.asname or alias.name.split(".")[0]) == name:
+                return alias.name if alias.asname else alias.name.split(".")[0]
+    if isinstance(node, ast.ImportFrom):
+        for alias in node.names:
+            if (alias.asname or alias.name) == name:
+                return f"{'.' * node.level}{node.module or ''}.{alias.name}"
+    return ast.dump(node)
 
 
 def _has_docstring(fn: ast.FunctionDef) -> bool:

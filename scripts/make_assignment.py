@@ -54,6 +54,24 @@ def _cell(kind: str, grade_id: str, source: str, *, grade: bool = False, solutio
     return cell
 
 
+EXPERIMENT_HELPERS = '''
+def attempt(label, fn, *args, **kwargs):
+    """Run one step of an experiment; an unfinished or failing exercise gives None and a message."""
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError as err:
+        print(f"{label}: not done yet: {err}")
+    except Exception as err:
+        print(f"{label}: {type(err).__name__}: {err}")
+    return None
+
+
+def max_gap(a, b):
+    """Largest absolute difference of two tensors (NaN anywhere gives NaN)."""
+    return (a.double() - b.double()).abs().max().item()
+'''
+
+
 @dataclass(frozen=True)
 class Kit:
     """What a chapter's content module gets: its chapter and the constructors of the cells it may use."""
@@ -78,6 +96,11 @@ class Kit:
     def code(self, grade_id: str, source: str):
         """Setup or an experiment: a locked code cell (it runs at autograde, scores nothing)."""
         return _cell("code", grade_id, source)
+
+    def helpers(self):
+        """The helpers every assignment's experiments share: ``attempt`` and ``max_gap``. Put it
+        before the setup cell; it imports nothing."""
+        return _cell("code", "helpers", EXPERIMENT_HELPERS)
 
     def written_answer(self, grade_id: str, model_answer: str, points: float):
         """The student's answer cell of a written question, graded by hand. ``model_answer`` is what

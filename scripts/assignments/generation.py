@@ -67,6 +67,7 @@ How to work:
 Hand in this notebook **and** `{module}.py`. Do not rename the file and do not edit the test cells:
 they are restored before grading, and grading runs additional hidden tests.
 """),
+        kit.helpers(),
         kit.code("setup", r'''
 %load_ext autoreload
 %autoreload 2
@@ -107,17 +108,6 @@ LABELS = [piece.replace("\n", "\\n") for piece in PIECES]  # for plots
 # peaked and others flat.
 llama = generation.random_causal_lm("llama", vocab_size=VOCAB, pad_token_id=PAD, initializer_range=0.4, seed=0)
 gpt2 = generation.random_causal_lm("gpt2", vocab_size=VOCAB, pad_token_id=PAD, initializer_range=0.4, seed=0)
-
-
-def attempt(label, fn, *args, **kwargs):
-    """Run one step of an experiment; an unfinished or failing exercise gives None and a message."""
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError as err:
-        print(f"{label}: not done yet: {err}")
-    except Exception as err:
-        print(f"{label}: {type(err).__name__}: {err}")
-    return None
 
 
 def left_padded(lengths, seed=0):

@@ -45,6 +45,7 @@ How to work:
 Hand in this notebook **and** `{module}.py`. Do not rename the file and do not edit the test cells:
 they are restored before grading, and grading runs additional hidden tests.
 """),
+        kit.helpers(),
         kit.code("setup", f"""
 %load_ext autoreload
 %autoreload 2
@@ -55,17 +56,6 @@ import {module}  # your file: {module}.py in this folder
 from course_lib.corpus import load_corpus
 
 SPECIAL = ["<|endoftext|>"]
-
-
-def attempt(label, fn, *args, **kwargs):
-    \"\"\"Run one step of an experiment; an unfinished or failing exercise gives None and a message.\"\"\"
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError as err:
-        print(f"{{label}}: not done yet: {{err}}")
-    except Exception as err:
-        print(f"{{label}}: {{type(err).__name__}}: {{err}}")
-    return None
 """),
         kit.markdown("about_experiment_split", """
 ## Experiment 1: characters, words, pre-tokens

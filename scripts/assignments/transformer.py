@@ -66,6 +66,7 @@ How to work:
 Hand in this notebook **and** `{module}.py`. Do not rename the file and do not edit the test cells:
 they are restored before grading, and grading runs additional hidden tests.
 """),
+        kit.helpers(),
         kit.code("setup", r'''
 %load_ext autoreload
 %autoreload 2
@@ -82,22 +83,6 @@ try:
     import matplotlib.pyplot as plt
 except ImportError:
     plt = None
-
-
-def attempt(label, fn, *args, **kwargs):
-    """Run one step of an experiment; an unfinished or failing exercise gives None and a message."""
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError as err:
-        print(f"{label}: not done yet: {err}")
-    except Exception as err:
-        print(f"{label}: {type(err).__name__}: {err}")
-    return None
-
-
-def max_gap(a, b):
-    """Largest absolute difference of two tensors (NaN anywhere gives NaN)."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 def torch_multi_head_attention(weights, x, context=None, attention_mask=None, attn_mask=None, is_causal=False,
