@@ -12,12 +12,9 @@ of 1,024 tokens, bfloat16 weights.
 
 from __future__ import annotations
 
-import time
-from statistics import median
-
 import torch
 
-from benchmarks.timing import Row, measure_ms
+from benchmarks.timing import Row, interleaved_ms
 from course_lib.language_model import CourseLMForCausalLM, course_lm_config, to_llama
 
 SETTINGS = {"cpu": dict(size="cpu", batch=4, seq_len=256, dtype=torch.float32, repeats=9),
@@ -30,24 +27,6 @@ def _train_step(model, input_ids):
         model(input_ids, labels=input_ids, use_cache=False).loss.backward()
 
     return step
-
-
-def interleaved_ms(first, second, device: torch.device, repeats: int) -> tuple[float, float]:
-    """Median milliseconds of ``first()`` and ``second()`` timed in turns, after a warm-up of each, so
-    that both see the same load on a shared machine (back-to-back runs drift by tens of percent)."""
-    measure_ms(first, device, repeats=1, min_time_s=0.0)  # warm-up (and one timing, discarded)
-    measure_ms(second, device, repeats=1, min_time_s=0.0)
-    times = ([], [])
-    for _ in range(repeats):
-        for fn, out in zip((first, second), times):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            out.append(1000 * (time.perf_counter() - start))
-    return median(times[0]), median(times[1])
 
 
 def run(device: torch.device) -> list[Row]:

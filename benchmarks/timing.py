@@ -26,24 +26,38 @@ class Row:
         return self.course_ms / self.library_ms
 
 
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call ``fn()``, synchronising CUDA before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def measure_ms(fn: Callable[[], object], device: torch.device, *, repeats: int = 20,
                min_time_s: float = 0.05) -> float:
     """Median wall time of ``fn()`` in milliseconds, after a warm-up, synchronising CUDA."""
-
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    once()  # warm-up: allocator, kernels, caches
+    seconds(fn, device)  # warm-up: allocator, kernels, caches
     times, total = [], 0.0
     while len(times) < repeats or total < min_time_s:
-        times.append(once())
+        times.append(seconds(fn, device))
         total += times[-1]
         if len(times) >= 10 * repeats:
             break
     return 1000 * median(times)
+
+
+def interleaved_ms(first: Callable[[], object], second: Callable[[], object], device: torch.device,
+                   repeats: int) -> tuple[float, float]:
+    """Median milliseconds of ``first()`` and ``second()`` timed in turns, after a warm-up of each, so
+    that both see the same load on a shared machine (back-to-back runs drift by tens of percent)."""
+    seconds(first, device)
+    seconds(second, device)
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((first, second), times):
+            out.append(1000 * seconds(fn, device))
+    return median(times[0]), median(times[1])
