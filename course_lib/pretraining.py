@@ -47,8 +47,11 @@ Conventions used by every exercise of this chapter:
 
 Multi-GPU: the loop runs unchanged under ``accelerate launch`` (data parallel, one process per GPU)::
 
-    accelerate launch --num_processes 8 -m course_lib.pretraining --preset gpu --output runs/gpu
-    accelerate launch --cpu --num_processes 2 -m course_lib.pretraining --preset tiny   # a CPU test
+    accelerate launch --multi_gpu --num_processes 8 -m course_lib.pretraining --preset gpu --output runs/gpu
+    torchrun --nproc_per_node 2 -m course_lib.pretraining --preset tiny   # 2 CPU processes (gloo)
+
+(``accelerate launch`` starts several CPU processes only through ``mpirun``; ``torchrun`` sets the
+same environment that ``Accelerator`` reads.)
 
 Each process takes its own share of every optimizer step's blocks, so the run sees the same data
 and the same schedule whatever the number of processes; only ``micro_batch_size`` is per process.
@@ -923,6 +926,8 @@ def pretrain(config: PretrainConfig | str = "cpu", output_dir: Path | str | None
         step += 1
         now = time.perf_counter()
         stats = dict(stats, tokens=stats["tokens"] * n_processes, seconds=now - clock)
+        if n_processes > 1:  # every process's loss, not only this one's
+            stats["loss"] = accelerator.reduce(torch.tensor(stats["loss"], device=accelerator.device), "mean").item()
         for key in ("loss", "grad_norm", "lr", "tokens", "seconds"):
             history[key].append(stats[key])
         history["step"].append(step)
@@ -1125,4 +1130,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the main() of the imported module, whose exercises are registered under "pretraining"
+    # (this file, run as a script, is a second copy named "__main__").
+    from course_lib.pretraining import main as module_main
+
+    module_main()

@@ -11,7 +11,7 @@ schedule on one big batch. Losses of the training loop are compared in float64, 
 wrong step fails, not rounding.
 
 Not graded (at the end): the course's loop (``pretrain``) lowers the loss, resumes bit-identically
-from a checkpoint, runs under ``accelerate launch`` with 2 CPU processes (slow), and its cached
+from a checkpoint, runs as 2 CPU processes through Accelerate (torchrun; slow), and its cached
 pretrained model loads with ``AutoModelForCausalLM`` and ``AutoTokenizer``.
 """
 
@@ -646,10 +646,11 @@ def test_step_batches_share_each_step_between_processes(tiny_run_inputs):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_with_two_cpu_processes(tmp_path):
+def test_accelerate_loop_with_two_cpu_processes(tmp_path):
     env = dict(os.environ, COURSE_LIB_MODE="solution", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    # accelerate launch starts several CPU processes only through mpirun; torchrun sets the same
+    # environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) that Accelerator reads.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "course_lib.pretraining", "--preset", "tiny", "--no-progress", "--output", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
