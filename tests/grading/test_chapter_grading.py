@@ -38,6 +38,9 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
     # (4.5), and 4.9 samples from their process_logits
     "generation": ({"4.2": None, "4.5": "top_p_that_drops_the_crossing_token",
                     "4.11": "stop_sequence_by_its_last_token"}, {"4.2", "4.3", "4.5", "4.8", "4.9", "4.10", "4.11"}),
+    # 5.8 computes its loss with the student's causal_lm_loss (5.4)
+    "pretraining": ({"5.2": None, "5.4": "loss_without_shift", "5.9": "mfu_six_times_forward_flops"},
+                    {"5.2", "5.4", "5.8", "5.9"}),
 }
 
 
