@@ -622,9 +622,12 @@ PRESETS: dict[str, PretrainConfig] = {
     # The course model on a 2-core CPU: ~4M parameters, 200 steps of 16 x 128 tokens (410k tokens,
     # about 0.8 passes over the built-in corpus).
     "cpu": PretrainConfig(),
-    # ~100M parameters on one GPU in bf16 with fused attention, torch.compile and fused AdamW:
-    # 2,000 steps of 64 x 1,024 tokens (131M tokens). The built-in corpus (0.5M tokens) is far too
-    # small for this model: give a larger `source` for a real run.
+    # ~100M parameters on one GPU: 2,000 steps of 64 x 1,024 tokens (131M tokens). What it takes to
+    # reach the target of >= 45% MFU on an H100: bf16 autocast (tensor cores), torch's fused
+    # attention (attn_implementation="sdpa": FlashAttention), torch.compile (fuses the norms, RoPE
+    # and SwiGLU's elementwise work), fused AdamW (make_optimizer on CUDA) and micro-batches of
+    # 32 x 1,024 tokens that fill the GPU. The built-in corpus (0.5M tokens) is far too small for
+    # this model (it overfits within a few hundred steps): give a larger `source` for a real run.
     "gpu": PretrainConfig(model_size="gpu", block_size=1024, micro_batch_size=32, accumulation_steps=2,
                           total_steps=2000, warmup_steps=100, lr=1e-3, mixed_precision="bf16", compile=True,
                           eval_every=250, eval_blocks=128),
@@ -1011,7 +1014,7 @@ def pretrained_course_lm(size: str = "cpu", source: str | None = None, progress:
     Loaded from the course cache; on first use it is pre-trained with preset ``size`` (``"cpu"``: a
     few minutes on a laptop; ``"gpu"`` needs a CUDA GPU) and saved there in the ``transformers``
     format with its tokenizer, so the folder also loads with ``AutoModelForCausalLM`` and
-    ``AutoTokenizer`` (after ``import course_lib``). In solution mode the reference solutions train
+    ``AutoTokenizer`` (after ``import course_lib.language_model``, which registers the course model). In solution mode the reference solutions train
     it; in student mode your own code does, and the cache entry is keyed by your files, so editing
     them trains a new one. ``training.json`` in the folder holds the run's history and figures.
     """
