@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from course_lib import exercises
-from grading.door import InProcessDoor, SandboxDoor
+from grading.door import InProcessDoor, SandboxDoor, reference_folder
 
 AGAINST = ("solution", "stubs", "mutants")
 
@@ -54,6 +54,10 @@ def pytest_configure(config):
     submission = config.getoption("submission")
     if submission and against:
         raise pytest.UsageError("--submission and --against do not go together")
+    if submission and reference_folder() is not None:
+        # The submission runs behind the door; what the tests themselves build here (a tokenizer, a
+        # model to send through the door) is the grader's own code: the reference, where there is one.
+        exercises.set_mode("solution")
     config._course_door = (SandboxDoor(submission, call_timeout=config.getoption("call_timeout"))
                            if submission else InProcessDoor())
     config._course_mutants_killed = defaultdict(bool)

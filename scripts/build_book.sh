@@ -8,6 +8,9 @@ export COURSE_LIB_MODE=solution
 # The pages import this checkout's course_lib, whatever the venv has installed.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYDEVD_DISABLE_FILE_VALIDATION=1
+# No progress bars from transformers/huggingface_hub: on a built page they become widgets that load
+# require.js from a CDN.
+export HF_HUB_DISABLE_PROGRESS_BARS=1
 start=$(date +%s)
 bash scripts/fetch_mathjax.sh
 # A fresh build every time: Sphinx only re-reports the warnings of pages it re-reads.
