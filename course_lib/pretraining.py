@@ -586,7 +586,7 @@ class PretrainConfig:
     block_size: int = 128
     micro_batch_size: int = 16              # per process
     accumulation_steps: int = 1
-    total_steps: int = 200
+    total_steps: int = 400
     warmup_steps: int = 20
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -597,7 +597,7 @@ class PretrainConfig:
     mixed_precision: str = "no"             # "bf16": autocast to bfloat16 (GPUs; CPUs with AMX)
     attn_implementation: str = "sdpa"       # torch's fused attention; "eager" runs Chapter 2's
     compile: bool = False                   # torch.compile the model (GPU runs)
-    eval_every: int = 50
+    eval_every: int = 100
     eval_blocks: int | None = 128           # validation blocks per evaluation (None: all)
     checkpoint_every: int | None = None     # steps between checkpoints (None: only at the end)
     seed: int = 0
@@ -619,8 +619,9 @@ PRESETS: dict[str, PretrainConfig] = {
                                                 num_attention_heads=2, num_key_value_heads=1),
                            block_size=32, micro_batch_size=4, accumulation_steps=2, total_steps=8, warmup_steps=2,
                            lr=3e-3, eval_every=4, eval_blocks=16),
-    # The course model on a 2-core CPU: ~4M parameters, 200 steps of 16 x 128 tokens (410k tokens,
-    # about 0.8 passes over the built-in corpus).
+    # The course model on a 2-core CPU: ~4M parameters, 400 steps of 16 x 128 tokens (820k tokens,
+    # 1.6 passes over the built-in corpus): about 400 CPU-seconds of one core, a few minutes on two.
+    # Validation loss 5.37 nats per token against 6.57 for the unigram model and 8.32 for uniform.
     "cpu": PretrainConfig(),
     # ~100M parameters on one GPU: 2,000 steps of 64 x 1,024 tokens (131M tokens). What it takes to
     # reach the target of >= 45% MFU on an H100: bf16 autocast (tensor cores), torch's fused

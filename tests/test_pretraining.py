@@ -7,8 +7,10 @@ loss of ``LlamaForCausalLM`` and ``GPT2LMHeadModel`` built from tiny configs, ``
 ``DataCollatorForLanguageModeling`` (same seed, same draws), ``get_cosine_schedule_with_warmup``
 and ``get_cosine_with_min_lr_schedule_with_warmup``, ``Trainer.get_decay_parameter_names``, and a
 training loop written here with ``torch.optim.AdamW``, ``clip_grad_norm_`` and Hugging Face's
-schedule on one big batch. Losses of the training loop are compared in float64, so that only a
-wrong step fails, not rounding.
+schedule on one big batch. The training loop written out runs in float64 and the student's in
+float32 (models cross the grading door in float32): they agree to 1e-4 or better over five AdamW
+steps (Adam turns rounding in near-zero gradients into full-size steps), every wrong step tried
+differs by more than 1e-3, and the tolerance is 2e-4.
 
 Not graded (at the end): the course's loop (``pretrain``) lowers the loss, resumes bit-identically
 from a checkpoint, runs as 2 CPU processes through Accelerate (torchrun; slow), and its cached
@@ -79,13 +81,13 @@ def tiny_llama(device, seed=0, vocab=64, tie=True, dtype=torch.float32):
     return LlamaForCausalLM(config).to(device=device, dtype=dtype)
 
 
-def tiny_gpt2(device, seed=0, vocab=64, dtype=torch.float32):
+def tiny_gpt2(device, seed=0, vocab=64, dtype=torch.float32, **overrides):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
                         eos_token_id=2, pad_token_id=0, attn_implementation="eager", resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0)
+                        embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
     return GPT2LMHeadModel(config).to(device=device, dtype=dtype)
 
 
@@ -156,12 +158,15 @@ SETTINGS = {"lr": 2e-2, "warmup_steps": 1, "total_steps": 4, "min_lr_ratio": 0.1
             "betas": [0.9, 0.95], "eps": 1e-8, "max_grad_norm": 0.5, "mixed_precision": "no"}
 
 
-def reference_training(model, steps, settings, accumulate=False):
-    """The training loop written out: one big batch per step (all micro-batches together), the loss
-    of ``F.cross_entropy``, AdamW on Hugging Face's decayed parameters, ``clip_grad_norm_`` and
-    Hugging Face's cosine schedule. Returns ``train_steps``'s history. ``accumulate`` runs the
-    micro-batches one by one instead (the same gradient; in bf16 the same rounding as train_steps)."""
+def reference_training(model, steps, settings, accumulate=False, dtype=F64):
+    """The training loop written out, on a copy of ``model`` in ``dtype``: one big batch per step
+    (all micro-batches together), the loss of ``F.cross_entropy``, AdamW on Hugging Face's decayed
+    parameters, ``clip_grad_norm_`` and Hugging Face's cosine schedule. Returns ``train_steps``'s
+    history. ``accumulate`` runs the micro-batches one by one instead (the same gradient; in bf16
+    the same rounding as train_steps)."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    model = copy.deepcopy(model).to(dtype)
 
     decayed = set(hf_decayed(model))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -214,7 +219,7 @@ def micro_batches(n_steps, n_micro, micro_batch, seq, device, seed=0, vocab=64, 
     return steps
 
 
-def assert_history(actual, expected, *, what, rtol=1e-6):
+def assert_history(actual, expected, *, what, rtol=2e-4):
     if not isinstance(actual, dict) or set(actual) != {"loss", "grad_norm", "lr", "tokens"}:
         raise AssertionError(f"{what}: expected a dict with keys loss, grad_norm, lr, tokens, got {actual!r:.200}")
     hints = {
@@ -503,45 +508,36 @@ def test_weight_decay_groups_match_the_trainer_without_embeddings(student, famil
     check_groups(student.weight_decay_groups(model, 0.1), model, 0.1, f"weight_decay_groups({family} model, 0.1)")
 
 
-@pytest.mark.exercise("5.7")
-def test_weight_decay_groups_skip_frozen_parameters(student):
-    model = tiny_gpt2("cpu")
-    for name, p in model.named_parameters():
-        if name.startswith("transformer.h.0."):
-            p.requires_grad_(False)
-    check_groups(student.weight_decay_groups(model, 0.01), model, 0.01, "weight_decay_groups with layer 0 frozen")
-
-
 # -- 5.8 train_steps -----------------------------------------------------------------------------------
 @pytest.mark.exercise("5.8")
 @pytest.mark.parametrize("family, n_micro", [("llama", 1), ("llama", 2), ("course", 3)])
 def test_train_steps_matches_the_loop_written_out(student, device, family, n_micro):
-    model = (tiny_llama if family == "llama" else tiny_course_lm)(device, seed=1, dtype=F64)
+    model = (tiny_llama if family == "llama" else tiny_course_lm)(device, seed=1)
     steps = micro_batches(4, n_micro, 2, 12, device, seed=7)
-    expected = reference_training(copy.deepcopy(model), steps, SETTINGS)
+    expected = reference_training(model, steps, SETTINGS)
     got = student.train_steps(model, steps, SETTINGS)
     assert_history(got, expected, what=f"train_steps({family} model, 4 steps of {n_micro} micro-batch(es))")
 
 
 @pytest.mark.exercise("5.8")
 def test_train_steps_weighs_every_target_equally_across_micro_batches(student, device):
-    model = tiny_llama(device, seed=2, dtype=F64)
+    model = tiny_llama(device, seed=2)
     steps = micro_batches(3, 2, 2, 10, device, seed=8, padded=True)
-    expected = reference_training(copy.deepcopy(model), steps, SETTINGS)
+    expected = reference_training(model, steps, SETTINGS)
     got = student.train_steps(model, steps, SETTINGS)
     assert_history(got, expected, what="train_steps with padded micro-batches of unequal target counts")
 
 
 @pytest.mark.exercise("5.8")
 def test_train_steps_without_clipping_and_with_labels(student, device):
-    model = tiny_gpt2(device, seed=3, dtype=F64)
+    model = tiny_gpt2(device, seed=3)
     steps = micro_batches(3, 2, 2, 8, device, seed=9)
     for s, step in enumerate(steps):
         for mb in step:
             mb["labels"] = mb["input_ids"].clone()
             mb["labels"][:, :3 + s] = -100           # a prompt that is not scored
     settings = SETTINGS | {"max_grad_norm": None, "warmup_steps": 0, "total_steps": 3, "min_lr_ratio": 0.0}
-    expected = reference_training(copy.deepcopy(model), steps, settings)
+    expected = reference_training(model, steps, settings)
     got = student.train_steps(model, steps, settings)
     assert_history(got, expected, what="train_steps with max_grad_norm=None and labels with -100")
 
@@ -551,8 +547,8 @@ def test_train_steps_in_bf16_autocast(student, device):
     model = tiny_llama(device, seed=4)
     steps = micro_batches(3, 2, 2, 12, device, seed=10)
     settings = SETTINGS | {"mixed_precision": "bf16"}
-    expected = reference_training(copy.deepcopy(model), steps, settings, accumulate=True)
-    full = reference_training(copy.deepcopy(model), steps, SETTINGS, accumulate=True)
+    expected = reference_training(model, steps, settings, accumulate=True, dtype=torch.float32)
+    full = reference_training(model, steps, SETTINGS, accumulate=True, dtype=torch.float32)
     got = student.train_steps(model, steps, settings)
     gap = max(abs(a - b) / abs(b) for key in ("loss", "grad_norm") for a, b in zip(full[key], expected[key]))
     assert gap > 1e-4  # the test itself: bf16 shows, ten times the tolerance

@@ -219,11 +219,11 @@ def lr_cosine_rises_after_the_end(step, *, peak_lr, warmup_steps, total_steps, m
 
 
 # -- 5.7 weight_decay_groups -----------------------------------------------------------------------------
-def _groups(model, weight_decay, decays, *, trainable_only=True):
+def _groups(model, weight_decay, decays):
     embeddings = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if trainable_only and not p.requires_grad:
+        if not p.requires_grad:
             continue
         (decay if decays(name, p, name in embeddings) else no_decay).append(name)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -243,10 +243,6 @@ def decay_embeddings_too(model, weight_decay):
 
 def decay_by_name_weight(model, weight_decay):
     return _groups(model, weight_decay, lambda name, p, embedding: name.endswith("weight") and not embedding)
-
-
-def decay_groups_with_frozen_parameters(model, weight_decay):
-    return _groups(model, weight_decay, lambda name, p, embedding: p.ndim >= 2 and not embedding, trainable_only=False)
 
 
 # -- 5.8 train_steps ------------------------------------------------------------------------------------
@@ -369,8 +365,7 @@ MUTANTS = {
     "mask_tokens": [mask_random_probability_not_conditional, mask_special_tokens_too, mask_labels_every_token,
                     mask_all_picked_tokens, mask_in_place],
     "lr_at": [lr_warmup_off_by_one, lr_cosine_counts_the_warmup, lr_floor_by_max, lr_cosine_rises_after_the_end],
-    "weight_decay_groups": [decay_everything, decay_norms_and_biases, decay_embeddings_too, decay_by_name_weight,
-                            decay_groups_with_frozen_parameters],
+    "weight_decay_groups": [decay_everything, decay_norms_and_biases, decay_embeddings_too, decay_by_name_weight],
     "train_steps": [train_accumulates_without_dividing, train_divides_by_micro_batches,
                     train_clips_after_the_optimizer_step, train_never_clips, train_without_zero_grad,
                     train_steps_the_scheduler_first, train_reports_the_next_lr, train_ignores_mixed_precision],
