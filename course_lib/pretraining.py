@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -762,10 +763,11 @@ GPU_PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A10
                        "A10": 125e12}
 
 
+@functools.lru_cache(maxsize=None)
 def measure_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int = 1024,
                        seconds: float = 0.5) -> float:
     """FLOP/s of a large square matrix product on ``device``: what this machine reaches in practice
-    (used as the peak on CPUs, which have no single datasheet figure)."""
+    (used as the peak on CPUs, which have no single datasheet figure; measured once per process)."""
     device = torch.device(device)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
@@ -855,13 +857,14 @@ class PretrainResult:
 
 def build_model(config: PretrainConfig, tokenizer):
     """A freshly initialised course model for ``config`` (seeded by ``config.seed``)."""
-    from course_lib.language_model import CourseLMForCausalLM, course_lm_config
+    from course_lib.language_model import SIZES, CourseLMForCausalLM, course_lm_config
 
+    positions = max(config.block_size, SIZES[config.model_size]["max_position_embeddings"])
     model_config = course_lm_config(
         config.model_size, config.style, **{
             "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id, "attn_implementation": config.attn_implementation,
-            "max_position_embeddings": max(config.block_size, 512), **config.model_overrides})
+            "max_position_embeddings": positions, **config.model_overrides})
     torch.manual_seed(config.seed)
     return CourseLMForCausalLM(model_config)
 
