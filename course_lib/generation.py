@@ -776,17 +776,19 @@ def plot_filtered_distribution(logits: torch.Tensor, *, temperature: float = 1.0
     order = probs.argsort(descending=True)[:n]
     if ax is None:
         _, ax = plt.subplots(figsize=(min(12.0, 2.0 + 0.3 * len(order)), 4.0))
-    cuts = [(name, fn(scaled, value)[0][order] > float("-inf"), colour)
+    # (name, kept over the whole vocabulary, colour): the legend counts every kept token, not only those drawn
+    cuts = [(name, fn(scaled, value)[0] > float("-inf"), colour)
             for name, fn, value, colour in (("top-k", top_k_filter, top_k, "tab:orange"),
                                             ("top-p", top_p_filter, top_p, "tab:green"),
                                             ("min-p", min_p_filter, min_p, "tab:purple")) if value is not None]
     kept = torch.ones(len(order), dtype=torch.bool)
     for _, keep, _ in cuts:
-        kept &= keep
+        kept &= keep[order]
     x = torch.arange(len(order)).numpy()
     ax.bar(x, probs[order].numpy(), color=["tab:blue" if k else "lightgray" for k in kept.tolist()])
-    for i, (name, keep, colour) in enumerate(cuts):
-        last = int(keep.nonzero().max()) if keep.any() else -1
+    for name, keep, colour in cuts:
+        shown = keep[order]
+        last = int(shown.nonzero().max()) if shown.any() else -1
         label = {"top-k": f"top-k = {top_k}", "top-p": f"top-p = {top_p}", "min-p": f"min-p = {min_p}"}[name]
         ax.axvline(last + 0.5, color=colour, linestyle="--", label=f"{label}: keeps {int(keep.sum())}")
     cumulative = ax.twinx()
