@@ -9,7 +9,8 @@ Anything else raises :class:`CodecError`, so an object with a lying ``__eq__`` c
 Models travel one way only, from the grader to the submission (``decode(..., models=True)`` in the
 sandbox child): a ``transformers.PreTrainedModel`` of a class defined in ``transformers`` or
 ``course_lib`` crosses as its class name, its config (JSON) and its state dict (safetensors), and is
-rebuilt on the other side from that trusted class in the mode (train/eval) it had. The grader never
+rebuilt on the other side from that trusted class with the dtype, attention implementation and mode
+(train/eval) it had. The grader never
 decodes a model, so a submission cannot make it build one.
 """
 
@@ -57,7 +58,12 @@ def _build_model(spec: dict, state: dict[str, torch.Tensor]):
     if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
         raise CodecError(f"{spec['__model__']} is not a transformers model class")
     config = cls.config_class.from_dict(spec["config"])
+    if spec.get("attn_implementation"):
+        config._attn_implementation = str(spec["attn_implementation"])
     model = cls(config)
+    floating = [t for t in state.values() if t.is_floating_point()]
+    if floating:  # the parameters' dtype as sent (a float64 model stays float64)
+        model.to(floating[0].dtype)
     model.load_state_dict(state, strict=True)
     return model.to(state[next(iter(state))].device if state else "cpu").train(spec["training"])
 
@@ -90,6 +96,7 @@ def encode(value: Any) -> bytes:
         if model_class is not None:
             config = json.loads(v.config.to_json_string(use_diff=False))
             return {"__model__": model_class, "config": config, "training": v.training,
+                    "attn_implementation": getattr(v.config, "_attn_implementation", None),
                     "state": {k: walk(t) for k, t in v.state_dict().items()}}
         raise CodecError(f"cannot send a value of type {type(v).__module__}.{type(v).__qualname__}")
 

@@ -68,3 +68,14 @@ def test_a_model_of_a_class_that_is_not_a_course_or_transformers_model_is_refuse
     message = _with_header(codec.encode(_tiny_llama()), lambda h: {**h, "__model__": forged})
     with pytest.raises(codec.CodecError):
         codec.decode(message, models=True)
+
+
+def test_a_model_keeps_its_dtype_and_attention_implementation_across_the_door():
+    model = _tiny_llama().double()
+    model.set_attn_implementation("eager")
+    rebuilt = codec.decode(codec.encode(model), models=True)
+    assert next(rebuilt.parameters()).dtype == torch.float64
+    assert rebuilt.config._attn_implementation == "eager"
+    input_ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        assert torch.equal(rebuilt(input_ids).logits, model(input_ids).logits)
