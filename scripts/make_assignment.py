@@ -89,6 +89,14 @@ class Kit:
         """The rows of a Markdown table ``| exercise | function | points |`` (header not included)."""
         return "\n".join(f"| {e.id} | `{e.name}` | {e.points:g} |" for e in self.exercises)
 
+    @property
+    def test_and_hand_in(self) -> str:
+        """The last step of every introduction's "How to work" list, and what to hand in."""
+        return (f"3. Run the test cell of each exercise. A test cell prints one line per test and fails with a message\n"
+                f"   that says what is wrong.\n\n"
+                f"Hand in this notebook **and** `{self.module}.py`. Do not rename the file and do not edit the test cells:\n"
+                f"they are restored before grading, and grading runs additional hidden tests.")
+
     def markdown(self, grade_id: str, source: str):
         """Instructions: a locked Markdown cell."""
         return _cell("markdown", grade_id, source)

@@ -60,11 +60,7 @@ How to work:
 2. Run the experiments: they compare *your* functions with PyTorch's and Hugging Face's, train a
    small Transformer built from your layers, and count what models cost. An exercise you have not
    done yet is reported, not fatal, so you can run them at any stage. Then answer the three questions.
-3. Run the test cell of each exercise. A test cell prints one line per test and fails with a message
-   that says what is wrong.
-
-Hand in this notebook **and** `{module}.py`. Do not rename the file and do not edit the test cells:
-they are restored before grading, and grading runs additional hidden tests.
+{kit.test_and_hand_in}
 """),
         kit.helpers(),
         kit.code("setup", r'''
