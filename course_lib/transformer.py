@@ -418,7 +418,8 @@ def _validate_decoder_block(weights, hidden_states, position_ids, attention_mask
         required += part[0]
         optional += part[1]
     _check_weight_dict(weights, required, optional, hidden_states.dtype)
-    n_heads, n_kv, d_head = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]
+    d_head = config["head_dim"]
+    n_heads, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
     for name, shape, what in (("self_attn.q_proj", (n_heads * d_head, d_model), "(n_heads * d_head, d_model)"),
                               ("self_attn.k_proj", (n_kv * d_head, d_model), "(n_kv_heads * d_head, d_model)"),
                               ("self_attn.v_proj", (n_kv * d_head, d_model), "(n_kv_heads * d_head, d_model)"),

@@ -1,5 +1,6 @@
 """Chapter 5 graded tests (hidden: grading only, not in the student handout)."""
 
+import copy
 import math
 
 import pytest
@@ -7,10 +8,10 @@ import torch
 from torch import nn
 
 from grading.expect import assert_close
-from tests.test_pretraining import (F64, SETTINGS, assert_history, check_groups, collator_masking, datasets_split,
-                                    group_texts, hf_labels, hf_schedule, micro_batches, mlm_ids, next_token_ce,
-                                    random_docs, reference_training, sampler_order, tiny_course_lm, tiny_gpt2,
-                                    tiny_llama, token_batch)
+from tests.test_pretraining import (F64, NO_CLIPPING, SETTINGS, assert_history, check_groups, collator_masking,
+                                    datasets_split, group_texts, hf_decayed, hf_labels, hf_schedule, micro_batches,
+                                    mlm_ids, next_token_ce, random_docs, sampler_order, steps_with_prompts,
+                                    tiny_course_lm, tiny_gpt2, tiny_llama, token_batch)
 
 
 # -- 5.1 --------------------------------------------------------------------------------------------------
@@ -155,7 +156,83 @@ def test_hidden_weight_decay_groups(student, kind):
     check_groups(student.weight_decay_groups(model, 0.05), model, 0.05, f"weight_decay_groups({kind})")
 
 
+def reference_training(model, steps, settings, accumulate=False, dtype=F64):
+    """The training loop written out, on a copy of ``model`` in ``dtype``: one big batch per step
+    (all micro-batches together), the loss of ``F.cross_entropy``, AdamW on Hugging Face's decayed
+    parameters, ``clip_grad_norm_`` and Hugging Face's cosine schedule. Returns ``train_steps``'s
+    history. ``accumulate`` runs the micro-batches one by one instead (the same gradient; in bf16
+    the same rounding as train_steps). Hidden: it is an answer to exercise 5.8."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    model = copy.deepcopy(model).to(dtype)
+    decayed = set(hf_decayed(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n in decayed], "weight_decay": settings["weight_decay"]},
+              {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"])
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, settings["warmup_steps"],
+                                                            settings["total_steps"],
+                                                            min_lr_rate=settings["min_lr_ratio"])
+    history = {"loss": [], "grad_norm": [], "lr": [], "tokens": []}
+    model.train()
+    for micro_batches in steps:
+        input_ids = torch.cat([mb["input_ids"] for mb in micro_batches])
+        labels = torch.cat([mb.get("labels", mb["input_ids"]) for mb in micro_batches])
+        mask = torch.cat([mb.get("attention_mask", torch.ones_like(mb["input_ids"])) for mb in micro_batches])
+        n_targets = ((labels[:, 1:] != -100) & (mask[:, 1:] == 1)).sum()
+        loss = 0.0
+        for part in (micro_batches if accumulate else [{"input_ids": input_ids, "labels": labels,
+                                                         "attention_mask": mask}]):
+            part_mask = part.get("attention_mask", torch.ones_like(part["input_ids"]))
+            with torch.autocast(input_ids.device.type, dtype=torch.bfloat16,
+                                enabled=settings["mixed_precision"] == "bf16"):
+                logits = model(input_ids=part["input_ids"], attention_mask=part_mask).logits
+            part_loss = next_token_ce(logits, part.get("labels", part["input_ids"]), part_mask, "sum") / n_targets
+            part_loss.backward()
+            loss += part_loss.item()
+        max_norm = settings["max_grad_norm"] if settings["max_grad_norm"] is not None else math.inf
+        history["grad_norm"].append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item())
+        history["lr"].append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        history["loss"].append(loss)
+        history["tokens"].append(int(mask.sum()))
+    return history
+
+
 # -- 5.8 --------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.8")
+@pytest.mark.parametrize("family, n_micro, padded", [("llama", 1, False), ("llama", 2, False), ("course", 3, False),
+                                                     ("llama", 2, True)])
+def test_hidden_train_steps_matches_the_loop_written_out(student, device, family, n_micro, padded):
+    model = (tiny_llama if family == "llama" else tiny_course_lm)(device, seed=1 + padded)
+    steps = micro_batches(4, n_micro, 2, 12, device, seed=7, padded=padded)
+    expected = reference_training(model, steps, SETTINGS)
+    got = student.train_steps(model, steps, SETTINGS)
+    assert_history(got, expected, what=f"train_steps({family} model, 4 steps of {n_micro} micro-batch(es), "
+                                       f"padded={padded})")
+
+
+@pytest.mark.exercise("5.8")
+def test_hidden_train_steps_without_clipping_and_with_labels(student, device):
+    model = tiny_gpt2(device, seed=3)
+    steps, settings = steps_with_prompts(device), SETTINGS | NO_CLIPPING
+    expected = reference_training(model, steps, settings)
+    got = student.train_steps(model, steps, settings)
+    assert_history(got, expected, what="train_steps with max_grad_norm=None and labels with -100")
+
+
+@pytest.mark.exercise("5.8")
+def test_hidden_train_steps_in_bf16_autocast(student, device):
+    model = tiny_llama(device, seed=4)
+    steps = micro_batches(3, 2, 2, 12, device, seed=10)
+    settings = SETTINGS | {"mixed_precision": "bf16"}
+    expected = reference_training(model, steps, settings, accumulate=True, dtype=torch.float32)
+    got = student.train_steps(model, steps, settings)
+    assert_history(got, expected, what="train_steps with mixed_precision='bf16'", rtol=1e-5)
+
+
 @pytest.mark.exercise("5.8")
 def test_hidden_train_steps_gpt2_five_steps_no_warmup(student, device):
     model = tiny_gpt2(device, seed=50)
