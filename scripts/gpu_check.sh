@@ -27,6 +27,16 @@ run stub-pass     $PY -m pytest -q -p no:cacheprovider --against stubs
 run mutant-pass   $PY -m pytest -q -p no:cacheprovider --against mutants
 run benchmarks    $PY -m benchmarks
 cat "$out/benchmarks.log"
+# Chapter 5's "gpu" preset (the reference loop), shortened to GPU_PRETRAIN_STEPS steps and evaluated every
+# 25 (25 steps of 64 x 1,024 tokens are about 3 passes over the built-in corpus): the validation curve
+# shows how far the ~100M model gets on this corpus and where it starts to overfit.
+run pretrain-gpu  env COURSE_LIB_MODE=solution $PY -m course_lib.pretraining --preset gpu \
+                  --steps "${GPU_PRETRAIN_STEPS:-300}" --eval-every 25 --no-progress --output "$out/pretrain-gpu"
+grep '^{' "$out/pretrain-gpu.log" | $PY -c 'import json, sys
+r = json.loads(sys.stdin.read())
+print("gpu preset: validation %.3f (unigram %.3f), %.0f tokens/s, MFU %.1f%%, %.0f s of training" % (
+    r["validation_loss"], r["unigram_loss"], r["tokens_per_second"], 100 * r["mfu"], r["train_seconds"]))
+print("  validation loss by step:", list(zip(r["eval_step"], [round(x, 3) for x in r["eval_loss"]])))'
 echo; echo "GPU check summary"
-for k in solution-pass stub-pass mutant-pass benchmarks; do printf '  %-14s %s\n' "$k" "${result[$k]}"; done
+for k in solution-pass stub-pass mutant-pass benchmarks pretrain-gpu; do printf '  %-14s %s\n' "$k" "${result[$k]}"; done
 grep -E "passed|failed|skipped" "$out/solution-pass.log" | tail -n 1
