@@ -196,9 +196,10 @@ def assert_history(actual, expected, *, what, rtol=2e-4):
         "grad_norm": "grad_norm is the total norm before clipping, of the accumulated gradient of the whole step: "
                      "divide each micro-batch's summed loss by the step's number of targets, and zero the "
                      "gradients after every step.",
-        "loss": "Later steps' losses differ: the update is wrong. Clip before optimizer.step(), zero the gradients "
-                "after it, weight every target of the step equally, and decay only the parameters of "
-                "weight_decay_groups.",
+        "loss": "A step's loss is the sum of its micro-batches' summed target losses divided by the step's number "
+                "of targets (labels -100 and padding are not targets). From the second step on, a wrong update "
+                "shows here too: clip before optimizer.step(), zero the gradients after it, and decay only the "
+                "parameters of weight_decay_groups.",
         "tokens": "tokens counts the step's input tokens that are not padding.",
     }
     for key in ("lr", "tokens", "grad_norm", "loss"):
