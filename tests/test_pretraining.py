@@ -174,6 +174,15 @@ def micro_batches(n_steps, n_micro, micro_batch, seq, device, seed=0, vocab=64, 
     return steps
 
 
+def whole_step(micro_batches_of_step):
+    """The micro-batches of one step as one batch: ``input_ids``, ``attention_mask`` (ones where a
+    micro-batch has none) and ``labels`` (the inputs where a micro-batch has none)."""
+    return {"input_ids": torch.cat([mb["input_ids"] for mb in micro_batches_of_step]),
+            "attention_mask": torch.cat([mb.get("attention_mask", torch.ones_like(mb["input_ids"]))
+                                         for mb in micro_batches_of_step]),
+            "labels": torch.cat([mb.get("labels", mb["input_ids"]) for mb in micro_batches_of_step])}
+
+
 NO_CLIPPING = {"max_grad_norm": None, "warmup_steps": 0, "total_steps": 3, "min_lr_ratio": 0.0}
 
 
@@ -483,12 +492,10 @@ def first_step_by_hugging_face(model, micro_batches_of_step, autocast=False):
     batch (labels -100 at padding and wherever the micro-batches' labels say so), and the total norm of its
     gradient; under bf16 autocast if ``autocast``. Leaves ``model`` unchanged."""
     model = copy.deepcopy(model)
-    input_ids = torch.cat([mb["input_ids"] for mb in micro_batches_of_step])
-    attention_mask = torch.cat([mb.get("attention_mask", torch.ones_like(mb["input_ids"]))
-                                for mb in micro_batches_of_step])
-    labels = hf_labels(torch.cat([mb.get("labels", mb["input_ids"]) for mb in micro_batches_of_step]), attention_mask)
-    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=autocast):
-        output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    batch = whole_step(micro_batches_of_step)
+    batch["labels"] = hf_labels(batch["labels"], batch["attention_mask"])
+    with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=autocast):
+        output = model(**batch)
     gradients = torch.autograd.grad(output.loss, [p for p in model.parameters() if p.requires_grad])
     return output.loss.item(), torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients])).item()
 
@@ -500,8 +507,7 @@ def first_step_expected(model, steps, settings, autocast=False):
     loss, grad_norm = first_step_by_hugging_face(model, steps[0], autocast)
     multipliers = hf_schedule(settings["total_steps"], settings["warmup_steps"], settings["min_lr_ratio"])
     return {"loss": [loss], "grad_norm": [grad_norm], "lr": [settings["lr"] * m for m in multipliers[:len(steps)]],
-            "tokens": [sum(int(mb.get("attention_mask", torch.ones_like(mb["input_ids"])).sum()) for mb in step)
-                       for step in steps]}
+            "tokens": [int(whole_step(step)["attention_mask"].sum()) for step in steps]}
 
 
 def check_first_step(history, expected, what):
@@ -536,8 +542,7 @@ def test_train_steps_first_step_honours_labels_and_no_clipping(student, device):
 def test_train_steps_with_micro_batches_equals_one_big_batch(student, device, family):
     model = {"llama": tiny_llama, "course": tiny_course_lm}[family](device, seed=2)
     steps = micro_batches(4, 3, 2, 10, device, seed=8, padded=True)
-    merged = [[{key: torch.cat([mb[key] for mb in step]) for key in step[0]}] for step in steps]
-    one_batch = student.train_steps(copy.deepcopy(model), merged, SETTINGS)
+    one_batch = student.train_steps(copy.deepcopy(model), [[whole_step(step)] for step in steps], SETTINGS)
     accumulated = student.train_steps(copy.deepcopy(model), steps, SETTINGS)
     assert_history(accumulated, one_batch, rtol=1e-5,
                    what=f"train_steps({family} model) with 3 padded micro-batches per step, against the same "

@@ -11,7 +11,7 @@ from grading.expect import assert_close
 from tests.test_pretraining import (F64, NO_CLIPPING, SETTINGS, assert_history, check_groups, collator_masking,
                                     datasets_split, group_texts, hf_decayed, hf_labels, hf_schedule, micro_batches,
                                     mlm_ids, next_token_ce, random_docs, sampler_order, steps_with_prompts,
-                                    tiny_course_lm, tiny_gpt2, tiny_llama, token_batch)
+                                    tiny_course_lm, tiny_gpt2, tiny_llama, token_batch, whole_step)
 
 
 # -- 5.1 --------------------------------------------------------------------------------------------------
@@ -176,9 +176,8 @@ def reference_training(model, steps, settings, accumulate=False, dtype=F64):
     history = {"loss": [], "grad_norm": [], "lr": [], "tokens": []}
     model.train()
     for micro_batches in steps:
-        input_ids = torch.cat([mb["input_ids"] for mb in micro_batches])
-        labels = torch.cat([mb.get("labels", mb["input_ids"]) for mb in micro_batches])
-        mask = torch.cat([mb.get("attention_mask", torch.ones_like(mb["input_ids"])) for mb in micro_batches])
+        batch = whole_step(micro_batches)
+        input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
         n_targets = ((labels[:, 1:] != -100) & (mask[:, 1:] == 1)).sum()
         loss = 0.0
         for part in (micro_batches if accumulate else [{"input_ids": input_ids, "labels": labels,
