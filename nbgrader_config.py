@@ -2,7 +2,8 @@
 root); run every ``nbgrader`` command from here.
 
 - The nbgrader *source* of each assignment is ``assignments/<chapter>/`` in this repository (the
-  notebook made by ``scripts/make_assignment.py`` and the chapter's stub module beside it).
+  notebook made by ``scripts/make_assignment.py``). A submission carries the student's chapter
+  module ``<chapter>.py`` beside the notebook (in the handout, a link to their ``course_lib/<chapter>.py``).
 - Everything nbgrader writes (``release/``, ``submitted/``, ``autograded/``, ``feedback/`` and the
   gradebook) lives in the course folder: ``$COURSE_GRADING_DIR``, default ``_grading/`` here.
   Student work never lands in the repository's tracked files.

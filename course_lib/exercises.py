@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 MODE_ENV = "COURSE_LIB_MODE"
@@ -135,18 +137,73 @@ def exercise(id: str, *, points: float, validate: Callable | None = None) -> Cal
     return decorate
 
 
+_LOAD_ERRORS: dict[str, str] = {}  # chapter module -> why it could not be imported
+
+
+def load_error(module: str) -> str | None:
+    """Why ``course_lib.<module>`` cannot be imported (file, line and message of the error, which may
+    lie in a module it imports), or None when it imports. A chapter module with a syntax error
+    must not take the other chapters down: :func:`all_exercises` leaves it out and records why."""
+    if module not in _LOAD_ERRORS:
+        try:
+            importlib.import_module(f"course_lib.{module}")
+        except Exception as err:  # SyntaxError, ImportError, or whatever the file raises at import
+            _LOAD_ERRORS[module] = describe_import_error(err)
+            for key in [k for k, ex in _REGISTRY.items() if ex.module == module]:
+                del _REGISTRY[key]  # declared before the line that failed: not callable either
+        else:
+            return None
+    return _LOAD_ERRORS[module]
+
+
+def describe_import_error(err: BaseException) -> str:
+    """``course_lib/attention.py, line 12: SyntaxError: invalid syntax`` for an error raised while
+    importing a module: the file and line where it happened (for a syntax error, where Python found
+    it), then the message."""
+    where = None
+    if isinstance(err, SyntaxError) and err.filename:
+        where = (err.filename, err.lineno)
+    else:
+        frames = traceback.extract_tb(err.__traceback__)
+        own = [f for f in frames if "importlib" not in f.filename and "<frozen" not in f.filename]
+        if own:
+            where = (own[-1].filename, own[-1].lineno)
+    message = f"{type(err).__name__}: {err.msg if isinstance(err, SyntaxError) else err}"
+    if where is None:
+        return message
+    path = Path(where[0])
+    package = Path(__file__).resolve().parent
+    shown = f"course_lib/{path.name}" if path.resolve().parent == package else str(path)
+    return f"{shown}, line {where[1]}: {message}"
+
+
 def all_exercises() -> list[Exercise]:
-    """Every exercise of every chapter module, in id order."""
+    """Every exercise of every chapter module that imports, in id order (see :func:`load_error`)."""
     for module in CHAPTER_MODULES:
-        importlib.import_module(f"course_lib.{module}")
+        load_error(module)
     return sorted(_REGISTRY.values(), key=lambda e: tuple(int(p) for p in e.id.split(".")))
 
 
+def chapter_of(exercise_id: str) -> str:
+    """The chapter module of an exercise id: ``"2.1"`` belongs to ``CHAPTER_MODULES[2]``."""
+    try:
+        return CHAPTER_MODULES[int(exercise_id.split(".")[0])]
+    except (ValueError, IndexError):
+        raise KeyError(f"no chapter for exercise id {exercise_id!r}") from None
+
+
 def find(key: str) -> Exercise:
-    """The exercise with id ``key`` ("0.1") or entry-point name ``key`` ("stable_softmax")."""
+    """The exercise with id ``key`` ("0.1") or entry-point name ``key`` ("stable_softmax").
+
+    Raises ``KeyError``; when a chapter module could not be imported, the message says so, since
+    its exercises are then unknown."""
     for ex in all_exercises():
         if key in (ex.id, ex.name):
             return ex
+    broken = {m: e for m in CHAPTER_MODULES if (e := load_error(m))}
+    if broken:
+        raise KeyError(f"no exercise with id or name {key!r}; these chapter modules could not be imported: "
+                       + "; ".join(broken.values()))
     raise KeyError(f"no exercise with id or name {key!r}")
 
 

@@ -64,11 +64,12 @@ def gradebook_url(course: Path) -> str:
 
 
 def assignment_modules(assignment: str) -> list[str]:
-    """Chapter modules that the assignment's students hand in (beside its source notebook)."""
-    modules = [m for m in exercises.CHAPTER_MODULES if (ROOT / "assignments" / assignment / f"{m}.py").exists()]
-    if not modules:
-        raise SystemExit(f"assignments/{assignment}/ holds no chapter module ({', '.join(exercises.CHAPTER_MODULES)})")
-    return modules
+    """Chapter modules that the assignment's students hand in: an assignment is named after its
+    chapter module (``assignments/numerics/`` is Chapter 0's), and a submission carries that
+    module's file beside the notebook."""
+    if assignment not in exercises.CHAPTER_MODULES:
+        raise SystemExit(f"{assignment!r} is not a chapter's assignment ({', '.join(exercises.CHAPTER_MODULES)})")
+    return [assignment]
 
 
 def assignment_exercises(modules: list[str]) -> list[exercises.Exercise]:

@@ -28,8 +28,8 @@ def cells(kit) -> list:
         kit.markdown("intro", f"""
 # Chapter 4: text generation strategies
 
-In this assignment you complete the {len(kit.exercises)} functions of **`{module}.py`**, the file in
-this folder beside the notebook: the decoding loop that turns a language model's next-token logits
+In this assignment you complete the {len(kit.exercises)} functions of **`course_lib/{module}.py`**,
+your copy of the course's package: the decoding loop that turns a language model's next-token logits
 into text, the way Hugging Face's `generate()` runs it. Greedy decoding over a batch of left-padded
 prompts, the same with a KV cache, the logits processors that reshape the distribution before
 sampling (top-k, top-p, min-p, the repetition penalty, all of them in `generate()`'s order), seeded
@@ -42,8 +42,8 @@ module docstring the conventions all of them share: left padding, position ids, 
 |---|---|---|
 {kit.table}
 
-The code exercises are worth {kit.total:g} points, checked automatically; the three written answers
-below ({CACHE_POINTS + FILTERS_POINTS + BEAM_POINTS:g} points) are graded by hand.
+The code exercises are worth {kit.points(kit.total)}, checked automatically; the three written answers
+below ({kit.points(CACHE_POINTS + FILTERS_POINTS + BEAM_POINTS)}) are graded by hand.
 
 Everything else in `{module}.py` is already written: `model_step` runs one forward pass the way
 `generate()` does, `random_causal_lm` builds a small random Llama or GPT-2 from a config,
@@ -54,28 +54,21 @@ The models here are random, so their text is nonsense; but every decoding algori
 as on a trained model, and each one can be checked token for token against `generate()` on the same
 model. A small tokenizer of syllables and punctuation makes their output readable.
 
-How to work:
-
-1. Edit `{module}.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiments: they compare *your* functions with `generate()` and Hugging Face's logits
-   processors, time your KV cache, plot your filters and measure what sampling, beam search and the
-   repetition penalty do. An exercise you have not done yet is reported, not fatal, so you can run
-   them at any stage. Then answer the three questions.
-{kit.test_and_hand_in}
+{kit.how_to_work('''
+Run the experiments: they compare *your* functions with `generate()` and Hugging Face's logits
+processors, time your KV cache, plot your filters and measure what sampling, beam search and the
+repetition penalty do. An exercise you have not done yet is reported, not fatal, so you can run
+them at any stage. Then answer the three questions.
+''')}
 """),
         kit.helpers(),
-        kit.code("setup", r'''
-%load_ext autoreload
-%autoreload 2
-
+        kit.setup(r'''
 import time
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging
-
-import generation  # your file: generation.py in this folder
 
 try:
     import matplotlib.pyplot as plt
@@ -314,7 +307,7 @@ if plt is not None:
     plt.show()
 '''),
         kit.markdown("question_cache", f"""
-## Written answer 1 ({CACHE_POINTS:g} points, graded by hand)
+## Written answer 1 ({kit.points(CACHE_POINTS)}, graded by hand)
 
 Llama 3 8B has 32 layers, 32 query heads and 8 key/value heads of 128 features each, and runs in
 bfloat16 (2 bytes a number). How many bytes does its KV cache take **per token**, for one sequence of
@@ -417,7 +410,7 @@ def temperature_then_top_p():
 attempt("process_logits", temperature_then_top_p)
 '''),
         kit.markdown("question_filters", f"""
-## Written answer 2 ({FILTERS_POINTS:g} points, graded by hand)
+## Written answer 2 ({kit.points(FILTERS_POINTS)}, graded by hand)
 
 Use the counts and the two figures above. Why does top-p adapt to the shape of the distribution
 while top-k does not? Say what a fixed `k` does wrong in a very confident context and in a very
@@ -585,7 +578,7 @@ def greedy_against_beam():
 attempt("greedy_search and beam_search", greedy_against_beam)
 '''),
         kit.markdown("question_beam", f"""
-## Written answer 3 ({BEAM_POINTS:g} points, graded by hand)
+## Written answer 3 ({kit.points(BEAM_POINTS)}, graded by hand)
 
 Use the table above. Why does beam search prefer short hypotheses when `length_penalty = 0` (raw sums
 of log-probabilities), and what does `length_penalty` change? What does `length_penalty = 1` compare

@@ -29,8 +29,8 @@ def cells(kit) -> list:
         kit.markdown("intro", f"""
 # Chapter 5: pre-training a small language model
 
-In this assignment you complete the {len(kit.exercises)} functions of **`{module}.py`**, the file in
-this folder beside the notebook: what it takes to pre-train a language model on raw text. The data
+In this assignment you complete the {len(kit.exercises)} functions of **`course_lib/{module}.py`**,
+your copy of the course's package: what it takes to pre-train a language model on raw text. The data
 (pack tokenized documents into blocks, split the corpus by document, draw batches in a seeded
 order), the objectives (the shifted next-token loss of a causal LM, and BERT's masked-LM corruption
 for comparison), the optimisation (warmup and cosine decay of the learning rate, the parameters
@@ -43,8 +43,8 @@ labels are the inputs, ignored targets, token-weighted means, seeds, weight deca
 |---|---|---|
 {kit.table}
 
-The code exercises are worth {kit.total:g} points, checked automatically; the three written answers
-below ({PACKING_POINTS + DECAY_POINTS + MFU_POINTS:g} points) are graded by hand.
+The code exercises are worth {kit.points(kit.total)}, checked automatically; the three written answers
+below ({kit.points(PACKING_POINTS + DECAY_POINTS + MFU_POINTS)}) are graded by hand.
 
 Everything else in `{module}.py` is already written and calls your functions: `prepare_data` and
 `step_batches` (the data pipeline), `make_optimizer` and `make_lr_scheduler`, `evaluate`, the
@@ -55,21 +55,16 @@ The experiments use the course corpus (Python's own documentation) and the cours
 Chapter 1, and train the course LM of Chapter 3 for a few dozen steps: small enough to run in well
 under a minute on a laptop's CPU, large enough to see every piece work.
 
-How to work:
-
-1. Edit `{module}.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiments: they compare *your* functions with Hugging Face's (`LlamaForCausalLM`'s own
-   loss, `DataCollatorForLanguageModeling`, `get_cosine_schedule_with_warmup`, PyTorch's samplers),
-   measure your packing and masking, and train a small model with your training step. An exercise
-   you have not done yet is reported, not fatal, so you can run them at any stage. Then answer the
-   three questions.
-{kit.test_and_hand_in}
+{kit.how_to_work('''
+Run the experiments: they compare *your* functions with Hugging Face's (`LlamaForCausalLM`'s own
+loss, `DataCollatorForLanguageModeling`, `get_cosine_schedule_with_warmup`, PyTorch's samplers),
+measure your packing and masking, and train a small model with your training step. An exercise
+you have not done yet is reported, not fatal, so you can run them at any stage. Then answer the
+three questions.
+''')}
 """),
         kit.helpers(),
-        kit.code("setup", r'''
-%load_ext autoreload
-%autoreload 2
-
+        kit.setup(r'''
 import math
 import time
 
@@ -78,8 +73,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from transformers.utils import logging
 
 from course_lib.corpus import load_corpus
-
-import pretraining  # your file: pretraining.py in this folder
 
 try:
     import matplotlib.pyplot as plt
@@ -412,7 +405,7 @@ if tiny_lm is not None:
     attempt("weight_decay_groups", show_groups, "course LM (tiny)", tiny_lm)
 '''),
         kit.markdown("question_decay", f"""
-## Written answer 1 ({DECAY_POINTS:g} points, graded by hand)
+## Written answer 1 ({kit.points(DECAY_POINTS)}, graded by hand)
 
 Use the lists above. AdamW's decoupled weight decay multiplies every decayed parameter by
 `1 - lr * weight_decay` at every step. Why is it applied to the weight matrices of linear maps but
@@ -536,7 +529,7 @@ if "history" in run:
         plt.show()
 '''),
         kit.markdown("question_packing", f"""
-## Written answer 2 ({PACKING_POINTS:g} points, graded by hand)
+## Written answer 2 ({kit.points(PACKING_POINTS)}, graded by hand)
 
 Use Experiments 1, 2 and 6. (a) The labels of a causal LM are its inputs: why does the loss shift
 them by one position, and what would a model trained without the shift learn (what would its loss
@@ -564,7 +557,7 @@ documents are shorter than the block or must be cut anyway) and would need atten
 dropped tail is at most one block.
 """, points=PACKING_POINTS),
         kit.markdown("question_mfu", f"""
-## Written answer 3 ({MFU_POINTS:g} points, graded by hand)
+## Written answer 3 ({kit.points(MFU_POINTS)}, graded by hand)
 
 Use Experiment 6. What does MFU measure, and why does training count 3 times the forward FLOPs per
 token (about 6 FLOPs per parameter and token)? Give two reasons why your tiny model reaches only a

@@ -1,23 +1,40 @@
-"""Every chapter's assignment through the instructor's command (``python -m grading.autograde``,
-nbgrader notebooks included): a correct, an untouched and a partly wrong submission get exactly the
-points they should, exercise by exercise, in the gradebook.
+"""Every chapter's assignment, from the student's handout to the instructor's gradebook.
 
-The submissions are made from the repository (grading.submissions): the reference completed, the
-released stub, and a stub with some exercises done by a wrong variant from ``tests/mutants/`` and
-some left undone. A chapter's exercises may call each other (0.4 calls the student's 0.3, 2.5 their
-2.4), so the partly wrong expectations below say which points a mistake costs downstream too.
+For each chapter, one grading run of the instructor's command (``python -m grading.autograde``,
+nbgrader notebooks included) grades four submissions, and the tests below read its results:
+
+- **the student's path, walked** (``walker``): in a copy of the handout (``./course release``), a
+  student who finished the earlier chapters completes the chapter's first exercise in
+  ``course_lib/<chapter>.py``, the one file the README names; runs ``pytest --exercise`` on it and
+  on an unfinished one; runs the assignment notebook (setup, experiments and those two test cells)
+  in a kernel of the handout's Python; hands in the assignment's folder as ``nbgrader submit`` or a
+  zip would (the file beside the notebook is a link: the copy stores what it points to). The points
+  of that one exercise must appear in the gradebook, and no others.
+- **made from the repository** (grading.submissions): the reference completed (``correct``), the stub
+  as released (``untouched``), and a stub with some exercises done by a wrong variant from
+  ``tests/mutants/`` and some left undone (``partly_wrong``). A chapter's exercises may call each
+  other (0.4 calls the student's 0.3, 2.5 their 2.4), so the partly wrong expectations below say which
+  points a mistake costs downstream too.
+
+The autograded notebooks show that the experiments run on the stub and on the reference without an
+error, and print what a finished chapter prints.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import nbformat
 import pytest
 
 from course_lib import exercises
+from grading import release
 from grading.submissions import module_with, solved_module
 from tests.grading.batch_helpers import ROOT, gradebook_scores, mutant, released_course, sandbox_processes, submit
 
@@ -43,55 +60,206 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
                     {"5.2", "5.4", "5.8", "5.9"}),
 }
 
+# What each chapter's experiments print when every exercise is right.
+SOLVED_OUTPUT = {
+    "numerics": ["cross_entropy: yours"],
+    "tokenization": ["joined back to the text: True", "train_bpe: 768 merges", " 1024 tokens: ",
+                     "word_tokenize: ", "decode(encode(held-out text)) == text: True",
+                     "encode_iterable over", "gives the same ids: True\ntokenizers.Tokenizer from your "
+                     "tokenizer.json gives the same ids: True", "tokenizers' trainer: 768 merges", "bytes/token"],
+}
 
-def test_every_chapter_has_a_partly_wrong_submission_to_grade():
-    assert set(PARTLY_WRONG) == set(exercises.CHAPTER_MODULES)
+
+def _chapter_exercises(chapter: str) -> list[exercises.Exercise]:
+    return [e for e in exercises.all_exercises() if e.module == chapter]
 
 
-@pytest.mark.parametrize("chapter", exercises.CHAPTER_MODULES)
-def test_correct_untouched_and_partly_wrong_submissions_get_their_exact_scores(chapter, tmp_path):
+def _grade_id(cell) -> str:
+    return cell.metadata.get("nbgrader", {}).get("grade_id", "")
+
+
+def _printed(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def _errors(cell) -> list[str]:
+    return [f"{o['ename']}: {o['evalue']}" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+# -- the student's path --------------------------------------------------------------------------------
+def _student_kernel(python: Path, where: Path):
+    """A manager of a Jupyter kernel of the handout's Python (``python3``, as a student's own install
+    names it), and nothing else: no kernel of this process's Python can stand in for it."""
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = where / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (handout)", "language": "python"}))
+    specs = KernelSpecManager(kernel_dirs=[str(where / "kernels")], ensure_native_kernel=False)
+    return KernelManager(kernel_name="python3", kernel_spec_manager=specs)
+
+
+def walk(chapter: str, handout: Path, tmp_path: Path) -> dict:
+    """The student's path through one chapter (see the module docstring); what they saw."""
+    mine = tmp_path / "handout"
+    shutil.copytree(handout, mine, symlinks=True)
+    chapter_exercises = _chapter_exercises(chapter)
+    done, undone = chapter_exercises[0], chapter_exercises[1]
+    for earlier in exercises.chapters_before(chapter):  # a student at this chapter finished the earlier ones
+        (mine / "course_lib" / f"{earlier}.py").write_text(solved_module(earlier))
+    own = mine / "course_lib" / f"{chapter}.py"  # the one file the README names
+    own.write_text(module_with(chapter, {e.id: None for e in chapter_exercises[1:]}))
+
+    python = release.student_python(mine, tmp_path / "venv")
+    env = {**release.student_env(), "MPLBACKEND": "agg", "OMP_NUM_THREADS": "1"}
+    seen = {}
+    for ex in (done, undone):
+        proc = subprocess.run([str(python), "-m", "pytest", "--exercise", ex.id, "-p", "no:cacheprovider"],
+                              cwd=mine, env=env, capture_output=True, text=True, timeout=600)
+        seen[f"pytest {ex.id}"] = (proc.returncode, proc.stdout + proc.stderr)
+
+    folder = mine / "assignments" / chapter
+    nb = nbformat.read(folder / f"{chapter}.ipynb", as_version=4)
+    run = {c.id for c in nb.cells if c.cell_type == "code"
+           and (not c.metadata.get("nbgrader", {}).get("grade") or _grade_id(c) in (f"test_{done.id.replace('.', '_')}",
+                                                                                     f"test_{undone.id.replace('.', '_')}"))}
+    from nbclient import NotebookClient
+
+    ran = nbformat.from_dict(json.loads(json.dumps(nb)))
+    ran.cells = [c for c in ran.cells if c.id in run]
+    NotebookClient(ran, km=_student_kernel(python, tmp_path / "jupyter"), timeout=600, allow_errors=True,
+                   resources={"metadata": {"path": str(folder)}}).execute(env=env)
+    by_id = {c.id: c for c in ran.cells}
+    for cell in nb.cells:  # the student's notebook, with the outputs of what they ran
+        cell.outputs = by_id[cell.id].outputs if cell.id in by_id else cell.get("outputs", [])
+    nbformat.write(nb, folder / f"{chapter}.ipynb")
+    seen["cells"] = {_grade_id(c): c for c in ran.cells}
+    seen["done"], seen["undone"], seen["folder"] = done, undone, folder
+    return seen
+
+
+@pytest.fixture(scope="module", params=exercises.CHAPTER_MODULES)
+def graded(request, handout, tmp_path_factory):
+    """One chapter graded: the walk and the three made-up submissions, through the instructor's command."""
+    chapter = request.param
     if chapter not in PARTLY_WRONG:
         pytest.fail(f"no partly wrong submission written down for {chapter} (PARTLY_WRONG)")
+    tmp_path = tmp_path_factory.mktemp(f"grading-{chapter}")
+    walked = walk(chapter, handout, tmp_path / "student")
+
     course = tmp_path / "course"
-    release = released_course(course, chapter)
-    points = {e.id: e.points for e in exercises.all_exercises() if e.module == chapter}
-    replaced, losing = PARTLY_WRONG[chapter]
+    released_course(course, chapter)
+    replaced, _ = PARTLY_WRONG[chapter]
     modules = {
         "correct": solved_module(chapter),
-        "untouched": (release / f"{chapter}.py").read_text(),
+        "untouched": (ROOT / "course_lib" / f"{chapter}.py").read_text(),  # the stub, as the handout has it
         "partly_wrong": module_with(chapter, {ex: name and mutant(chapter, name) for ex, name in replaced.items()}),
     }
     for student, source in modules.items():
         submit(course, student, source, assignment=chapter)
+    handed_in = course / "submitted" / "walker" / chapter  # what `nbgrader submit`/`nbgrader collect` store
+    shutil.copytree(walked["folder"], handed_in, symlinks=False)
+    (handed_in / "timestamp.txt").write_text("2026-11-26 12:00:00.000000 UTC")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
     env.update(COURSE_GRADING_DIR=str(course), PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
     proc = subprocess.run([sys.executable, "-m", "grading.autograde", chapter, "--jobs", "2", "--no-progress"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print("\n" + proc.stdout)
+    students = ["correct", "untouched", "partly_wrong", "walker"]
+    return {"chapter": chapter, "walked": walked, "proc": proc, "course": course,
+            "scores": gradebook_scores(course, students, chapter) if proc.returncode == 0 else None,
+            "no_sandbox_left": not sandbox_processes()}
 
+
+def _autograded_cells(graded, student: str) -> list:
+    path = graded["course"] / "autograded" / student / graded["chapter"] / f"{graded['chapter']}.ipynb"
+    return nbformat.read(path, as_version=4).cells
+
+
+def _scores(graded, student: str) -> dict[str, float]:
+    proc = graded["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cells = graded["scores"][student]
+    return {ex.id: cells[f"test_{ex.id.replace('.', '_')}"][0] for ex in _chapter_exercises(graded["chapter"])}
+
+
+def test_every_chapter_has_a_partly_wrong_submission_to_grade():
+    assert set(PARTLY_WRONG) == set(exercises.CHAPTER_MODULES)
+
+
+def test_the_student_edits_one_file_and_pytest_reads_it(graded):
+    walked = graded["walked"]
+    done, undone = walked["done"], walked["undone"]
+    status, output = walked[f"pytest {done.id}"]
+    assert status == 0 and " passed" in output and "failed" not in output, output[-3000:]
+    status, output = walked[f"pytest {undone.id}"]
+    assert status == 1, output[-3000:]
+    first_failure = output.split("= FAILURES =", 1)[1].split("\n")[2]  # the line under the test's name
+    assert first_failure.startswith(f"NotImplementedError: Exercise {undone.id}"), output[-3000:]
+
+
+def test_the_notebook_reads_the_same_file_and_its_test_cells_agree_with_pytest(graded):
+    walked, chapter = graded["walked"], graded["chapter"]
+    cells = walked["cells"]
+    setup = _printed(cells["setup"])
+    assert f"{chapter}.py here is your" in setup and not _errors(cells["setup"]), setup
+    broken = {gid: _errors(c) for gid, c in cells.items() if not gid.startswith("test_") and _errors(c)}
+    assert not broken, f"cells outside the tests raised: {broken}"
+    done, undone = walked["done"], walked["undone"]
+    passed = cells[f"test_{done.id.replace('.', '_')}"]
+    assert not _errors(passed) and "passed" in _printed(passed), _printed(passed) + str(_errors(passed))
+    failed = cells[f"test_{undone.id.replace('.', '_')}"]
+    assert any(f"NotImplementedError: Exercise {undone.id}" in e for e in _errors(failed)), _errors(failed)
+    printed = "".join(_printed(c) for c in cells.values())
+    chapter_index = exercises.CHAPTER_MODULES.index(chapter)
+    assert re.search(rf"not done yet: Exercise {chapter_index}\.\d+:", printed), "an unfinished exercise is reported"
+    assert f"not done yet: Exercise {done.id}:" not in printed, "the finished exercise is the student's own"
+
+
+def test_what_the_student_hands_in_is_graded(graded):
+    done = graded["walked"]["done"]
+    points = {e.id: e.points for e in _chapter_exercises(graded["chapter"])}
+    assert _scores(graded, "walker") == {ex: (p if ex == done.id else 0.0) for ex, p in points.items()}
+
+
+def test_correct_untouched_and_partly_wrong_submissions_get_their_exact_scores(graded):
+    chapter = graded["chapter"]
+    points = {e.id: e.points for e in _chapter_exercises(chapter)}
+    _, losing = PARTLY_WRONG[chapter]
     expected = {
         "correct": dict(points),
         "untouched": {ex: 0.0 for ex in points},
         "partly_wrong": {ex: 0.0 if ex in losing else p for ex, p in points.items()},
     }
-    scores = gradebook_scores(course, expected, chapter)
     for student, per_exercise in expected.items():
-        got = {ex: scores[student][f"test_{ex.replace('.', '_')}"][0] for ex in points}
-        assert got == per_exercise, f"{chapter}, {student}: autograded {got}, expected {per_exercise}"
-        written = [cell for cell in scores[student] if not cell.startswith("test_")]
+        assert _scores(graded, student) == per_exercise, f"{chapter}, {student}"
+        written = [cell for cell in graded["scores"][student] if not cell.startswith("test_")]
         assert written, f"{chapter} has no written answer graded by hand"
-        assert all(scores[student][cell] == (None, None) or scores[student][cell][0] in (None, 0) for cell in written)
+        assert all(graded["scores"][student][cell] == (None, None) or graded["scores"][student][cell][0] in (None, 0)
+                   for cell in written)
+    assert graded["no_sandbox_left"]
 
-        # The notebook ran to the end for everyone: no cell outside the test cells raised.
-        notebook = course / "autograded" / student / chapter / f"{chapter}.ipynb"
-        cells = json.loads(notebook.read_text())["cells"]
-        errors = [c["metadata"].get("nbgrader", {}).get("grade_id") for c in cells if c["cell_type"] == "code"
-                  and not str(c["metadata"].get("nbgrader", {}).get("grade_id", "")).startswith("test_")
-                  and any(o["output_type"] == "error" for o in c.get("outputs", []))]
+
+def test_the_experiments_run_to_the_end_on_the_stub_and_on_the_reference(graded):
+    chapter = graded["chapter"]
+    first = _chapter_exercises(chapter)[0]
+    for student in ("correct", "untouched", "partly_wrong", "walker"):
+        cells = _autograded_cells(graded, student)
+        errors = {_grade_id(c): _errors(c) for c in cells if c.cell_type == "code"
+                  and not _grade_id(c).startswith("test_") and _errors(c)}
         assert not errors, f"{chapter}, {student}: cells that raised: {errors}"
-    assert not sandbox_processes()
+    untouched = "".join(_printed(c) for c in _autograded_cells(graded, "untouched"))
+    assert f"not done yet: Exercise {first.id}" in untouched, untouched[-2000:]
+    correct = "".join(_printed(c) for c in _autograded_cells(graded, "correct") if not _grade_id(c).startswith("test_"))
+    assert "not done yet" not in correct and " raised " not in correct and "Error:" not in correct, correct[-3000:]
+    for expected in SOLVED_OUTPUT.get(chapter, []):
+        assert expected in correct, f"{expected!r} not in\n{correct}"
+    if chapter == "tokenization":
+        compression = next(c for c in _autograded_cells(graded, "correct") if _grade_id(c) == "experiment_compression")
+        assert any("image/png" in o.get("data", {}) for o in compression.outputs), "no plot"
 
 
 def test_the_grading_kernel_imports_earlier_chapters_finished_and_the_students_own_module(tmp_path):
