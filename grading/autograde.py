@@ -217,7 +217,10 @@ def nbgrader_env(course: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON", "COURSE_LIB_"))}
     bin_dir = str(Path(sys.executable).parent)  # nbgrader runs `alembic` and jupyter from PATH
     env.update(COURSE_GRADING_DIR=str(course), PATH=bin_dir + os.pathsep + env.get("PATH", os.defpath),
-               MPLBACKEND="agg", OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1")
+    # Figures go into the autograded notebook (and the feedback) as images: the kernel's inline
+    # backend, never a GUI one or agg (which draws nothing a notebook keeps).
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env[check.DEFER_ENV] = "1"
     return env
 

@@ -79,9 +79,13 @@ def gradebook_scores(course: Path, students, assignment: str = ASSIGNMENT) -> di
 
 
 def sandbox_processes() -> list[int]:
-    """Processes that run as a sandbox uid right now (there should be none between runs)."""
+    """Processes left behind by sandboxes: those of a sandbox uid that no grader holds right now.
+    (A uid held by another grading run on this machine, its lock file locked, is that run's: two runs
+    at once must not count each other's sandboxes.)"""
+    import fcntl
+
     base = int(os.environ.get(sandbox.UID_BASE_ENV) or 61000)
-    found = []
+    by_uid: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -89,7 +93,17 @@ def sandbox_processes() -> list[int]:
             except (OSError, StopIteration, ValueError):
                 continue
             if base <= uid < base + sandbox.UID_SLOTS:
-                found.append(int(entry.name))
+                by_uid.setdefault(uid, []).append(int(entry.name))
+    found = []
+    for uid, pids in by_uid.items():
+        lock_path = sandbox.sandbox_dir() / f".uid-{uid}.lock"
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # held: a sandbox of a run that is still going
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        found += pids
     return found
 
 

@@ -114,7 +114,8 @@ def walk(chapter: str, handout: Path, tmp_path: Path) -> dict:
     own.write_text(module_with(chapter, {e.id: None for e in chapter_exercises[1:]}))
 
     python = release.student_python(mine, tmp_path / "venv")
-    env = {**release.student_env(), "MPLBACKEND": "agg", "OMP_NUM_THREADS": "1"}
+    env = {**release.student_env(), "OMP_NUM_THREADS": "1"}
+    env.pop("MPLBACKEND", None)  # a student's kernel draws inline
     seen = {}
     for ex in (done, undone):
         proc = subprocess.run([str(python), "-m", "pytest", "--exercise", ex.id, "-p", "no:cacheprovider"],
@@ -134,7 +135,8 @@ def walk(chapter: str, handout: Path, tmp_path: Path) -> dict:
                    resources={"metadata": {"path": str(folder)}}).execute(env=env)
     by_id = {c.id: c for c in ran.cells}
     for cell in nb.cells:  # the student's notebook, with the outputs of what they ran
-        cell.outputs = by_id[cell.id].outputs if cell.id in by_id else cell.get("outputs", [])
+        if cell.id in by_id:
+            cell.outputs = by_id[cell.id].outputs
     nbformat.write(nb, folder / f"{chapter}.ipynb")
     seen["cells"] = {_grade_id(c): c for c in ran.cells}
     seen["done"], seen["undone"], seen["folder"] = done, undone, folder
