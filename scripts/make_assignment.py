@@ -27,6 +27,7 @@ import argparse
 import importlib.util
 import inspect
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,37 @@ class Kit:
     def points(n: float) -> str:
         """``"1 point"``, ``"2.5 points"``."""
         return count(n, "point")
+
+    def intro(self, title: str, what: str, contract: str, written: tuple[float, ...], experiments: str,
+              more: str = ""):
+        """The introduction cell every assignment opens with: ``title``; the exercises (``what`` they
+        are about, what their docstrings' ``contract`` covers) and their table; the points of the
+        code and of the ``written`` answers; ``more`` (the chapter's own paragraphs); and the "How to
+        work" list with ``experiments`` as its second step."""
+        answers = {1: "written answer below", 2: "two written answers below", 3: "three written answers below"}
+        opening = textwrap.fill(
+            f"In this assignment you complete the {len(self.exercises)} functions of **`course_lib/{self.module}.py`**, "
+            f"your copy of the course's package{': ' + what.strip() if what.strip() else '.'} Each function raises "
+            f"`NotImplementedError` until you write its body; its docstring states the contract ({contract.strip()}) "
+            f"and gives a hint.", width=100)
+        points = textwrap.fill(
+            f"The code exercises are worth {self.points(self.total)}, checked automatically; the "
+            f"{answers[len(written)]} ({self.points(sum(written))}) {'is' if len(written) == 1 else 'are'} "
+            f"graded by hand.", width=100)
+        rest = f"{more.strip()}\n\n" if more.strip() else ""
+        return self.markdown("intro", f"""
+# {title}
+
+{opening}
+
+| exercise | function | points |
+|---|---|---|
+{self.table}
+
+{points}
+
+{rest}{self.how_to_work(experiments)}
+""")
 
     def how_to_work(self, experiments: str) -> str:
         """The "How to work" list of every introduction; ``experiments`` is its second step (what

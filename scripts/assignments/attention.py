@@ -20,34 +20,29 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 2."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 2: attention, from scaled dot-product to grouped-query attention
-
-In this assignment you complete the {len(kit.exercises)} functions of **`course_lib/{module}.py`**,
-your copy of the course's package: the core operation (scaled dot-product attention with masks,
-causality and dropout), the masks built from a tokenizer's `attention_mask`, multi-head attention
-with its projections, and grouped-query attention, which shares keys and values between heads. Each
-function raises `NotImplementedError` until you write its body; its docstring states the contract
-(and the module docstring the conventions all of them share: shapes, what `True` means in a mask,
-how the causal triangle is aligned, what a fully masked row gives) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.points(kit.total)}, checked automatically; the two written answers
-below ({kit.points(SCALE_POINTS + GQA_POINTS)}) are graded by hand.
-
+        kit.intro(
+            "Chapter 2: attention, from scaled dot-product to grouped-query attention",
+            what="""
+the core operation (scaled dot-product attention with masks, causality and dropout), the masks
+built from a tokenizer's `attention_mask`, multi-head attention with its projections, and
+grouped-query attention, which shares keys and values between heads.
+""",
+            contract="""
+and the module docstring the conventions all of them share: shapes, what `True` means in a mask,
+how the causal triangle is aligned, what a fully masked row gives
+""",
+            written=(SCALE_POINTS, GQA_POINTS),
+            more=f"""
 The layers `MultiHeadAttention` and `GroupedQueryAttention` in `{module}.py` are already written:
 they hold the weights and call your `multi_head_attention` (2.3) and `grouped_query_attention` (2.5).
 So is `plot_attention`, which draws an attention map.
-
-{kit.how_to_work('''
+""",
+            experiments="""
 Run the experiments: they compare *your* functions with PyTorch's, time them, and draw the
 attention maps of your multi-head attention. An exercise you have not done yet is reported, not
 fatal, so you can run them at any stage. Then answer the two questions.
-''')}
-"""),
+""",
+        ),
         kit.helpers(),
         kit.setup(f"""
 import math

@@ -25,26 +25,21 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 4."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 4: text generation strategies
-
-In this assignment you complete the {len(kit.exercises)} functions of **`course_lib/{module}.py`**,
-your copy of the course's package: the decoding loop that turns a language model's next-token logits
-into text, the way Hugging Face's `generate()` runs it. Greedy decoding over a batch of left-padded
-prompts, the same with a KV cache, the logits processors that reshape the distribution before
-sampling (top-k, top-p, min-p, the repetition penalty, all of them in `generate()`'s order), seeded
-sampling, beam search with a length penalty, and stop sequences in tokens and in text. Each function
-raises `NotImplementedError` until you write its body; its docstring states the contract (and the
-module docstring the conventions all of them share: left padding, position ids, EOS and padding,
-`-inf` for a removed token) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.points(kit.total)}, checked automatically; the three written answers
-below ({kit.points(CACHE_POINTS + FILTERS_POINTS + BEAM_POINTS)}) are graded by hand.
-
+        kit.intro(
+            "Chapter 4: text generation strategies",
+            what="""
+the decoding loop that turns a language model's next-token logits into text, the way Hugging
+Face's `generate()` runs it. Greedy decoding over a batch of left-padded prompts, the same with
+a KV cache, the logits processors that reshape the distribution before sampling (top-k, top-p,
+min-p, the repetition penalty, all of them in `generate()`'s order), seeded sampling, beam
+search with a length penalty, and stop sequences in tokens and in text.
+""",
+            contract="""
+and the module docstring the conventions all of them share: left padding, position ids, EOS and
+padding, `-inf` for a removed token
+""",
+            written=(CACHE_POINTS, FILTERS_POINTS, BEAM_POINTS),
+            more=f"""
 Everything else in `{module}.py` is already written: `model_step` runs one forward pass the way
 `generate()` does, `random_causal_lm` builds a small random Llama or GPT-2 from a config,
 `cut_at_stops` and `generate_text` call your stop checks and decoders, and
@@ -53,14 +48,14 @@ Everything else in `{module}.py` is already written: `model_step` runs one forwa
 The models here are random, so their text is nonsense; but every decoding algorithm behaves on them
 as on a trained model, and each one can be checked token for token against `generate()` on the same
 model. A small tokenizer of syllables and punctuation makes their output readable.
-
-{kit.how_to_work('''
+""",
+            experiments="""
 Run the experiments: they compare *your* functions with `generate()` and Hugging Face's logits
 processors, time your KV cache, plot your filters and measure what sampling, beam search and the
 repetition penalty do. An exercise you have not done yet is reported, not fatal, so you can run
 them at any stage. Then answer the three questions.
-''')}
-"""),
+""",
+        ),
         kit.helpers(),
         kit.setup(r'''
 import time

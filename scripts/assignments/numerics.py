@@ -11,24 +11,17 @@ def cells(kit) -> list:
     """Introduction, setup, the softmax-overflow experiment and the written question of Chapter 0."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 0: numerically stable softmax
-
-In this assignment you complete the {len(kit.exercises)} functions of **`course_lib/{module}.py`**, your
-copy of the course's package. Each one raises `NotImplementedError` until you write its body; its
-docstring states the contract (shapes, dtypes, masked entries, edge cases) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.points(kit.total)}, checked automatically; the written answer below is
-graded by hand.
-
-{kit.how_to_work('''
+        kit.intro(
+            "Chapter 0: numerically stable softmax",
+            what="",
+            contract="""
+shapes, dtypes, masked entries, edge cases
+""",
+            written=(ANSWER_POINTS,),
+            experiments="""
 Run the experiment to see where the naive formulas break, and answer the question.
-''')}
-"""),
+""",
+        ),
         kit.helpers(),
         kit.setup(f"""
 import torch

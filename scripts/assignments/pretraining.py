@@ -26,26 +26,22 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 5."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 5: pre-training a small language model
-
-In this assignment you complete the {len(kit.exercises)} functions of **`course_lib/{module}.py`**,
-your copy of the course's package: what it takes to pre-train a language model on raw text. The data
-(pack tokenized documents into blocks, split the corpus by document, draw batches in a seeded
-order), the objectives (the shifted next-token loss of a causal LM, and BERT's masked-LM corruption
-for comparison), the optimisation (warmup and cosine decay of the learning rate, the parameters
-AdamW decays, the training step with gradient accumulation, clipping and mixed precision) and the
-cost (model FLOPs utilisation). Each function raises `NotImplementedError` until you write its body;
-its docstring states the contract (and the module docstring the conventions all of them share:
-labels are the inputs, ignored targets, token-weighted means, seeds, weight decay) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.points(kit.total)}, checked automatically; the three written answers
-below ({kit.points(PACKING_POINTS + DECAY_POINTS + MFU_POINTS)}) are graded by hand.
-
+        kit.intro(
+            "Chapter 5: pre-training a small language model",
+            what="""
+what it takes to pre-train a language model on raw text. The data (pack tokenized documents into
+blocks, split the corpus by document, draw batches in a seeded order), the objectives (the
+shifted next-token loss of a causal LM, and BERT's masked-LM corruption for comparison), the
+optimisation (warmup and cosine decay of the learning rate, the parameters AdamW decays, the
+training step with gradient accumulation, clipping and mixed precision) and the cost (model
+FLOPs utilisation).
+""",
+            contract="""
+and the module docstring the conventions all of them share: labels are the inputs, ignored
+targets, token-weighted means, seeds, weight decay
+""",
+            written=(PACKING_POINTS, DECAY_POINTS, MFU_POINTS),
+            more=f"""
 Everything else in `{module}.py` is already written and calls your functions: `prepare_data` and
 `step_batches` (the data pipeline), `make_optimizer` and `make_lr_scheduler`, `evaluate`, the
 presets (`"tiny"`, `"cpu"`, `"gpu"`), the Accelerate loop `pretrain`, the baselines `unigram_loss`
@@ -54,15 +50,15 @@ and `uniform_loss`, `model_flops_per_token` and `measure_peak_flops`, and the pl
 The experiments use the course corpus (Python's own documentation) and the course tokenizer of
 Chapter 1, and train the course LM of Chapter 3 for a few dozen steps: small enough to run in well
 under a minute on a laptop's CPU, large enough to see every piece work.
-
-{kit.how_to_work('''
+""",
+            experiments="""
 Run the experiments: they compare *your* functions with Hugging Face's (`LlamaForCausalLM`'s own
 loss, `DataCollatorForLanguageModeling`, `get_cosine_schedule_with_warmup`, PyTorch's samplers),
 measure your packing and masking, and train a small model with your training step. An exercise
 you have not done yet is reported, not fatal, so you can run them at any stage. Then answer the
 three questions.
-''')}
-"""),
+""",
+        ),
         kit.helpers(),
         kit.setup(r'''
 import math

@@ -16,29 +16,23 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 1."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 1: tokenization with byte-level BPE
-
-In this assignment you complete the {len(kit.exercises)} functions of **`course_lib/{module}.py`**,
-your copy of the course's package: from splitting text into words, through training a byte-level BPE
-tokenizer, to encoding, decoding, streaming and exporting it for Hugging Face `tokenizers`. Each
-function raises `NotImplementedError` until you write its body; its docstring states the contract
-(and the module docstring the conventions all of them share: vocabulary layout, tie-break, special
-tokens) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.points(kit.total)}, checked automatically; the two written answers
-below ({kit.points(VOCAB_SIZE_POINTS + NUMBERS_POINTS)}) are graded by hand.
-
-{kit.how_to_work('''
+        kit.intro(
+            "Chapter 1: tokenization with byte-level BPE",
+            what="""
+from splitting text into words, through training a byte-level BPE tokenizer, to encoding,
+decoding, streaming and exporting it for Hugging Face `tokenizers`.
+""",
+            contract="""
+and the module docstring the conventions all of them share: vocabulary layout, tie-break,
+special tokens
+""",
+            written=(VOCAB_SIZE_POINTS, NUMBERS_POINTS),
+            experiments="""
 Run the experiments: they train *your* `train_bpe` on a slice of the course corpus and measure
 what your tokenizer does. An exercise you have not done yet is reported, not fatal, so you can run
 them at any stage. Then answer the two questions.
-''')}
-"""),
+""",
+        ),
         kit.helpers(),
         kit.setup(f"""
 import time

@@ -27,24 +27,20 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 3."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 3: the Transformer, encoder-decoder and decoder-only
-
-In this assignment you complete the {len(kit.exercises)} functions of **`course_lib/{module}.py`**,
-your copy of the course's package: where a token is (sinusoidal positions, embeddings, rotary
-embeddings), the two normalisations, the feed-forward network, the encoder and decoder layers of the
-original Transformer (pre-norm and post-norm), the decoder-only block of GPT-2 and Llama, and what a
-model costs (parameters and FLOPs). Each function raises `NotImplementedError` until you write its
-body; its docstring states the contract (and the module docstring the conventions all of them share:
-shapes, how weights are named, masks, dtypes) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.points(kit.total)}, checked automatically; the three written answers
-below ({kit.points(ROPE_POINTS + NORM_POINTS + FLOPS_POINTS)}) are graded by hand.
-
+        kit.intro(
+            "Chapter 3: the Transformer, encoder-decoder and decoder-only",
+            what="""
+where a token is (sinusoidal positions, embeddings, rotary embeddings), the two normalisations,
+the feed-forward network, the encoder and decoder layers of the original Transformer (pre-norm
+and post-norm), the decoder-only block of GPT-2 and Llama, and what a model costs (parameters
+and FLOPs).
+""",
+            contract="""
+and the module docstring the conventions all of them share: shapes, how weights are named,
+masks, dtypes
+""",
+            written=(ROPE_POINTS, NORM_POINTS, FLOPS_POINTS),
+            more=f"""
 The rest of `{module}.py` is written and calls your functions: the layers `LayerNorm`, `RMSNorm`,
 `FeedForward`, `EncoderLayer` and `DecoderLayer` (which hold weights and copy PyTorch's layers with
 `from_torch`), the encoder-decoder `Seq2SeqTransformer` and its training loop `train_seq2seq`.
@@ -53,13 +49,13 @@ The encoder and decoder layers attend with Chapter 2's `multi_head_attention`, t
 `course_lib.attention`. If yours there is unfinished or disagrees with PyTorch's, the setup cell
 puts PyTorch's attention in its place for these experiments, so that they show your Chapter 3 code
 (grading does the same: it uses the reference solution of every other chapter).
-
-{kit.how_to_work('''
+""",
+            experiments="""
 Run the experiments: they compare *your* functions with PyTorch's and Hugging Face's, train a
 small Transformer built from your layers, and count what models cost. An exercise you have not
 done yet is reported, not fatal, so you can run them at any stage. Then answer the three questions.
-''')}
-"""),
+""",
+        ),
         kit.helpers(),
         kit.setup(r'''
 import math
