@@ -7,9 +7,11 @@ be deleted at any time: whatever needs it is rebuilt on first use. Files are wri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -45,3 +47,22 @@ def write_atomic(path: Path | str, data: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def stage_directory(directory: Path | str):
+    """Build a folder atomically: yields an empty staging folder beside ``directory`` to fill; when the
+    block ends without an error it replaces ``directory`` (an empty or half-written one from an
+    interrupted build included), else it is deleted. Readers see no folder or the whole new one."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes it private
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

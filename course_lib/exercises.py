@@ -33,7 +33,7 @@ MODES = ("student", "solution")
 
 # Chapter modules in teaching order; a chapter's exercise ids start with its index here.
 CHAPTER_MODULES: tuple[str, ...] = ("numerics", "tokenization", "attention", "transformer", "generation",
-                                     "pretraining", "instruct")
+                                     "pretraining", "instruct", "sft")
 
 
 @dataclass(frozen=True)

@@ -275,9 +275,28 @@ class CourseLMModel(CourseLMPreTrainedModel):
                                  f"{tuple(attention_mask.shape)}")
             if bool(attention_mask.all()):
                 attention_mask = None  # no padding: the causal mask alone (and fused kernels' fast path)
+        elif past_len == 0 and seq > 1:  # padding-free rows may pack several sequences (Chapter 7)
+            attention_mask = packed_attention_mask(position_ids.expand(batch, seq))
         for layer in self.layers:
             hidden_states = layer(hidden_states, position_ids, attention_mask, cache=cache)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
+
+
+def packed_attention_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask of rows that pack several sequences without padding, or ``None`` when no row does.
+
+    ``position_ids`` ``(batch, seq)``: a new sequence starts wherever a position is not the one before
+    it plus 1 (``[0, 1, 2, 0, 1]`` holds two), as in Hugging Face's padding-free batches
+    (``find_packed_sequence_indices``). Returns a ``(batch, 1, seq, seq)`` bool mask, ``True`` where a
+    query may attend to a key: causal, and only within its own sequence (block-diagonal).
+    """
+    starts = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+    sequence = starts.cumsum(-1)                                                     # (batch, seq) sequence index
+    if not bool(sequence[:, -1].any()):
+        return None
+    seq = position_ids.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=position_ids.device).tril()
+    return ((sequence[:, :, None] == sequence[:, None, :]) & causal)[:, None]
 
 
 class CourseLMForCausalLM(CourseLMPreTrainedModel, GenerationMixin):

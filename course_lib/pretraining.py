@@ -64,7 +64,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +209,9 @@ def _validate_settings(settings) -> None:
 
 def _validate_micro_batch(name: str, micro_batch) -> None:
     if not isinstance(micro_batch, dict) or "input_ids" not in micro_batch:
-        raise TypeError(f"{name} must be a dict with 'input_ids' (and optionally 'attention_mask', 'labels')")
-    unknown = sorted(set(micro_batch) - {"input_ids", "attention_mask", "labels"})
+        raise TypeError(f"{name} must be a dict with 'input_ids' (and optionally 'attention_mask', 'labels', "
+                        "'position_ids')")
+    unknown = sorted(set(micro_batch) - {"input_ids", "attention_mask", "labels", "position_ids"})
     if unknown:
         raise ValueError(f"{name} has unknown keys {unknown}")
     input_ids = micro_batch["input_ids"]
@@ -222,6 +222,10 @@ def _validate_micro_batch(name: str, micro_batch) -> None:
             raise ValueError(f"{name}['labels'] must have the shape of input_ids {tuple(input_ids.shape)}")
     if "attention_mask" in micro_batch:
         _check_padding_mask(f"{name}['attention_mask']", micro_batch["attention_mask"], *input_ids.shape)
+    if "position_ids" in micro_batch:
+        _check_token_ids(f"{name}['position_ids']", micro_batch["position_ids"])
+        if micro_batch["position_ids"].shape != input_ids.shape:
+            raise ValueError(f"{name}['position_ids'] must have the shape of input_ids {tuple(input_ids.shape)}")
 
 
 def _validate_train_steps(model, batches, settings, optimizer=None, scheduler=None, on_step=None) -> None:
@@ -481,7 +485,9 @@ def train_steps(model: nn.Module, batches: Iterable[list[dict[str, torch.Tensor]
         batches: the steps, in order (a list, or any iterable such as the course's data loader);
             each step is a non-empty list of **micro-batches**, each a dict with ``"input_ids"``
             ``(micro_batch, seq)`` and optionally ``"attention_mask"`` (1/0, same shape) and
-            ``"labels"`` (default: ``input_ids``), as :func:`causal_lm_loss` takes them.
+            ``"labels"`` (default: ``input_ids``), as :func:`causal_lm_loss` takes them, and
+            ``"position_ids"`` (same shape), which the model gets too: rows that pack several
+            sequences without padding restart their positions at each sequence (Chapter 7).
         settings: a dict (``PretrainConfig.settings()``) with ``lr`` (peak), ``warmup_steps``,
             ``total_steps``, ``min_lr_ratio``, ``weight_decay``, ``betas``, ``eps``, ``max_grad_norm``
             (``None``: no clipping) and ``mixed_precision`` (``"no"`` or ``"bf16"``).
@@ -983,15 +989,16 @@ PRETRAINED_VERSION = 1
 _TRAINING_MODULES = ("numerics", "attention", "transformer", "pretraining")
 
 
-def _implementation_key() -> dict:
-    """``"reference"`` for every module that runs the reference solutions, else a hash of its file."""
+def implementation_key(modules: Sequence[str] = _TRAINING_MODULES) -> dict:
+    """``"reference"`` for every chapter module of ``modules`` that runs the reference solutions, else a
+    hash of its file: what a cached model built by that code is keyed by."""
     import hashlib
     import importlib
 
     from course_lib import exercises
 
     key = {}
-    for module in _TRAINING_MODULES:
+    for module in modules:
         if exercises.uses_reference(module):
             key[module] = "reference"
         else:
@@ -1009,7 +1016,7 @@ def pretrained_model_dir(size: str = "cpu", source: str | None = None) -> Path:
     config = dataclasses.asdict(preset(size, source=source))
     tokenizer_json = course_tokenizer(source).backend_tokenizer.to_str()
     key = cache_key(PRETRAINED_VERSION, config, hashlib.sha256(tokenizer_json.encode()).hexdigest(),
-                    _implementation_key())
+                    implementation_key())
     return cache_dir("models") / f"course-lm-{size}-{key}"
 
 
@@ -1023,30 +1030,21 @@ def pretrained_course_lm(size: str = "cpu", source: str | None = None, progress:
     it; in student mode your own code does, and the cache entry is keyed by your files, so editing
     them trains a new one. ``training.json`` in the folder holds the run's history and figures.
     """
-    import shutil
-    import tempfile
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
+    from course_lib.cache import stage_directory
 
     if size == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("the 'gpu' preset needs a CUDA GPU (about 100M parameters); use size='cpu' here")
     directory = pretrained_model_dir(size, source)
     if not (directory / "config.json").is_file():
         result = pretrain(preset(size, source=source), progress=progress)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with stage_directory(directory) as staging:
             result.model.to("cpu").save_pretrained(staging)
             result.tokenizer.save_pretrained(staging)
             (staging / "training.json").write_text(json.dumps({**result.summary(), "history": result.history},
                                                               default=str))
-            if directory.exists():  # an empty or half-written folder from an interrupted build
-                shutil.rmtree(directory)
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     model = AutoModelForCausalLM.from_pretrained(directory)
     return model.eval(), AutoTokenizer.from_pretrained(directory)
 

@@ -124,7 +124,9 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attentio
         query: ``(batch, n_heads, q_len, d_head)``; the queries are the *last* ``q_len`` positions.
         key, value: ``(batch, n_kv_heads, kv_len, d_head)``, ``n_heads % n_kv_heads == 0``; the keys
             of earlier positions (a KV cache) first.
-        attention_mask: ``None`` (no padding) or ``(batch, kv_len)`` of 1 (token) / 0 (padding).
+        attention_mask: ``None`` (no padding), ``(batch, kv_len)`` of 1 (token) / 0 (padding), or a
+            ready ``(batch, 1, q_len, kv_len)`` bool mask (``True``: may attend) used as it is (the
+            block-diagonal causal mask of a row that packs several sequences, Chapter 7).
         implementation: ``"eager"``: the course's own attention (Chapter 2's
             ``scaled_dot_product_attention``, ``repeat_kv`` and ``make_attention_mask``: in student
             mode, your code); ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``
@@ -139,7 +141,9 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attentio
     batch, n_heads, q_len, _ = query.shape
     n_kv_heads, kv_len = key.shape[1], key.shape[2]
     mask = None
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.ndim == 4:
+        mask = attention_mask
+    elif attention_mask is not None:
         mask = attention.make_attention_mask(attention_mask, q_len, causal=True)
     elif q_len > 1 and q_len != kv_len:  # a chunk after a cache: bottom-right causal, no padding
         mask = attention.make_attention_mask(torch.ones(batch, kv_len, dtype=torch.bool, device=query.device),
@@ -440,7 +444,13 @@ def _validate_decoder_block(weights, hidden_states, position_ids, attention_mask
         if past_value.shape[2] != past_key.shape[2]:
             raise ValueError("past_key and past_value must hold the same number of positions")
         past_len = past_key.shape[2]
-    if attention_mask is not None:  # shape and dtype only: this check runs on every layer
+    if attention_mask is not None and attention_mask.ndim == 4:  # a packed row's block-diagonal mask
+        check_tensor("attention_mask", attention_mask)
+        if attention_mask.dtype != torch.bool or tuple(attention_mask.shape) != (batch, 1, seq, past_len + seq):
+            raise ValueError(f"a 4-D attention_mask must be a bool tensor of shape (batch, 1, seq, past_len + seq) = "
+                             f"{(batch, 1, seq, past_len + seq)}, got {attention_mask.dtype} "
+                             f"{tuple(attention_mask.shape)}")
+    elif attention_mask is not None:  # shape and dtype only: this check runs on every layer
         check_tensor("attention_mask", attention_mask)
         if attention_mask.is_floating_point() or tuple(attention_mask.shape) != (batch, past_len + seq):
             raise ValueError(f"attention_mask must be a bool or integer tensor of shape (batch, past_len + seq) = "
@@ -706,7 +716,9 @@ def decoder_block(weights: dict[str, torch.Tensor], hidden_states: torch.Tensor,
         hidden_states: ``(batch, seq, d_model)``: the residual stream of the new tokens.
         position_ids: ``(batch, seq)`` positions of the new tokens (used by RoPE).
         attention_mask: ``None`` or ``(batch, past_len + seq)`` of 1 (token) / 0 (padding), the
-            cached positions first (Hugging Face's convention).
+            cached positions first (Hugging Face's convention); or a ready ``(batch, 1, seq,
+            past_len + seq)`` bool mask (a row packing several sequences, Chapter 7). Pass it on to
+            :func:`attend` as it is.
         past_key, past_value: ``None``, or ``(batch, n_kv_heads, past_len, d_head)`` keys (already
             rotated) and values of the earlier positions: the KV cache of this layer.
         attn_implementation: ``"eager"`` (the course's attention) or ``"sdpa"``; pass it on to

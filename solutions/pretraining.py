@@ -105,7 +105,8 @@ def train_steps(model: nn.Module, batches: Iterable[list[dict[str, torch.Tensor]
         step_loss, tokens = 0.0, 0
         for mb in micro_batches:
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=settings["mixed_precision"] == "bf16"):
-                logits = model(input_ids=mb["input_ids"], attention_mask=mb.get("attention_mask")).logits
+                logits = model(input_ids=mb["input_ids"], attention_mask=mb.get("attention_mask"),
+                               position_ids=mb.get("position_ids")).logits
                 loss = causal_lm_loss(logits, mb.get("labels", mb["input_ids"]), mb.get("attention_mask"),
                                       reduction="sum") / n_targets
             loss.backward()
