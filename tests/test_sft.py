@@ -47,12 +47,26 @@ MULTI_TURN = [
 
 
 # -- data and references ---------------------------------------------------------------------------------
+_MEMO: dict = {}
+
+
+def memo(key, make):
+    """``make()``, computed once per ``key``: the expected values of a test do not depend on the code
+    under test, and the wrong variants rerun every test."""
+    if key not in _MEMO:
+        _MEMO[key] = make()
+    return _MEMO[key]
+
+
 @pytest.fixture(scope="module")
 def chat_tokenizer():
     from course_lib.instruct import chat_tokenizer
 
-    with reference_mode():  # the course tokenizer (Chapter 1) by the reference, whatever is being graded
-        return chat_tokenizer()
+    def make():
+        with reference_mode():  # the course tokenizer (Chapter 1) by the reference, whatever is being graded
+            return chat_tokenizer()
+
+    return memo("chat tokenizer", make)
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +74,12 @@ def conversations():
     """Eight conversations of the instruction data set (two per family) and the multi-turn ones."""
     from course_lib.instruction_data import FAMILIES, instruction_dataset
 
-    with reference_mode():
-        rows = [row["messages"] for family in FAMILIES for row in instruction_dataset("train", family).select(range(2))]
-    return rows + MULTI_TURN
+    def make():
+        with reference_mode():
+            return [row["messages"] for family in FAMILIES
+                    for row in instruction_dataset("train", family).select(range(2))] + MULTI_TURN
+
+    return memo("conversations", make)
 
 
 def rendered(tokenizer, conversation_list):
@@ -102,27 +119,19 @@ def trl_sft(chat_tokenizer, conversations):
     from transformers.utils import logging
     from trl import SFTConfig, SFTTrainer
 
-    logging.set_verbosity_error()
-    args = SFTConfig(output_dir=str(ROOT / "_build" / "trl-sft-test"), report_to="none", use_cpu=True, bf16=False,
-                     assistant_only_loss=True, max_length=None, per_device_train_batch_size=4, seed=0,
-                     save_strategy="no", disable_tqdm=True)
-    model = tiny_llama("cpu", len(chat_tokenizer), pad=chat_tokenizer.pad_token_id)
-    with reference_mode():
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": conversations}),
-                             processing_class=chat_tokenizer)
-    rows = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer.train_dataset]
-    return trainer, rows
+    def make():
+        logging.set_verbosity_error()
+        args = SFTConfig(output_dir=str(ROOT / "_build" / "trl-sft-test"), report_to="none", use_cpu=True, bf16=False,
+                         assistant_only_loss=True, max_length=None, per_device_train_batch_size=4, seed=0,
+                         save_strategy="no", disable_tqdm=True)
+        model = tiny_llama("cpu", len(chat_tokenizer), pad=chat_tokenizer.pad_token_id)
+        with reference_mode():
+            trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": conversations}),
+                                 processing_class=chat_tokenizer)
+        rows = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer.train_dataset]
+        return trainer, rows
 
-
-_MEMO: dict = {}
-
-
-def memo(key, make):
-    """``make()``, computed once per ``key``: the expected values of a test do not depend on the code
-    under test, and the wrong variants rerun every test."""
-    if key not in _MEMO:
-        _MEMO[key] = make()
-    return _MEMO[key]
+    return memo("trl sft", make)
 
 
 def to_device(batch, device):
@@ -179,8 +188,8 @@ def check_batch(actual, expected, what, hints=COLLATE_HINTS, wrong=None):
 @pytest.mark.parametrize("indices", [[0, 1, 2, 3, 4], [2, 9, 6, 8]])
 def test_collate_chat_matches_trl_assistant_only_batch(student, chat_tokenizer, conversations, trl_sft, indices):
     examples = rendered(chat_tokenizer, [conversations[i] for i in indices])
-    expected = trl_padded(trl_sft, indices, "cpu")
     got = student.collate_chat(examples, chat_tokenizer.pad_token_id)
+    expected = trl_padded(trl_sft, indices, "cpu")
     check_batch(got, expected, f"collate_chat of conversations {indices} (TRL SFTTrainer with assistant_only_loss)",
                 wrong={"labels": {"trained on every token (the prompt too)":
                                   expected["input_ids"].masked_fill(expected["attention_mask"] == 0, IGNORE)}})
@@ -271,10 +280,10 @@ def test_packed_examples_keep_the_loss_they_have_alone(student, trl_sft, device,
     _, rows = trl_sft
     labelled = [rows[i] for i in (9, 0, 8, 5)]
     vocab = max(max(r["input_ids"]) for r in rows) + 1
+    packed = to_device(student.pack_examples(labelled), device)
     model, alone = memo(("alone", str(device), family), lambda: (
         m := (tiny_llama if family == "llama" else tiny_course_lm)(device, vocab, seed=3).eval(),
         losses_alone(m, labelled, device)))
-    packed = to_device(student.pack_examples(labelled), device)
     with reference_mode(), torch.no_grad():
         logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
     starts = [0] + torch.tensor([len(r["input_ids"]) for r in labelled]).cumsum(0).tolist()
@@ -307,19 +316,26 @@ def hf_step_loss(model, micro_batches):
 
 
 def step_case(trl_sft, device, family, packed):
-    """A model, 3 micro-batches of TRL's, Hugging Face's loss of them as one step and the mean of the
-    examples' own means (a known mistake)."""
+    """A model and 3 micro-batches of TRL's, padded or packed."""
     def make():
         _, rows = trl_sft
         vocab = max(max(r["input_ids"]) for r in rows) + 1
         model = (tiny_llama if family == "llama" else tiny_course_lm)(device, vocab, seed=5).eval()
         batch = trl_packed if packed else trl_padded
-        micro_batches = [batch(trl_sft, [0, 1, 2, 3], device), batch(trl_sft, [9], device),
-                         batch(trl_sft, [4, 8], device)]
-        example_means = losses_alone(model, [rows[i] for i in (0, 1, 2, 3, 9, 4, 8)], device).mean().float()
-        return model, micro_batches, hf_step_loss(model, micro_batches).float(), example_means
+        return model, [batch(trl_sft, [0, 1, 2, 3], device), batch(trl_sft, [9], device), batch(trl_sft, [4, 8], device)]
 
     return memo(("step", str(device), family, packed), make)
+
+
+def step_expectation(trl_sft, device, family, packed):
+    """Hugging Face's loss of :func:`step_case` as one step, and the mean of the examples' own means (a
+    known mistake)."""
+    def make():
+        model, micro_batches = step_case(trl_sft, device, family, packed)
+        rows = [trl_sft[1][i] for i in (0, 1, 2, 3, 9, 4, 8)]
+        return hf_step_loss(model, micro_batches).float(), losses_alone(model, rows, device).mean().float()
+
+    return memo(("step expectation", str(device), family, packed), make)
 
 
 LOSS_HINT = ("The mean is the sum of the losses of every trained target of every micro-batch divided by their "
@@ -329,8 +345,10 @@ LOSS_HINT = ("The mean is the sum of the losses of every trained target of every
 @pytest.mark.exercise("7.3")
 @pytest.mark.parametrize("family, packed", [("llama", False), ("course", True)])
 def test_sft_loss_matches_hugging_face_with_num_items_in_batch(student, trl_sft, device, family, packed):
-    model, micro_batches, expected, example_means = step_case(trl_sft, device, family, packed)
-    assert_close(student.sft_loss(model, micro_batches).detach(), expected, rtol=1e-5,
+    model, micro_batches = step_case(trl_sft, device, family, packed)
+    got = student.sft_loss(model, micro_batches).detach()
+    expected, example_means = step_expectation(trl_sft, device, family, packed)
+    assert_close(got, expected, rtol=1e-5,
                  what=f"sft_loss of 3 {'packed' if packed else 'padded'} micro-batches ({family} model)",
                  hint=LOSS_HINT + (" A packed micro-batch goes to the model with its position_ids and no attention "
                                    "mask (and use_cache=False)." if packed else ""),
@@ -346,11 +364,13 @@ def test_sft_loss_matches_trl_compute_loss(student, trl_sft):
         n = sum(int((mb["labels"][:, 1:] != IGNORE).sum()) for mb in micro_batches)
         trainer.model.eval()
         with torch.no_grad():
-            return copy.deepcopy(trainer.model), sum(
-                trainer.compute_loss(trainer.model, dict(mb), num_items_in_batch=n).double() for mb in micro_batches)
+            return sum(trainer.compute_loss(trainer.model, dict(mb), num_items_in_batch=n).double()
+                       for mb in micro_batches)
 
-    model, expected = memo("trl compute_loss", make)
-    assert_close(student.sft_loss(model, micro_batches).detach(), expected.float(), rtol=1e-5,
+    model = memo("trl model", lambda: copy.deepcopy(trainer.model).eval())
+    got = student.sft_loss(model, micro_batches).detach()
+    expected = memo("trl compute_loss", make)
+    assert_close(got, expected.float(), rtol=1e-5,
                  what="sft_loss of 2 padded micro-batches against TRL's SFTTrainer.compute_loss", hint=LOSS_HINT)
 
 
@@ -359,12 +379,12 @@ def test_sft_loss_per_example_and_sum(student, trl_sft, device):
     _, rows = trl_sft
     vocab = max(max(r["input_ids"]) for r in rows) + 1
     order = [2, 9, 4, 7, 0]
-    model, alone = memo(("per example", str(device)), lambda: (
-        m := tiny_course_lm(device, vocab, seed=6).eval(), losses_alone(m, [rows[i] for i in order], device)))
+    model = memo(("per example", str(device)), lambda: tiny_course_lm(device, vocab, seed=6).eval())
     micro_batches = [trl_padded(trl_sft, [2, 9], device), trl_packed(trl_sft, [4, 7, 0], device)]
     with torch.no_grad():
         none = student.sft_loss(model, micro_batches, reduction="none")
         total = student.sft_loss(model, micro_batches, reduction="sum")
+    alone = memo(("per example alone", str(device)), lambda: losses_alone(model, [rows[i] for i in order], device))
     assert_close(none, alone.float(), rtol=1e-5, atol=1e-6,
                  what="sft_loss(reduction='none') of a padded micro-batch of 2 and a packed one of 3 examples",
                  hint="one mean loss per example, in order: each row of a padded micro-batch, and each example of a "
@@ -381,8 +401,8 @@ def test_sft_loss_skips_padding_by_the_attention_mask(student, device):
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], device=device)
     with_pad_labels = {"input_ids": ids, "attention_mask": mask, "labels": ids.clone()}   # labels not -100 at padding
     clean = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)}
-    expected = hf_step_loss(model, [clean])
-    assert_close(student.sft_loss(model, [with_pad_labels]).detach(), expected.float(), rtol=1e-5,
+    got = student.sft_loss(model, [with_pad_labels]).detach()
+    assert_close(got, hf_step_loss(model, [clean]).float(), rtol=1e-5,
                  what="sft_loss when the labels are not -100 at padding",
                  hint="a target whose attention_mask is 0 is padding and is not counted")
 
@@ -489,9 +509,9 @@ def expected_answers(device, seed, eos, pad, max_new_tokens):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_greedy_answers_match_generate_one_prompt_at_a_time(student, device, seed):
     model, prompts, eos = answer_setup(device, seed)
+    got = student.greedy_answers(model, prompts, pad_token_id=0, eos_token_id=eos, max_new_tokens=8)
     expected = expected_answers(device, seed, eos, 0, 8)
     assert any(len(e) < 8 for e in expected) and any(len(e) == 8 for e in expected)  # the test itself
-    got = student.greedy_answers(model, prompts, pad_token_id=0, eos_token_id=eos, max_new_tokens=8)
     assert isinstance(got, list) and all(isinstance(a, list) for a in got), \
         f"greedy_answers must return a list of lists of ints, got {type(got).__name__}"
     for i, (a, e) in enumerate(zip(got, expected)):
@@ -504,8 +524,8 @@ def test_greedy_answers_match_generate_one_prompt_at_a_time(student, device, see
 @pytest.mark.exercise("7.5")
 def test_greedy_answers_with_one_end_id_and_one_token(student, device):
     model, prompts, eos = answer_setup(device, 2)
-    expected = expected_answers(device, 2, eos[:1], 5, 1)
     got = student.greedy_answers(model, prompts, pad_token_id=5, eos_token_id=eos[0], max_new_tokens=1)
+    expected = expected_answers(device, 2, eos[:1], 5, 1)
     assert got == expected, (f"greedy_answers(max_new_tokens=1, eos_token_id={eos[0]}) gave {got}, expected "
                              f"{expected}: at most one new token, none if it is the end id")
 
