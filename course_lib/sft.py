@@ -705,6 +705,10 @@ def finetune(config: FinetuneConfig | str = "cpu", model: nn.Module | None = Non
 
     config = preset(config) if isinstance(config, str) else config
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.distributed_type == "DEEPSPEED":
+        raise RuntimeError("the course's loop (Chapter 5's train_steps) calls loss.backward() and optimizer.step() "
+                           "itself, which DeepSpeed's engine must own: run this fine-tuning with DeepSpeed through "
+                           "TRL (trl sft, see configs/accelerate/deepspeed_zero2.yaml), or use ddp.yaml or fsdp.yaml")
     if model is None:
         model, tokenizer = pretrained_course_lm(config.base, source=config.source, progress=progress)
     tokenizer = chat_tokenizer(tokenizer)
@@ -712,12 +716,11 @@ def finetune(config: FinetuneConfig | str = "cpu", model: nn.Module | None = Non
     model = model.to(accelerator.device)
     pad = tokenizer.pad_token_id
     settings = config.settings()
-    torch.manual_seed(config.seed)
-    optimizer = make_optimizer(model, settings)
-    scheduler = make_lr_scheduler(optimizer, settings)
     use_cache, model.config.use_cache = model.config.use_cache, False  # packed rows need a model without a cache
     neftune = add_neftune(model, config.neftune_alpha, config.seed) if config.neftune_alpha else None
-    wrapped = accelerator.prepare_model(model)              # DistributedDataParallel under several processes
+    # DistributedDataParallel or FSDP under several processes (FSDP shards the optimizer's state too).
+    wrapped, optimizer = accelerator.prepare(model, make_optimizer(model, settings))
+    scheduler = make_lr_scheduler(optimizer, settings)
     n_processes = accelerator.num_processes
     history = _empty_history()
 
@@ -959,7 +962,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = preset(args.preset, source=args.source, **{k: v for k, v in overrides.items() if v is not None})
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     result = finetune(config, progress=not args.no_progress, accelerator=accelerator)
-    summary = result.summary() | {"processes": accelerator.num_processes, "loss": result.history["loss"],
+    summary = result.summary() | {"processes": accelerator.num_processes,
+                                  "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
+                                  "sharded": any(type(p).__name__ == "DTensor" for p in result.model.parameters()),
+                                  "loss": result.history["loss"],
                                   "eval_loss": result.history["eval_loss"],
                                   "weights_checksum": sum(p.double().sum().item() for p in result.model.parameters())}
     if args.output and accelerator.is_main_process:

@@ -578,3 +578,193 @@ def test_train_steps_on_packed_rows_equals_padded_rows(device):
     a = train_steps(copy.deepcopy(model), padded, settings)
     b = train_steps(copy.deepcopy(model), packed, settings)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def reference_loop():
+    """Skips unless the chapter's exercises run the reference solutions (the loop calls them)."""
+    from course_lib import exercises
+
+    if not (exercises.uses_reference("sft") and exercises.uses_reference("pretraining")):
+        pytest.skip("the loop's tests run in solution mode (--against solution or COURSE_LIB_MODE=solution)")
+
+
+def trl_run(trl_sft, chat_tokenizer, conversations, packing, steps=3):
+    """TRL's SFTTrainer (assistant-only loss, sequential order) for ``steps`` steps of 2 micro-batches of 2
+    rows on a fresh tiny Llama: its per-step loss and gradient norm."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(output_dir=str(ROOT / "_build" / "trl-sft-test"), report_to="none", use_cpu=True, bf16=False,
+                     assistant_only_loss=True, packing=packing, padding_free=packing, max_length=64,
+                     per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=steps,
+                     learning_rate=1e-2, lr_scheduler_type="cosine", warmup_steps=1, weight_decay=0.0,
+                     adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, logging_steps=1,
+                     train_sampling_strategy="sequential", seed=0, save_strategy="no", disable_tqdm=True)
+    model = tiny_llama("cpu", len(chat_tokenizer), pad=chat_tokenizer.pad_token_id)
+    with reference_mode():
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": conversations}),
+                             processing_class=chat_tokenizer)
+        trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return [float(e["loss"]) for e in logs], [float(e["grad_norm"]) for e in logs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_loop_matches_trl_sft_trainer_step_for_step(reference_loop, trl_sft, chat_tokenizer, conversations,
+                                                        packing):
+    """The course's step (Chapter 5's train_steps on collate_chat or pack_examples batches) and TRL's
+    SFTTrainer give the same loss and gradient norm at every step, padded and padding-free."""
+    from course_lib.pretraining import train_steps
+    from course_lib.sft import best_fit_decreasing, collate_chat, labelled_examples, pack_examples
+
+    losses, norms = trl_run(trl_sft, chat_tokenizer, conversations, packing)
+    examples = rendered(chat_tokenizer, conversations)
+    if packing:   # TRL's bins of at most 64 tokens, 2 bins per micro-batch, flattened into one row
+        bins = best_fit_decreasing([len(e["input_ids"]) for e in examples], 64)
+        rows = [[examples[i] for i in b] for b in bins]
+        micro = [pack_examples(labelled_examples(rows[i] + rows[i + 1] if i + 1 < len(rows) else rows[i]))
+                 for i in range(0, len(rows), 2)]
+    else:
+        micro = [collate_chat(examples[i:i + 2], chat_tokenizer.pad_token_id) for i in range(0, len(examples), 2)]
+    steps = [micro[i:i + 2] for i in range(0, 2 * len(losses), 2)]
+    settings = {"lr": 1e-2, "warmup_steps": 1, "total_steps": len(losses), "min_lr_ratio": 0.0, "weight_decay": 0.0,
+                "betas": [0.9, 0.95], "eps": 1e-8, "max_grad_norm": 1.0, "mixed_precision": "no"}
+    history = train_steps(tiny_llama("cpu", len(chat_tokenizer), pad=chat_tokenizer.pad_token_id), steps, settings)
+    assert history["loss"] == pytest.approx(losses, rel=1e-4), (history["loss"], losses)
+    assert history["grad_norm"] == pytest.approx(norms, rel=1e-4), (history["grad_norm"], norms)
+
+
+def test_finetune_lowers_the_validation_loss_and_records_accuracy(reference_loop):
+    from course_lib.sft import finetune, preset
+
+    config = preset("tiny")
+    result = finetune(config, progress=False)
+    history = result.history
+    assert history["step"] == list(range(1, config.total_steps + 1))
+    assert history["eval_step"] == [0, 3, 6]
+    assert history["eval_loss"][-1] < history["eval_loss"][0] - 0.2
+    assert all(set(a) == {"arithmetic", "string", "sorting", "stdlib"} and all(0 <= v <= 1 for v in a.values())
+               for a in history["eval_accuracy"])
+    assert result.padding_share == 0.0 and result.tokens_per_second > 0    # packed: no padding at all
+    padded = finetune(preset("tiny", packing=False, total_steps=2, eval_every=2), progress=False)
+    assert padded.padding_share > 0.1
+
+
+def test_neftune_adds_noise_while_training_only(reference_loop):
+    from course_lib.sft import add_neftune
+
+    model = tiny_course_lm("cpu", 40, seed=3)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        clean_train, clean_eval = model.train()(input_ids=ids).logits, model.eval()(input_ids=ids).logits
+        handle = add_neftune(model, 5.0, seed=1)
+        noisy = [model.train()(input_ids=ids).logits for _ in range(2)]
+        evaluated = model.eval()(input_ids=ids).logits
+        handle.remove()
+        after = model.train()(input_ids=ids).logits
+    assert not torch.allclose(noisy[0], clean_train) and not torch.allclose(noisy[0], noisy[1])  # new noise per call
+    assert torch.equal(evaluated, clean_eval) and torch.equal(after, clean_train)
+
+
+def test_accelerate_configuration_files_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+    for name, kind in expected.items():
+        config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+        assert config.distributed_type.value == kind, name
+    assert load_config_from_file(str(ROOT / "configs/accelerate/fsdp.yaml")).fsdp_config["fsdp_version"] == 2
+    for stage in (2, 3):
+        assert load_config_from_file(str(ROOT / f"configs/accelerate/deepspeed_zero{stage}.yaml")
+                                     ).deepspeed_config["zero_stage"] == stage
+
+
+def test_the_trl_command_line_of_the_cpu_preset_parses(tmp_path):
+    from trl.scripts.sft import make_parser
+
+    from course_lib.sft import preset, trl_command
+
+    command = trl_command(preset("cpu"), tmp_path / "run")
+    assert command[:2] == ["trl", "sft"]
+    script, training, model, _ = make_parser().parse_args_and_config(command[2:])
+    config = preset("cpu")
+    assert training.assistant_only_loss and training.packing and training.padding_free
+    assert (training.max_length, training.max_steps, training.learning_rate) == (config.pack_length,
+                                                                                   config.total_steps, config.lr)
+    assert training.per_device_train_batch_size == config.micro_batch_size
+    assert training.lr_scheduler_kwargs == {"min_lr_rate": config.min_lr_ratio}
+
+
+@pytest.mark.slow
+def test_finetune_with_two_cpu_processes(reference_loop):
+    env = dict(os.environ, OMP_NUM_THREADS="1")   # the children inherit the course_lib mode
+    # accelerate launch starts several CPU processes only through mpirun; torchrun sets the same
+    # environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) that Accelerator reads.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "course_lib.sft", "--preset", "tiny", "--no-progress"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["processes"] == 2 and summary["distributed_type"] == "MULTI_CPU"
+    assert summary["eval_loss"][-1] < summary["eval_loss"][0] and all(map(math.isfinite, summary["loss"]))
+
+
+@pytest.mark.slow
+def test_the_step_under_fsdp_on_two_cpu_processes_equals_data_parallel(reference_loop):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "tests" / "sft_fsdp_cpu.py")]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    assert result["processes"] == 2 and result["sharded"]
+    for key in ("loss", "grad_norm"):
+        assert result["fsdp"][key] == pytest.approx(result["ddp"][key], rel=1e-4), key
+
+
+def test_fine_tuned_model_loads_with_auto_classes_and_chats(reference_loop):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from course_lib.sft import end_token_ids, sft_course_lm, sft_model_dir
+
+    model, tokenizer = sft_course_lm("tiny", progress=False)
+    directory = sft_model_dir("tiny")
+    again, auto_tokenizer = AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+    messages = [{"role": "user", "content": "What is 2 plus 3?"}]
+    prompt = auto_tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)
+    assert auto_tokenizer.decode(prompt["input_ids"][0]).endswith("<|im_start|>assistant\n")
+    assert list(model.generation_config.eos_token_id) == end_token_ids(auto_tokenizer)
+    out = again.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] <= prompt["input_ids"].shape[1] + 4
+    record = json.loads((directory / "training.json").read_text())
+    assert set(record["test"]["fine_tuned"]) == set(record["test"]["few_shot_base"]) == {
+        "arithmetic", "string", "sorting", "stdlib"}
+    assert record["test"]["examples"] == 800
+
+
+def test_bad_input_gets_an_error_naming_the_argument():
+    from course_lib import sft
+
+    model = torch.nn.Linear(2, 2)
+    calls = [
+        (lambda: sft.collate_chat([], 0), ValueError, "examples"),
+        (lambda: sft.collate_chat([{"input_ids": [1, 2], "assistant_masks": [1]}], 0), ValueError, "assistant_masks"),
+        (lambda: sft.collate_chat([{"input_ids": [1], "assistant_masks": [2]}], 0), ValueError, "assistant_masks"),
+        (lambda: sft.collate_chat([{"input_ids": [1], "assistant_masks": [1]}], -1), ValueError, "pad_token_id"),
+        (lambda: sft.pack_examples([{"input_ids": [1, 2], "labels": [1, -5]}]), ValueError, "labels"),
+        (lambda: sft.sft_loss(model, [{"input_ids": torch.zeros(2, 3, dtype=torch.long)}]), TypeError, "labels"),
+        (lambda: sft.sft_loss(model, [{"input_ids": torch.zeros(1, 3, dtype=torch.long),
+                                       "labels": torch.zeros(1, 3, dtype=torch.long)}], "max"), ValueError, "reduction"),
+        (lambda: sft.neftune_noise(torch.zeros(2, 3), 5.0, 0), ValueError, "embeddings"),
+        (lambda: sft.neftune_noise(torch.zeros(1, 2, 3), -1.0, 0), ValueError, "alpha"),
+        (lambda: sft.greedy_answers(model, [[]], pad_token_id=0, eos_token_id=1, max_new_tokens=2), ValueError,
+         "prompts"),
+        (lambda: sft.greedy_answers(model, [[1]], pad_token_id=0, eos_token_id=[], max_new_tokens=2), TypeError,
+         "eos_token_id"),
+    ]
+    for call, error, name in calls:
+        with pytest.raises(error, match=name):
+            call()
