@@ -214,7 +214,7 @@ def fill_template(template: str, values: dict, types: dict | None = None) -> str
     for name, kind in (types or {}).items():
         value = values[name]
         if isinstance(value, bool) or not isinstance(value, _TYPES[kind]):
-            raise TypeError(f"slot {name!r} takes a {kind} value, got {type(value).__name__} {value!r}")
+            raise TypeError(f"slot {name!r} must be of type {kind}, got {type(value).__name__} {value!r}")
     return template.format(**values)
 
 

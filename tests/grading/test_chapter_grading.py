@@ -58,6 +58,9 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
     # 5.8 computes its loss with the student's causal_lm_loss (5.4)
     "pretraining": ({"5.2": None, "5.4": "loss_without_shift", "5.9": "mfu_six_times_forward_flops"},
                     {"5.2", "5.4", "5.8", "5.9"}),
+    # 6.7 signs with the student's minhash_signatures (6.5) and bands with their lsh_candidate_pairs (6.6)
+    "instruct": ({"6.1": None, "6.5": "minhash_max_instead_of_min", "6.12": "few_shot_prompt_with_a_trailing_space"},
+                 {"6.1", "6.5", "6.7", "6.12"}),
 }
 
 # What each chapter's experiments print when every exercise is right.

@@ -1,8 +1,10 @@
 """Plausible wrong answers to Chapter 6's exercises. Each must fail at least one graded test
 (``pytest --against mutants``). They are kept out of the student handout.
 
-They run in solution mode, so where a wrong variant needs a correct piece of another exercise
-(``minhash_signatures`` inside ``near_dedup``) it calls ``course_lib.instruct``, which runs the reference.
+They run in solution mode, so where a wrong variant needs a correct piece of an exercise (the checks
+of ``alpaca_to_messages``, ``minhash_signatures`` inside ``near_dedup``) it calls ``course_lib.instruct``,
+which runs the reference. The variants that ``tests/grading/test_chapter_grading.py`` puts in a student's
+file (``PARTLY_WRONG``) call no exercise of their own name: in that file it would be themselves.
 """
 
 import hashlib
@@ -15,7 +17,6 @@ import torch
 
 from course_lib import instruct as I
 from course_lib.instruction_data import normalize_text, word_shingles
-from solutions import instruct as S
 
 
 # -- 6.1 alpaca_to_messages --------------------------------------------------------------------------------
@@ -23,7 +24,7 @@ def _alpaca(records, system, *, join="\n\n", record_system_wins=True, check=True
     out = []
     for i, record in enumerate(records):
         if check:
-            S.alpaca_to_messages([record])  # the reference's checks (its messages name record 0)
+            I.alpaca_to_messages([record])  # the reference's checks (its messages name record 0)
         extra = record.get("input", "")
         user = record["instruction"] + (join + extra if extra.strip() else "")
         own = record.get("system")
@@ -55,8 +56,8 @@ def alpaca_without_checks(records, system=None):
 
 def alpaca_errors_without_the_record_index(records, system=None):
     for record in records:
-        S.alpaca_to_messages([record])
-    return S.alpaca_to_messages(records, system)
+        I.alpaca_to_messages([record])
+    return I.alpaca_to_messages(records, system)
 
 
 # -- 6.2 messages_to_alpaca --------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def messages_to_alpaca_taking_the_first_two_turns(conversations):
 
 
 def messages_to_alpaca_splitting_off_the_input(conversations):
-    records = S.messages_to_alpaca(conversations)
+    records = I.messages_to_alpaca(conversations)
     for record in records:
         if "\n\n" in record["instruction"]:
             record["instruction"], record["input"] = record["instruction"].split("\n\n", 1)
@@ -206,15 +207,15 @@ def lsh_comparing_whole_signatures(signatures, bands, rows):
 
 def lsh_strided_bands(signatures, bands, rows):
     columns = torch.arange(bands * rows).reshape(rows, bands).T.reshape(-1)
-    return S.lsh_candidate_pairs(signatures[:, columns], bands, rows)
+    return I.lsh_candidate_pairs(signatures[:, columns], bands, rows)
 
 
 def lsh_missing_the_last_band(signatures, bands, rows):
-    return S.lsh_candidate_pairs(signatures, bands - 1, rows) if bands > 1 else []
+    return I.lsh_candidate_pairs(signatures, bands - 1, rows) if bands > 1 else []
 
 
 def lsh_one_band_of_all_rows(signatures, bands, rows):
-    return S.lsh_candidate_pairs(signatures, 1, bands * rows)
+    return I.lsh_candidate_pairs(signatures, 1, bands * rows)
 
 
 # -- 6.7 near_dedup ------------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ def contaminated_by_character_substring(train_texts, eval_texts, n=13):
 
 
 def contaminated_ignoring_short_eval_texts(train_texts, eval_texts, n=13):
-    return S.find_contaminated(train_texts, [t for t in eval_texts if len(t.split()) >= n], n)
+    return I.find_contaminated(train_texts, [t for t in eval_texts if len(t.split()) >= n], n)
 
 
 def contaminated_without_normalising(train_texts, eval_texts, n=13):
@@ -293,7 +294,7 @@ def contaminated_without_normalising(train_texts, eval_texts, n=13):
 
 
 def contaminated_with_n_plus_one_grams(train_texts, eval_texts, n=13):
-    return S.find_contaminated(train_texts, eval_texts, n + 1)
+    return I.find_contaminated(train_texts, eval_texts, n + 1)
 
 
 # -- 6.9 grouped_split ---------------------------------------------------------------------------------
@@ -348,18 +349,18 @@ def fill_template_by_replace_like_the_seed(template, values, types=None):
 
 def fill_template_accepting_unknown_values(template, values, types=None):
     slots = set(I.template_slots(template))
-    return S.fill_template(template, {k: v for k, v in values.items() if k in slots},
+    return I.fill_template(template, {k: v for k, v in values.items() if k in slots},
                            {k: v for k, v in (types or {}).items() if k in slots})
 
 
 def fill_template_with_bool_as_int(template, values, types=None):
     lenient = {k: v for k, v in (types or {}).items() if not isinstance(values.get(k), bool)}  # True passes as int
     unknown = set(types or {}) - set(lenient) - set(I.template_slots(template))
-    return S.fill_template(template, values, {**lenient, **{k: types[k] for k in unknown}})
+    return I.fill_template(template, values, {**lenient, **{k: types[k] for k in unknown}})
 
 
 def fill_template_without_type_checks(template, values, types=None):
-    return S.fill_template(template, values)
+    return I.fill_template(template, values)
 
 
 def fill_template_with_format_map(template, values, types=None):
@@ -399,7 +400,7 @@ def select_shots_strictly_below_the_budget(lengths, budget, k, seed=None, scores
 
 def select_shots_with_random_sample(lengths, budget, k, seed=None, scores=None):
     if scores is not None:
-        return S.select_shots(lengths, budget, k, scores=scores)
+        return I.select_shots(lengths, budget, k, scores=scores)
     order = random.Random(seed).sample(range(len(lengths)), len(lengths))
     chosen, used = [], 0
     for i in order:
@@ -410,21 +411,33 @@ def select_shots_with_random_sample(lengths, budget, k, seed=None, scores=None):
 
 
 # -- 6.12 few_shot_prompt ------------------------------------------------------------------------------
+def _prompt(question, shots, chain_of_thought, *, trailing="", separator="\n\n", trigger=True):
+    blocks = []
+    for i, shot in enumerate(shots):
+        for field in ("question", "answer", "rationale") if chain_of_thought else ("question", "answer"):
+            if type(shot.get(field)) is not str:
+                raise ValueError(f"shots[{i}]: field {field!r} must be a str")
+        answer = (f"Let's think step by step. {shot['rationale']} So the answer is {shot['answer']}."
+                  if chain_of_thought else shot["answer"])
+        blocks.append(f"Question: {shot['question']}\nAnswer: {answer}")
+    cue = " Let's think step by step." if chain_of_thought and trigger else trailing
+    return separator.join(blocks + [f"Question: {question}\nAnswer:{cue}"])
+
+
 def few_shot_prompt_with_a_trailing_space(question, shots=(), chain_of_thought=False):
-    return S.few_shot_prompt(question, shots, chain_of_thought) + ("" if chain_of_thought else " ")
+    return _prompt(question, shots, chain_of_thought, trailing=" ")
 
 
 def few_shot_prompt_with_single_newlines(question, shots=(), chain_of_thought=False):
-    return S.few_shot_prompt(question, shots, chain_of_thought).replace("\n\nQuestion:", "\nQuestion:")
+    return _prompt(question, shots, chain_of_thought, separator="\n")
 
 
 def few_shot_prompt_without_the_cot_trigger_on_the_question(question, shots=(), chain_of_thought=False):
-    text = S.few_shot_prompt(question, shots, chain_of_thought)
-    return text.removesuffix(" Let's think step by step.")
+    return _prompt(question, shots, chain_of_thought, trigger=False)
 
 
 def few_shot_prompt_with_shots_reversed(question, shots=(), chain_of_thought=False):
-    return S.few_shot_prompt(question, list(shots)[::-1], chain_of_thought)
+    return _prompt(question, list(shots)[::-1], chain_of_thought)
 
 
 # -- 6.13 sample_instructions --------------------------------------------------------------------------
@@ -466,7 +479,7 @@ def sample_instructions_template_drawn_first(records, templates, n, seed):
 
 
 def sample_instructions_unseeded(records, templates, n, seed):
-    return S.sample_instructions(records, templates, n, random.randrange(1 << 30))
+    return I.sample_instructions(records, templates, n, random.randrange(1 << 30))
 
 
 MUTANTS = {

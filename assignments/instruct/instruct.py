@@ -1,0 +1,1 @@
+/work/wt/ch6/course_lib/instruct.py
