@@ -45,3 +45,14 @@ def write_atomic(path: Path | str, data: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: Path | str):
+    """The JSON value cached in ``path``, or ``None`` when it is missing or damaged (then rebuild it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None

@@ -129,7 +129,7 @@ def _check_messages(name: str, messages) -> None:
         if message["role"] not in ROLES:
             raise ValueError(f"{name}[{i}]['role'] must be one of {ROLES}, got {message['role']!r}")
         if type(message["content"]) is not str:
-            raise TypeError(f"{name}[{i}]['content'] must be a str, got {type(message['content']).__name__}")
+            raise ValueError(f"{name}[{i}]['content'] must be a str, got {type(message['content']).__name__}")
 
 
 def _validate_alpaca_to_messages(records, system=None) -> None:

@@ -63,7 +63,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from course_lib.cache import cache_dir, cache_key, write_atomic
+from course_lib.cache import cache_dir, cache_key, read_json, write_atomic
 
 FAMILIES = ("arithmetic", "string", "sorting", "stdlib")
 SPLITS = ("train", "validation", "test")
@@ -366,11 +366,9 @@ def build_instruction_data(source: str | None = None) -> dict:
     :func:`course_lib.corpus.load_corpus`); ``None`` for the built-in corpus.
     """
     path = instruction_data_path(source)
-    if path.is_file():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass  # a damaged cache file is rebuilt
+    cached = read_json(path)
+    if cached is not None:
+        return cached
     splits = {name: [] for name in SPLITS}
     counts = {}
     for family in FAMILIES:

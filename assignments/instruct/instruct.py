@@ -1,1 +1,0 @@
-/work/wt/ch6/course_lib/instruct.py
