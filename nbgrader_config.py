@@ -71,9 +71,10 @@ c.GenerateFeedback.preprocessors = [*GenerateFeedback.class_traits()["preprocess
 # nbgrader's HTML (feedback, formgrader's grading view) with the course's MathJax, not a CDN's:
 # grading/templates/base/mathjax.html.j2 shadows nbconvert's macro (see grading/mathjax.py).
 import nbgrader  # noqa: E402
+from grading.mathjax import TEMPLATES  # noqa: E402
 
 nbgrader_templates = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader" / "templates"
-c.HTMLExporter.extra_template_basedirs = [str(here / "grading" / "templates"), str(nbgrader_templates)]
+c.HTMLExporter.extra_template_basedirs = [str(TEMPLATES), str(nbgrader_templates)]
 c.HTMLExporter.filters = {"course_mathjax": "grading.mathjax.inline_script"}
 
 # Release and collection through an exchange folder shared with the students (README, "Instructors").

@@ -353,7 +353,7 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
     if notebooks and pending and not confined_kernel:
         print("warning: no Landlock here: nbgrader runs the notebooks in an ordinary kernel with the grader's "
               "rights (the code scores still come from the sandbox)", file=sys.stderr)
-    gpus = _gpus()
+    gpus = cuda_devices()
     slots = cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(gpus)) if gpus else jobs))
     free_gpus = list(gpus)
     gpu_lock = threading.Condition()
@@ -406,7 +406,8 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
     return records
 
 
-def _gpus() -> list[int]:
+def cuda_devices() -> list[int]:
+    """Indices of the CUDA devices here (none without CUDA)."""
     import torch
 
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

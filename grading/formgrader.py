@@ -32,8 +32,7 @@ import sys
 from pathlib import Path
 
 from grading.autograde import ROOT, course_folder
-
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+from grading.mathjax import TEMPLATES
 
 
 def server_root(course: Path) -> Path:

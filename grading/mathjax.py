@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # put first among nbconvert's template folders
 PACKAGE = ROOT / ".cache" / "npm-mathjax" / "node_modules" / "mathjax" / "es5"
 # The delimiters Jupyter uses; MathJax skips <pre> and <code>, so outputs and code stay as they are.
 CONFIG = {

@@ -113,7 +113,8 @@ class SandboxScores(NbGraderPreprocessor):
         folder = Path(resources["metadata"]["path"])
         confinement = autograde.probe(modules)  # raises SandboxUnavailable, naming the missing layer
         log = autograde.course_folder() / "autograde" / info["assignment"] / "logs" / f"{info['student']}.log"
-        result = autograde.grade_code(folder, modules, sandbox.Limits.from_env(), log=log)
+        gpu = next(iter(autograde.cuda_devices()), None)  # as the batch grader, on a GPU where there is one
+        result = autograde.grade_code(folder, modules, sandbox.Limits.from_env(), log=log, gpu=gpu)
         autograde.write_scores(info["db_url"], info["assignment"], info["student"], result["exercises"], chapter)
         autograde.set_feedback_outputs(nb, result["exercises"], chapter)
         scored = sum(e["score"] for e in result["exercises"].values())

@@ -244,3 +244,12 @@ def test_autograde_refuses_a_notebook_where_the_kernel_cannot_be_confined(monkey
     resources = {"nbgrader": {"student": "someone", "assignment": ASSIGNMENT}, "metadata": {"path": "."}}
     with pytest.raises(RuntimeError, match=r"no Landlock.*\./course grade numerics --student someone"):
         nbgrader_autograde.ConfinedExecute().preprocess(nbformat.v4.new_notebook(), resources)
+
+
+def test_the_server_root_holds_the_course_folder(tmp_path):
+    """formgrader needs the course folder under the server's root: the repository for the default
+    _grading/, the course folder itself for one elsewhere (as in the browser tests above)."""
+    from grading.formgrader import server_root
+
+    assert server_root(ROOT / "_grading") == ROOT
+    assert server_root(tmp_path / "course") == tmp_path / "course"
