@@ -2,8 +2,8 @@
 formgrader's per-student "Autograde" button does: the course's confined kernel and the sandbox.
 
 nbgrader alone runs a submitted notebook in an ordinary kernel with the grader's rights, and its
-test cells would score the code exercises inside that kernel. ``nbgrader_config.py`` swaps two
-steps of nbgrader's autograde pipeline for these:
+test cells would score the code exercises inside that kernel. ``nbgrader_config.py`` replaces one
+step of nbgrader's autograde pipeline and adds one (:func:`autograde_steps`):
 
 - :class:`ConfinedExecute` (instead of nbgrader's ``Execute``) runs the notebook in the
   ``course-sandbox`` kernel of :mod:`grading.kernel` (its own uid, Landlock, limits) with
@@ -28,9 +28,6 @@ from pathlib import Path
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
 from grading import check
-
-SAFE_COMMAND = "./course grade {assignment} --student {student}"
-
 
 def _batch_grader_in_charge() -> bool:
     """Whether ``grading.autograde`` runs this nbgrader (it sets ``COURSE_CHECK_DEFER`` and scores
@@ -64,7 +61,7 @@ class ConfinedExecute(Execute):
             raise RuntimeError(
                 f"not running {info['student']}'s notebook: {missing}, and nbgrader's own kernel would run "
                 f"student code with the grader's rights. Grade the code exercises in the sandbox with "
-                + SAFE_COMMAND.format(**info))
+                f"./course grade {info['assignment']} --student {info['student']}")
         with tempfile.TemporaryDirectory(prefix="course-jupyter-") as jupyter:
             self._kernel_dirs = [str(kernel.write_kernelspec(Path(jupyter)).parent)]
             try:
