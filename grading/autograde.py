@@ -290,17 +290,25 @@ def feedback_text(ex_id: str, result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_feedback_outputs(notebook: Path, scores: dict[str, dict], chapter: list[exercises.Exercise]) -> None:
-    """Replace each exercise test cell's outputs in the autograded notebook with the trusted result."""
+def set_feedback_outputs(nb, scores: dict[str, dict], chapter: list[exercises.Exercise]) -> None:
+    """Replace the outputs of each exercise's test cell in ``nb`` (an nbformat notebook) with the
+    trusted result."""
     import nbformat
 
-    nb = nbformat.read(notebook, as_version=4)
     by_cell = {cell_name(ex): ex.id for ex in chapter}
     for cell in nb.cells:
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if cell.cell_type == "code" and grade_id in by_cell:
             ex_id = by_cell[grade_id]
             cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=feedback_text(ex_id, scores[ex_id]))]
+
+
+def write_feedback_outputs(notebook: Path, scores: dict[str, dict], chapter: list[exercises.Exercise]) -> None:
+    """:func:`set_feedback_outputs` on the autograded notebook file ``notebook``."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    set_feedback_outputs(nb, scores, chapter)
     tmp = notebook.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     os.replace(tmp, notebook)
@@ -349,7 +357,7 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
     if notebooks and pending and not confined_kernel:
         print("warning: no Landlock here: nbgrader runs the notebooks in an ordinary kernel with the grader's "
               "rights (the code scores still come from the sandbox)", file=sys.stderr)
-    gpus = _gpus()
+    gpus = cuda_devices()
     slots = cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(gpus)) if gpus else jobs))
     free_gpus = list(gpus)
     gpu_lock = threading.Condition()
@@ -402,7 +410,8 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
     return records
 
 
-def _gpus() -> list[int]:
+def cuda_devices() -> list[int]:
+    """Indices of the CUDA devices here (none without CUDA)."""
     import torch
 
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
