@@ -89,22 +89,12 @@ class InProcessDoor:
         pass
 
 
-def submitted_module_file(folder: Path, module: str) -> Path | None:
-    """A submission's ``<module>.py`` (beside the notebook or under ``course_lib/``): a regular file
-    with one link, reached through no link, at most :data:`grading.intake.MAX_MODULE_BYTES`
-    (:func:`grading.intake.regular_file`); None if there is none."""
-    for relative in (f"{module}.py", f"course_lib/{module}.py"):
-        found = intake.regular_file(Path(folder), relative)
-        if found is not None:
-            return found
-    return None
-
-
 def submitted_modules(submission: Path) -> dict[str, Path]:
-    """Chapter modules present in a submission folder (see :func:`submitted_module_file`)."""
+    """Chapter modules present in a submission folder (:func:`grading.intake.submitted_module_file`:
+    regular files only, never a link)."""
     found = {}
     for module in exercises.CHAPTER_MODULES:
-        path = submitted_module_file(submission, module)
+        path = intake.submitted_module_file(submission, module)
         if path is not None:
             found[module] = path
     return found

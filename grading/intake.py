@@ -10,7 +10,8 @@ following links (``lstat``), and refused when it is
 - a special file (a FIFO blocks its reader forever, a device such as ``/dev/zero`` never ends,
   a socket is no file at all).
 
-:func:`regular_file` finds one file that may be read, :func:`read_regular` reads it (checked again
+:func:`regular_file` finds one file that may be read (:func:`submitted_module_file`: a chapter
+module), :func:`read_regular` reads it (checked again
 on the open file, so a swap between the check and the read is caught), and :func:`quarantine` moves
 every refused entry of a folder aside before a tool that follows links (nbgrader's copy into the
 autograded folder) sees it.
@@ -45,6 +46,16 @@ def regular_file(folder: Path, relative: str, max_bytes: int = MAX_MODULE_BYTES)
         if stat.S_ISLNK(info.st_mode) or not _acceptable(info) or stat.S_ISDIR(info.st_mode) == last:
             return None
     return path if info.st_size <= max_bytes else None
+
+
+def submitted_module_file(folder: Path, module: str) -> Path | None:
+    """A submission's chapter module ``<module>.py``, beside the notebook or under ``course_lib/``,
+    as :func:`regular_file` accepts it; None if there is none."""
+    for relative in (f"{module}.py", f"course_lib/{module}.py"):
+        found = regular_file(Path(folder), relative)
+        if found is not None:
+            return found
+    return None
 
 
 def read_regular(path: Path, max_bytes: int = MAX_MODULE_BYTES) -> bytes:
