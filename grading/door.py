@@ -270,8 +270,12 @@ class SandboxDoor:
         self._reaper = None
         # umask 022: bwrap makes the folders above its mount points with it, and the sandbox's uid
         # must be able to enter them
-        self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                      cwd=folder, env=env, start_new_session=True, umask=0o022)
+        try:
+            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                          cwd=folder, env=env, start_new_session=True, umask=0o022)
+        except OSError as err:
+            self._log.close()
+            raise SandboxUnavailable(f"the sandbox could not be started: {err}") from None
         self._bwrap = bwrap is not None
         self._replies = queue.Queue()
         threading.Thread(target=self._read_replies, args=(self._proc, self._replies, self.limits.reply_bytes),

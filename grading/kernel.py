@@ -84,10 +84,13 @@ def course_library(target: Path, notebook_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """The kernel's launcher: prepare the sandbox, run the confined kernel (:func:`run_confined`) in
     it as a child, wait for it, clean up. Exits with the kernel's status."""
+    import ctypes
     import signal
 
     from grading import sandbox
 
+    # PR_SET_PDEATHSIG: a killed nbgrader takes its kernels with it (bwrap follows this process)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     args = list(sys.argv[1:] if argv is None else argv)
     connection = Path(args[args.index("-f") + 1])
     info = json.loads(connection.read_text())

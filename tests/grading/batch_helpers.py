@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -91,6 +92,21 @@ def sandbox_processes() -> list[int]:
             if base <= uid < base + sandbox.UID_SLOTS:
                 found.append(int(entry.name))
     return found
+
+
+@contextlib.contextmanager
+def busy_machine(workers: int | None = None, seconds: float = 900.0):
+    """Keep the machine busy on purpose while the block runs: ``workers`` processes (default two per
+    core) spinning at the grader's own priority, each stopping by itself after ``seconds`` at most
+    and killed when the block ends."""
+    spin = f"import time\nend = time.monotonic() + {float(seconds)}\nwhile time.monotonic() < end:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(workers or 2 * (os.cpu_count() or 1))]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def table(rows: list[tuple], header: tuple) -> str:
