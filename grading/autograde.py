@@ -3,18 +3,25 @@
 
 For each submission in ``<course folder>/submitted/<student>/<assignment>/``:
 
+0. **Intake.** Every symbolic link, hard-linked file and special file in it (the student's folder
+   and the assignment's folder themselves included) is moved, as it is, to
+   ``<course folder>/autograde/<assignment>/quarantine/<student>/`` (:mod:`grading.intake`) before
+   anything copies the submission (nbgrader's copy follows links), and listed in the record.
 1. **Code exercises, in the sandbox.** The submitted chapter module(s) are copied (regular files
    only, size-capped) into a private scratch folder, and the course's graded tests of the
-   assignment's exercises, public and hidden, run in a *trusted* ``pytest`` process whose only way to
-   the student's code is the sandboxed door (:class:`grading.door.SandboxDoor`: a child process per
-   submission, its own uid, no network, Landlock, limits). Each test's result is written by that
-   process (:mod:`grading.results`) as it finishes; an exercise earns its points when every one of
-   its tests passed, and a missing result is a failure. Submissions run in parallel (``--jobs``) on
-   CPU; on a GPU machine one at a time per GPU, each GPU checked free before the next.
-2. **The notebook, with nbgrader.** ``nbgrader autograde --force`` runs the notebooks of the graded
-   students (restoring locked cells, for the written answers and the experiment). Its test cells do
-   not run the tests: ``check()`` sees ``COURSE_CHECK_DEFER`` and fails, so nbgrader's provisional
-   score of a code cell is 0, never more.
+   assignment's exercises, public and hidden, run in a *trusted* ``pytest`` process (the course's
+   configuration and plugin only, no conftest) whose only way to the student's code is the
+   sandboxed door (:class:`grading.door.SandboxDoor`: a child process per submission in bubblewrap's
+   namespaces, its own uid, Landlock, limits). Each test's result is written by that process
+   (:mod:`grading.results`) as it finishes; an exercise earns its points when every one of its tests
+   passed, and a missing result is a failure. Submissions run in parallel (``--jobs``) on CPU; on a
+   GPU machine one at a time per GPU, each GPU checked free before the next.
+2. **The notebook, with nbgrader.** ``nbgrader autograde --force --student=<student>`` runs each
+   graded student's notebook (restoring locked cells, for the written answers and the experiment)
+   in the confined kernel of :mod:`grading.kernel`, one process per student under a wall-clock
+   limit: a notebook that hangs or prints undecodable bytes costs that notebook only. Its test
+   cells do not run the tests: ``check()`` sees ``COURSE_CHECK_DEFER`` and fails, so nbgrader's
+   provisional score of a code cell is 0, never more.
 3. **Scores, by the trusted side.** The sandbox's scores are written into nbgrader's gradebook as the
    ``auto_score`` of each exercise's test cell (``test_0_1``, ...); a ``manual_score`` set by a human
    is never touched (it wins, as in nbgrader). The test cells' outputs in the autograded notebook
@@ -24,6 +31,14 @@ For each submission in ``<course folder>/submitted/<student>/<assignment>/``:
    marks the student done for the submission's fingerprint. A rerun skips recorded students and
    redoes the others from the start, so a crash or kill mid-run loses and duplicates nothing; a new
    submission (another fingerprint) or ``--force`` grades again.
+
+The grader's own failures never cost a student points: a test the grader could not judge (the
+sandbox did not start, the machine was too busy to time a call, processes survived a kill:
+:class:`grading.door.GraderFault`) marks its exercise ``regrade``: no score in the gradebook (and
+nbgrader's "needs manual grade" flag), ``regrade`` in the table, and a record that is not complete,
+so the next run grades the student again (exit status 3 until then). Time limits count what a call
+would take on an idle machine (:func:`grading.sandbox.charged_seconds`), so a busy machine slows
+grading down without changing a score.
 
 A progress bar runs while grading; a table of every student's scores follows.
 """
@@ -434,14 +449,14 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
 
 
 def intake_submission(course: Path, student: str, assignment: str, quarantine: Path) -> list[str]:
-    """Move every link, hard-linked file and special file of a student's submission (the student's
-    folder and the assignment's folder themselves included) into ``quarantine``
-    (:func:`grading.intake.quarantine`); return what was moved, relative to the submission."""
+    """Move every link, hard-linked file and special file of a student's submission of
+    ``assignment`` (the student's folder and the assignment's folder themselves included) into
+    ``quarantine`` (:func:`grading.intake.quarantine`); return what was moved, relative to the
+    assignment's folder."""
     student_dir = course / "submitted" / student
-    moved = [f"../{m}" if m == "." else m for m in intake.quarantine(student_dir, quarantine)]
-    if student_dir.is_dir() and not student_dir.is_symlink():
-        moved += intake.quarantine(student_dir / assignment, quarantine / assignment)
-    return moved
+    if student_dir.is_symlink():  # the student's whole folder is someone else's: nothing below is read
+        return [f"../{m}" for m in intake.quarantine(student_dir, quarantine)]
+    return intake.quarantine(student_dir / assignment, quarantine / assignment)
 
 
 def _gpus() -> list[int]:

@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 KERNEL_NAME = "course-sandbox"
@@ -157,7 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         for listener in listening.values():
             listener.close()
         signal.signal(signal.SIGTERM, lambda *_: kernel.terminate())
-        status = kernel.wait()
+        while (status := kernel.poll()) is None:  # the memory watchdog: shared-memory files count too
+            if slot is not None and sandbox.usage(sandbox.pids(uid=slot.uid)).memory > limits.memory_bytes:
+                print(f"course-sandbox kernel: stopped: more than {limits.memory_bytes / 2**30:.3g} GiB of memory",
+                      file=sys.stderr, flush=True)
+                kernel.kill()
+            time.sleep(0.5)
     finally:
         if slot is not None:
             try:

@@ -26,7 +26,7 @@ import torch
 
 import solutions.numerics as reference
 from grading import check, sandbox
-from grading.door import SandboxDoor, SubmissionError, SubmissionTimeout
+from grading.door import SandboxDoor, SandboxUnavailable, SubmissionError, SubmissionTimeout
 from grading.submissions import module_with, solved_module
 from tests.grading.batch_helpers import ROOT, busy_machine
 
@@ -126,20 +126,11 @@ def setsid_sleeper(x, dim=-1, keepdim=False):
 
 
 def _live(uid: int, seconds: float = 5.0) -> list[int]:
-    """Processes of ``uid`` still running after at most ``seconds`` (zombies waiting for their
-    reaper are not running)."""
+    """Processes of ``uid`` still running after at most ``seconds``."""
     deadline = time.monotonic() + seconds
-    while True:
-        running = []
-        for pid in sandbox.pids(uid=uid):
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    running.append(pid)
-            except OSError:
-                pass
-        if not running or time.monotonic() > deadline:
-            return running
+    while (running := sandbox.pids(uid=uid, zombies=False)) and time.monotonic() < deadline:
         time.sleep(0.1)
+    return running
 
 
 @needs_root
@@ -350,3 +341,17 @@ def test_a_sandbox_sees_no_other_process_and_so_no_other_students_id():
     finally:
         decoy.kill()
         decoy.wait()
+
+
+# -- without bubblewrap: refuse as root, or the older layers when told so ------------------------------
+@needs_root
+def test_without_bubblewrap_the_grader_refuses_unless_told_to_use_the_older_layers(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no bwrap to be found
+    with _door(solved_module("numerics"), call_timeout=60) as door:
+        with pytest.raises(SandboxUnavailable, match="bubblewrap is not installed"):
+            door.start()
+    monkeypatch.setenv("COURSE_SANDBOX_BWRAP", "off")
+    with _door(solved_module("numerics"), call_timeout=60) as door:
+        report = door.start()
+        assert report["pid"] is None and report["uid"] and report["net"] == "namespace" and report["fs"], report
+        torch.testing.assert_close(door.logsumexp(torch.zeros(2, 3)), reference.logsumexp(torch.zeros(2, 3)))
