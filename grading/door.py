@@ -282,9 +282,10 @@ class SandboxDoor:
                          daemon=True).start()
         threading.Thread(target=self._watch_memory, args=(self._proc,), daemon=True).start()
         limit = max(60.0, self.limits.call_timeout)  # no student code runs before the hello
+        proc = self._proc
         try:
             hello, self._start_charged = self._await(limit)
-        except (SubmissionTimeout, MachineBusy) as err:
+        except (SubmissionTimeout, MachineBusy) as err:  # the child is stopped already
             hello = err
         ready = None
         if isinstance(hello, bytes):
@@ -293,7 +294,7 @@ class SandboxDoor:
             except Exception:
                 ready = None
         if not isinstance(ready, dict) or not ready.get("ready"):
-            status = self._proc.poll()
+            status = proc.poll()
             self._stop_child()
             log = (folder / "child.log").read_bytes()[-2000:].decode(errors="replace")
             if status == 71:

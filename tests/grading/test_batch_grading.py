@@ -56,7 +56,8 @@ def _batch() -> dict[str, tuple[str | None, float]]:
 
 def _grade(course, *args, kill_after_records: int | None = None) -> subprocess.CompletedProcess | None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
-    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_CALL_TIMEOUT="5", COURSE_SANDBOX_EXERCISE_TIMEOUT="15",
+    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_UID_BASE=os.environ[sandbox.UID_BASE_ENV],
+               COURSE_SANDBOX_CALL_TIMEOUT="5", COURSE_SANDBOX_EXERCISE_TIMEOUT="15",
                COURSE_SANDBOX_MEMORY_BYTES=str(3 << 29), COURSE_SANDBOX_PROCESSES="64",
                PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
     command = [sys.executable, "-m", "grading.autograde", ASSIGNMENT, "--jobs", "2", "--no-progress", "--cell-timeout", "30", *args]

@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from course_lib import exercises
+from grading import sandbox
 from grading.submissions import module_with, solved_module
 from tests.grading.batch_helpers import ROOT, gradebook_scores, mutant, released_course, sandbox_processes, submit
 
@@ -65,7 +66,8 @@ def test_correct_untouched_and_partly_wrong_submissions_get_their_exact_scores(c
         submit(course, student, source, assignment=chapter)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
-    env.update(COURSE_GRADING_DIR=str(course), PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
+    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_UID_BASE=os.environ[sandbox.UID_BASE_ENV],
+               PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
     proc = subprocess.run([sys.executable, "-m", "grading.autograde", chapter, "--jobs", "2", "--no-progress"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
