@@ -161,6 +161,8 @@ def decode(message: bytes, *, map_device: str | None = None, models: bool = Fals
 
     try:
         return walk(header)
+    except CodecError:
+        raise
     except (KeyError, TypeError, AttributeError, RecursionError) as err:
         raise CodecError(f"malformed message ({type(err).__name__})") from None
 

@@ -148,6 +148,7 @@ class SandboxDoor:
         self._reaper: int | None = None
         self._bwrap = False
         self._start_charged = 0.0
+        self._sample: tuple[int, float, sandbox.Usage] = (0, 0.0, sandbox.Usage(0, 0.0, 0.0))  # (child, when, what)
 
     @property
     def call_timeout(self) -> float:
@@ -356,7 +357,8 @@ class SandboxDoor:
             except queue.Empty:
                 item = None
             wall = time.monotonic() - wall0
-            now = self._usage(proc)
+            pid, taken, sample = self._sample  # the watchdog's latest reading while waiting; a fresh one to charge
+            now = sample if item is None and pid == proc.pid and taken > wall0 else self._usage(proc)
             waited = min(max(now.waited - before.waited, 0.0), wall)
             charged = sandbox.charged_seconds(max(now.cpu - before.cpu, 0.0), wall, waited)
             if item is not None:
@@ -374,11 +376,12 @@ class SandboxDoor:
         shared-memory files included (the bound that also holds on a GPU, where RLIMIT_DATA is not
         set, and for memory that no process maps)."""
         while proc.poll() is None:
-            if self._usage(proc).memory > self.limits.memory_bytes:
+            self._sample = (proc.pid, time.monotonic(), self._usage(proc))
+            if self._sample[2].memory > self.limits.memory_bytes:
                 self._stopped_because = f"used more than {self.limits.memory_bytes / 2**30:.3g} GiB of memory"
                 self._signal_all(proc)
                 return
-            time.sleep(0.2)
+            time.sleep(0.25)
 
     def _signal_all(self, proc: subprocess.Popen) -> None:
         """SIGKILL to the child's process group (bwrap: its PID namespace goes with it), then to
