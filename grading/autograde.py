@@ -123,10 +123,11 @@ def test_files(modules: list[str]) -> list[Path]:
 
 def score_exercises(lines: list[dict], chapter: list[exercises.Exercise], stopped: bool = False) -> dict[str, dict]:
     """Per exercise: points when every collected test of it passed (skipped ones aside, at least one
-    passing); a test without a result, or no collection at all, is a failure. An exercise with a
-    test the grader could not judge (outcome ``regrade``: :class:`grading.door.GraderFault`), or
-    with tests left without a result when the grader's own time limit stopped the run
-    (``stopped``), is marked ``regrade``: its score is not final."""
+    passing); a test without a result is a failure. An exercise with a test the grader could not
+    judge (outcome ``regrade``: :class:`grading.door.GraderFault`), with tests left without a result
+    when the grader's own time limit stopped the run (``stopped``), or of a run that collected
+    nothing (the trusted pytest failed before any student code ran) is marked ``regrade``: its score
+    is not final."""
     collected = next((line["collected"] for line in lines if "collected" in line), None)
     results = {line["result"]: line for line in lines if "result" in line}
     scores = {}
@@ -148,8 +149,8 @@ def score_exercises(lines: list[dict], chapter: list[exercises.Exercise], stoppe
                 messages.append(got["message"] or "failed")
             elif got["outcome"] == "passed":
                 passed += 1
-        if collected is None:
-            messages.append("the grading run did not start")
+        if collected is None:  # the trusted run failed or was stopped before it ran any student code
+            regrade.append("the grading run did not start" + (" before the grader's time limit" if stopped else ""))
         elif not mine:
             messages.append("no graded test of this exercise ran")
         ok = collected is not None and failed == 0 and passed > 0 and not regrade
@@ -208,14 +209,8 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         log.write_text(output)
     finished = any("finished" in line for line in lines)
     scores = score_exercises(lines, chapter, stopped=status is None)
-    result = {"exercises": scores, "seconds": round(time.monotonic() - started, 2),
-              "status": "ok" if finished else ("stopped" if status is None else f"pytest exit {status}")}
-    if not finished and status is not None and not any("collected" in line for line in lines):
-        # pytest itself failed before it collected anything: the grader's problem (a broken
-        # install, a sandbox that refused to start), not the submission's
-        for ex in scores.values():
-            ex.setdefault("regrade", [f"the grading run failed before it started ({result['status']}; see the log)"])
-    return result
+    return {"exercises": scores, "seconds": round(time.monotonic() - started, 2),
+            "status": "ok" if finished else ("stopped" if status is None else f"pytest exit {status}")}
 
 
 def regrade_reasons(result: dict) -> list[str]:

@@ -154,6 +154,18 @@ def test_a_sandbox_leaves_no_process_behind_even_one_that_left_its_session():
     assert _live(uid) == [], "a process of the sandbox outlived it"
 
 
+def test_a_sandbox_that_cannot_start_costs_no_points_but_marks_the_exercises_for_a_regrade(tmp_path, monkeypatch):
+    from grading import autograde
+
+    (tmp_path / "numerics.py").write_text(solved_module("numerics"))
+    monkeypatch.setenv("COURSE_SANDBOX_BWRAP", "/nonexistent/bwrap")  # the grader's machine is broken
+    result = autograde.grade_code(tmp_path, ["numerics"], sandbox.Limits(call_timeout=60))
+    assert result["status"] == "ok", result  # the trusted run itself finished
+    for ex in result["exercises"].values():
+        assert ex["regrade"] and ex["failed"] == 0 and ex["score"] == 0, ex
+    assert "could not be started" in autograde.regrade_reasons(result)[0]
+
+
 # -- 5 and 6. sockets by path; solutions in an installed package -------------------------------------
 def unix_socket(logits, targets, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
     import socket

@@ -126,7 +126,7 @@ def test_thirty_mixed_submissions_killed_mid_run_then_resumed(tmp_path):
         assert gb.find_grade("answer_masked_rows", ASSIGNMENT, ASSIGNMENT, "partial_0").manual_score == 2.0
         assert gb.find_submission(ASSIGNMENT, "partial_0").score == 6 + 3 + 2
 
-    # A sandbox the grader cannot time (here: a wall-clock allowance too small for anything to start)
+    # A run the grader cannot time (here: a wall-clock allowance too small for anything to finish)
     # is the grader's fault: no score is recorded, the student is marked for a regrade (record,
     # summary, nbgrader's flag), and the next run grades them.
     summary = io.StringIO()
