@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 import traceback
 from dataclasses import dataclass
@@ -90,9 +91,36 @@ def uses_reference(module: str) -> bool:
     return module not in student
 
 
+def reference_package():
+    """The ``solutions`` package, or None where there is none. It is no part of the installed
+    package: it is imported as it is found on ``sys.path`` (a grading sandbox's folder, the
+    repository as the working folder) or else from the repository that holds this ``course_lib``
+    (an editable install), never from an installed copy elsewhere."""
+    import sys
+
+    if "solutions" in sys.modules:
+        return sys.modules["solutions"]
+    try:
+        return importlib.import_module("solutions")
+    except ModuleNotFoundError as err:
+        if err.name != "solutions":
+            raise
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solutions")
+    if not os.path.isfile(os.path.join(folder, "__init__.py")):
+        return None
+    spec = importlib.util.spec_from_file_location("solutions", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["solutions"] = package
+    spec.loader.exec_module(package)
+    return package
+
+
 def reference(ex: Exercise) -> Callable:
     """The reference implementation of ``ex`` from ``solutions/<module>.py``."""
     try:
+        if reference_package() is None:
+            raise ModuleNotFoundError("no module named 'solutions'", name="solutions")
         target = importlib.import_module(f"solutions.{ex.module}")
     except ModuleNotFoundError as err:
         if err.name not in ("solutions", f"solutions.{ex.module}"):

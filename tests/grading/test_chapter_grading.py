@@ -34,7 +34,7 @@ import nbformat
 import pytest
 
 from course_lib import exercises
-from grading import release
+from grading import release, sandbox
 from grading.submissions import module_with, solved_module
 from tests.grading.batch_helpers import ROOT, gradebook_scores, mutant, released_course, sandbox_processes, submit
 
@@ -163,7 +163,8 @@ def graded(request, handout, tmp_path_factory):
     (handed_in / "timestamp.txt").write_text("2026-11-26 12:00:00.000000 UTC")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
-    env.update(COURSE_GRADING_DIR=str(course), PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
+    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_UID_BASE=os.environ[sandbox.UID_BASE_ENV],
+               PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
     proc = subprocess.run([sys.executable, "-m", "grading.autograde", chapter, "--jobs", "2", "--no-progress"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     students = ["correct", "untouched", "walker"]
