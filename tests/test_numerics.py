@@ -3,63 +3,53 @@
 Every answer is compared with torch's own implementation. Where torch and the course differ on
 purpose (a fully masked row), the expected value is written out by hand.
 
-Each exercise's contract (its docstring and the module's conventions), clause by clause, and the
-public tests that check it (``test_`` prefixes dropped):
+Each exercise's contract (its docstring and the module's conventions), clause by clause, with the
+public tests that check it (``test_`` dropped):
 
 0.1 ``stable_softmax``
-  ======================================================  ===================================================
-  clause                                                  tests
-  ======================================================  ===================================================
-  softmax along ``dim`` (default last), any shape          stable_softmax_matches_torch_on_random_logits,
-                                                          stable_softmax_normalises_along_the_given_dim
-  logits near 1e4 (exp overflows) work                     stable_softmax_survives_logits_that_overflow_exp
-  masked entries exactly 0, fully masked row all zeros     stable_softmax_gives_zero_to_masked_entries_and_...
-  output dtype is the input's (float64, float16, bf16),    stable_softmax_keeps_the_input_dtype_and_range
-  with the same guarantees (overflow, masked rows)
-  NaN propagates (not hidden as 0)                         stable_softmax_propagates_nan
-  the caller's logits are left unchanged                   stable_softmax_leaves_its_input_unchanged
-  ======================================================  ===================================================
+  - softmax along ``dim`` (default the last), any shape: stable_softmax_matches_torch_on_random_logits,
+    stable_softmax_normalises_along_the_given_dim
+  - logits near 1e4 (exp overflows): stable_softmax_survives_logits_that_overflow_exp
+  - masked entries exactly 0, a fully masked row all zeros:
+    stable_softmax_gives_zero_to_masked_entries_and_zeros_to_fully_masked_rows
+  - the input's dtype (float64, float16, bfloat16), with the same guarantees in each:
+    stable_softmax_keeps_the_input_dtype_and_range
+  - NaN propagates: stable_softmax_propagates_nan
+  - the caller's logits unchanged: stable_softmax_leaves_its_input_unchanged
 
 0.2 ``logsumexp``
-  ======================================================  ===================================================
-  log(sum(exp)) along ``dim``                              logsumexp_matches_torch_on_random_input
-  ``keepdim`` keeps ``dim`` (size 1); without it only      logsumexp_keepdim_matches_torch,
-  ``dim`` goes (other size-1 axes stay), every dim         logsumexp_removes_only_dim_on_shapes_with_unit_axes
-  exact near +-1e4                                         logsumexp_is_exact_for_huge_and_tiny_values
-  -inf entries add nothing; all -inf row gives -inf        logsumexp_of_fully_masked_row_is_minus_inf
-  output dtype is the input's                              logsumexp_keeps_the_input_dtype_and_range
-  NaN propagates                                           logsumexp_propagates_nan
-  the caller's tensor is left unchanged                    logsumexp_leaves_its_input_unchanged
-  ======================================================  ===================================================
+  - log(sum(exp)) along ``dim``: logsumexp_matches_torch_on_random_input
+  - ``keepdim`` keeps ``dim``; without it only ``dim`` goes, every dim: logsumexp_keepdim_matches_torch,
+    logsumexp_removes_only_dim_on_shapes_with_unit_axes
+  - exact near +-1e4: logsumexp_is_exact_for_huge_and_tiny_values
+  - -inf adds nothing, an all -inf row gives -inf: logsumexp_of_fully_masked_row_is_minus_inf
+  - the input's dtype: logsumexp_keeps_the_input_dtype_and_range
+  - NaN propagates: logsumexp_propagates_nan
+  - the caller's tensor unchanged: logsumexp_leaves_its_input_unchanged
 
 0.3 ``log_softmax``
-  ======================================================  ===================================================
-  log-softmax along ``dim`` (default last)                 log_softmax_matches_torch_on_random_logits,
-                                                          log_softmax_normalises_along_the_given_dim
-  finite where the probability underflows                  log_softmax_stays_finite_where_the_probability_...
-  precise for logits near 1e4                              log_softmax_keeps_precision_for_large_logits
-  masked entries and fully masked rows are -inf            log_softmax_of_masked_entries_is_minus_inf_and_...,
-                                                          log_softmax_normalises_along_the_given_dim
-  output dtype is the input's                              log_softmax_keeps_the_input_dtype_and_range
-  NaN propagates                                           log_softmax_propagates_nan
-  the caller's logits are left unchanged                   log_softmax_leaves_its_input_unchanged
-  ======================================================  ===================================================
+  - log-softmax along ``dim``: log_softmax_matches_torch_on_random_logits, log_softmax_normalises_along_the_given_dim
+  - finite where the probability underflows: log_softmax_stays_finite_where_the_probability_underflows
+  - precise for logits near 1e4: log_softmax_keeps_precision_for_large_logits
+  - masked entries and fully masked rows -inf (along any dim):
+    log_softmax_of_masked_entries_is_minus_inf_and_fully_masked_rows_too, log_softmax_normalises_along_the_given_dim
+  - the input's dtype: log_softmax_keeps_the_input_dtype_and_range
+  - NaN propagates: log_softmax_propagates_nan
+  - the caller's logits unchanged: log_softmax_leaves_its_input_unchanged
 
 0.4 ``cross_entropy``
-  ======================================================  ===================================================
-  matches F.cross_entropy, class axis last, each           cross_entropy_matches_torch,
-  ``reduction``                                            cross_entropy_matches_torch_on_any_arguments
-  any leading shape, including none (1-D logits)           cross_entropy_on_degenerate_shapes
-  ``ignore_index`` (any value: 0, -1, n_classes, -100):    cross_entropy_skips_ignore_index_in_sum_and_count,
-  no loss, not counted, 0 in "none"                        cross_entropy_honours_any_ignore_index,
-                                                          cross_entropy_matches_torch_on_any_arguments
-  ``label_smoothing`` in [0, 1] (both ends) with every     cross_entropy_with_label_smoothing_matches_torch,
-  reduction                                                cross_entropy_matches_torch_on_any_arguments
-  every target ignored: "mean" NaN, "sum" 0, "none" 0      cross_entropy_with_every_target_ignored
-  finite for logits near 1e4                               cross_entropy_is_finite_for_logits_that_overflow_exp
-  loss dtype is the logits' (float64, bfloat16)            cross_entropy_keeps_the_dtype_of_the_logits
-  the caller's logits and targets are left unchanged       cross_entropy_leaves_its_inputs_unchanged
-  ======================================================  ===================================================
+  - matches ``F.cross_entropy`` with the class axis last, each ``reduction``: cross_entropy_matches_torch,
+    cross_entropy_matches_torch_on_any_arguments
+  - any leading shape, none at all (1-D logits, 0-d targets): cross_entropy_on_degenerate_shapes
+  - ``ignore_index`` of any value (-100, -1, 0, n_classes, beyond): no loss, not counted, 0 in "none":
+    cross_entropy_skips_ignore_index_in_sum_and_count, cross_entropy_honours_any_ignore_index,
+    cross_entropy_matches_torch_on_any_arguments
+  - ``label_smoothing`` over [0, 1], both ends, with every reduction:
+    cross_entropy_with_label_smoothing_matches_torch, cross_entropy_matches_torch_on_any_arguments
+  - every target ignored: "mean" NaN, "sum" 0, "none" zeros: cross_entropy_with_every_target_ignored
+  - finite for logits near 1e4: cross_entropy_is_finite_for_logits_that_overflow_exp
+  - the logits' dtype (float64, bfloat16): cross_entropy_keeps_the_dtype_of_the_logits
+  - the caller's logits and targets unchanged: cross_entropy_leaves_its_inputs_unchanged
 """
 
 import pytest
