@@ -10,6 +10,7 @@ Options:
   --against MODE        solution: run in solution mode (all graded tests must pass);
                         stubs: every graded test must *fail* on the untouched stubs;
                         mutants: every wrong variant in tests/mutants/ must fail at least one test
+  --first-catch         with --against mutants: stop running a wrong variant's tests once caught
 
 Graded tests carry ``@pytest.mark.exercise("0.1")``; tests under ``tests/hidden/`` are marked
 ``hidden`` automatically (select public ones with ``-m "not hidden"``).
@@ -50,6 +51,9 @@ def pytest_addoption(parser):
     group.addoption("--against", choices=AGAINST, default=None,
                     help="solution: reference code; stubs: graded tests must fail on the stubs; "
                          "mutants: every wrong variant must be caught")
+    group.addoption("--first-catch", action="store_true", default=False,
+                    help="with --against mutants: skip a wrong variant's remaining tests once one has caught it "
+                         "(the verdicts are the same, in a fraction of the time)")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -240,6 +244,15 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def pytest_runtest_setup(item):
+    if not (item.config.getoption("first_catch") and item.config.getoption("against") == "mutants"
+            and hasattr(item, "callspec")):
+        return
+    name, mutant = item.callspec.params.get("student", (None, _NoMutant))
+    if name and item.config._course_mutants_killed.get((name, mutant.__name__)):
+        pytest.skip("this wrong variant is already caught (--first-catch)")
 
 
 @pytest.fixture(scope="session")
