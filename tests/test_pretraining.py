@@ -735,15 +735,18 @@ def which_optimizer_and_clipping(student) -> str:
     the student's once 5.10 and 5.11 run and torch's while they raise NotImplementedError. Found by
     calling their entry points through the same door."""
     ran = []
-    for label, call in (("AdamW (5.10)", lambda: student.adamw_steps([torch.zeros(1)], [[torch.ones(1)]], [{"params": [0]}])),
-                        ("clip_grad_norm_ (5.11)", lambda: student.clipped_gradients([torch.ones(1)], 1.0))):
+    for yours, torchs, call in (
+            ("AdamW (5.10)", "torch.optim.AdamW",
+             lambda: student.adamw_steps([torch.zeros(1)], [[torch.ones(1)]], [{"params": [0]}])),
+            ("clip_grad_norm_ (5.11)", "torch.nn.utils.clip_grad_norm_",
+             lambda: student.clipped_gradients([torch.ones(1)], 1.0))):
         try:
             call()
-            ran.append(f"your {label}")
+            ran.append(f"your {yours}")
         except NotImplementedError:
-            ran.append(f"torch's in place of your {label}, not done yet")
+            ran.append(f"{torchs} (your {yours} is not done yet)")
         except Exception as err:  # noqa: BLE001 (any failure of theirs is worth naming here)
-            ran.append(f"your {label}, which raises {type(err).__name__}")
+            ran.append(f"your {yours}, which raises {type(err).__name__}")
     return "train_steps ran with " + " and ".join(ran)
 
 
@@ -1026,3 +1029,23 @@ def test_clip_grad_norm_with_a_non_finite_norm_does_what_torch_does(student, dev
                              "infinite total norm must raise RuntimeError then")
     check_clipping(student.clipped_gradients(grads, 1.0), torch_clipping(grads, 1.0),
                    what=f"clip_grad_norm_ of gradients holding {bad} (error_if_nonfinite=False)")
+
+
+@pytest.mark.parametrize("call, error, names", [
+    (lambda p: p.AdamW([nn.Parameter(torch.zeros(2))], lr=-1e-3), ValueError, "lr"),
+    (lambda p: p.AdamW([nn.Parameter(torch.zeros(2))], betas=(0.9, 1.0)), ValueError, "betas"),
+    (lambda p: p.AdamW([{"params": [nn.Parameter(torch.zeros(2))], "weight_decay": -0.1}]), ValueError, "weight_decay"),
+    (lambda p: p.AdamW([nn.Parameter(torch.zeros(2))], amsgrad=1), TypeError, "amsgrad"),
+    (lambda p: p.AdamW([nn.Parameter(torch.zeros(2))]).step(closure=1.0), TypeError, "closure"),
+    (lambda p: p.clip_grad_norm_([nn.Parameter(torch.zeros(2))], -1.0), ValueError, "max_norm"),
+    (lambda p: p.clip_grad_norm_([nn.Parameter(torch.zeros(2))], 1.0, norm_type=0), ValueError, "norm_type"),
+    (lambda p: p.clip_grad_norm_(3.0, 1.0), TypeError, "parameters"),
+    (lambda p: p.adamw_steps([torch.zeros(2)], [[torch.zeros(3)]], [{"params": [0]}]), ValueError, "grads"),
+    (lambda p: p.adamw_steps([torch.zeros(2)], [[torch.zeros(2)]], [{"params": [0, 0]}]), ValueError, "groups"),
+    (lambda p: p.clipped_gradients([torch.zeros(2), torch.zeros(2)], 1.0, as_tensor=True), ValueError, "as_tensor"),
+])
+def test_bad_optimizer_and_clipping_input_gets_an_error_naming_the_argument(call, error, names):
+    from course_lib import pretraining
+
+    with pytest.raises(error, match=names):
+        call(pretraining)
