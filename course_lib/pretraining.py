@@ -16,13 +16,16 @@ actually comes next. Everything else in this chapter is what makes that run corr
   Loshchilov & Hutter, 2017), AdamW with decoupled weight decay on the right parameters only
   (:func:`weight_decay_groups`; Loshchilov & Hutter, 2019), and the training step with gradient
   accumulation, clipping and bf16 mixed precision (:func:`train_steps`; Micikevicius et al., 2018).
+- **cost** (5.9): tokens per second and model FLOPs utilisation (:func:`mfu`; Chowdhery et al., 2022)
+  from Chapter 3's FLOP count (Kaplan et al., 2020; Hoffmann et al., 2022 for how many tokens a
+  model of a given size deserves).
 - **the optimizer from scratch** (5.10-5.11): AdamW as a ``torch.optim.Optimizer`` (:class:`AdamW`;
   Kingma & Ba, 2015 for Adam's moments and bias correction) and clipping by the global gradient
   norm (:func:`clip_grad_norm_`; Pascanu et al., 2013). The loop uses them once they are done and
   torch's until then (:func:`make_optimizer`, :func:`clip_gradients`, :func:`loop_parts`).
-- **cost** (5.9): tokens per second and model FLOPs utilisation (:func:`mfu`; Chowdhery et al., 2022)
-  from Chapter 3's FLOP count (Kaplan et al., 2020; Hoffmann et al., 2022 for how many tokens a
-  model of a given size deserves).
+- **checkpoints** (5.12-5.13): save and restore the model, the optimizer, the scheduler, the step
+  (the data position) and the random generators, so that a resumed run is the uninterrupted one
+  (:func:`save_checkpoint`, :func:`load_checkpoint`).
 
 Everything around the exercises is implemented here: the data pipeline (:func:`prepare_data`), the
 run configurations (:data:`PRESETS`: ``"tiny"`` for tests, ``"cpu"`` for a laptop, ``"gpu"`` for
@@ -1125,33 +1128,184 @@ def model_flops_per_token(model_config, seq_len: int) -> int:
     return flops_per_token(model_config.architecture(), seq_len)
 
 
-# -- checkpoints ------------------------------------------------------------------------------------
+# -- 5.12-5.13 checkpoints ----------------------------------------------------------------------------
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+def _validate_save_checkpoint(directory, model, optimizer, scheduler, step, history) -> None:
+    _validate_checkpoint_objects(directory, model, optimizer, scheduler)
+    _check_int("step", step, minimum=0)
+    if not isinstance(history, dict):
+        raise TypeError(f"history must be a dict of lists, got {type(history).__name__}")
+
+
+def _validate_checkpoint_objects(directory, model, optimizer, scheduler) -> None:
+    if not isinstance(directory, (str, Path)):
+        raise TypeError(f"directory must be a path (str or pathlib.Path), got {type(directory).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        raise TypeError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got {type(scheduler).__name__}")
+
+
+@exercise("5.12", points=2, validate=_validate_save_checkpoint, entry="saved_checkpoint")
 def save_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, history: dict) -> Path:
-    """Everything a run needs to continue exactly: weights, optimizer and scheduler state, the step
-    reached and the history so far (the data of a step depends only on its number). Written
-    atomically to ``directory / "checkpoint.pt"``."""
-    from course_lib.cache import write_atomic
-    import io
+    """Save everything a run needs to continue exactly as if it had never stopped.
 
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "history": history}, buffer)
-    return write_atomic(Path(directory) / CHECKPOINT_FILE, buffer.getvalue())
+    Args:
+        directory: the run's folder (created if missing). The checkpoint is ``directory /
+            "checkpoint.pt"`` (:data:`CHECKPOINT_FILE`); a newer one replaces the older.
+        model: the model (the unwrapped one, not a ``DistributedDataParallel`` or compiled wrapper,
+            whose parameter names differ).
+        optimizer: the optimizer, mid-run (its state: AdamW's moments and step counts).
+        scheduler: the learning-rate scheduler, mid-run (its position in the schedule).
+        step: the optimizer steps done so far. It is also the data position: :func:`step_batches`
+            draws each step's batches from the step's number alone.
+        history: the run's history so far (a dict of lists of numbers).
+
+    Returns:
+        The path of the checkpoint. The file is ``torch.save`` of the dict ``{"model":
+        model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler":
+        scheduler.state_dict(), "step": step, "history": history, "rng": {"torch":
+        torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(), "python":
+        random.getstate()}}`` (``"cuda"`` is an empty list without a GPU), which
+        ``torch.load(..., weights_only=True)`` reads back. It is written *atomically*: a reader, or a
+        run that crashes while writing, finds the old checkpoint whole or the new one whole, never
+        a part of one.
+
+    Hint:
+        ``torch.save`` into an ``io.BytesIO``, then ``course_lib.cache.write_atomic(path,
+        buffer.getvalue())`` (a temporary file in the same folder, then ``os.replace``). Without the
+        optimizer's state AdamW restarts from zero moments and the loss jumps; without the
+        scheduler's, the learning rate falls back into the warmup; without the generators' states,
+        dropout and every other random draw repeat the ones made since the start.
+    """
+    raise NotImplementedError("Exercise 5.12: implement save_checkpoint in pretraining.py")
 
 
+@exercise("5.13", points=2, validate=_validate_checkpoint_objects, entry="resumed_from_checkpoint")
 def load_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, dict]:
-    """Restore what :func:`save_checkpoint` wrote; returns ``(step, history)``."""
-    state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=next(model.parameters()).device,
-                       weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["step"], state["history"]
+    """Restore a run from what :func:`save_checkpoint` wrote: the other half of an exact resume.
+
+    Args:
+        directory: the folder that holds ``checkpoint.pt``.
+        model, optimizer, scheduler: built afresh for the same run (the same architecture and
+            parameter groups), restored in place.
+
+    Returns:
+        ``(step, history)`` as saved. Afterwards the model's weights, the optimizer's state, the
+        scheduler's position and the random generators (torch's CPU generator, the CUDA generators
+        when the checkpoint has them and a GPU is there, Python's ``random``) are exactly as they
+        were when the checkpoint was saved: the next step, and the next random draw, are the ones
+        the uninterrupted run would have made.
+
+    Hint:
+        ``torch.load(path, map_location=<the device of the model's parameters>,
+        weights_only=True)``: ``weights_only`` builds tensors and plain containers only, never
+        objects whose loading runs code (a checkpoint may come from elsewhere). ``map_location``
+        moves the torch generator's state too, and ``torch.set_rng_state`` wants it on the CPU.
+    """
+    raise NotImplementedError("Exercise 5.13: implement load_checkpoint in pretraining.py")
+
+
+def checkpoint_setup(seed: int = 0, updates: int = 3) -> tuple[nn.Module, torch.optim.Optimizer,
+                                                               torch.optim.lr_scheduler.LambdaLR]:
+    """A small run in the middle of training, for the checkpoint tests: a 4 -> 8 -> 3 network with a
+    LayerNorm, ``torch.optim.AdamW`` and a 5-step warmup after ``updates`` steps on random gradients,
+    and torch's and Python's global generators seeded and a few draws along. All from ``seed``."""
+    import random
+
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 5))
+    for _ in range(updates):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    torch.rand(5), random.random()            # the generators mid-stream, not at a fresh seed
+    return model, optimizer, scheduler
+
+
+def _next_draws() -> dict:
+    """What torch's and Python's global generators give next."""
+    import random
+
+    return {"torch": torch.rand(4), "python": [random.random() for _ in range(3)]}
+
+
+def run_save_checkpoint(save: Callable, seed: int = 0, updates: int = 3, step: int = 7,
+                        history: dict | None = None) -> dict:
+    """Call ``save`` (:func:`save_checkpoint`, ...) twice on the run of :func:`checkpoint_setup`, in
+    a folder that does not exist yet: first with ``step - 1`` and an empty history, then with
+    ``step`` and ``history``. Returns ``{"path": the path it returned, relative to the folder,
+    "files": the folder's files afterwards, "content": torch.load(checkpoint, weights_only=True)}``."""
+    import os
+    import tempfile
+
+    history = {"loss": [2.5, 2.25]} if history is None else history
+    model, optimizer, scheduler = checkpoint_setup(seed, updates)
+    with tempfile.TemporaryDirectory() as parent:
+        directory = Path(parent) / "run"
+        save(directory, model, optimizer, scheduler, max(step - 1, 0), {})
+        path = save(directory, model, optimizer, scheduler, step, history)
+        return {"path": None if path is None else os.path.relpath(path, directory),
+                "files": sorted(os.listdir(directory)),
+                "content": _plain(torch.load(directory / CHECKPOINT_FILE, weights_only=True))}
+
+
+def run_checkpoint_resume(save: Callable, load: Callable, seed: int = 0, updates: int = 3, step: int = 7,
+                          history: dict | None = None) -> dict:
+    """Save the run of :func:`checkpoint_setup` with ``save``, note what the generators give next,
+    then ``load`` it into a run built from another seed (other weights, no optimizer state, the
+    schedule at its start, the generators elsewhere) and draw again; finally make one more update
+    of both runs with the same gradients. Returns ``{"returned": what load returned, "draws":
+    {"uninterrupted": ..., "resumed": ...}, "params": {...}, "lr": {...}}``, the last two after
+    that update: equal when the weights, the optimizer state and the schedule were restored."""
+    import random
+    import tempfile
+
+    history = {"loss": [2.5, 2.25]} if history is None else history
+    runs = {"uninterrupted": checkpoint_setup(seed, updates)}
+    with tempfile.TemporaryDirectory() as directory:
+        save(directory, *runs["uninterrupted"], step, history)
+        draws = {"uninterrupted": _next_draws()}
+        runs["resumed"] = checkpoint_setup(seed + 1, 0)
+        torch.manual_seed(seed + 2)
+        random.seed(seed + 2)
+        returned = load(directory, *runs["resumed"])
+        draws["resumed"] = _next_draws()
+    for model, optimizer, scheduler in runs.values():
+        gen = torch.Generator().manual_seed(seed + 3)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+        scheduler.step()
+    return {"returned": _plain(returned), "draws": _plain(draws),
+            "params": {name: [p.detach().clone() for p in run[0].parameters()] for name, run in runs.items()},
+            "lr": {name: run[1].param_groups[0]["lr"] for name, run in runs.items()}}
+
+
+def saved_checkpoint(seed: int = 0, updates: int = 3, step: int = 7, history: dict | None = None) -> dict:
+    """How the tests run your :func:`save_checkpoint` (5.12): :func:`run_save_checkpoint` of it."""
+    return run_save_checkpoint(save_checkpoint, seed, updates, step, history)
+
+
+def resumed_from_checkpoint(seed: int = 0, updates: int = 3, step: int = 7, history: dict | None = None) -> dict:
+    """How the tests run your :func:`load_checkpoint` (5.13): :func:`run_checkpoint_resume` with your
+    :func:`save_checkpoint` and :func:`load_checkpoint`."""
+    return run_checkpoint_resume(save_checkpoint, load_checkpoint, seed, updates, step, history)
 
 
 # -- the loop ---------------------------------------------------------------------------------------

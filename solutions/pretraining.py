@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import math
+import random
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -10,8 +13,9 @@ import torch
 from torch import nn
 
 from course_lib import pretraining
+from course_lib.cache import write_atomic
 from course_lib.numerics import cross_entropy
-from course_lib.pretraining import IGNORE_INDEX, clip_gradients, make_lr_scheduler, make_optimizer
+from course_lib.pretraining import CHECKPOINT_FILE, IGNORE_INDEX, clip_gradients, make_lr_scheduler, make_optimizer
 
 
 def pack_blocks(token_ids_per_doc: list[list[int]], block_size: int, eos_token_id: int) -> torch.Tensor:
@@ -179,3 +183,26 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
     for g in grads:
         g.mul_(scale.to(g.device))
     return total_norm
+
+
+def save_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, history: dict) -> Path:
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(), "python": random.getstate()}
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "history": history, "rng": rng}, buffer)
+    return write_atomic(Path(directory) / CHECKPOINT_FILE, buffer.getvalue())     # whole or not at all
+
+
+def load_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, dict]:
+    state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=next(model.parameters()).device,
+                       weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    random.setstate(state["rng"]["python"])
+    return state["step"], state["history"]

@@ -1049,3 +1049,104 @@ def test_bad_optimizer_and_clipping_input_gets_an_error_naming_the_argument(call
 
     with pytest.raises(error, match=names):
         call(pretraining)
+
+
+# == 5.12-5.13: checkpoints that resume exactly ===========================================================
+# The run to save is course_lib's checkpoint_setup (a small network, AdamW, a warmup schedule and the
+# global generators, all seeded); the trusted side rebuilds it from the same seed to know what a
+# checkpoint must hold, and the harnesses (run_save_checkpoint, run_checkpoint_resume) call the
+# student's functions on it behind the door.
+def expected_checkpoint(seed, updates, step, history):
+    """What save_checkpoint must write for checkpoint_setup(seed, updates), as plain data."""
+    import random
+
+    from course_lib.pretraining import _plain, checkpoint_setup
+
+    model, optimizer, scheduler = checkpoint_setup(seed, updates)
+    return _plain({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), "step": step, "history": history,
+                   "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(),
+                           "python": random.getstate()}})
+
+
+CHECKPOINT_HINTS = {
+    "model": "model.state_dict(): the weights.",
+    "optimizer": "optimizer.state_dict(): AdamW's moments and step counts, without which the resumed run restarts "
+                 "its moments at zero.",
+    "scheduler": "scheduler.state_dict(): the position in the schedule, without which the learning rate restarts "
+                 "its warmup.",
+    "step": "the step passed in (the data position).",
+    "history": "the history passed in.",
+    "rng": "{'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all(), 'python': random.getstate()}: "
+           "the generators' states at the moment of saving.",
+}
+
+
+def assert_same_data(got, want, what, hint):
+    """Plain data (dicts, lists, numbers, tensors) equal, entry by entry."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), \
+            f"{what}: keys {sorted(got) if isinstance(got, dict) else type(got).__name__}, expected {sorted(want)}. {hint}"
+        for key in want:
+            assert_same_data(got[key], want[key], f"{what}[{key!r}]", hint)
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{what}: expected a list of {len(want)}. {hint}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_data(g, w, f"{what}[{i}]", hint)
+    elif isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got, want), \
+            f"{what} differs from the run's. {hint}"
+    else:
+        assert got == want, f"{what} is {got!r:.100}, expected {want!r:.100}. {hint}"
+
+
+# -- 5.12 save_checkpoint ------------------------------------------------------------------------------
+@pytest.mark.exercise("5.12")
+@pytest.mark.parametrize("key", list(CHECKPOINT_HINTS))
+def test_save_checkpoint_holds_what_an_exact_resume_needs(student, key):
+    history = {"loss": [2.5, 2.25, 2.0], "lr": [0.0, 1e-3, 2e-3]}
+    got = student.saved_checkpoint(1, 3, 9, history)
+    content = got.get("content") if isinstance(got, dict) else None
+    want = expected_checkpoint(1, 3, 9, history)
+    assert isinstance(content, dict) and key in content, \
+        (f"the checkpoint holds {sorted(content) if isinstance(content, dict) else content!r:.100}, and no {key!r}: "
+         f"{CHECKPOINT_HINTS[key]}")
+    assert_same_data(content[key], want[key], f"checkpoint[{key!r}]", CHECKPOINT_HINTS[key])
+
+
+@pytest.mark.exercise("5.12")
+def test_save_checkpoint_writes_one_file_in_a_new_folder_and_replaces_the_old_one(student):
+    got = student.saved_checkpoint(2, 2, 4, {"loss": [1.0]})
+    assert got["path"] == "checkpoint.pt", \
+        f"save_checkpoint returned {got['path']!r} (relative to the folder); return the path of directory / 'checkpoint.pt'"
+    assert got["files"] == ["checkpoint.pt"], \
+        (f"after two saves the folder holds {got['files']}: write checkpoint.pt only (a temporary file is renamed "
+         "over it, not left beside it)")
+    assert got["content"]["step"] == 4 and got["content"]["history"] == {"loss": [1.0]}, \
+        "the second save must replace the first: the file holds step 4 and its history"
+
+
+# -- 5.13 load_checkpoint ------------------------------------------------------------------------------
+@pytest.mark.exercise("5.13")
+def test_load_checkpoint_continues_the_run_exactly(student):
+    got = student.resumed_from_checkpoint(3, 3, 11, {"loss": [3.0, 2.0]})
+    assert got["returned"] == [11, {"loss": [3.0, 2.0]}], \
+        f"load_checkpoint returned {got['returned']!r:.100}, expected (step, history) as saved: (11, {{'loss': [3.0, 2.0]}})"
+    assert got["lr"]["resumed"] == got["lr"]["uninterrupted"], \
+        (f"after one more step the resumed run's learning rate is {got['lr']['resumed']}, the uninterrupted one's "
+         f"{got['lr']['uninterrupted']}: restore the scheduler with scheduler.load_state_dict")
+    for i, (resumed, uninterrupted) in enumerate(zip(got["params"]["resumed"], got["params"]["uninterrupted"])):
+        assert torch.equal(resumed, uninterrupted), \
+            (f"parameter {i} after one more step differs from the uninterrupted run's: restore the weights "
+             "(model.load_state_dict) and the optimizer's moments and step counts (optimizer.load_state_dict)")
+
+
+@pytest.mark.exercise("5.13")
+def test_load_checkpoint_restores_the_random_generators(student):
+    draws = student.resumed_from_checkpoint(4, 2, 5, {})["draws"]
+    for name in ("torch", "python"):
+        got, want = draws["resumed"][name], draws["uninterrupted"][name]
+        same = torch.equal(got, want) if isinstance(want, torch.Tensor) else got == want
+        assert same, (f"after load_checkpoint, {name}'s generator draws {got}, but the uninterrupted run drew {want}: "
+                      "restore torch.set_rng_state(state['rng']['torch'].cpu()), the CUDA states when there are some, "
+                      "and random.setstate(state['rng']['python'])")

@@ -14,8 +14,8 @@ against ``DataCollatorForLanguageModeling``; their learning-rate schedule agains
 GPT-2 and of the course LM, listed; and a short run of the course LM of the ``"tiny"`` preset with
 their ``train_steps`` (the loss curve against the unigram and uniform baselines, the loss at the
 first token of a document against elsewhere, tokens/s and their MFU); and their AdamW and gradient
-clipping against ``torch.optim.AdamW`` and ``clip_grad_norm_``, a resume from a state dict, and
-decoupled decay measured against L2. Every call of an exercise goes through ``attempt``, so an
+clipping against ``torch.optim.AdamW`` and ``clip_grad_norm_``, a resume from a state dict,
+decoupled decay measured against L2, and a checkpoint round trip with their save and load. Every call of an exercise goes through ``attempt``, so an
 unfinished or broken exercise is reported and the rest still runs.
 """
 
@@ -36,8 +36,9 @@ this folder beside the notebook: what it takes to pre-train a language model on 
 (pack tokenized documents into blocks, split the corpus by document, draw batches in a seeded
 order), the objectives (the shifted next-token loss of a causal LM, and BERT's masked-LM corruption
 for comparison), the optimisation (warmup and cosine decay of the learning rate, the parameters
-AdamW decays, the training step with gradient accumulation, clipping and mixed precision, and AdamW
-and gradient clipping themselves, from scratch) and the cost (model FLOPs utilisation). Each function raises `NotImplementedError` until you write its body;
+AdamW decays, the training step with gradient accumulation, clipping and mixed precision, AdamW
+and gradient clipping themselves, from scratch, and checkpoints that resume exactly) and the cost
+(model FLOPs utilisation). Each function raises `NotImplementedError` until you write its body;
 its docstring states the contract (and the module docstring the conventions all of them share:
 labels are the inputs, ignored targets, token-weighted means, seeds, weight decay) and gives a hint.
 
@@ -538,7 +539,7 @@ if "history" in run:
         plt.show()
 '''),
         kit.markdown("about_experiment_optimizer", """
-## Experiment 7: your AdamW and your gradient clipping
+## Experiment 7: your AdamW, your gradient clipping and your checkpoints
 
 `train_steps` does not care whose optimizer and clipping it runs: `make_optimizer` builds your
 `AdamW` (5.10) as soon as its `step` runs, and `clip_gradients` calls your `clip_grad_norm_` (5.11)
@@ -553,7 +554,10 @@ cell says which ones Experiment 6 used, then:
   are pure noise of very different sizes, once with your `AdamW` (`weight_decay=0.1`) and once with
   `torch.optim.Adam(weight_decay=0.1)`, which adds `0.1 * weight` to the gradient (L2);
 - clips the gradients of the small GPT-2 of Experiment 2 with your `clip_grad_norm_` and with
-  PyTorch's, in the 2-norm and the max-norm.
+  PyTorch's, in the 2-norm and the max-norm;
+- saves a small run in the middle of its schedule with your `save_checkpoint` (5.12), loads it into
+  a run built from other weights with your `load_checkpoint` (5.13), and compares the next update and
+  the next random draws of both.
 """),
         kit.code("experiment_optimizer", r'''
 print("Experiment 6 ran with:", pretraining.loop_parts())
@@ -606,9 +610,20 @@ def against_torch_clipping():
               f"gradient difference after clipping to 0.1: {max(max_gap(a, b) for a, b in zip(clipped, torch_clipped)):.1e}")
 
 
+def checkpoint_round_trip():
+    got = pretraining.resumed_from_checkpoint(seed=0, updates=3, step=7, history={"loss": [2.5, 2.25]})
+    weights = all(torch.equal(a, b) for a, b in zip(got["params"]["resumed"], got["params"]["uninterrupted"]))
+    draws = (torch.equal(got["draws"]["resumed"]["torch"], got["draws"]["uninterrupted"]["torch"])
+             and got["draws"]["resumed"]["python"] == got["draws"]["uninterrupted"]["python"])
+    print(f"checkpoint: load_checkpoint returned step {got['returned'][0]}; after one more update the weights are "
+          f"{'identical' if weights else 'DIFFERENT'} and the learning rates {got['lr']['resumed']:.4f} "
+          f"vs {got['lr']['uninterrupted']:.4f}; the next random draws are {'identical' if draws else 'DIFFERENT'}")
+
+
 attempt("AdamW (5.10)", against_torch_adamw)
 attempt("AdamW (5.10)", decoupled_against_l2)
 attempt("clip_grad_norm_ (5.11)", against_torch_clipping)
+attempt("save_checkpoint and load_checkpoint (5.12, 5.13)", checkpoint_round_trip)
 '''),
         kit.markdown("question_packing", f"""
 ## Written answer 2 ({PACKING_POINTS:g} points, graded by hand)

@@ -12,8 +12,8 @@ from tests.test_pretraining import (F64, NO_CLIPPING, SETTINGS, assert_history, 
                                     datasets_split, group_texts, hf_decayed, hf_labels, hf_schedule, micro_batches,
                                     mlm_ids, next_token_ce, random_docs, sampler_order, steps_with_prompts,
                                     tiny_course_lm, tiny_gpt2, tiny_llama, token_batch, whole_step)
-from tests.test_pretraining import (adamw_problem, assert_same_run, check_clipping, clip_problem, torch_adamw,
-                                    torch_clipping)
+from tests.test_pretraining import (adamw_problem, assert_same_data, assert_same_run, check_clipping, clip_problem,
+                                    expected_checkpoint, torch_adamw, torch_clipping)
 
 
 # -- 5.1 --------------------------------------------------------------------------------------------------
@@ -364,3 +364,25 @@ def test_hidden_clip_grad_norm_infinite_norm_with_inf_norm_type(student, device)
     else:
         raise AssertionError("clip_grad_norm_(norm_type=inf, error_if_nonfinite=True) with an infinite norm must raise "
                              "RuntimeError")
+
+
+# -- 5.12-5.13 -------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.12")
+@pytest.mark.parametrize("seed, updates, step", [(20, 0, 0), (21, 7, 100)])
+def test_hidden_save_checkpoint_other_runs(student, seed, updates, step):
+    history = {"loss": [float(i) for i in range(step % 5)], "eval_step": [0]}
+    content = student.saved_checkpoint(seed, updates, step, history)["content"]
+    want = expected_checkpoint(seed, updates, step, history)
+    assert_same_data(content, want, "checkpoint", f"save_checkpoint after {updates} updates, step {step}")
+
+
+@pytest.mark.exercise("5.13")
+@pytest.mark.parametrize("seed, updates", [(22, 1), (23, 6)])
+def test_hidden_load_checkpoint_other_runs(student, seed, updates):
+    got = student.resumed_from_checkpoint(seed, updates, updates, {"loss": [1.5] * updates})
+    assert got["returned"] == [updates, {"loss": [1.5] * updates}]
+    assert got["lr"]["resumed"] == got["lr"]["uninterrupted"]
+    assert all(torch.equal(a, b) for a, b in zip(got["params"]["resumed"], got["params"]["uninterrupted"])), \
+        f"the run resumed after {updates} updates does not continue exactly"
+    assert torch.equal(got["draws"]["resumed"]["torch"], got["draws"]["uninterrupted"]["torch"])
+    assert got["draws"]["resumed"]["python"] == got["draws"]["uninterrupted"]["python"]

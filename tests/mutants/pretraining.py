@@ -6,6 +6,7 @@ correct parts they share), so that the test that catches it catches that mistake
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -583,3 +584,97 @@ CLIP_MUTANTS = [clip_each_tensor_on_its_own, clip_by_the_norm_of_the_first_tenso
 
 MUTANTS["adamw_steps"] = [adamw_driver(m) for m in ADAMW_MUTANTS]
 MUTANTS["clipped_gradients"] = [clipping_driver(m) for m in CLIP_MUTANTS]
+
+
+# -- 5.12 save_checkpoint and 5.13 load_checkpoint -------------------------------------------------------
+def _save(directory, model, optimizer, scheduler, step, history, *, leave_out=(), copy_temporary=False):
+    import io
+    import random
+
+    from course_lib.cache import write_atomic
+
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(), "python": random.getstate()}
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "step": step, "history": history, "rng": rng}
+    state = {k: v for k, v in state.items() if k not in leave_out}
+    if copy_temporary:  # written to a temporary file first, but copied over instead of renamed
+        import shutil
+
+        temporary = Path(directory) / "checkpoint.pt.tmp"
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, temporary)
+        return Path(shutil.copyfile(temporary, Path(directory) / "checkpoint.pt"))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_atomic(Path(directory) / "checkpoint.pt", buffer.getvalue())
+
+
+def save_without_the_optimizer(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, leave_out=("optimizer",))
+
+
+def save_without_the_scheduler(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, leave_out=("scheduler",))
+
+
+def save_without_the_generators(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, leave_out=("rng",))
+
+
+def save_leaves_its_temporary_file(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, copy_temporary=True)
+
+
+def _load(directory, model, optimizer, scheduler, *, restore=("model", "optimizer", "scheduler", "torch", "python")):
+    import random
+
+    state = torch.load(Path(directory) / "checkpoint.pt", map_location=next(model.parameters()).device,
+                       weights_only=True)
+    for key, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
+        if key in restore:
+            target.load_state_dict(state[key])
+    if "torch" in restore:
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+    if "python" in restore:
+        random.setstate(state["rng"]["python"])
+    return state["step"], state["history"]
+
+
+def load_without_the_optimizer(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, restore=("model", "scheduler", "torch", "python"))
+
+
+def load_without_the_scheduler(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "torch", "python"))
+
+
+def load_without_the_generators(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "scheduler"))
+
+
+def load_only_torchs_generator(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "scheduler", "torch"))
+
+
+def _resume_with_load(wrong_load):
+    """resumed_from_checkpoint with the reference save and ``wrong_load``."""
+    from course_lib.pretraining import run_checkpoint_resume, save_checkpoint
+
+    def harness(load, *args, **kwargs):
+        return run_checkpoint_resume(save_checkpoint, load, *args, **kwargs)
+
+    return _entry_point(harness, wrong_load, wrong_load.__name__)
+
+
+def _save_entry(wrong_save):
+    from course_lib.pretraining import run_save_checkpoint
+
+    return _entry_point(run_save_checkpoint, wrong_save, wrong_save.__name__)
+
+
+MUTANTS["saved_checkpoint"] = [_save_entry(m) for m in (save_without_the_optimizer, save_without_the_scheduler,
+                                                         save_without_the_generators, save_leaves_its_temporary_file)]
+MUTANTS["resumed_from_checkpoint"] = [_resume_with_load(m) for m in (load_without_the_optimizer,
+                                                                     load_without_the_scheduler,
+                                                                     load_without_the_generators,
+                                                                     load_only_torchs_generator)]
