@@ -1189,7 +1189,7 @@ def save_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.op
 @exercise("5.13", points=2, validate=_validate_checkpoint_objects, entry="resumed_from_checkpoint")
 def load_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, dict]:
-    """Restore a run from what :func:`save_checkpoint` wrote: the other half of an exact resume.
+    """Restore a run from what ``save_checkpoint`` wrote: the other half of an exact resume.
 
     Args:
         directory: the folder that holds ``checkpoint.pt``.
