@@ -1265,27 +1265,26 @@ def run_save_checkpoint(save: Callable, seed: int = 0, updates: int = 3, step: i
                 "content": _plain(torch.load(directory / CHECKPOINT_FILE, weights_only=True))}
 
 
-def run_checkpoint_resume(save: Callable, load: Callable, seed: int = 0, updates: int = 3, step: int = 7,
-                          history: dict | None = None) -> dict:
-    """Save the run of :func:`checkpoint_setup` with ``save``, note what the generators give next,
-    then ``load`` it into a run built from another seed (other weights, no optimizer state, the
-    schedule at its start, the generators elsewhere) and draw again; finally make one more update
-    of both runs with the same gradients. Returns ``{"returned": what load returned, "draws":
-    {"uninterrupted": ..., "resumed": ...}, "params": {...}, "lr": {...}}``, the last two after
-    that update: equal when the weights, the optimizer state and the schedule were restored."""
+def run_checkpoint_resume(load: Callable, checkpoint: bytes, seed: int = 0, updates: int = 3) -> dict:
+    """Resume the run of :func:`checkpoint_setup` ``(seed, updates)`` from ``checkpoint`` (the bytes of
+    its ``checkpoint.pt``) with ``load`` (:func:`load_checkpoint`, ...), into a run built from
+    another seed (other weights, no optimizer state, the schedule at its start, the generators
+    elsewhere); draw from the generators, and make one more update on the same gradients, in the
+    resumed run and in the uninterrupted one. Returns ``{"returned": what load returned, "draws":
+    {"uninterrupted": ..., "resumed": ...}, "params": {...}, "lr": {...}}``: the draws, weights
+    and learning rates are equal when everything was restored."""
     import random
     import tempfile
 
-    history = {"loss": [2.5, 2.25]} if history is None else history
-    runs = {"uninterrupted": checkpoint_setup(seed, updates)}
+    runs = {"uninterrupted": checkpoint_setup(seed, updates)}   # its generators as they were at saving
+    draws = {"uninterrupted": _next_draws()}
+    runs["resumed"] = checkpoint_setup(seed + 1, 0)
+    torch.manual_seed(seed + 2)
+    random.seed(seed + 2)
     with tempfile.TemporaryDirectory() as directory:
-        save(directory, *runs["uninterrupted"], step, history)
-        draws = {"uninterrupted": _next_draws()}
-        runs["resumed"] = checkpoint_setup(seed + 1, 0)
-        torch.manual_seed(seed + 2)
-        random.seed(seed + 2)
+        (Path(directory) / CHECKPOINT_FILE).write_bytes(checkpoint)
         returned = load(directory, *runs["resumed"])
-        draws["resumed"] = _next_draws()
+    draws["resumed"] = _next_draws()
     for model, optimizer, scheduler in runs.values():
         gen = torch.Generator().manual_seed(seed + 3)
         for p in model.parameters():
@@ -1302,10 +1301,9 @@ def saved_checkpoint(seed: int = 0, updates: int = 3, step: int = 7, history: di
     return run_save_checkpoint(save_checkpoint, seed, updates, step, history)
 
 
-def resumed_from_checkpoint(seed: int = 0, updates: int = 3, step: int = 7, history: dict | None = None) -> dict:
-    """How the tests run your :func:`load_checkpoint` (5.13): :func:`run_checkpoint_resume` with your
-    :func:`save_checkpoint` and :func:`load_checkpoint`."""
-    return run_checkpoint_resume(save_checkpoint, load_checkpoint, seed, updates, step, history)
+def resumed_from_checkpoint(checkpoint: bytes, seed: int = 0, updates: int = 3) -> dict:
+    """How the tests run your :func:`load_checkpoint` (5.13): :func:`run_checkpoint_resume` of it."""
+    return run_checkpoint_resume(load_checkpoint, checkpoint, seed, updates)
 
 
 # -- the loop ---------------------------------------------------------------------------------------

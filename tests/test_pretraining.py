@@ -1054,19 +1054,35 @@ def test_bad_optimizer_and_clipping_input_gets_an_error_naming_the_argument(call
 # == 5.12-5.13: checkpoints that resume exactly ===========================================================
 # The run to save is course_lib's checkpoint_setup (a small network, AdamW, a warmup schedule and the
 # global generators, all seeded); the trusted side rebuilds it from the same seed to know what a
-# checkpoint must hold, and the harnesses (run_save_checkpoint, run_checkpoint_resume) call the
-# student's functions on it behind the door.
-def expected_checkpoint(seed, updates, step, history):
-    """What save_checkpoint must write for checkpoint_setup(seed, updates), as plain data."""
+# checkpoint must hold (and writes the checkpoint that load_checkpoint's tests load), and the
+# harnesses (run_save_checkpoint, run_checkpoint_resume) call the student's functions behind the door.
+def checkpoint_contents(seed, updates, step, history):
+    """What save_checkpoint's contract says the checkpoint of checkpoint_setup(seed, updates) holds."""
     import random
 
-    from course_lib.pretraining import _plain, checkpoint_setup
+    from course_lib.pretraining import checkpoint_setup
 
     model, optimizer, scheduler = checkpoint_setup(seed, updates)
-    return _plain({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "step": step, "history": history,
-                   "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(),
-                           "python": random.getstate()}})
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": step, "history": history,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(), "python": random.getstate()}}
+
+
+def expected_checkpoint(seed, updates, step, history):
+    """:func:`checkpoint_contents` as the plain data the door returns."""
+    from course_lib.pretraining import _plain
+
+    return _plain(checkpoint_contents(seed, updates, step, history))
+
+
+def checkpoint_bytes(seed, updates, step, history) -> bytes:
+    """The contract's checkpoint.pt of checkpoint_setup(seed, updates), written here on the trusted side,
+    for load_checkpoint's tests (so that they do not depend on the student's save_checkpoint)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint_contents(seed, updates, step, history), buffer)
+    return buffer.getvalue()
 
 
 CHECKPOINT_HINTS = {
@@ -1129,7 +1145,7 @@ def test_save_checkpoint_writes_one_file_in_a_new_folder_and_replaces_the_old_on
 # -- 5.13 load_checkpoint ------------------------------------------------------------------------------
 @pytest.mark.exercise("5.13")
 def test_load_checkpoint_continues_the_run_exactly(student):
-    got = student.resumed_from_checkpoint(3, 3, 11, {"loss": [3.0, 2.0]})
+    got = student.resumed_from_checkpoint(checkpoint_bytes(3, 3, 11, {"loss": [3.0, 2.0]}), 3, 3)
     assert got["returned"] == [11, {"loss": [3.0, 2.0]}], \
         f"load_checkpoint returned {got['returned']!r:.100}, expected (step, history) as saved: (11, {{'loss': [3.0, 2.0]}})"
     assert got["lr"]["resumed"] == got["lr"]["uninterrupted"], \
@@ -1143,7 +1159,7 @@ def test_load_checkpoint_continues_the_run_exactly(student):
 
 @pytest.mark.exercise("5.13")
 def test_load_checkpoint_restores_the_random_generators(student):
-    draws = student.resumed_from_checkpoint(4, 2, 5, {})["draws"]
+    draws = student.resumed_from_checkpoint(checkpoint_bytes(4, 2, 5, {}), 4, 2)["draws"]
     for name in ("torch", "python"):
         got, want = draws["resumed"][name], draws["uninterrupted"][name]
         same = torch.equal(got, want) if isinstance(want, torch.Tensor) else got == want

@@ -611,7 +611,13 @@ def against_torch_clipping():
 
 
 def checkpoint_round_trip():
-    got = pretraining.resumed_from_checkpoint(seed=0, updates=3, step=7, history={"loss": [2.5, 2.25]})
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as directory:  # a run after 3 updates, saved by your save_checkpoint
+        path = pretraining.save_checkpoint(directory, *pretraining.checkpoint_setup(0, 3), 7, {"loss": [2.5, 2.25]})
+        saved = Path(path).read_bytes()
+    got = pretraining.resumed_from_checkpoint(saved, seed=0, updates=3)
     weights = all(torch.equal(a, b) for a, b in zip(got["params"]["resumed"], got["params"]["uninterrupted"]))
     draws = (torch.equal(got["draws"]["resumed"]["torch"], got["draws"]["uninterrupted"]["torch"])
              and got["draws"]["resumed"]["python"] == got["draws"]["uninterrupted"]["python"])

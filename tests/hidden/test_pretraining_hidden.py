@@ -12,8 +12,8 @@ from tests.test_pretraining import (F64, NO_CLIPPING, SETTINGS, assert_history, 
                                     datasets_split, group_texts, hf_decayed, hf_labels, hf_schedule, micro_batches,
                                     mlm_ids, next_token_ce, random_docs, sampler_order, steps_with_prompts,
                                     tiny_course_lm, tiny_gpt2, tiny_llama, token_batch, whole_step)
-from tests.test_pretraining import (adamw_problem, assert_same_data, assert_same_run, check_clipping, clip_problem,
-                                    expected_checkpoint, torch_adamw, torch_clipping)
+from tests.test_pretraining import (adamw_problem, assert_same_data, assert_same_run, check_clipping,
+                                    checkpoint_bytes, clip_problem, expected_checkpoint, torch_adamw, torch_clipping)
 
 
 # -- 5.1 --------------------------------------------------------------------------------------------------
@@ -379,7 +379,8 @@ def test_hidden_save_checkpoint_other_runs(student, seed, updates, step):
 @pytest.mark.exercise("5.13")
 @pytest.mark.parametrize("seed, updates", [(22, 1), (23, 6)])
 def test_hidden_load_checkpoint_other_runs(student, seed, updates):
-    got = student.resumed_from_checkpoint(seed, updates, updates, {"loss": [1.5] * updates})
+    got = student.resumed_from_checkpoint(checkpoint_bytes(seed, updates, updates, {"loss": [1.5] * updates}),
+                                          seed, updates)
     assert got["returned"] == [updates, {"loss": [1.5] * updates}]
     assert got["lr"]["resumed"] == got["lr"]["uninterrupted"]
     assert all(torch.equal(a, b) for a, b in zip(got["params"]["resumed"], got["params"]["uninterrupted"])), \

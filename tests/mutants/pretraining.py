@@ -656,25 +656,19 @@ def load_only_torchs_generator(directory, model, optimizer, scheduler):
     return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "scheduler", "torch"))
 
 
-def _resume_with_load(wrong_load):
-    """resumed_from_checkpoint with the reference save and ``wrong_load``."""
-    from course_lib.pretraining import run_checkpoint_resume, save_checkpoint
-
-    def harness(load, *args, **kwargs):
-        return run_checkpoint_resume(save_checkpoint, load, *args, **kwargs)
-
-    return _entry_point(harness, wrong_load, wrong_load.__name__)
-
-
 def _save_entry(wrong_save):
     from course_lib.pretraining import run_save_checkpoint
 
     return _entry_point(run_save_checkpoint, wrong_save, wrong_save.__name__)
 
 
+def _load_entry(wrong_load):
+    from course_lib.pretraining import run_checkpoint_resume
+
+    return _entry_point(run_checkpoint_resume, wrong_load, wrong_load.__name__)
+
+
 MUTANTS["saved_checkpoint"] = [_save_entry(m) for m in (save_without_the_optimizer, save_without_the_scheduler,
                                                          save_without_the_generators, save_leaves_its_temporary_file)]
-MUTANTS["resumed_from_checkpoint"] = [_resume_with_load(m) for m in (load_without_the_optimizer,
-                                                                     load_without_the_scheduler,
-                                                                     load_without_the_generators,
-                                                                     load_only_torchs_generator)]
+MUTANTS["resumed_from_checkpoint"] = [_load_entry(m) for m in (load_without_the_optimizer, load_without_the_scheduler,
+                                                               load_without_the_generators, load_only_torchs_generator)]
