@@ -55,9 +55,11 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
     # (4.5), and 4.9 samples from their process_logits
     "generation": ({"4.2": None, "4.5": "top_p_that_drops_the_crossing_token",
                     "4.11": "stop_sequence_by_its_last_token"}, {"4.2", "4.3", "4.5", "4.8", "4.9", "4.10", "4.11"}),
-    # 5.8 computes its loss with the student's causal_lm_loss (5.4)
-    "pretraining": ({"5.2": None, "5.4": "loss_without_shift", "5.9": "mfu_six_times_forward_flops"},
-                    {"5.2", "5.4", "5.8", "5.9"}),
+    # 5.8 computes its loss with the student's causal_lm_loss (5.4) and steps with their AdamW (5.10); their
+    # clip_grad_norm_ (5.11) is a stub, so it clips with torch's
+    "pretraining": ({"5.2": None, "5.4": "loss_without_shift", "5.9": "mfu_six_times_forward_flops",
+                     "5.10": "adamw_with_l2_instead_of_decoupled_decay", "5.11": None},
+                    {"5.2", "5.4", "5.8", "5.9", "5.10", "5.11"}),
 }
 
 # What each chapter's experiments print when every exercise is right.
