@@ -132,7 +132,7 @@ class PageVisit:
             f"{r.url} (HTTP {r.status})"))
         self.response = self.page.goto(url, wait_until="load", timeout=60_000)
         self.math = _typeset_math(self.page)
-        self.page.wait_for_load_state("networkidle")
+        self.page.wait_for_load_state("networkidle", timeout=60_000)
 
     def _route(self, route):
         url = route.request.url
@@ -225,7 +225,8 @@ def test_page_loads_offline_with_math_and_figures(visit):
 # and the column has overflow-x auto/scroll and a scrollbar that is drawn at all times: one that takes
 # height in this browser (Playwright's headless default, which hides scrollbars, is switched off) and
 # is styled (::-webkit-scrollbar), which Blink and WebKit draw even on systems whose own scrollbars
-# only show while scrolling (macOS, phones). Printed output must fit without scrolling; code may scroll.
+# only show while scrolling (macOS, phones). Printed output must fit without scrolling; code may scroll,
+# also code that a cell displays as its result.
 _LAYOUT_PROBE = r"""() => {
     const article = document.querySelector('article.bd-article') || document.querySelector('main');
     const cs = getComputedStyle(article);
@@ -242,7 +243,8 @@ _LAYOUT_PROBE = r"""() => {
 
     const blocks = [];
     for (const pre of article.querySelectorAll('pre')) {
-        const output = pre.closest('.cell_output') !== null;
+        // Printed output (a stream, a plain-text result, a traceback), not code that a cell displays.
+        const output = pre.closest('.cell_output .output:is(.stream, .stderr, .text_plain, .traceback)') !== null;
         const textRight = pre.getBoundingClientRect().left + pre.scrollWidth;
         let clipRight = column.right, scrolls = false, cutBy = null;
         for (let el = pre; el && el !== article; el = el.parentElement) {
