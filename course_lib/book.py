@@ -97,13 +97,12 @@ class Chapter:
         return chapter_exercises(self.module)
 
 
-def toc_chapters(toc_path: Path | str) -> list[Chapter]:
-    """The chapters of ``_toc.yml`` in reading order (the root page is not a chapter). Number and title
-    come from each page's heading, ``# Chapter 3: The Transformer, ...``."""
+def toc_files(toc_path: Path | str) -> tuple[str, list[str]]:
+    """The root page of a Jupyter Book ``_toc.yml`` and its other pages in reading order, as the toc
+    names them (``"book/intro"``, ``["book/numerics", ...]``)."""
     import yaml
 
-    toc_path = Path(toc_path)
-    toc = yaml.safe_load(toc_path.read_text())
+    toc = yaml.safe_load(Path(toc_path).read_text())
     files: list[str] = []
 
     def walk(entries):
@@ -113,9 +112,15 @@ def toc_chapters(toc_path: Path | str) -> list[Chapter]:
             walk(entry.get("chapters", []) + entry.get("sections", []))
 
     walk(toc.get("parts", []) + toc.get("chapters", []))
+    return toc["root"], files
+
+
+def toc_chapters(toc_path: Path | str) -> list[Chapter]:
+    """The chapters of ``_toc.yml`` in reading order (the root page is not a chapter). Number and title
+    come from each page's heading, ``# Chapter 3: The Transformer, ...``."""
     chapters = []
-    for page in files:
-        source = toc_path.parent / f"{page}.md"
+    for page in toc_files(toc_path)[1]:
+        source = Path(toc_path).parent / f"{page}.md"
         heading = _CHAPTER_HEADING.search(source.read_text(encoding="utf-8"))
         if heading is None:
             raise ValueError(f"{source}: the first heading should read '# Chapter N: title'")

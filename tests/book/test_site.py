@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from course_lib.book import toc_files
+
 ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
@@ -370,32 +372,16 @@ def test_no_raw_sphinx_role_in_the_text(visit, layout):
 
 
 def test_each_cell_prints_into_one_box(visit, layout):
-    """stdout and stderr of one cell are one box (nb_merge_streams), not one box per print."""
+    """A cell's printed output is one box: nb_merge_streams joins its prints into one, so a second box is
+    a write to stderr (a library warning that leaked into the page)."""
     split = ["\n    ".join(boxes) for boxes in layout["streams"]]
-    assert not split, (f"{visit.path}: cells whose printed output is split into several boxes:\n  "
-                       + "\n  ".join(split))
-
-
-def _toc_files() -> tuple[str, list[str]]:
-    """The root page and every other page of _toc.yml, in order."""
-    import yaml
-
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files: list[str] = []
-
-    def walk(entries):
-        for entry in entries:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("chapters", []) + entry.get("sections", []))
-
-    walk(toc.get("parts", []) + toc.get("chapters", []))
-    return toc["root"], files
+    assert not split, (f"{visit.path}: cells whose printed output is split into several boxes (is "
+                       "nb_merge_streams on? does the cell write to stderr?):\n  " + "\n  ".join(split))
 
 
 def test_landing_page_links_every_chapter(browser, site_url):
     """The landing page's own text (not only the sidebar) links every chapter of _toc.yml."""
-    root, chapters = _toc_files()
+    root, chapters = toc_files(ROOT / "_toc.yml")
     v = PageVisit(browser, f"{site_url}/{root}.html")
     try:
         hrefs = v.page.evaluate("""() => Array.from(
@@ -409,7 +395,7 @@ def test_landing_page_links_every_chapter(browser, site_url):
 
 def test_every_toc_page_was_built(site_url):
     """The root page redirects into the book and every chapter of the table of contents exists."""
-    root, chapters = _toc_files()
+    root, chapters = toc_files(ROOT / "_toc.yml")
     missing = [f for f in [root, *chapters] if not (HTML / f"{f}.html").is_file()]
     assert not missing, f"chapters in _toc.yml without a built page: {missing}"
     assert f"{root}.html" in (HTML / "index.html").read_text()
