@@ -48,6 +48,7 @@ SCREENSHOTS = Path(os.environ.get("COURSE_BOOK_SCREENSHOTS") or ROOT / "_build" 
 FIGURE_FONT_PT = 10
 MIN_LABEL_PX = 8.0
 CSS_PX_PER_INCH = 96
+PAGE_TIMEOUT_MS = 180_000
 
 pytestmark = pytest.mark.slow
 
@@ -132,9 +133,10 @@ class PageVisit:
             f"{r.url} ({r.failure})"))
         self.page.on("response", lambda r: r.status >= 400 and self.failed.append(
             f"{r.url} (HTTP {r.status})"))
-        self.response = self.page.goto(url, wait_until="load", timeout=60_000)
+        # Generous waits: on a busy 2-core machine, typesetting a long page can take over a minute.
+        self.response = self.page.goto(url, wait_until="load", timeout=PAGE_TIMEOUT_MS)
         self.math = _typeset_math(self.page)
-        self.page.wait_for_load_state("networkidle", timeout=60_000)
+        self.page.wait_for_load_state("networkidle", timeout=PAGE_TIMEOUT_MS)
 
     def _route(self, route):
         url = route.request.url
