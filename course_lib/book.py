@@ -70,15 +70,15 @@ def chapter_exercises(module: str) -> list[Exercise]:
 
 
 def exercise_table(module: str) -> str:
-    """A Markdown table of chapter ``module``'s exercises: id, function, what it asks, points, and the
-    total. "What it asks" is the first paragraph of the exercise's docstring, whole."""
+    """A Markdown table of chapter ``module``'s exercises: id, function (its name in ``module``), what it
+    asks, points, and the total. "What it asks" is the first paragraph of the exercise's docstring, whole."""
     chapter = chapter_exercises(module)
     if not chapter:
         raise ValueError(f"module={module!r} has no exercises (is it a chapter module?)")
     lines = ["| exercise | function | what it asks | points |", "|---|---|---|---|"]
     for ex in chapter:
         summary = docstring_summary(entry_point(ex).__doc__ or "")
-        lines.append(f"| {ex.id} | `{module}.{ex.name}` | {summary} | {ex.points:g} |")
+        lines.append(f"| {ex.id} | `{ex.name}` | {summary} | {ex.points:g} |")
     lines.append(f"| | | **total** | **{sum(ex.points for ex in chapter):g}** |")
     return "\n".join(lines)
 

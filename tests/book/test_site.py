@@ -271,6 +271,17 @@ _LAYOUT_PROBE = r"""() => {
         }
     }
 
+    // Tables must fit the column: the theme puts a wide table in a box that scrolls, but with no
+    // scrollbar drawn a reader sees its last columns cut off.
+    const tables = [];
+    for (const table of article.querySelectorAll('table')) {
+        const r = table.getBoundingClientRect();
+        if (r.width > column.width + 1 || r.right > column.right + 1) {
+            const header = Array.from(table.querySelectorAll('th'), th => th.textContent.trim()).join(' | ');
+            tables.push({width: Math.round(r.width), column: Math.round(column.width), header: header.slice(0, 80)});
+        }
+    }
+
     const equations = [];
     for (const c of article.querySelectorAll('mjx-container[display="true"]')) {
         const r = (c.querySelector('mjx-math') || c).getBoundingClientRect();
@@ -308,7 +319,7 @@ _LAYOUT_PROBE = r"""() => {
             streams.push(Array.from(boxes, b => `${b.classList.contains('stderr') ? 'stderr' : 'stdout'}: ${firstLine(b)}`));
         }
     }
-    return {column, blocks, equations, images, roles, streams};
+    return {column, blocks, tables, equations, images, roles, streams};
 }"""
 
 
@@ -329,6 +340,12 @@ def test_printed_output_fits_the_column_and_code_scrolls_visibly(visit, layout):
             problems.append(f"code cut off without a visible scrollbar, {where}, by {b['cutBy']}: {b['line']!r}")
     assert not problems, (f"{visit.path}: blocks that do not fit (wrap the printed text, or shorten "
                           "its columns):\n  " + "\n  ".join(problems))
+
+
+def test_tables_fit_the_column(visit, layout):
+    wide = [f"{t['width']} px in a {t['column']} px column: {t['header']!r}" for t in layout["tables"]]
+    assert not wide, (f"{visit.path}: tables wider than the column (their last columns are hidden; let long "
+                      "code in the cells wrap, or shorten them):\n  " + "\n  ".join(wide))
 
 
 def test_display_equations_fit_the_column(visit, layout):
