@@ -1598,7 +1598,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--eval-every", type=int, default=None, help="override eval_every (steps)")
     parser.add_argument("--source", default=None, help="corpus source (file, folder or HF dataset name)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--cached", action="store_true",
+                        help="the course's pretrained model of --preset, from the course cache: trained and stored "
+                             "there on a miss (pretrained_course_lm); prints its folder and recorded figures")
     args = parser.parse_args(argv)
+    if args.cached:
+        if args.output or args.resume or args.steps or args.max_steps or args.eval_every:
+            parser.error("--cached takes only --preset, --source and --no-progress (the cache is keyed by the preset)")
+        if args.no_progress:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()     # the bar of loading the weights
+        pretrained_course_lm(args.preset, args.source, progress=not args.no_progress)
+        directory = pretrained_model_dir(args.preset, args.source)
+        record = json.loads((directory / "training.json").read_text())
+        summary = {"directory": str(directory), **{key: record[key] for key in (
+            "parameters", "validation_loss", "train_seconds", "tokens_per_second")}}
+        print(json.dumps(summary))
+        return summary
     overrides = {"total_steps": args.steps, "eval_every": args.eval_every}
     config = preset(args.preset, source=args.source, **{k: v for k, v in overrides.items() if v is not None})
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

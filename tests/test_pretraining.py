@@ -701,6 +701,23 @@ def test_pretrained_model_loads_with_auto_classes(tiny_run_inputs):
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, ids.shape[1] + 3)
 
 
+def test_cli_cached_reads_the_cached_model_instead_of_training(tiny_run_inputs, capsys):
+    """What the book build runs before its pages: on a warm cache it loads, it does not train again."""
+    from course_lib.pretraining import main, pretrained_course_lm, pretrained_model_dir
+
+    pretrained_course_lm("tiny", progress=False)
+    weights = next(pretrained_model_dir("tiny").glob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    summary = main(["--cached", "--preset", "tiny", "--no-progress"])
+    assert summary["directory"] == str(pretrained_model_dir("tiny"))
+    assert weights.stat().st_mtime_ns == stamp, "--cached trained the model again on a warm cache"
+    recorded = json.loads((pretrained_model_dir("tiny") / "training.json").read_text())
+    assert summary["validation_loss"] == recorded["validation_loss"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    with pytest.raises(SystemExit):
+        main(["--cached", "--preset", "tiny", "--steps", "3"])
+
+
 @pytest.mark.parametrize("call, error, names", [
     (lambda p: p.pack_blocks([[1, 2]], 0, 2), ValueError, "block_size"),
     (lambda p: p.pack_blocks([[1, -2]], 4, 2), TypeError, "token_ids_per_doc"),
