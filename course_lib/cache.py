@@ -66,3 +66,14 @@ def stage_directory(directory: Path | str):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def read_json(path: Path | str):
+    """The JSON value cached in ``path``, or ``None`` when it is missing or damaged (then rebuild it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None

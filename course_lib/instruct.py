@@ -129,7 +129,7 @@ def _check_messages(name: str, messages) -> None:
         if message["role"] not in ROLES:
             raise ValueError(f"{name}[{i}]['role'] must be one of {ROLES}, got {message['role']!r}")
         if type(message["content"]) is not str:
-            raise TypeError(f"{name}[{i}]['content'] must be a str, got {type(message['content']).__name__}")
+            raise ValueError(f"{name}[{i}]['content'] must be a str, got {type(message['content']).__name__}")
 
 
 def _validate_alpaca_to_messages(records, system=None) -> None:
@@ -813,18 +813,24 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
 
 
 @torch.no_grad()
-def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 12) -> list[str]:
-    """Each prompt's greedy continuation (``generate`` with ``do_sample=False``), decoded, stopping at
-    the first newline or end-of-text token. One prompt at a time: no padding to get wrong."""
+def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 16
+                       ) -> list[str]:
+    """Each prompt's greedy continuation (``generate`` with ``do_sample=False``), decoded, cut at the
+    first newline (generation stops at a token that holds one). Prompts are batched with padding on the left, so that every row's next token comes
+    right after its own prompt; the attention mask hides the padding."""
+    from course_lib.tasks import pad_batch
+
     device = next(model.parameters()).device
-    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    stops = [tokenizer.eos_token_id] + newline[-1:]
+    stops = [tokenizer.eos_token_id] + [i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])]
     texts = []
-    for prompt in prompts:
-        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-        texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = pad_batch([tokenizer(p, add_special_tokens=False)["input_ids"]
+                               for p in prompts[start:start + batch_size]], pad_id=tokenizer.pad_token_id, left=True)
+        out = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stops,
+                             pad_token_id=tokenizer.pad_token_id)
+        texts += [tokenizer.decode(row, skip_special_tokens=True).split("\n", 1)[0]
+                  for row in out[:, ids.shape[1]:]]
     return texts
 
 

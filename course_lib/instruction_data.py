@@ -51,6 +51,7 @@ under the PSF License Agreement (version 2).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import random
@@ -60,8 +61,9 @@ import sysconfig
 import unicodedata
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
-from course_lib.cache import cache_dir, cache_key, write_atomic
+from course_lib.cache import cache_dir, cache_key, read_json, write_atomic
 
 FAMILIES = ("arithmetic", "string", "sorting", "stdlib")
 SPLITS = ("train", "validation", "test")
@@ -163,7 +165,7 @@ def _arithmetic(rng: random.Random) -> dict:
             "output": str(result), "rationale": steps}
 
 
-def _string(rng: random.Random, words: list[str]) -> dict:
+def _string(rng: random.Random, words: Sequence[str]) -> dict:
     transform = rng.choice(sorted(STRING_TEMPLATES))
     word = rng.choice(words)
     output = {"reverse": word[::-1], "upper": word.upper(), "length": str(len(word)), "first": word[0]}[transform]
@@ -201,20 +203,20 @@ def _stdlib(rng: random.Random, records: list[dict]) -> dict:
             "rationale": f"`{record['name']}` is a {kind} defined in the module {record['module']}."}
 
 
-def corpus_words(min_len: int = 3, max_len: int = 8, top: int = 2000, source: str | None = None) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def corpus_words(min_len: int = 3, max_len: int = 8, top: int = 2000, source: str | None = None) -> tuple[str, ...]:
     """The ``top`` most frequent lower-case ASCII words of ``min_len`` to ``max_len`` letters in the
-    ``train`` split of the course corpus, most frequent first (ties alphabetically)."""
+    ``train`` split of the course corpus, most frequent first (ties alphabetically); read once per process."""
     from course_lib.corpus import load_corpus
 
     counts = Counter(w for doc in load_corpus("train", source) for w in re.findall(r"\b[a-z]+\b", doc)
                      if min_len <= len(w) <= max_len)
-    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+    return tuple(w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
 
 
-def stdlib_records() -> list[dict]:
-    """``{"name", "module", "kind"}`` for every public top-level function and class with a docstring in
-    the standard-library files the course corpus reads, whose name no other of those modules
-    defines; sorted by name. ``kind`` is ``"function"`` or ``"class"``."""
+@functools.lru_cache(maxsize=None)
+def _stdlib_records() -> tuple[tuple[str, str, str], ...]:
+    """(name, module, kind) of :func:`stdlib_records`, read once per process."""
     from course_lib.corpus import SKIPPED_DIRS, stdlib_source_files
 
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -235,8 +237,15 @@ def stdlib_records() -> list[dict]:
                     and not node.name.startswith("_") and ast.get_docstring(node)):
                 kind = "class" if isinstance(node, ast.ClassDef) else "function"
                 found.setdefault(node.name, []).append((module, kind))
-    return [{"name": name, "module": places[0][0], "kind": places[0][1]}
-            for name, places in sorted(found.items()) if len({m for m, _ in places}) == 1]
+    return tuple((name, places[0][0], places[0][1]) for name, places in sorted(found.items())
+                 if len({m for m, _ in places}) == 1)
+
+
+def stdlib_records() -> list[dict]:
+    """``{"name", "module", "kind"}`` for every public top-level function and class with a docstring in
+    the standard-library files the course corpus reads, whose name no other of those modules
+    defines; sorted by name. ``kind`` is ``"function"`` or ``"class"``."""
+    return [{"name": name, "module": module, "kind": kind} for name, module, kind in _stdlib_records()]
 
 
 def raw_examples(family: str, n: int = RAW_SIZE, seed: int = SEED, source: str | None = None) -> list[dict]:
@@ -357,11 +366,9 @@ def build_instruction_data(source: str | None = None) -> dict:
     :func:`course_lib.corpus.load_corpus`); ``None`` for the built-in corpus.
     """
     path = instruction_data_path(source)
-    if path.is_file():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass  # a damaged cache file is rebuilt
+    cached = read_json(path)
+    if cached is not None:
+        return cached
     splits = {name: [] for name in SPLITS}
     counts = {}
     for family in FAMILIES:

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from course_lib.instruct import (IM_END, IM_START, ROLES, fill_template, lsh_candidate_pairs, minhash_permutations,
-                                 minhash_signatures, shingle_hash, template_slots)
+from course_lib.instruct import (IM_END, IM_START, _check_messages, fill_template, lsh_candidate_pairs,
+                                 minhash_permutations, minhash_signatures, shingle_hash, template_slots)
 from course_lib.instruction_data import normalize_text, word_shingles
 
 _ALPACA_FIELDS = ("instruction", "input", "output", "system")
@@ -60,13 +60,7 @@ def messages_to_alpaca(conversations: list[list[dict]]) -> list[dict]:
         where = f"record {i}"
         if not isinstance(conversation, list):
             raise ValueError(f"{where}: must be a list of messages, got {type(conversation).__name__}")
-        for j, message in enumerate(conversation):
-            if not isinstance(message, dict) or set(message) != {"role", "content"}:
-                raise ValueError(f"{where}: messages[{j}] must be a dict with the keys 'role' and 'content'")
-            if message["role"] not in ROLES:
-                raise ValueError(f"{where}: messages[{j}]['role'] must be one of {ROLES}, got {message['role']!r}")
-            if type(message["content"]) is not str:
-                raise ValueError(f"{where}: messages[{j}]['content'] must be a str")
+        _check_messages(f"{where}: messages", conversation)  # dicts with a known role and str content
         record = {}
         turns = conversation
         if turns and turns[0]["role"] == "system":
@@ -146,7 +140,7 @@ def near_dedup(texts: list[str], threshold: float = 0.8, num_perm: int = 128, ba
         match = None
         for j in sorted(candidates.get(i, [])):
             if j in kept:
-                estimate = (signatures[i] == signatures[j]).double().mean().item()
+                estimate = int((signatures[i] == signatures[j]).sum()) / num_perm
                 if estimate >= threshold:
                     match = (i, j, estimate)
                     break
@@ -214,7 +208,7 @@ def fill_template(template: str, values: dict, types: dict | None = None) -> str
     for name, kind in (types or {}).items():
         value = values[name]
         if isinstance(value, bool) or not isinstance(value, _TYPES[kind]):
-            raise TypeError(f"slot {name!r} takes a {kind} value, got {type(value).__name__} {value!r}")
+            raise TypeError(f"slot {name!r} must be of type {kind}, got {type(value).__name__} {value!r}")
     return template.format(**values)
 
 

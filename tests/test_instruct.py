@@ -518,13 +518,16 @@ def test_find_contaminated_agrees_with_brute_force_containment(student):
 
 @pytest.mark.exercise("6.8")
 def test_find_contaminated_counts_short_evaluation_texts_whole_and_words_whole(student):
-    evaluation = ["What is 37 + 4?", "a much longer evaluation question that has more than eight words in it"]
+    evaluation = ["What is 37 + 4?", "a much longer evaluation question that has more than eight words in it",
+                  "the sum of 37 and 4"]
     train = ["Q: what is 37 + 4? A: 41",           # the short question, whole, case-folded
-             "What is 37 + 45? and 82",            # not the same words: 45 is not 4?
+             "What is 37 + 45? and 82",            # not the same words: 45? is not 4?
              "that has more than eight words in",  # 7 consecutive words of the long one: < n
              "question that has more than eight words in it",   # 8 consecutive words
-             "What  is\n37 + 4?"]                  # whitespace runs do not matter
-    assert student.find_contaminated(train, evaluation, n=8) == [0, 3, 4]
+             "What  is\n37 + 4?",                  # whitespace runs do not matter
+             "the sum of 37 and 45 is 82"]         # '37 and 4' is in it as characters, not as words
+    assert student.find_contaminated(train, evaluation, n=8) == [0, 3, 4], \
+        "words are compared whole, after normalize_text; a short evaluation text counts as a whole"
     assert student.find_contaminated(train, [], n=8) == []
 
 
