@@ -860,6 +860,47 @@ def sft_training_record(size: str = "cpu", source: str | None = None) -> dict:
     return json.loads((sft_model_dir(size, source) / "training.json").read_text())
 
 
+# -- the same run with TRL ------------------------------------------------------------------------------------
+def trl_command(config: FinetuneConfig, directory: Path | str) -> list[str]:
+    """The fine-tuning of ``config`` as a TRL command line (``trl sft ...``, for ``accelerate launch -m
+    trl.cli sft ...`` too): writes the training conversations to ``directory/data/train.jsonl`` and
+    returns the command, which reads them and writes its model to ``directory/model``.
+
+    The flags say what :func:`finetune` does in code: the pretrained course model of ``config.base``,
+    loss on the assistant's tokens only, packing (best fit decreasing, padding-free rows) or padded
+    batches, the batch sizes, steps, AdamW's settings, warm-up then cosine decay to
+    ``min_lr_ratio`` of the peak, clipping, NEFTune. The course model's type is known to
+    ``transformers`` once ``course_lib.language_model`` is imported, so the process that runs the
+    command must import it first (``python -c "import course_lib.language_model; from trl.cli import
+    main; main()" sft ...``). Differences that remain: TRL decays embeddings too, and draws its own
+    batch order."""
+    from course_lib.instruction_data import FAMILIES, instruction_dataset
+    from course_lib.pretraining import pretrained_model_dir
+
+    directory = Path(directory)
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    with open(directory / "data" / "train.jsonl", "w", encoding="utf-8") as out:
+        for family in FAMILIES:
+            rows = instruction_dataset("train", family, config.source)
+            for row in rows.select(range(min(len(rows), config.train_examples or len(rows)))):
+                out.write(json.dumps({"messages": row["messages"]}) + "\n")
+    flags = {"model_name_or_path": pretrained_model_dir(config.base, config.source),
+             "dataset_name": directory / "data", "output_dir": directory / "model",
+             "assistant_only_loss": True, "packing": config.packing, "padding_free": config.packing,
+             "max_length": config.pack_length, "per_device_train_batch_size": config.micro_batch_size,
+             "gradient_accumulation_steps": config.accumulation_steps, "max_steps": config.total_steps,
+             "learning_rate": config.lr, "warmup_steps": config.warmup_steps,
+             "lr_scheduler_type": "cosine_with_min_lr",
+             "lr_scheduler_kwargs": json.dumps({"min_lr_rate": config.min_lr_ratio}),
+             "weight_decay": config.weight_decay, "adam_beta1": config.betas[0], "adam_beta2": config.betas[1],
+             "adam_epsilon": config.eps, "max_grad_norm": config.max_grad_norm or 0.0,
+             "bf16": config.mixed_precision == "bf16", "seed": config.seed, "report_to": "none",
+             "save_strategy": "no", "logging_steps": 10}
+    if config.neftune_alpha:
+        flags["neftune_noise_alpha"] = config.neftune_alpha
+    return ["trl", "sft"] + [part for name, value in flags.items() for part in (f"--{name}", str(value))]
+
+
 # -- plots ---------------------------------------------------------------------------------------------------
 def plot_batch(batch: dict[str, torch.Tensor], tokens: Sequence[Sequence[str]] | None = None, ax=None):
     """Draw a micro-batch as a grid, one row per row of ``input_ids``: padding (grey), tokens the loss
