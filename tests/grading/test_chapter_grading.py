@@ -63,6 +63,8 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
     # 6.7 signs with the student's minhash_signatures (6.5) and bands with their lsh_candidate_pairs (6.6)
     "instruct": ({"6.1": None, "6.5": "minhash_max_instead_of_min", "6.12": "few_shot_prompt_with_a_trailing_space"},
                  {"6.1", "6.5", "6.7", "6.12"}),
+    # Chapter 7's exercises do not call each other
+    "sft": ({"7.2": None, "7.3": "sft_loss_mean_of_example_means"}, {"7.2", "7.3"}),
 }
 
 # What each chapter's experiments print when every exercise is right.
