@@ -600,6 +600,7 @@ class FinetuneConfig:
     eval_every: int = 100
     eval_examples: int = 25                 # validation rows per family whose answers are checked
     validation_examples: int | None = None  # validation rows for the loss (None: all)
+    test_examples: int | None = None        # test rows per family of the cached model's report (None: all)
     max_new_tokens: int = 16
     seed: int = 0
     source: str | None = None               # corpus source of the base model and the string family
@@ -616,7 +617,11 @@ PRESETS: dict[str, FinetuneConfig] = {
     "tiny": FinetuneConfig(base="tiny", train_examples=50, pack_length=128, micro_batch_size=2,
                            accumulation_steps=2, total_steps=6, warmup_steps=1, lr=3e-3, eval_every=3,
                            eval_examples=4, validation_examples=32, max_new_tokens=8),
-    "cpu": FinetuneConfig(),
+    # The course's chat model on a CPU (Chapter 5's "cpu" model): about 40 s of one CPU thread in all, so
+    # that the book build can afford it (50 steps of up to 512 tokens, a seventh of an epoch; three
+    # evaluations; the test report on 50 questions per family).
+    "cpu": FinetuneConfig(total_steps=50, warmup_steps=5, lr=2e-3, eval_every=25, eval_examples=16,
+                          validation_examples=96, test_examples=50),
     # ~100M parameters on one GPU (Chapter 5's gpu model), bf16.
     "gpu": FinetuneConfig(base="gpu", pack_length=2048, micro_batch_size=4, accumulation_steps=1, total_steps=600,
                           warmup_steps=30, lr=3e-4, mixed_precision="bf16", eval_every=100, eval_examples=50),
@@ -798,12 +803,16 @@ def sft_model_dir(size: str = "cpu", source: str | None = None) -> Path:
 
 
 def test_report(model: nn.Module, tokenizer, base_model: nn.Module, base_tokenizer, config: FinetuneConfig) -> dict:
-    """Held-out accuracy per family on the whole test split: the fine-tuned model asked with the chat
-    template, and the pretrained model it started from asked with :data:`TEST_SHOTS`-shot prompts
-    (shots from the training split), each with a few answers to show."""
-    from course_lib.instruction_data import instruction_dataset
+    """Held-out accuracy per family on the test split (``config.test_examples`` questions per family,
+    or all): the fine-tuned model asked with the chat template, and the pretrained model it started from
+    asked with :data:`TEST_SHOTS`-shot prompts (shots from the training split), each with a few answers
+    to show."""
+    from course_lib.instruction_data import FAMILIES, instruction_dataset
 
-    rows = list(instruction_dataset("test", None, config.source))
+    rows = []
+    for family in FAMILIES:
+        family_rows = instruction_dataset("test", family, config.source)
+        rows += list(family_rows.select(range(min(len(family_rows), config.test_examples or len(family_rows)))))
     shots = list(instruction_dataset("train", None, config.source))
     tuned, tuned_answers = task_accuracy(model, tokenizer, rows, config.max_new_tokens)
     base, base_answers = few_shot_accuracy(base_model, base_tokenizer, rows, shots, TEST_SHOTS, config.max_new_tokens,

@@ -701,28 +701,30 @@ def test_the_trl_command_line_of_the_cpu_preset_parses(tmp_path):
     assert training.lr_scheduler_kwargs == {"min_lr_rate": config.min_lr_ratio}
 
 
-@pytest.mark.slow
-def test_finetune_with_two_cpu_processes(reference_loop):
-    env = dict(os.environ, OMP_NUM_THREADS="1")   # the children inherit the course_lib mode
+@pytest.fixture(scope="module")
+def two_cpu_processes(reference_loop):
+    """``tests/sft_fsdp_cpu.py`` under ``torchrun`` with 2 CPU processes (gloo): the JSON lines rank 0
+    printed (the command line's summary, then FSDP against data parallel)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))   # the children inherit the course_lib mode
     # accelerate launch starts several CPU processes only through mpirun; torchrun sets the same
     # environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) that Accelerator reads.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "course_lib.sft", "--preset", "tiny", "--no-progress"]
+               str(ROOT / "tests" / "sft_fsdp_cpu.py")]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_finetune_with_two_cpu_processes(two_cpu_processes):
+    summary = two_cpu_processes[0]
     assert summary["processes"] == 2 and summary["distributed_type"] == "MULTI_CPU"
     assert summary["eval_loss"][-1] < summary["eval_loss"][0] and all(map(math.isfinite, summary["loss"]))
 
 
 @pytest.mark.slow
-def test_the_step_under_fsdp_on_two_cpu_processes_equals_data_parallel(reference_loop):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "tests" / "sft_fsdp_cpu.py")]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+def test_the_step_under_fsdp_on_two_cpu_processes_equals_data_parallel(two_cpu_processes):
+    result = two_cpu_processes[-1]
     assert result["processes"] == 2 and result["sharded"]
     for key in ("loss", "grad_norm"):
         assert result["fsdp"][key] == pytest.approx(result["ddp"][key], rel=1e-4), key
@@ -731,10 +733,11 @@ def test_the_step_under_fsdp_on_two_cpu_processes_equals_data_parallel(reference
 def test_fine_tuned_model_loads_with_auto_classes_and_chats(reference_loop):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from course_lib.sft import end_token_ids, sft_course_lm, sft_model_dir
+    from course_lib.sft import end_token_ids, preset, sft_course_lm, sft_model_dir
 
-    model, tokenizer = sft_course_lm("tiny", progress=False)
-    directory = sft_model_dir("tiny")
+    # The "cpu" model: the book build makes it (scripts/build_book.sh), so in a CI run this is a lookup.
+    model, tokenizer = sft_course_lm("cpu", progress=False)
+    directory = sft_model_dir("cpu")
     again, auto_tokenizer = AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
     messages = [{"role": "user", "content": "What is 2 plus 3?"}]
     prompt = auto_tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
@@ -746,7 +749,7 @@ def test_fine_tuned_model_loads_with_auto_classes_and_chats(reference_loop):
     record = json.loads((directory / "training.json").read_text())
     assert set(record["test"]["fine_tuned"]) == set(record["test"]["few_shot_base"]) == {
         "arithmetic", "string", "sorting", "stdlib"}
-    assert record["test"]["examples"] == 800
+    assert record["test"]["examples"] == 4 * preset("cpu").test_examples
 
 
 def test_bad_input_gets_an_error_naming_the_argument():
