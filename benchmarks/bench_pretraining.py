@@ -22,7 +22,7 @@ from statistics import median
 
 import torch
 
-from benchmarks.timing import Row
+from benchmarks.timing import Row, trainer_step_timer
 from course_lib import pretraining
 
 STEPS = 6  # the first is a warm-up (and compiles)
@@ -55,23 +55,9 @@ def _course_step_seconds(config, model, blocks, device) -> list[float]:
 
 def _trainer_step_seconds(config, model, blocks, device) -> list[float]:
     from datasets import Dataset
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.times.append(time.perf_counter() - self.start)
-
-    timer = StepTimer()
+    timer = trainer_step_timer(device)
     data = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()}).with_format("torch")
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(

@@ -25,7 +25,7 @@ from statistics import median
 
 import torch
 
-from benchmarks.timing import Row
+from benchmarks.timing import Row, trainer_step_timer
 from course_lib import pretraining, sft
 
 STEPS = 6  # the first is a warm-up
@@ -52,26 +52,11 @@ def _course(config, model, data, tokenizer, device) -> tuple[list[float], list[i
 
 def _trainer(config, model, data, tokenizer, device) -> tuple[list[float], list[int]]:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.times.append(time.perf_counter() - self.start)
-
-    timer = StepTimer()
     from course_lib.instruction_data import FAMILIES, instruction_dataset
 
+    timer = trainer_step_timer(device)
     conversations = [row["messages"] for family in FAMILIES       # the rows prepare_sft_data rendered
                      for row in instruction_dataset("train", family).select(range(config.train_examples))]
     with tempfile.TemporaryDirectory() as output_dir:

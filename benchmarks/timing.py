@@ -61,3 +61,25 @@ def interleaved_ms(first: Callable[[], object], second: Callable[[], object], de
         for fn, out in zip((first, second), times):
             out.append(1000 * seconds(fn, device))
     return median(times[0]), median(times[1])
+
+
+def trainer_step_timer(device: torch.device):
+    """A ``transformers.TrainerCallback`` whose ``times`` collects the wall time of every optimizer step
+    of a ``Trainer`` (or ``SFTTrainer``) run, synchronising CUDA at both ends."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.start = [], None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.times.append(time.perf_counter() - self.start)
+
+    return StepTimer()

@@ -617,11 +617,11 @@ PRESETS: dict[str, FinetuneConfig] = {
     "tiny": FinetuneConfig(base="tiny", train_examples=50, pack_length=128, micro_batch_size=2,
                            accumulation_steps=2, total_steps=6, warmup_steps=1, lr=3e-3, eval_every=3,
                            eval_examples=4, validation_examples=32, max_new_tokens=8),
-    # The course's chat model on a CPU (Chapter 5's "cpu" model): about 40 s of one CPU thread in all, so
-    # that the book build can afford it (50 steps of up to 512 tokens, a seventh of an epoch; three
+    # The course's chat model on a CPU (Chapter 5's "cpu" model): about 35 s of one CPU thread in all, so
+    # that the book build can afford it (40 steps of up to 512 tokens, an eighth of an epoch; three
     # evaluations; the test report on 50 questions per family).
-    "cpu": FinetuneConfig(total_steps=50, warmup_steps=5, lr=2e-3, eval_every=25, eval_examples=16,
-                          validation_examples=96, test_examples=50),
+    "cpu": FinetuneConfig(total_steps=40, warmup_steps=4, lr=2e-3, eval_every=20, eval_examples=16,
+                          validation_examples=64, test_examples=50),
     # ~100M parameters on one GPU (Chapter 5's gpu model), bf16.
     "gpu": FinetuneConfig(base="gpu", pack_length=2048, micro_batch_size=4, accumulation_steps=1, total_steps=600,
                           warmup_steps=30, lr=3e-4, mixed_precision="bf16", eval_every=100, eval_examples=50),
