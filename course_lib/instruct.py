@@ -76,7 +76,9 @@ CHAT_TEMPLATE = """\
 {%- for message in messages -%}
 {{- '<|im_start|>' + message['role'] + '\\n' -}}
 {%- if message['role'] == 'assistant' -%}
-{% generation %}{{- message['content'] + '<|im_end|>' -}}{% endgeneration %}
+{%- generation -%}
+{{- message['content'] + '<|im_end|>' -}}
+{%- endgeneration -%}
 {%- else -%}
 {{- message['content'] + '<|im_end|>' -}}
 {%- endif -%}
@@ -816,8 +818,9 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
 def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 16
                        ) -> list[str]:
     """Each prompt's greedy continuation (``generate`` with ``do_sample=False``), decoded, cut at the
-    first newline (generation stops at a token that holds one). Prompts are batched with padding on the left, so that every row's next token comes
-    right after its own prompt; the attention mask hides the padding."""
+    first newline (generation stops at a token that holds one). Prompts are batched with padding on
+    the left, so that every row's next token comes right after its own prompt; the attention mask
+    hides the padding."""
     from course_lib.tasks import pad_batch
 
     device = next(model.parameters()).device
