@@ -60,7 +60,8 @@ from course_lib.exercises import exercise
 from course_lib.instruction_data import normalize_text, word_shingles  # noqa: F401  (the exercises use them)
 
 ROLES = ("system", "user", "assistant")
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
 ALPACA_FIELDS = ("instruction", "input", "output", "system")  # "input" and "system" are optional
 
 # The course's chat template (ChatML, as Qwen's and many other chat models use), in the Jinja that
