@@ -60,7 +60,8 @@ from course_lib.exercises import exercise
 from course_lib.instruction_data import normalize_text, word_shingles  # noqa: F401  (the exercises use them)
 
 ROLES = ("system", "user", "assistant")
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
 ALPACA_FIELDS = ("instruction", "input", "output", "system")  # "input" and "system" are optional
 
 # The course's chat template (ChatML, as Qwen's and many other chat models use), in the Jinja that
@@ -76,7 +77,9 @@ CHAT_TEMPLATE = """\
 {%- for message in messages -%}
 {{- '<|im_start|>' + message['role'] + '\\n' -}}
 {%- if message['role'] == 'assistant' -%}
-{% generation %}{{- message['content'] + '<|im_end|>' -}}{% endgeneration %}
+{%- generation -%}
+{{- message['content'] + '<|im_end|>' -}}
+{%- endgeneration -%}
 {%- else -%}
 {{- message['content'] + '<|im_end|>' -}}
 {%- endif -%}
@@ -816,8 +819,9 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
 def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 16
                        ) -> list[str]:
     """Each prompt's greedy continuation (``generate`` with ``do_sample=False``), decoded, cut at the
-    first newline (generation stops at a token that holds one). Prompts are batched with padding on the left, so that every row's next token comes
-    right after its own prompt; the attention mask hides the padding."""
+    first newline (generation stops at a token that holds one). Prompts are batched with padding on
+    the left, so that every row's next token comes right after its own prompt; the attention mask
+    hides the padding."""
     from course_lib.tasks import pad_batch
 
     device = next(model.parameters()).device

@@ -99,7 +99,7 @@ def malformed():
             call()
             print(f"{name}: no error for a malformed record")
         except ValueError as err:
-            print(f"{name}: ValueError: {err}")
+            print(f"{name} refuses it: {err}")
 
 
 attempt("record checks", malformed)
@@ -233,14 +233,14 @@ def seed_template():
     try:
         print(instruct.fill_template("What is the {location} of the {event}?", {"event": "PyCon US"}))
     except ValueError as err:
-        print(f"fill_template with a missing slot: ValueError: {err}")
+        print(f"fill_template refuses a missing slot: {err}")
     print(instruct.fill_template("Where is {event} held?", {"event": "PyCon US 2024"}))
     template = instruct.PromptTemplate("What is {a} plus {b}?", a="int", b="int")
     print(template.fill(a=37, b=45))
     try:
         template.fill(a="37", b=45)
     except TypeError as err:
-        print(f"PromptTemplate with a str for an int: TypeError: {err}")
+        print(f"PromptTemplate refuses a str for an int: {err}")
 
 
 attempt("fill_template", seed_template)
