@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import inspect
 import os
 import traceback
 from dataclasses import dataclass
@@ -38,17 +40,24 @@ CHAPTER_MODULES: tuple[str, ...] = ("numerics", "tokenization", "attention", "tr
 
 @dataclass(frozen=True)
 class Exercise:
-    """One graded exercise: its id ("0.1"), chapter module, qualified name and points."""
+    """One graded exercise: its id ("0.1"), chapter module, qualified name and points.
+
+    ``qualname`` is what the student completes: a function (``"stable_softmax"``) or a method
+    (``"AdamW.step"``). ``entry``, when given, is the qualified name of the implemented function that
+    tests call instead: a method is graded through a function that builds its object from plain data,
+    runs it and returns plain data (only such data crosses the grading door).
+    """
 
     id: str
     module: str
     qualname: str
     points: float
+    entry: str | None = None
 
     @property
     def name(self) -> str:
-        """The entry point's name as tests call it (the last part of the qualified name)."""
-        return self.qualname.rsplit(".", 1)[-1]
+        """The entry point's name as tests call it (the last part of its qualified name)."""
+        return (self.entry or self.qualname).rsplit(".", 1)[-1]
 
 
 _REGISTRY: dict[str, Exercise] = {}
@@ -90,9 +99,36 @@ def uses_reference(module: str) -> bool:
     return module not in student
 
 
+def reference_package():
+    """The ``solutions`` package, or None where there is none. It is no part of the installed
+    package: it is imported as it is found on ``sys.path`` (a grading sandbox's folder, the
+    repository as the working folder) or else from the repository that holds this ``course_lib``
+    (an editable install), never from an installed copy elsewhere."""
+    import sys
+
+    if "solutions" in sys.modules:
+        return sys.modules["solutions"]
+    try:
+        return importlib.import_module("solutions")
+    except ModuleNotFoundError as err:
+        if err.name != "solutions":
+            raise
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solutions")
+    if not os.path.isfile(os.path.join(folder, "__init__.py")):
+        return None
+    spec = importlib.util.spec_from_file_location("solutions", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["solutions"] = package
+    spec.loader.exec_module(package)
+    return package
+
+
 def reference(ex: Exercise) -> Callable:
     """The reference implementation of ``ex`` from ``solutions/<module>.py``."""
     try:
+        if reference_package() is None:
+            raise ModuleNotFoundError("no module named 'solutions'", name="solutions")
         target = importlib.import_module(f"solutions.{ex.module}")
     except ModuleNotFoundError as err:
         if err.name not in ("solutions", f"solutions.{ex.module}"):
@@ -106,16 +142,18 @@ def reference(ex: Exercise) -> Callable:
     return target
 
 
-def exercise(id: str, *, points: float, validate: Callable | None = None) -> Callable[[Callable], Callable]:
+def exercise(id: str, *, points: float, validate: Callable | None = None,
+             entry: str | None = None) -> Callable[[Callable], Callable]:
     """Declare the decorated function (or method) as graded exercise ``id`` worth ``points``.
 
     ``validate``, if given, is called with the same arguments before either body runs and raises a
-    clear error naming a bad argument; it is part of the package, not of the exercise.
+    clear error naming a bad argument; it is part of the package, not of the exercise. ``entry``
+    names the function of the same module that tests call for a method (see :class:`Exercise`).
     """
 
     def decorate(stub: Callable) -> Callable:
         module = stub.__module__.rsplit(".", 1)[-1]
-        ex = Exercise(id=id, module=module, qualname=stub.__qualname__, points=points)
+        ex = Exercise(id=id, module=module, qualname=stub.__qualname__, points=points, entry=entry)
         for other in _REGISTRY.values():
             if other.id == id and other.qualname != ex.qualname:
                 raise ValueError(f"exercise id {id} used twice ({other.qualname}, {ex.qualname})")
@@ -207,9 +245,18 @@ def find(key: str) -> Exercise:
     raise KeyError(f"no exercise with id or name {key!r}")
 
 
-def entry_point(ex: Exercise) -> Callable:
-    """The callable of ``ex`` in ``course_lib`` (the dispatching one, not the stub alone)."""
-    target = importlib.import_module(f"course_lib.{ex.module}")
-    for part in ex.qualname.split("."):
+def _resolve(module: str, qualname: str) -> Callable:
+    target = importlib.import_module(f"course_lib.{module}")
+    for part in qualname.split("."):
         target = getattr(target, part)
     return target
+
+
+def entry_point(ex: Exercise) -> Callable:
+    """What tests call for ``ex`` in ``course_lib``: its dispatching callable, or its ``entry``."""
+    return _resolve(ex.module, ex.entry or ex.qualname)
+
+
+def stub(ex: Exercise) -> Callable:
+    """The stub of ``ex`` in ``course_lib``: the body the student completes, without the dispatch."""
+    return inspect.unwrap(_resolve(ex.module, ex.qualname))

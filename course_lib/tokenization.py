@@ -155,6 +155,17 @@ def _validate_encode_chunk(vocab, merges, buffer, chunk, special_tokens=()) -> N
 def _validate_to_tokenizer_json(vocab, merges, special_tokens=()) -> None:
     _check_vocab_merges(vocab, merges)
     _check_special_in_vocab(vocab, merges, special_tokens)
+    b2u = bytes_to_unicode()
+    n_ordinary = 256 + len(merges)
+    ordinary = {"".join(b2u[b] for b in token) for token in vocab[:n_ordinary]}
+    for i in range(n_ordinary, len(vocab)):
+        try:
+            text = vocab[i].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"vocab[{i}] = {vocab[i]!r} is a special token but not UTF-8 text") from None
+        if text in ordinary:
+            raise ValueError(f"special token {text!r} (vocab[{i}]) is written like an ordinary token in the "
+                             "byte-level alphabet: a tokenizer.json cannot tell the two apart")
 
 
 # -- exercises ------------------------------------------------------------------------------------
@@ -305,9 +316,11 @@ def encode_chunk(vocab: list[bytes], merges: list[tuple[bytes, bytes]], buffer: 
         unfinished special token (``"<|endof"``). A buffer that grows with the stream fails.
 
     Hint:
-        First hold back the longest end of the text that is the start of a special token (a complete
-        special token may be the start of a longer one). Pre-tokenize the rest: every pre-token but
-        the last is final, and so is a special token.
+        First hold back the end of the text from the first place where a special token may start and
+        run past the end (``"<|endof"``; or a complete ``"<s>"`` when ``"<s><s>"`` is a special token
+        too), skipping places inside a special token that the text already holds in full (in
+        ``"<s><s>"`` the second ``"<s>"`` is part of the first match). Pre-tokenize the rest: every
+        pre-token but the last is final, and so is a special token.
     """
     raise NotImplementedError("Exercise 1.6: implement encode_chunk in tokenization.py")
 
@@ -325,15 +338,21 @@ def to_tokenizer_json(vocab: list[bytes], merges: list[tuple[bytes, bytes]],
         ``bpe_encode`` on every text (special tokens included) and decodes them back. Its parts:
 
         - ``"model"``: ``{"type": "BPE", "vocab": {token: id}, "merges": [[left, right], ...], ...}``
-          where every token is written in GPT-2's byte-level alphabet, ``"".join(b2u[b] for b in
-          token_bytes)`` with ``b2u = bytes_to_unicode()``; merges in rank order; the ordinary tokens
-          (ids below ``256 + len(merges)``) only.
+          where every ordinary token (id below ``256 + len(merges)``) is written in GPT-2's byte-level
+          alphabet, ``"".join(b2u[b] for b in token_bytes)`` with ``b2u = bytes_to_unicode()``, and
+          every special token of ``vocab`` (listed in ``special_tokens`` or not) as its own text at its
+          id; merges in rank order.
         - ``"pre_tokenizer"``: a ``Sequence`` of a ``Split`` with ``{"Regex": GPT2_SPLIT_PATTERN}``
           (``"behavior": "Isolated"``) and a ``ByteLevel`` with ``"use_regex": false`` and
           ``"add_prefix_space": false`` (it maps bytes to the byte-level alphabet).
         - ``"decoder"``: ``{"type": "ByteLevel", ...}``.
-        - ``"added_tokens"``: one entry per special token with its id, ``"special": true`` and
-          ``"normalized": false``, so it is matched in the raw text and never split.
+        - ``"added_tokens"``: one entry per token of ``special_tokens`` with its id, ``"special": true``
+          and ``"normalized": false``, so it is matched in the raw text and never split.
+
+        ``special_tokens`` may be any subset of the special tokens in ``vocab``, in any order. Hugging
+        Face does not read an added token's ``"id"``: it takes the id from the model's ``"vocab"`` where
+        the token's text is there, and otherwise numbers the added tokens after the model's vocabulary in
+        list order. That is why the model's vocabulary holds every special token at its id.
 
     Hint:
         Build a tiny tokenizer with ``tokenizers`` (``Tokenizer(models.BPE(...))``, ``pre_tokenizers``,

@@ -34,6 +34,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from course_lib import exercises
+from grading import intake
 
 COURSE_ROOT_ENV = "COURSE_ROOT"
 TIMEOUT_ENV = "COURSE_CHECK_TIMEOUT"
@@ -168,9 +169,10 @@ def _run_tests(root: Path, folder: Path | None, exercise: str, marker: str | Non
     Returns (exit status or None on timeout, its output, results, seconds taken)."""
     with tempfile.TemporaryDirectory(prefix="course-check-") as scratch:
         report = Path(scratch) / "report.xml"
-        door = ["--submission", str(folder), "--call-timeout", str(CALL_TIMEOUT)] if folder is not None else []
-        args = [str(root / "tests"), "--exercise", exercise, *(["-m", marker] if marker else []), *door,
-                "-q", "-p", "no:cacheprovider", "--junitxml", str(report), "-o", "junit_family=xunit2"]
+        door = ["--call-timeout", str(CALL_TIMEOUT)] if folder is not None else []
+        args = [str(root / "tests"), "--exercise", exercise, *(["-m", marker] if marker else []),
+                *trusted_pytest_options(root, folder), *door,
+                "-q", "--junitxml", str(report), "-o", "junit_family=xunit2"]
         started = time.monotonic()
         status, output = _run([sys.executable, "-I", "-c", _RUNNER, str(os.getpid()), str(root), *args],
                               cwd=scratch, limit=limit)
@@ -179,19 +181,35 @@ def _run_tests(root: Path, folder: Path | None, exercise: str, marker: str | Non
     return status, output, results, elapsed
 
 
+def trusted_pytest_options(root: Path, submission: Path | None) -> list[str]:
+    """pytest options that grade ``submission`` with the course's configuration, plugin and tests
+    only: no configuration file or conftest.py of the submission's (or of any folder) is read, and
+    the submission is the value of ``--submission``, never a test path. ``submission`` None: the
+    tests run against ``root``'s own ``course_lib`` (the student's handout, as ``pytest --exercise``)."""
+    return ["-c", str(root / "pyproject.toml"), "--rootdir", str(root), "-p", "grading.pytest_plugin",
+            "--noconftest", "-p", "no:cacheprovider",
+            *([f"--submission={submission}"] if submission is not None else [])]
+
+
 def _fingerprint(folder: Path) -> str:
-    """Hash of the Python files a submission consists of (its folder and a course_lib/ in it)."""
+    """Hash of the Python files a submission consists of (its folder and a course_lib/ in it);
+    links and special files are skipped unread."""
     digest = hashlib.sha256()
     for path in sorted([*folder.glob("*.py"), *folder.glob("course_lib/*.py")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        if intake.regular_file(folder, str(path.relative_to(folder))) is not None:
+            digest.update(path.name.encode() + b"\0" + intake.read_regular(path) + b"\0")
     return digest.hexdigest()
+
+
+# Where and how sandboxes run on this machine (not limits, which are the grader's to set): kept.
+_SANDBOX_SETTINGS = ("COURSE_SANDBOX_DIR", "COURSE_SANDBOX_UID_BASE", "COURSE_SANDBOX_BWRAP", "COURSE_SANDBOX_FS")
 
 
 def _clean_environment() -> dict[str, str]:
     """The kernel's environment without what could steer the grading run: Python and pytest
-    options, the course's mode switch."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PYTHON", "PYTEST", "COURSE_LIB_", "COURSE_SANDBOX_", "COV_"))}
+    options, the course's mode switch, the sandbox's limits."""
+    return {k: v for k, v in os.environ.items() if k in _SANDBOX_SETTINGS
+            or not k.startswith(("PYTHON", "PYTEST", "COURSE_LIB_", "COURSE_SANDBOX_", "COV_"))}
 
 
 def _run(command: list[str], cwd: str, limit: float,

@@ -59,3 +59,29 @@ def assert_close(actual, expected: torch.Tensor, *, what: str, hint: str = "",
             f"got {actual[tuple(bad)].item():.6g}, expected {expected[tuple(bad)].item():.6g}; "
             f"max abs diff {diff:.3g}, rtol={rtol:g}, atol={atol:g}). {hint}".strip()
         )
+
+
+def _same(a, b) -> bool:
+    """Whether ``a`` and ``b`` are equal, tensors included (same shape, dtype, values; NaN equal to NaN)."""
+    if isinstance(a, torch.Tensor):
+        if not (isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype):
+            return False
+        b = b.to(a.device)
+        equal = a == b
+        if a.is_floating_point() or a.is_complex():
+            equal |= a.isnan() & b.isnan()
+        return bool(equal.all())
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def assert_unchanged(after, before, *, what: str) -> None:
+    """Fail unless an input that a call must leave alone (``after``) still equals ``before``, a copy
+    taken before the call. ``what`` names the input ("the caller's logits")."""
+    if not _same(after, before):
+        raise AssertionError(f"{what} changed during the call: work on a copy (an in-place operation such "
+                             "as `x -= m`, `x[mask] = v` or `x.masked_fill_(...)` writes into the caller's "
+                             "data)")

@@ -10,9 +10,16 @@ Options:
   --against MODE        solution: run in solution mode (all graded tests must pass);
                         stubs: every graded test must *fail* on the untouched stubs;
                         mutants: every wrong variant in tests/mutants/ must fail at least one test
+  --first-catch         with --against mutants: stop running a wrong variant's tests once caught
 
 Graded tests carry ``@pytest.mark.exercise("0.1")``; tests under ``tests/hidden/`` are marked
 ``hidden`` automatically (select public ones with ``-m "not hidden"``).
+
+The plugin loads before pytest parses its command line (a ``pytest11`` entry point and ``-p`` in
+``addopts``), so ``--submission DIR`` is an option from the first pass on and DIR is never taken for
+a test path, whose ``conftest.py`` pytest would import into this trusted process. With
+``--submission``, a run whose test paths, configuration file or conftest files lie outside the
+course tree is refused before any conftest is imported.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from course_lib import exercises
 from grading.door import InProcessDoor, SandboxDoor, reference_folder
 
 AGAINST = ("solution", "stubs", "mutants")
+COURSE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_addoption(parser):
@@ -43,6 +51,34 @@ def pytest_addoption(parser):
     group.addoption("--against", choices=AGAINST, default=None,
                     help="solution: reference code; stubs: graded tests must fail on the stubs; "
                          "mutants: every wrong variant must be caught")
+    group.addoption("--first-catch", action="store_true", default=False,
+                    help="with --against mutants: skip a wrong variant's remaining tests once one has caught it "
+                         "(the verdicts are the same, in a fraction of the time)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """With ``--submission``: refuse test paths outside the course's ``tests/``, a configuration file
+    other than the course's, and any ``conftest.py`` but ``tests/conftest.py`` that pytest would
+    import, before it imports one (a submission's conftest would run in the grader)."""
+    options = early_config.known_args_namespace
+    if not getattr(options, "submission", None):
+        return
+    problems = []
+    if early_config.inipath is not None and early_config.inipath.resolve().parent != COURSE_ROOT:
+        problems.append(f"configuration file {early_config.inipath} is not the course's")
+    tests = COURSE_ROOT / "tests"
+    for arg in options.file_or_dir:
+        path = Path(arg.split("::")[0]).resolve()
+        if path != tests and tests not in path.parents:
+            problems.append(f"test path {arg} lies outside {tests}")
+            continue
+        if not options.noconftest:
+            found = [*(path.rglob("conftest.py") if path.is_dir() else []), COURSE_ROOT / "conftest.py"]
+            problems += [f"{c} is not the course's conftest" for c in found
+                         if c.is_file() and c.resolve() != tests / "conftest.py"]
+    if problems:
+        raise pytest.UsageError("refusing to grade a submission this way: " + "; ".join(problems))
 
 
 def pytest_configure(config):
@@ -208,6 +244,15 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def pytest_runtest_setup(item):
+    if not (item.config.getoption("first_catch") and item.config.getoption("against") == "mutants"
+            and hasattr(item, "callspec")):
+        return
+    name, mutant = item.callspec.params.get("student", (None, _NoMutant))
+    if name and item.config._course_mutants_killed.get((name, mutant.__name__)):
+        pytest.skip("this wrong variant is already caught (--first-catch)")
 
 
 @pytest.fixture(scope="session")

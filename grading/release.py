@@ -595,7 +595,7 @@ for ex in exercises.all_exercises():
     ids.append(ex.id)
     if exercises.uses_reference(ex.module):
         problems.append(f"exercise {ex.id} ({ex.qualname}) would run the reference in student mode")
-    stub = inspect.unwrap(exercises.entry_point(ex))
+    stub = exercises.stub(ex)
     params = inspect.signature(stub).parameters.values()
     args = [None for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     kwargs = {p.name: None for p in params if p.default is p.empty and p.kind is p.KEYWORD_ONLY}

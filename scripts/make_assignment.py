@@ -92,7 +92,7 @@ class Kit:
     @property
     def table(self) -> str:
         """The rows of a Markdown table ``| exercise | function | points |`` (header not included)."""
-        return "\n".join(f"| {e.id} | `{e.name}` | {e.points:g} |" for e in self.exercises)
+        return "\n".join(f"| {e.id} | `{e.qualname}` | {e.points:g} |" for e in self.exercises)
 
     @staticmethod
     def points(n: float) -> str:
@@ -189,12 +189,12 @@ def test_cells(module: str) -> list:
 Each cell below checks one exercise (the points are in its heading). Run them after each change.
 """)]
     for ex in (e for e in exercises.all_exercises() if e.module == module):
-        summary = inspect.getdoc(exercises.entry_point(ex)).splitlines()[0]
+        summary = inspect.getdoc(exercises.stub(ex)).splitlines()[0]
         key = ex.id.replace(".", "_")
         cells.append(_cell("markdown", f"about_{key}", f"""
-### Exercise {ex.id}: `{ex.name}` ({count(ex.points, "point")})
+### Exercise {ex.id}: `{ex.qualname}` ({count(ex.points, "point")})
 
-{summary} Complete `{ex.name}` in `course_lib/{module}.py`, then run the cell below: it runs the public
+{summary} Complete `{ex.qualname}` in `course_lib/{module}.py`, then run the cell below: it runs the public
 tests of this exercise against your file, in a separate process. Grading runs more (hidden) tests of
 the same contract, on the file you hand in.
 """))

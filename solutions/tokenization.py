@@ -205,15 +205,19 @@ def bpe_decode(vocab: list[bytes], ids: list[int]) -> str:
 
 
 # -- 1.6 streaming --------------------------------------------------------------------------------------
-def _unfinished_special(text: str, special_tokens) -> int:
-    """Length of the longest end of ``text`` that is a proper prefix of some special token."""
-    longest = 0
-    for token in special_tokens:
-        for n in range(min(len(token) - 1, len(text)), longest, -1):
-            if text.endswith(token[:n]):
-                longest = n
-                break
-    return longest
+def _unfinished_special_start(text: str, special_tokens) -> int:
+    """Where the end of ``text`` that may still become a special token begins (``len(text)`` if nowhere).
+
+    That is the first position ``q`` where ``text[q:]`` is a proper prefix of a special token (``"<|endof"``,
+    or a complete ``"<s>"`` that may grow into ``"<s><s>"``), unless ``q`` lies inside a special token
+    already found in ``text``: then that one is complete and cannot grow, since it starts before ``q``.
+    """
+    starts = sorted({len(text) - n for token in special_tokens for n in range(1, min(len(token), len(text) + 1))
+                     if text.endswith(token[:n])})
+    if not starts:
+        return len(text)
+    found = [(m.start(), m.end()) for m in _special_pattern(tuple(special_tokens)).finditer(text)]
+    return next((q for q in starts if not any(a < q < b for a, b in found)), len(text))
 
 
 def encode_chunk(vocab: list[bytes], merges: list[tuple[bytes, bytes]], buffer: str, chunk: str | None,
@@ -221,8 +225,8 @@ def encode_chunk(vocab: list[bytes], merges: list[tuple[bytes, bytes]], buffer: 
     if chunk is None:
         return bpe_encode(vocab, merges, buffer, special_tokens), ""
     text = buffer + chunk
-    held = _unfinished_special(text, special_tokens)   # "<|endof" may still become a special token
-    ready, rest = text[:len(text) - held], text[len(text) - held:]
+    held = _unfinished_special_start(text, special_tokens)   # "<|endof" may still become a special token
+    ready, rest = text[:held], text[held:]
     pieces = pretokenize(ready, special_tokens)
     if pieces and pieces[-1] not in special_tokens:    # the last pre-token may still grow
         rest = pieces.pop() + rest
@@ -239,12 +243,19 @@ def to_tokenizer_json(vocab: list[bytes], merges: list[tuple[bytes, bytes]],
 
     n_ordinary = 256 + len(merges)
     special_id = _special_ids(vocab, n_ordinary, special_tokens)
+    # Hugging Face takes an added token's id from the model's vocabulary when its text is there, and
+    # otherwise numbers it after the last one, in list order (the "id" field is not read). So every
+    # special token of vocab sits in the model's vocabulary at its id, and "added_tokens" lists the ones
+    # to recognise: a subset, in any order, gets the ids bpe_encode gives.
+    model_vocab = {as_text(vocab[i]): i for i in range(n_ordinary)}
+    model_vocab.update((vocab[i].decode("utf-8"), i) for i in range(n_ordinary, len(vocab)))
     tokenizer = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": [{"id": special_id[token], "content": token, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True} for token in special_tokens],
+                          "rstrip": False, "normalized": False, "special": True}
+                         for token in dict.fromkeys(special_tokens)],
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": GPT2_SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
@@ -255,7 +266,7 @@ def to_tokenizer_json(vocab: list[bytes], merges: list[tuple[bytes, bytes]],
         "model": {
             "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-            "vocab": {as_text(vocab[i]): i for i in range(n_ordinary)},
+            "vocab": model_vocab,
             "merges": [[as_text(left), as_text(right)] for left, right in merges],
         },
     }

@@ -46,8 +46,9 @@ def find_chromium() -> str | None:
 
 
 @contextlib.contextmanager
-def chromium():
-    """A headless Chromium (a Playwright ``Browser``) for the ``with`` block."""
+def chromium(scrollbars: bool = False):
+    """A headless Chromium (a Playwright ``Browser``) for the ``with`` block. ``scrollbars``: draw
+    them as a reader's browser does (Playwright's headless default hides them)."""
     path = find_chromium()
     if path is None:
         unavailable("Chromium is not installed (apt-get install -y chromium, or set COURSE_CHROMIUM)")
@@ -56,7 +57,8 @@ def chromium():
     except ImportError:
         unavailable("the playwright Python package is not installed (pip install -e '.[dev]')")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True,
+                                     ignore_default_args=["--hide-scrollbars"] if scrollbars else None)
         try:
             yield browser
         finally:
@@ -87,12 +89,12 @@ class PageVisit:
     """One page opened in a fresh browser context, with everything it asked for recorded (later
     navigations of ``page`` are recorded too)."""
 
-    def __init__(self, browser, url: str):
+    def __init__(self, browser, url: str, viewport: dict | None = None, timeout_ms: float = 60_000):
         self.requests: list[str] = []
         self.blocked: list[str] = []
         self.failed: list[str] = []
         self.console_errors: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900},
+        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 900},
                                            service_workers="block")
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
@@ -103,7 +105,7 @@ class PageVisit:
             f"{r.url} ({r.failure})"))
         self.page.on("response", lambda r: r.status >= 400 and self.failed.append(
             f"{r.url} (HTTP {r.status})"))
-        self.response = self.page.goto(url, wait_until="load", timeout=60_000)
+        self.response = self.page.goto(url, wait_until="load", timeout=timeout_ms)
 
     def _route(self, route):
         url = route.request.url

@@ -6,6 +6,63 @@ weights are read off by attending over identity values: ``softmax(...) @ I`` is 
 ``torch.nn.MultiheadAttention`` with the same weights, Hugging Face's causal-mask builders and its
 ``LlamaAttention`` (grouped-query attention) with copied weights. float32 answers are compared with
 the reference computed in float64 from the same inputs, so only the student's rounding counts.
+
+Each exercise's contract (its docstring and the module's conventions), clause by clause, with the
+public tests that check it (``test_`` dropped):
+
+2.1 ``scaled_dot_product_attention``
+  - ``softmax(q k^T * scale + mask) v`` over the keys, any q_len/kv_len: sdpa_matches_torch_without_masks
+  - any number of leading dims (2-D to 5-D): sdpa_works_for_any_number_of_leading_dims
+  - ``scale``: None is 1/sqrt(d_head); any number, 0.0 included: sdpa_uses_the_given_scale,
+    sdpa_scale_zero_gives_uniform_weights
+  - bool mask True = attend, of every broadcast shape; float mask added: sdpa_boolean_mask_true_means_attend,
+    sdpa_float_mask_is_added_to_the_scores
+  - ``is_causal`` top-left aligned, combined with a mask: sdpa_is_causal_is_top_left_aligned_like_torch,
+    sdpa_causal_combines_with_a_mask, sdpa_half_precision_keeps_the_dtype_and_is_close_to_float32
+  - fully masked rows: zero weights and output: sdpa_fully_masked_rows_give_zeros_not_nan
+  - ``return_weights``: weights sum to 1, shape with the mask's broadcast: sdpa_returns_weights_that_sum_to_one_over_the_keys,
+    sdpa_boolean_mask_true_means_attend
+  - ``dropout_p``: after the softmax, rescaled, ``output == weights @ value``, global generator, 0 and 1:
+    sdpa_dropout_zeroes_weights_and_rescales_the_rest,
+    sdpa_dropout_draws_from_the_global_generator_and_p_one_drops_everything
+  - query's dtype (float64, bfloat16, float16), d_v != d_head: sdpa_float64_and_value_width,
+    sdpa_half_precision_keeps_the_dtype_and_is_close_to_float32 (and on CUDA, sdpa_bfloat16_on_cuda_...)
+  - inputs (query, key, value, masks) unchanged: sdpa_leaves_its_inputs_unchanged
+
+2.2 ``make_attention_mask``
+  - padding & bottom-right causal, as Hugging Face, left or right padding: make_attention_mask_matches_hugging_face
+  - queries are the last q_len positions; any q_len (1, < kv_len, == kv_len, > kv_len), causal or not,
+    a row of padding only: make_attention_mask_aligns_queries_with_the_last_keys, make_attention_mask_for_any_q_len
+  - bool or any integer attention_mask, left unchanged; a torch.bool result on its device:
+    make_attention_mask_accepts_bool_masks_and_keeps_the_device,
+    make_attention_mask_takes_any_integer_mask_and_leaves_it_unchanged
+
+2.3 ``multi_head_attention``
+  - self-attention as ``nn.MultiheadAttention``, with or without biases, per-head weights:
+    multi_head_self_attention_matches_torch
+  - each bias optional on its own; d_head = q_proj rows / n_heads (not d_model / n_heads):
+    multi_head_attention_with_some_biases_and_heads_narrower_than_d_model
+  - ``attention_mask`` (1 = token), ``attn_mask`` bool/float, both together:
+    multi_head_attention_ignores_padded_keys, multi_head_attention_causal_and_attn_masks
+  - ``is_causal``, also with padding and in cross-attention: multi_head_attention_causal_and_attn_masks,
+    multi_head_attention_causal_with_padding, multi_head_cross_attention_is_causal_top_left
+  - ``context``: cross-attention with kv_dim != d_model: multi_head_cross_attention_matches_torch
+  - ``dropout_p`` applied to the attention weights: multi_head_attention_applies_attention_dropout
+  - x's dtype: multi_head_attention_float64
+  - weights and inputs unchanged: multi_head_attention_leaves_its_weights_and_inputs_unchanged
+
+2.4 ``repeat_kv``
+  - adjacent copies, as Llama; n_rep 1 returns x's values: repeat_kv_matches_llama
+  - x's dtype (bfloat16, float64, int64), x unchanged: repeat_kv_keeps_the_dtype_and_leaves_x_unchanged
+
+2.5 ``grouped_query_attention``
+  - as Llama's attention (GQA, MQA, MHA), causal by default: grouped_query_attention_matches_llama
+  - padding with causality: grouped_query_attention_with_padding_matches_llama_on_real_tokens
+  - a query that sees nothing gives o_proj's bias: grouped_query_attention_padding_queries_that_see_nothing_...
+  - ``is_causal=False`` (with and without padding); ``return_weights`` per query head:
+    grouped_query_attention_without_causality_and_its_weights
+  - head_dim != d_model / n_heads: grouped_query_attention_with_heads_wider_than_d_model_over_n_heads
+  - weights and inputs unchanged: grouped_query_attention_leaves_its_weights_and_inputs_unchanged
 """
 
 from __future__ import annotations
@@ -16,7 +73,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grading.expect import assert_close
+from grading.expect import assert_close, assert_unchanged
 
 NEG_INF = float("-inf")
 
@@ -39,9 +96,14 @@ def random_bool_mask(shape, device, seed=0, p_keep=0.7):
 
 
 def torch_sdpa(query, key, value, attn_mask=None, is_causal=False, scale=None):
-    """torch's answer in float64 (cast back to the inputs' dtype)."""
+    """torch's answer in float64 (cast back to the inputs' dtype). torch takes a mask or is_causal;
+    given both, causality is folded into the mask (top-left aligned)."""
     if attn_mask is not None and attn_mask.is_floating_point():
         attn_mask = attn_mask.double()
+    if attn_mask is not None and is_causal:
+        future = ~causal_upper_left(query.shape[-2], key.shape[-2], query.device)
+        attn_mask = attn_mask.masked_fill(future, False if attn_mask.dtype == torch.bool else NEG_INF)
+        is_causal = False
     out = F.scaled_dot_product_attention(query.double(), key.double(), value.double(), attn_mask=attn_mask,
                                          is_causal=is_causal, scale=scale)
     return out.to(query.dtype)
@@ -211,6 +273,71 @@ def test_sdpa_dropout_zeroes_weights_and_rescales_the_rest(student, device):
                  what="output with dropout_p=0.0", hint="dropout_p=0 means no dropout at all.")
 
 
+@pytest.mark.exercise("2.1")
+def test_sdpa_scale_zero_gives_uniform_weights(student, device):
+    q, k, v = qkv(2, 2, 3, 5, 8, device, seed=16)
+    out, weights = student.scaled_dot_product_attention(q, k, v, scale=0.0, return_weights=True)
+    assert_close(weights, torch.full((2, 2, 3, 5), 0.2, device=device), what="weights with scale=0.0",
+                 hint="scale=0.0 is a scale like any other (all scores 0, uniform weights); only None means "
+                      "1/sqrt(d_head). `scale or default` mistakes 0.0 for None.")
+    assert_close(out, torch_sdpa(q, k, v, scale=0.0), what="output with scale=0.0")
+
+
+@pytest.mark.exercise("2.1")
+@pytest.mark.parametrize("lead", [(), (3,), (2, 3, 2)], ids=["2d", "3d", "5d"])
+def test_sdpa_works_for_any_number_of_leading_dims(student, device, lead):
+    q, k, v = (randn((*lead, n, 8), device, seed=17 + i) for i, n in enumerate((4, 6, 6)))
+    out, weights = student.scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
+    assert_close(out, torch_sdpa(q, k, v, is_causal=True), what=f"output for query of shape {tuple(q.shape)}",
+                 hint="Transpose the last two dims of key (transpose(-2, -1)), not dims 2 and 3, and index the "
+                      "sequence axes from the end.")
+    assert_close(weights, torch_weights(q, k, is_causal=True), what=f"weights for query of shape {tuple(q.shape)}")
+
+
+@pytest.mark.exercise("2.1")
+def test_sdpa_dropout_draws_from_the_global_generator_and_p_one_drops_everything(student, device):
+    q, k, v = qkv(1, 2, 8, 8, 4, device, seed=18)
+    draws = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        draws.append(student.scaled_dot_product_attention(q, k, v, dropout_p=0.5, return_weights=True)[1])
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2]), (
+        "dropout must draw from torch's global generator: the same torch.manual_seed gives the same weights, "
+        "another seed other weights (do not make a generator of your own)")
+    out, weights = student.scaled_dot_product_attention(q, k, v, dropout_p=1.0, return_weights=True)
+    assert_close(weights, torch.zeros_like(weights), what="weights with dropout_p=1.0",
+                 hint="dropout_p=1 zeroes every weight (no 0/0: nn.Dropout and F.dropout return zeros).")
+    assert_close(out, torch.zeros_like(out), what="output with dropout_p=1.0")
+
+
+@pytest.mark.exercise("2.1")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_sdpa_half_precision_keeps_the_dtype_and_is_close_to_float32(student, device, dtype):
+    # The same error budget as the GPU test below: scores rounded to the format, then weights and output.
+    q, k, v = qkv(2, 2, 6, 9, 16, device, dtype=dtype, seed=19)
+    mask = torch.zeros(6, 9, dtype=dtype, device=device)
+    mask[:, -2:] = NEG_INF
+    out, weights = student.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True, return_weights=True)
+    assert out.dtype == dtype and weights.dtype == dtype, (
+        f"{dtype} inputs must give {dtype} output and weights, got {out.dtype} and {weights.dtype}: compute the "
+        "softmax in float32 if you like, then cast back")
+    expected = torch_sdpa(q.float(), k.float(), v.float(), mask.float(), is_causal=True)
+    assert_close(out.float(), expected, rtol=2**-6, atol=0.03, what=f"{dtype} attention with a float mask",
+                 hint="Compute the softmax in float32 and cast back; check the scaling.")
+
+
+@pytest.mark.exercise("2.1")
+def test_sdpa_leaves_its_inputs_unchanged(student, device):
+    q, k, v = qkv(2, 2, 4, 4, 8, device, seed=20)
+    float_mask = randn((2, 1, 4, 4), device, seed=21)
+    bool_mask = random_bool_mask((4, 4), device, seed=22)
+    for mask in (float_mask, bool_mask):
+        inputs = [q, k, v, mask]
+        before = [t.clone() for t in inputs]
+        student.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True, scale=0.5)
+        assert_unchanged(inputs, before, what=f"the caller's query, key, value or {mask.dtype} attn_mask")
+
+
 # Half precision: bfloat16 keeps 8 significant bits (unit roundoff 2**-8). The scores (|s| up to about 4
 # for unit-normal inputs) are rounded to bf16, an error of up to 4 * 2**-8 = 0.016 in an exponent, i.e.
 # about 1.6% in a weight; the weights and the output are rounded again (2**-8 each). An output is an
@@ -294,6 +421,33 @@ def test_make_attention_mask_accepts_bool_masks_and_keeps_the_device(student, de
     mask = student.make_attention_mask(attention_mask, 4, causal=True)
     assert_close(mask, hf_causal_mask(attention_mask.long(), 4), what="make_attention_mask of a bool attention_mask")
     assert mask.device.type == device.type, f"mask is on {mask.device}, expected {device}"
+
+
+@pytest.mark.exercise("2.2")
+@pytest.mark.parametrize("q_len", [1, 3, 6, 9])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_make_attention_mask_for_any_q_len(student, device, q_len, causal):
+    attention_mask = padding([6, 4, 0], 6, device, left=True)  # the last row is all padding
+    kv_len = 6
+    keys = attention_mask.bool()[:, None, None, :]
+    rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)  # query i sits at position i + kv - q
+    allowed = (torch.arange(kv_len, device=device)[None, :] <= rows) if causal else torch.ones(
+        q_len, kv_len, dtype=torch.bool, device=device)
+    expected = (keys & allowed).expand(3, 1, q_len, kv_len)
+    got = student.make_attention_mask(attention_mask, q_len, causal=causal)
+    assert_close(got, expected, what=f"make_attention_mask(q_len={q_len}, kv_len={kv_len}, causal={causal})",
+                 hint=MASK_HINT + " Without causal, every query row is the padding row; with q_len > kv_len the "
+                                  "first q_len - kv_len rows are all False.")
+
+
+@pytest.mark.exercise("2.2")
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool], ids=["int32", "uint8", "bool"])
+def test_make_attention_mask_takes_any_integer_mask_and_leaves_it_unchanged(student, device, dtype):
+    attention_mask = padding([4, 2], 4, device, left=True).to(dtype)
+    before = attention_mask.clone()
+    mask = student.make_attention_mask(attention_mask, 4, causal=True)
+    assert_close(mask, hf_causal_mask(attention_mask.long(), 4), what=f"make_attention_mask of a {dtype} mask")
+    assert_unchanged(attention_mask, before, what="the caller's attention_mask")
 
 
 # -- 2.3 multi_head_attention --------------------------------------------------------------------------
@@ -420,6 +574,95 @@ def test_multi_head_attention_float64(student, device):
                  what="multi_head_attention in float64", hint="Keep the input's dtype.")
 
 
+def written_out_attention(weights, x, context=None, attn_mask=None, is_causal=False, *, n_heads, n_kv_heads=None):
+    """(output, per-head weights) of multi-head or grouped-query attention written out with torch's SDPA
+    in float64, for weights that ``nn.MultiheadAttention`` cannot hold (some biases missing,
+    ``n_heads * d_head != d_model``, fewer key/value heads)."""
+    source = x if context is None else context
+    n_kv_heads = n_kv_heads or n_heads
+    w = {k: t.double() for k, t in weights.items()}
+
+    def heads(t, name, n):  # (batch, seq, n * d_head) -> (batch, n_heads, seq, d_head), kv heads repeated
+        y = F.linear(t.double(), w[f"{name}.weight"], w.get(f"{name}.bias"))
+        return y.view(*y.shape[:2], n, -1).transpose(1, 2).repeat_interleave(n_heads // n, dim=1)
+
+    q, k, v = heads(x, "q_proj", n_heads), heads(source, "k_proj", n_kv_heads), heads(source, "v_proj", n_kv_heads)
+    out = torch_sdpa(q, k, v, attn_mask, is_causal).transpose(1, 2).reshape(*x.shape[:2], -1)
+    out = F.linear(out, w["o_proj.weight"], w.get("o_proj.bias"))
+    return out.to(x.dtype), torch_weights(q, k, attn_mask, is_causal).to(x.dtype)
+
+
+def random_weights(shapes: dict, device, seed=0):
+    return {name: randn(shape, device, seed=seed + i, std=0.6 / math.sqrt(shape[-1]) if len(shape) == 2 else 0.3)
+            for i, (name, shape) in enumerate(shapes.items())}
+
+
+@pytest.mark.exercise("2.3")
+def test_multi_head_attention_with_some_biases_and_heads_narrower_than_d_model(student, device):
+    # 3 heads of d_head 4 (12 features) on d_model 10; only q_proj and o_proj have a bias.
+    weights = random_weights({"q_proj.weight": (12, 10), "k_proj.weight": (12, 10), "v_proj.weight": (12, 10),
+                              "o_proj.weight": (10, 12), "q_proj.bias": (12,), "o_proj.bias": (10,)}, device, seed=32)
+    x = randn((2, 5, 10), device, seed=33)
+    assert_close(student.multi_head_attention(weights, x, is_causal=True, n_heads=3),
+                 written_out_attention(weights, x, is_causal=True, n_heads=3)[0],
+                 what="multi_head_attention with q/o biases only and n_heads * d_head != d_model",
+                 hint="Each projection uses its own bias if it has one; d_head = q_proj.weight.shape[0] // n_heads "
+                      "(here 4, not d_model // n_heads), and the scale is 1/sqrt(d_head).")
+
+
+@pytest.mark.exercise("2.3")
+@pytest.mark.parametrize("left", [False, True], ids=["right_padding", "left_padding"])
+def test_multi_head_attention_causal_with_padding(student, device, left):
+    layer = torch_mha(16, 4, device, seed=34)
+    x = randn((3, 5, 16), device, seed=35)
+    attention_mask = padding([5, 3, 2], 5, device, left=left)
+    got = student.multi_head_attention(mha_weights(layer), x, attention_mask=attention_mask, is_causal=True, n_heads=4)
+    expected, _ = written_out_attention(mha_weights(layer), x, attn_mask=attention_mask.bool()[:, None, None, :],
+                                        is_causal=True, n_heads=4)
+    if left:  # a left-padding query sees no key at all: zero attention, o_proj's bias
+        expected[1, :2] = expected[2, :3] = layer.out_proj.bias.detach().float()
+    assert_close(got, expected, what=f"multi_head_attention(is_causal=True) with {'left' if left else 'right'} "
+                 "padding", hint="A key must pass causality *and* padding: keep is_causal when attention_mask is "
+                                 "given; a query that sees no key gets a zero attention output.")
+
+
+@pytest.mark.exercise("2.3")
+def test_multi_head_cross_attention_is_causal_top_left(student, device):
+    layer = torch_mha(16, 2, device, kv_dim=12, seed=36)
+    x, context = randn((2, 3, 16), device, seed=37), randn((2, 5, 12), device, seed=38)
+    assert_close(student.multi_head_attention(mha_weights(layer), x, context, is_causal=True, n_heads=2),
+                 run_torch_mha(layer, x, context, attn_mask=causal_upper_left(3, 5, device))[0],
+                 what="cross-attention with is_causal=True (q_len 3, kv_len 5)",
+                 hint="is_causal means what it means for scaled_dot_product_attention: top-left aligned.")
+
+
+@pytest.mark.exercise("2.3")
+def test_multi_head_attention_applies_attention_dropout(student, device):
+    layer = torch_mha(16, 4, device, seed=39)
+    weights, x = mha_weights(layer), randn((2, 16, 16), device, seed=40)
+    torch.manual_seed(0)
+    out, attn = student.multi_head_attention(weights, x, dropout_p=0.4, return_weights=True, n_heads=4)
+    fraction = (attn == 0).float().mean().item()
+    # 2048 weights: the zero fraction's standard deviation is sqrt(0.4 * 0.6 / 2048) = 0.011.
+    assert abs(fraction - 0.4) < 0.06, (f"with dropout_p=0.4, {fraction:.3f} of the attention weights are zero: "
+                                        "pass dropout_p on to scaled_dot_product_attention")
+    v = F.linear(x, weights["v_proj.weight"], weights["v_proj.bias"]).view(2, 16, 4, 4).transpose(1, 2)
+    expected = F.linear((attn @ v).transpose(1, 2).reshape(2, 16, 16), weights["o_proj.weight"], weights["o_proj.bias"])
+    assert_close(out, expected, what="output with attention dropout",
+                 hint="The output must use the dropped-out weights that are returned.")
+
+
+@pytest.mark.exercise("2.3")
+def test_multi_head_attention_leaves_its_weights_and_inputs_unchanged(student, device):
+    layer = torch_mha(16, 4, device, kv_dim=12, seed=41)
+    weights, x, context = mha_weights(layer), randn((2, 3, 16), device, seed=42), randn((2, 5, 12), device, seed=43)
+    attention_mask, attn_mask = padding([5, 4], 5, device), randn((3, 5), device, seed=44)
+    inputs = [weights, x, context, attention_mask, attn_mask]
+    before = [{k: t.clone() for k, t in weights.items()}, *(t.clone() for t in inputs[1:])]
+    student.multi_head_attention(weights, x, context, attention_mask, attn_mask, is_causal=True, n_heads=4)
+    assert_unchanged(inputs, before, what="the caller's weights, x, context or masks")
+
+
 # -- 2.4 repeat_kv and 2.5 grouped_query_attention -------------------------------------------------------
 @pytest.mark.exercise("2.4")
 @pytest.mark.parametrize("n_kv_heads, n_rep", [(2, 3), (1, 4), (4, 1), (3, 2)])
@@ -431,6 +674,17 @@ def test_repeat_kv_matches_llama(student, device, n_kv_heads, n_rep):
                  what=f"repeat_kv(x with {n_kv_heads} kv heads, n_rep={n_rep})",
                  hint="Copies of one head must be adjacent ([k0, k0, k1, k1], like torch.repeat_interleave(x, n_rep, "
                       "dim=1)); x.repeat(1, n_rep, 1, 1) gives [k0, k1, k0, k1].")
+
+
+@pytest.mark.exercise("2.4")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64, torch.int64], ids=["bfloat16", "float64", "int64"])
+def test_repeat_kv_keeps_the_dtype_and_leaves_x_unchanged(student, device, dtype):
+    x = (randn((2, 3, 4, 2), device, seed=45) * 100).to(dtype)
+    before = x.clone()
+    got = student.repeat_kv(x, 2)
+    assert_close(got, x.repeat_interleave(2, dim=1), what=f"repeat_kv of a {dtype} tensor",
+                 hint="Keep x's dtype and device (build the result from x, not from torch.empty(...) defaults).")
+    assert_unchanged(x, before, what="the caller's x (an in-place unsqueeze_ changes its shape)")
 
 
 def llama_attention(n_heads, n_kv_heads, d_model, device, head_dim=None, bias=False, seed=0, implementation="sdpa"):
@@ -505,6 +759,43 @@ def test_grouped_query_attention_padding_queries_that_see_nothing_give_the_outpu
                  what="output of left-padding queries (their causal, padded row is fully masked)",
                  hint="A query that may attend to no key gets a zero attention output, so o_proj returns its bias; "
                       "NaN here means the softmax of an all -inf row was not handled.")
+
+
+@pytest.mark.exercise("2.5")
+@pytest.mark.parametrize("padded", [False, True], ids=["no_padding", "padding"])
+def test_grouped_query_attention_without_causality_and_its_weights(student, device, padded):
+    layer = llama_attention(4, 2, 16, device, bias=True, seed=46)
+    x = randn((2, 5, 16), device, seed=47)
+    attention_mask = padding([5, 3], 5, device) if padded else None
+    mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+    expected_out, expected_weights = written_out_attention(llama_weights(layer), x, attn_mask=mask, n_heads=4,
+                                                           n_kv_heads=2)
+    out, weights = student.grouped_query_attention(llama_weights(layer), x, attention_mask, is_causal=False,
+                                                   return_weights=True, n_heads=4, n_kv_heads=2)
+    what = f"grouped_query_attention(is_causal=False{', with padding' if padded else ''})"
+    assert_close(weights, expected_weights, what=f"per-head weights (batch, n_heads, seq, seq) of {what}",
+                 hint="One row of weights per query head (not averaged over heads); is_causal=False is "
+                      "bidirectional: pass causal=is_causal to make_attention_mask.")
+    assert_close(out, expected_out, what=what)
+
+
+@pytest.mark.exercise("2.5")
+def test_grouped_query_attention_with_heads_wider_than_d_model_over_n_heads(student, device):
+    layer = llama_attention(4, 2, 24, device, head_dim=8, seed=48)  # 4 heads of 8 features on d_model 24
+    x = randn((2, 5, 24), device, seed=49)
+    assert_close(student.grouped_query_attention(llama_weights(layer), x, n_heads=4, n_kv_heads=2), run_llama(layer, x),
+                 what="grouped_query_attention with head_dim 8 != d_model // n_heads = 6",
+                 hint="d_head = q_proj.weight.shape[0] // n_heads, and the scale is 1/sqrt(d_head).")
+
+
+@pytest.mark.exercise("2.5")
+def test_grouped_query_attention_leaves_its_weights_and_inputs_unchanged(student, device):
+    layer = llama_attention(4, 2, 16, device, bias=True, seed=50)
+    weights, x, attention_mask = llama_weights(layer), randn((2, 5, 16), device, seed=51), padding([5, 3], 5, device)
+    inputs = [weights, x, attention_mask]
+    before = [{k: t.clone() for k, t in weights.items()}, x.clone(), attention_mask.clone()]
+    student.grouped_query_attention(weights, x, attention_mask, n_heads=4, n_kv_heads=2)
+    assert_unchanged(inputs, before, what="the caller's weights, x or attention_mask")
 
 
 # -- not graded: the layers and the helpers built on the exercises (need the reference solutions) -------

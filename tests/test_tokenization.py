@@ -7,6 +7,80 @@ brute-force BPE trainer written here that recounts every pair after every merge.
 encoding, decoding and streaming use merges trained by ``tokenizers`` (not by your ``train_bpe``),
 so a mistake in one exercise is not charged again in another. Nothing depends on the exact text of
 the course corpus, which differs between Python versions.
+
+Each exercise's contract (its docstring and the module's conventions), clause by clause, with the
+public tests that check it (``test_`` dropped):
+
+1.1 ``word_tokenize``
+  - maximal runs of ``\\w``, or one other non-space character; whitespace dropped:
+    word_tokenize_hand_examples, word_tokenize_follows_its_definition_on_any_text
+  - ``\\w`` as Python's ``re`` means it (combining marks, joiners are not): word_tokenize_uses_the_word_characters_of_re
+  - a ``list`` of ``str``, ``[]`` for blank text: word_tokenize_returns_a_list_of_str, word_tokenize_hand_examples
+
+1.2 ``pretokenize``
+  - GPT-2 pre-tokens (``regex``), joined they give the text back: pretokenize_hand_examples,
+    pretokenize_matches_tokenizers_on_corpus_text, pretokenize_matches_tokenizers_on_any_text
+  - special tokens whole, found leftmost first: pretokenize_keeps_special_tokens_whole,
+    pretokenize_finds_special_tokens_leftmost_first
+  - longest first where two start at one place; escaped: pretokenize_prefers_the_longest_special_token
+  - text that ends inside a special token is ordinary text: pretokenize_hand_examples
+  - ``special_tokens`` as a list or a tuple, the caller's list unchanged:
+    pretokenize_takes_a_tuple_and_leaves_the_callers_list_alone
+  - a ``list`` of ``str``: pretokenize_returns_a_list_of_str
+
+1.3 ``train_bpe``
+  - most frequent pair, counted inside pre-tokens and weighted: train_bpe_on_the_classic_example,
+    train_bpe_matches_brute_force_on_random_corpora, train_bpe_agrees_with_tokenizers_until_the_first_tie
+  - ties to the greatest (left, right) tuple: train_bpe_on_the_classic_example,
+    train_bpe_breaks_ties_by_the_pair_not_by_its_concatenation
+  - documents pre-tokenized apart; merges stay inside pre-tokens: train_bpe_keeps_documents_apart,
+    train_bpe_merges_stay_inside_pre_tokens
+  - special tokens cut out of training, added last, in the given order, once each:
+    train_bpe_drops_special_tokens_from_the_training_text, train_bpe_adds_each_special_token_once_in_the_given_order
+  - ``len(vocab) == vocab_size``, or shorter when no pair is left (also no document, no room):
+    train_bpe_drops_special_tokens_from_the_training_text, train_bpe_stops_when_no_pair_is_left,
+    train_bpe_with_no_merge_to_make
+  - ``(vocab, merges)``: a tuple of a list of bytes and a list of (bytes, bytes) tuples; inputs unchanged:
+    train_bpe_returns_lists_of_bytes_and_pairs_and_leaves_its_inputs_alone
+
+1.4 ``bpe_encode``
+  - merges by rank inside each pre-token, as tiktoken: bpe_encode_applies_merges_by_rank,
+    bpe_encode_does_not_merge_across_pre_tokens, bpe_encode_matches_tiktoken_on_corpus_text,
+    bpe_encode_matches_tiktoken_on_any_text
+  - a special token is one id, its place in vocab, only when named:
+    bpe_encode_special_tokens_are_single_ids_only_when_asked
+  - ``special_tokens`` a subset of vocab's, in any order, a tuple: bpe_encode_with_special_tokens_a_subset_or_in_another_order
+  - special tokens that are prefixes of one another; text ending inside one; a special token whose
+    text is also an ordinary token: bpe_encode_special_tokens_that_are_prefixes_of_one_another
+  - the merges passed in (no state kept from another call): bpe_encode_uses_the_merges_it_is_given
+  - a ``list`` of ``int``; inputs unchanged: bpe_encode_returns_a_list_of_int_and_leaves_its_inputs_alone
+
+1.5 ``bpe_decode``
+  - joined bytes decoded as a whole; inverse of encoding: bpe_decode_inverts_encoding_on_any_text
+  - invalid UTF-8 becomes U+FFFD, no exception: bpe_decode_replaces_invalid_utf8
+  - every id is a token (id 0 too); ids as a tuple; a ``str``: bpe_decode_keeps_every_byte_including_zero
+  - the vocab passed in: bpe_decode_reads_the_vocab_it_is_given
+
+1.6 ``encode_chunk``
+  - the steps' ids are those of the whole text, wherever the cuts fall (word, spaces, special token, end
+    of stream inside one): encode_chunk_gives_the_ids_of_the_whole_text,
+    encode_chunk_streams_corpus_text_in_bounded_memory
+  - special tokens that are prefixes of or overlap one another:
+    encode_chunk_with_special_tokens_that_are_prefixes_of_one_another,
+    encode_chunk_with_overlapping_special_tokens_and_any_cuts
+  - ``special_tokens`` a subset, in another order: encode_chunk_with_special_tokens_a_subset_or_in_another_order
+  - bounded buffer: encode_chunk_streams_corpus_text_in_bounded_memory
+  - ``chunk=None`` encodes everything, buffer ``""``: encode_chunk_at_the_end_of_an_empty_stream (and ``stream``)
+  - a tuple ``(list of int, str)``: encode_chunk_returns_a_tuple_of_ids_and_buffer
+
+1.7 ``to_tokenizer_json``
+  - a ``str`` that ``Tokenizer.from_str`` loads, same ids as ``bpe_encode``, decodes back:
+    tokenizer_json_loads_and_gives_the_same_ids_on_corpus_text, tokenizer_json_gives_the_same_ids_on_any_text
+  - ``special_tokens`` a subset of vocab's, in any order, or none; every id decodes:
+    tokenizer_json_with_special_tokens_a_subset_or_in_another_order
+  - added tokens marked special: tokenizer_json_marks_special_tokens_as_special,
+    tokenizer_json_works_in_transformers
+  - works in ``transformers`` with the special tokens at their ids: tokenizer_json_works_in_transformers
 """
 
 from __future__ import annotations
@@ -26,6 +100,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
 from course_lib.corpus import load_corpus
 from course_lib.tokenization import GPT2_SPLIT_PATTERN, bytes_to_unicode
+from grading.expect import assert_unchanged
 
 EOT = "<|endoftext|>"
 SPECIALS = [EOT, "<|pad|>", "<|im_start|>", "<|im_end|>"]
@@ -202,6 +277,29 @@ def assert_same(actual, expected, what: str, hint: str = "") -> None:
         raise AssertionError(f"{what}: {first_difference(actual, expected)}. {hint}".strip())
 
 
+def reference_ids(vocab, merges, text, special_tokens=()) -> list[int]:
+    """Ids by the contract: each special token found (leftmost, longest first) is its position among
+    the special tokens at the end of ``vocab``; the text between them gets tiktoken's ids."""
+    n = 256 + len(merges)
+    special_id = {vocab[i].decode("utf-8"): i for i in range(n, len(vocab))}
+    enc = tiktoken_encoding(vocab, merges)
+    ids = []
+    for segment, is_special in split_special(text, special_tokens):
+        ids += [special_id[segment]] if is_special else enc.encode_ordinary(segment)
+    return ids
+
+
+def assert_list_of(value, item_type, what: str) -> None:
+    """``value`` is a ``list`` (not a tuple, not a generator) whose items are exactly ``item_type``."""
+    assert type(value) is list, f"{what} returned a {type(value).__name__}; the contract says a list"
+    for item in value:
+        assert type(item) is item_type, (f"{what} holds {item!r} of type {type(item).__name__}, expected "
+                                         f"{item_type.__name__}")
+
+
+CHAT = "<|im_start|>user\nWhat's 2 + 2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|><|pad|><|pad|>" + EOT
+
+
 # -- 1.1 word_tokenize ------------------------------------------------------------------------------
 @pytest.mark.exercise("1.1")
 @pytest.mark.parametrize("text, expected", [
@@ -227,6 +325,23 @@ def test_word_tokenize_follows_its_definition_on_any_text(*, student, text):
                 "Use Unicode \\w (letters of every script), one token per punctuation character.")
 
 
+@pytest.mark.exercise("1.1")
+@pytest.mark.parametrize("text, expected", [
+    ("e\u0301t\u00e9", ["e", "\u0301", "t\u00e9"]),  # a combining accent is not a word character for re
+    ("a\u200db", ["a", "\u200d", "b"]),               # nor is a zero-width joiner
+    ("x\u00b2 \u0663!", ["x\u00b2", "\u0663", "!"]),   # a superscript 2 and an Arabic-Indic 3 are
+])
+def test_word_tokenize_uses_the_word_characters_of_re(student, text, expected):
+    assert_same(student.word_tokenize(text), expected, f"word_tokenize({text!r})",
+                "The definition uses re's \\w; the `regex` module's \\w also takes combining marks and joiners.")
+
+
+@pytest.mark.exercise("1.1")
+def test_word_tokenize_returns_a_list_of_str(student):
+    for text in ("Don't panic... 42!", ""):
+        assert_list_of(student.word_tokenize(text), str, f"word_tokenize({text!r})")
+
+
 # -- 1.2 pretokenize --------------------------------------------------------------------------------
 @pytest.mark.exercise("1.2")
 @pytest.mark.parametrize("text, special_tokens, expected", [
@@ -237,6 +352,7 @@ def test_word_tokenize_follows_its_definition_on_any_text(*, student, text):
     ("x = 1234 + 5;", [], ["x", " =", " 1234", " +", " 5", ";"]),
     ("<|pad|><|pad|>a<|endoftext|>", [EOT, "<|pad|>"], ["<|pad|>", "<|pad|>", "a", EOT]),
     ("", [EOT], []),
+    ("a<|endoftext", [EOT], ["a", "<|", "endoftext"]),          # the text ends inside a special token
 ])
 def test_pretokenize_hand_examples(student, text, special_tokens, expected):
     assert_same(student.pretokenize(text, special_tokens), expected, f"pretokenize({text!r}, {special_tokens})",
@@ -278,6 +394,33 @@ def test_pretokenize_prefers_the_longest_special_token(student):
                 f"pretokenize({text!r}, {specials})",
                 "Where two special tokens start at the same place the longer wins (sort them by length, "
                 "longest first, before joining them into one pattern), and escape them (regex.escape).")
+
+
+@pytest.mark.exercise("1.2")
+@pytest.mark.parametrize("special_tokens", [["<s>", "s><pad>"], ["s><pad>", "<s>"]])
+def test_pretokenize_finds_special_tokens_leftmost_first(student, special_tokens):
+    text = "<s><pad> s><pad><s>"
+    expected = ["<s>", "<", "pad", ">", " ", "s><pad>", "<s>"]
+    assert reference_pretokenize(text, special_tokens) == expected, "test of the test"
+    assert_same(student.pretokenize(text, special_tokens), expected, f"pretokenize({text!r}, {special_tokens})",
+                "Scan the text from the left: the special token that starts first wins, whatever its length "
+                "(splitting by one special token after another finds the longer one first).")
+
+
+@pytest.mark.exercise("1.2")
+def test_pretokenize_takes_a_tuple_and_leaves_the_callers_list_alone(student):
+    special_tokens = ["[MASK]", "<|a|>", "<|a|><|b|>"]
+    text = "x<|a|><|b|><|a|> y[MASK]+"
+    expected = reference_pretokenize(text, special_tokens)
+    assert_same(student.pretokenize(text, tuple(special_tokens)), expected, "pretokenize with a tuple of specials")
+    assert_same(student.pretokenize(text, special_tokens), expected, "pretokenize with a list of specials")
+    assert_unchanged(special_tokens, ["[MASK]", "<|a|>", "<|a|><|b|>"], what="the caller's special_tokens list")
+
+
+@pytest.mark.exercise("1.2")
+def test_pretokenize_returns_a_list_of_str(student):
+    for text in ("Hi  there<|endoftext|>!", ""):
+        assert_list_of(student.pretokenize(text, [EOT]), str, f"pretokenize({text!r})")
 
 
 # -- 1.3 train_bpe ----------------------------------------------------------------------------------
@@ -372,6 +515,58 @@ def test_train_bpe_merges_stay_inside_pre_tokens(student):
             "pre-token boundaries, and special tokens take no part in training")
 
 
+@pytest.mark.exercise("1.3")
+def test_train_bpe_breaks_ties_by_the_pair_not_by_its_concatenation(student):
+    # After (a, b), the pairs (ab, c) and (a, z) tie at 2. As pairs, (b"ab", b"c") > (b"a", b"z")
+    # because b"ab" > b"a"; as concatenations, b"abc" < b"az".
+    documents = ["ab"] * 3 + ["abc"] * 2 + ["az"] * 2
+    expected = [(b"a", b"b"), (b"ab", b"c"), (b"a", b"z")]
+    assert brute_force_bpe(documents, 259)[0] == expected, "test of the test"
+    _, merges = student.train_bpe(documents, 259)
+    assert_same(list(map(tuple, merges)), expected, "train_bpe(['ab'] * 3 + ['abc'] * 2 + ['az'] * 2)",
+                "Ties go to the greatest (left, right) compared as a tuple of bytes, not to the greatest left + right.")
+
+
+@pytest.mark.exercise("1.3")
+def test_train_bpe_adds_each_special_token_once_in_the_given_order(student):
+    documents = [f"the cat{EOT} the hat<|pad|> that", "chat"]
+    special_tokens = ["<|pad|>", EOT, "<|pad|>"]  # not sorted, and one twice
+    vocab_size = 256 + 6 + 2
+    expected, _ = brute_force_bpe(documents, vocab_size, special_tokens)
+    vocab, merges = student.train_bpe(documents, vocab_size, special_tokens)
+    assert_same(list(map(tuple, merges)), expected, f"merges with special_tokens={special_tokens}")
+    assert_same(list(vocab), layout(expected, special_tokens), f"vocab with special_tokens={special_tokens}",
+                "Each special token once (the first time it appears), in the order given: dict.fromkeys keeps "
+                "order, a set does not.")
+
+
+@pytest.mark.exercise("1.3")
+@pytest.mark.parametrize("documents, vocab_size, special_tokens", [
+    (["hello hello"], 258, [EOT, "<|pad|>"]),      # exactly room for the special tokens
+    ([], 300, [EOT]),                               # no documents
+    ([EOT + EOT, "", "x"], 300, [EOT]),             # nothing to merge but special tokens
+])
+def test_train_bpe_with_no_merge_to_make(student, documents, vocab_size, special_tokens):
+    vocab, merges = student.train_bpe(documents, vocab_size, special_tokens)
+    assert list(merges) == [], f"train_bpe({documents}, {vocab_size}, {special_tokens}) made merges {merges}"
+    assert_same(list(vocab), layout([], special_tokens), f"vocab of train_bpe({documents}, {vocab_size})",
+                "256 single bytes, then the special tokens.")
+
+
+@pytest.mark.exercise("1.3")
+def test_train_bpe_returns_lists_of_bytes_and_pairs_and_leaves_its_inputs_alone(student):
+    documents, special_tokens = ["aaabdaaabac", f"ab{EOT}ba"], [EOT]
+    result = student.train_bpe(documents, 256 + 4 + 1, special_tokens)
+    assert type(result) is tuple and len(result) == 2, f"train_bpe returned {type(result).__name__}, expected (vocab, merges)"
+    vocab, merges = result
+    assert_list_of(vocab, bytes, "train_bpe's vocab")
+    assert_list_of(merges, tuple, "train_bpe's merges")
+    assert all(len(pair) == 2 and all(type(x) is bytes for x in pair) for pair in merges), (
+        f"merges must be (bytes, bytes) pairs, got {merges}")
+    assert_unchanged(documents, ["aaabdaaabac", f"ab{EOT}ba"], what="the caller's documents")
+    assert_unchanged(special_tokens, [EOT], what="the caller's special_tokens")
+
+
 # -- 1.4 bpe_encode ---------------------------------------------------------------------------------
 @pytest.mark.exercise("1.4")
 def test_bpe_encode_applies_merges_by_rank(student):
@@ -424,6 +619,51 @@ def test_bpe_encode_special_tokens_are_single_ids_only_when_asked(student):
                 "Without special_tokens, '<|endoftext|>' is ordinary text.")
 
 
+@pytest.mark.exercise("1.4")
+@pytest.mark.parametrize("special_tokens", [[EOT], ["<|im_end|>", EOT], SPECIALS[::-1], ("<|pad|>", "<|im_start|>")],
+                         ids=["one", "subset-reordered", "reversed", "tuple"])
+def test_bpe_encode_with_special_tokens_a_subset_or_in_another_order(student, special_tokens):
+    vocab, merges = trained()
+    got = student.bpe_encode(vocab, merges, CHAT, special_tokens)
+    assert_same(got, reference_ids(vocab, merges, CHAT, special_tokens),
+                f"bpe_encode(chat text, special_tokens={special_tokens})",
+                "A special token's id is its position in vocab, not its place in special_tokens (which may "
+                "name a subset, in any order); the others are ordinary text.")
+
+
+@pytest.mark.exercise("1.4")
+@pytest.mark.parametrize("special_tokens", [["<s>", "<s><s>"], ["<s><s>", "<s>"]])
+def test_bpe_encode_special_tokens_that_are_prefixes_of_one_another(student, special_tokens):
+    merges = [(b"<", b"s"), (b"<s", b">")]
+    vocab = layout(merges, ["<s>", "<s><s>"])  # "<s>" is also the ordinary token 257: its special id is 258
+    text = "<s><s><s>x<s><s"                    # ends inside a special token
+    expected = [259, 258, ord("x"), 258, ord("<"), ord("s")]
+    assert reference_ids(vocab, merges, text, special_tokens) == expected, "test of the test"
+    assert_same(student.bpe_encode(vocab, merges, text, special_tokens), expected,
+                f"bpe_encode({text!r}, {special_tokens})",
+                "The longest special token wins where two start at the same place, whatever their order; its id "
+                "is its place among the special tokens at the end of vocab (258), not the first equal entry (257).")
+
+
+@pytest.mark.exercise("1.4")
+def test_bpe_encode_uses_the_merges_it_is_given(student):
+    bc, ab = [(b"b", b"c")], [(b"a", b"b")]
+    for merges, expected in ((bc, [97, 256]), (ab, [256, 99]), (bc, [97, 256])):
+        assert_same(student.bpe_encode(layout(merges), merges, "abc"), expected, f"bpe_encode('abc', merges={merges})",
+                    "A cache of encoded pre-tokens must belong to one tokenizer (key it by the merges too).")
+
+
+@pytest.mark.exercise("1.4")
+def test_bpe_encode_returns_a_list_of_int_and_leaves_its_inputs_alone(student):
+    vocab, merges = trained()
+    special_tokens = ["<|im_end|>", EOT]
+    vocab_before, merges_before = list(vocab), list(merges)
+    ids = student.bpe_encode(vocab, merges, CHAT, special_tokens)
+    assert_list_of(ids, int, "bpe_encode")
+    assert_unchanged(special_tokens, ["<|im_end|>", EOT], what="the caller's special_tokens")
+    assert_unchanged((vocab, merges), (vocab_before, merges_before), what="the caller's vocab or merges")
+
+
 # -- 1.5 bpe_decode ---------------------------------------------------------------------------------
 @pytest.mark.exercise("1.5")
 @FEW
@@ -449,6 +689,23 @@ def test_bpe_decode_replaces_invalid_utf8(student, ids, expected):
     got = student.bpe_decode(vocab, ids)
     assert got == expected, (f"bpe_decode(byte tokens {ids}) = {got!r}, expected {expected!r}: decode the joined "
                              "bytes with errors='replace' (no exception, one U+FFFD per invalid sequence)")
+
+
+@pytest.mark.exercise("1.5")
+def test_bpe_decode_keeps_every_byte_including_zero(student):
+    got = student.bpe_decode(layout([]), (0, 10, 0, 32, 255))  # a tuple of ids is a valid argument too
+    assert got == "\x00\n\x00 \ufffd", (f"bpe_decode(ids (0, 10, 0, 32, 255)) = {got!r}: id 0 is the byte 0, "
+                                       "not padding; every id is a token")
+    assert type(got) is str, f"bpe_decode returned {type(got).__name__}, expected str"
+
+
+@pytest.mark.exercise("1.5")
+def test_bpe_decode_reads_the_vocab_it_is_given(student):
+    for merges in ([(b"a", b"b")], [(b"c", b"d")], [(b"a", b"b")]):
+        got = student.bpe_decode(layout(merges), [256, 256])
+        expected = (merges[0][0] + merges[0][1]).decode() * 2
+        assert got == expected, (f"bpe_decode([256, 256]) with vocab[256] = {merges[0][0] + merges[0][1]!r} gave "
+                                 f"{got!r}: look tokens up in the vocab passed in, not in one kept from another call")
 
 
 # -- 1.6 encode_chunk -------------------------------------------------------------------------------
@@ -481,6 +738,8 @@ def random_chunks(text: str, seed: int, max_size: int = 40) -> list[str]:
     ["<|im_start|", ">user\nhi<|im_end|>"],
     ["don", "'", "t 12", "34"],                         # inside a contraction and a number
     list("The <|pad|> cat's 42 naïve 😀!"),          # one character at a time
+    ["a <|im_", "end"],                                 # ends inside a special token that never comes
+    ["tail <|endof"],
 ])
 def test_encode_chunk_gives_the_ids_of_the_whole_text(student, chunks):
     vocab, merges = trained()
@@ -511,6 +770,60 @@ def test_encode_chunk_at_the_end_of_an_empty_stream(student):
     vocab, merges = trained()
     ids, buffer = student.encode_chunk(vocab, merges, "", None, SPECIALS)
     assert list(ids) == [] and buffer == "", f"encode_chunk(buffer='', chunk=None) = {(ids, buffer)}, expected ([], '')"
+
+
+@pytest.mark.exercise("1.6")
+@pytest.mark.parametrize("chunks", [["a<s>", "<s>b"], ["<s>", "<s>", "<s>"], ["x<s><", "s>y<s"], ["<s><s", ">"],
+                                    ["<s>"], ["<s", "><s>"]])
+def test_encode_chunk_with_special_tokens_that_are_prefixes_of_one_another(student, chunks):
+    _, merges = trained()
+    special_tokens = ["<s>", "<s><s>", EOT]
+    vocab = layout(merges, [*SPECIALS, "<s>", "<s><s>"])
+    ids, _ = stream(student, vocab, merges, chunks, special_tokens)
+    assert_same(ids, reference_ids(vocab, merges, "".join(chunks), special_tokens), f"ids of the stream {chunks}",
+                "A complete special token can still become a longer one ('<s>' then '<s><s>'): hold it back "
+                "while the end of the text is the start of some special token.")
+
+
+PREFIX_SPECIALS = ["<s>", "<s><s>", "s>", "<|e|>", "<|e|><|f|>"]  # prefixes and overlaps of one another
+
+
+@pytest.mark.exercise("1.6")
+@FEW
+@given(text=st.lists(st.sampled_from(["<", "s", ">", "x", " ", "<s>", "|", "e", "<|e|>", "<|f|>"]), max_size=12)
+       .map("".join), cuts=st.lists(st.integers(0, 40), max_size=4),
+       special_tokens=st.lists(st.sampled_from(PREFIX_SPECIALS), min_size=1, max_size=5, unique=True))
+def test_encode_chunk_with_overlapping_special_tokens_and_any_cuts(*, student, text, cuts, special_tokens):
+    _, merges = trained()
+    vocab = layout(merges, PREFIX_SPECIALS)
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    chunks = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    ids, _ = stream(student, vocab, merges, chunks, special_tokens)
+    assert_same(ids, reference_ids(vocab, merges, text, special_tokens),
+                f"ids of the stream {chunks} with special_tokens={special_tokens}",
+                "Hold back from the first place where a special token may still start and run past the end, "
+                "but not from inside a special token the text already holds in full.")
+
+
+@pytest.mark.exercise("1.6")
+@pytest.mark.parametrize("special_tokens", [[EOT], SPECIALS[::-1]], ids=["subset", "reversed"])
+def test_encode_chunk_with_special_tokens_a_subset_or_in_another_order(student, special_tokens):
+    vocab, merges = trained()
+    chunks = ["a<|pad|", "><|endof", "text|> <|im_", "start|>x"]
+    ids, _ = stream(student, vocab, merges, chunks, special_tokens)
+    assert_same(ids, reference_ids(vocab, merges, "".join(chunks), special_tokens),
+                f"ids of the stream {chunks} with special_tokens={special_tokens}")
+
+
+@pytest.mark.exercise("1.6")
+def test_encode_chunk_returns_a_tuple_of_ids_and_buffer(student):
+    vocab, merges = trained()
+    for buffer, chunk in (("", "Hello wor"), ("wor", "ld<|endof"), ("x", None)):
+        result = student.encode_chunk(vocab, merges, buffer, chunk, SPECIALS)
+        assert type(result) is tuple and len(result) == 2, (
+            f"encode_chunk returned {type(result).__name__}, expected a tuple (ids, new_buffer)")
+        assert_list_of(result[0], int, "encode_chunk's ids")
+        assert type(result[1]) is str, f"encode_chunk's new_buffer is {type(result[1]).__name__}, expected str"
 
 
 # -- 1.7 to_tokenizer_json --------------------------------------------------------------------------
@@ -558,6 +871,35 @@ def test_tokenizer_json_works_in_transformers(student):
                 "PreTrainedTokenizerFast(tokenizer_object=...) on a chat text")
     assert fast.eos_token_id == len(vocab) - 4 and fast.pad_token_id == len(vocab) - 3, (
         "transformers does not find the special tokens at their ids: list them in added_tokens with their ids")
+
+
+@pytest.mark.exercise("1.7")
+@pytest.mark.parametrize("special_tokens", [[], [EOT], ["<|im_end|>", EOT], SPECIALS[::-1]],
+                         ids=["none", "one", "subset-reordered", "reversed"])
+def test_tokenizer_json_with_special_tokens_a_subset_or_in_another_order(student, special_tokens):
+    vocab, merges = trained()
+    tok = load_json(student, vocab, merges, special_tokens)
+    assert_same(tok.encode(CHAT).ids, reference_ids(vocab, merges, CHAT, special_tokens),
+                f"tokenizer.json with special_tokens={special_tokens} on a chat text",
+                "Hugging Face ignores an added token's \"id\": it takes it from the model's vocab, else numbers "
+                "added tokens after it in list order. Put every special token of vocab in the model's vocab at its id.")
+    ids = list(range(len(vocab) - 8, len(vocab)))  # the last merges and every special token
+    expected = b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
+    assert tok.decode(ids, skip_special_tokens=False) == expected, (
+        f"tokenizer.json with special_tokens={special_tokens} decodes ids {ids} to "
+        f"{tok.decode(ids, skip_special_tokens=False)!r}, expected {expected!r}")
+
+
+@pytest.mark.exercise("1.7")
+def test_tokenizer_json_marks_special_tokens_as_special(student):
+    vocab, merges = trained()
+    tok = load_json(student, vocab, merges, SPECIALS)
+    plain = tok.decode(tok.encode(CHAT).ids, skip_special_tokens=True)
+    expected = CHAT
+    for token in SPECIALS:
+        expected = expected.replace(token, "")
+    assert plain == expected, (f"decode(..., skip_special_tokens=True) gave {plain!r}, expected {expected!r}: "
+                               "give each added token \"special\": true")
 
 
 # -- not graded: the implemented tokenizer built on the exercises (needs the reference solutions) --
@@ -641,6 +983,7 @@ def _bad_calls():
         (lambda: T.encode_chunk(layout(one), one, "", 3), TypeError, "chunk"),
         (lambda: T.encode_chunk(layout(one), one, None, "x"), TypeError, "buffer"),
         (lambda: T.to_tokenizer_json(layout(one), one, ["<|absent|>"]), ValueError, "special token"),
+        (lambda: T.to_tokenizer_json(layout(one, ["ab"]), one, ["ab"]), ValueError, "byte-level alphabet"),
     ]
 
 

@@ -10,6 +10,82 @@ count of Hugging Face models built from the same architecture and the FLOPs that
 ``torch.utils.flop_counter.FlopCounterMode`` measures on them. Layers are compared in float64 (the
 torch references run in float64), so only a wrong formula fails, not rounding.
 
+Each exercise's contract, clause by clause, with the public tests that check it (``test_`` dropped):
+
+3.1 ``sinusoidal_positions``
+  - the paper's table, interleaved sin/cos, float32, any (seq_len, d_model): sinusoidal_positions_match_the_paper
+  - row 0 and ``base``: sinusoidal_positions_row_zero_and_base
+  - a shift is a rotation per pair: sinusoidal_positions_shift_is_a_rotation
+  - a fresh table each call (no state kept across bases, the caller may change it):
+    sinusoidal_positions_are_a_fresh_table_for_every_call
+
+3.2 ``embed``
+  - token rows + position rows, ``position_ids`` per row, default 0..seq-1: embed_matches_gpt2_token_plus_position_embeddings
+  - ``scale`` on the tokens only, with or without a position table; the tables' dtype:
+    embed_scales_tokens_not_positions_and_works_without_positions,
+    embed_scale_with_or_without_positions_in_the_tables_dtype
+  - the tables unchanged: embed_leaves_its_weights_unchanged
+
+3.3 ``apply_rope``
+  - Llama's rotate-half layout, any d_head and ``base``: apply_rope_matches_llama
+  - each row's ``position_ids``: apply_rope_uses_each_rows_position_ids
+  - relative positions only; position 0 is the identity: apply_rope_scores_depend_on_relative_position_only
+  - x's dtype, angles in float32 (large positions in bfloat16): apply_rope_bfloat16_keeps_dtype,
+    apply_rope_bfloat16_at_large_positions_takes_angles_in_float32
+  - x unchanged: apply_rope_leaves_x_unchanged
+
+3.4 ``layer_norm``
+  - over the last dim, biased variance, eps inside, any shape, float64: layer_norm_matches_torch
+  - weight and bias each optional: layer_norm_matches_torch, layer_norm_with_only_a_weight_or_only_a_bias
+  - statistics in at least float32 (bfloat16 with a large mean; float64 stays float64); x unchanged:
+    layer_norm_bfloat16_matches_nn_layernorm, layer_norm_float64_keeps_float64_precision_and_leaves_x_unchanged
+
+3.5 ``rms_norm``
+  - Llama's RMSNorm, no mean, no bias: rms_norm_matches_llama, rms_norm_matches_torch_without_weight
+  - float32 statistics, cast back, *then* the weight (bfloat16, float16): rms_norm_rounds_like_llama_in_half_precision
+  - ``eps`` default 1e-6 and given; x unchanged: rms_norm_matches_torch_without_weight,
+    rms_norm_default_eps_and_leaves_x_unchanged
+
+3.6 ``feed_forward``
+  - SwiGLU (gate through silu), gelu_tanh, relu, exact gelu against Llama, GPT-2 and torch:
+    feed_forward_swiglu_matches_llama_mlp, feed_forward_gelu_tanh_matches_gpt2_mlp,
+    feed_forward_matches_torch_encoder_layers_mlp
+  - every activation with and without biases, x of any leading shape, weights unchanged:
+    feed_forward_every_activation_with_and_without_biases_on_any_leading_shape
+
+3.7 ``encoder_layer``
+  - pre-norm and post-norm, relu and gelu, as ``nn.TransformerEncoderLayer``: encoder_layer_matches_torch
+  - padding, bool ``attn_mask``: encoder_layer_with_padding_and_attn_mask_matches_torch
+  - ``eps``, ``activation`` passed on (gelu_tanh), a float ``attn_mask`` with padding:
+    encoder_layer_with_its_eps_gelu_tanh_and_a_float_mask
+
+3.8 ``decoder_layer``
+  - pre-norm and post-norm, tgt_len/src_len of any size: decoder_layer_matches_torch
+  - padding of the target and of memory: decoder_layer_with_padding_on_both_sides_matches_torch
+  - ``is_causal=False``, also with padding; ``eps``: decoder_layer_without_causal_mask,
+    decoder_layer_bidirectional_with_padding_and_its_eps
+
+3.9 ``decoder_block``
+  - Llama style (GQA, MHA, MQA; eager and sdpa), returned keys (after RoPE) and values:
+    decoder_block_matches_llama_decoder_layer
+  - a KV cache; a KV cache with left padding: decoder_block_with_a_kv_cache_matches_llama,
+    decoder_block_with_a_kv_cache_and_left_padding
+  - padding: decoder_block_with_padding_matches_llama_on_real_tokens
+  - GPT-2 style (LayerNorm, learned positions, activation from config): decoder_block_matches_gpt2_block
+  - config's ``norm_eps``, ``head_dim`` != d_model / n_heads, attention biases:
+    decoder_block_with_its_norm_eps_and_heads_wider_than_d_model_over_n_heads
+
+3.10 ``count_parameters``
+  - equal to the parameters of Hugging Face models (tied, biases, MQA, head_dim, GPT-2):
+    count_parameters_matches_hugging_face_models
+  - any combination of flags (attention_bias and mlp_bias apart, norm, activation, positions); a Python int:
+    count_parameters_of_the_course_model_with_any_flags_is_a_python_int
+
+3.11 ``flops_per_token``
+  - what FlopCounterMode measures (tied output layer, head_dim, GPT-2), seq_len 1 and more:
+    flops_per_token_matches_flop_counter
+  - biases left out; a Python int: flops_per_token_leaves_biases_out_and_is_a_python_int
+
 Not graded (at the end): the course's language model as a ``transformers`` model (logits equal to
 Llama's and GPT-2's after weight conversion both ways, ``generate`` with a KV cache,
 ``save_pretrained``/``from_pretrained``, ``peft``, ``trl``, gradient checkpointing), the
@@ -24,7 +100,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grading.expect import assert_close
+from grading.expect import assert_close, assert_unchanged
 from tests.test_attention import padding, randn
 
 F64 = torch.float64
@@ -174,6 +250,19 @@ def test_sinusoidal_positions_shift_is_a_rotation(student):
                  hint="Each (sin, cos) pair must share one frequency: pair i uses base^(-2i/d_model).")
 
 
+@pytest.mark.exercise("3.1")
+def test_sinusoidal_positions_are_a_fresh_table_for_every_call(student):
+    for base in (10000.0, 100.0, 10000.0):  # one width, two bases: no table kept from another call
+        pe = student.sinusoidal_positions(6, 8, base=base)
+        assert_close(pe, sinusoids(6, 8, base=base).float(), what=f"sinusoidal_positions(6, 8, base={base:g}) after "
+                     "calls with another base", atol=1e-6, rtol=0,
+                     hint="A cache of tables must be keyed by every argument (base too).")
+        pe += 1.0  # the caller may change its table
+    assert_close(student.sinusoidal_positions(6, 8), sinusoids(6, 8).float(), atol=1e-6, rtol=0,
+                 what="sinusoidal_positions(6, 8) after the caller added 1 to an earlier result",
+                 hint="Return a new tensor (or a copy of a cached one): the caller owns what it gets.")
+
+
 # -- 3.2 embed -------------------------------------------------------------------------------------------
 @pytest.mark.exercise("3.2")
 @pytest.mark.parametrize("left", [False, True], ids=["right_padding", "left_padding"])
@@ -214,6 +303,31 @@ def test_embed_scales_tokens_not_positions_and_works_without_positions(student, 
     assert_close(student.embed({"embed_tokens.weight": tokens}, input_ids), tokens[input_ids],
                  what="embed without an embed_positions table (a rotary model)",
                  hint="Without 'embed_positions.weight' there is nothing to add.")
+
+
+@pytest.mark.exercise("3.2")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["float64", "bfloat16"])
+def test_embed_scale_with_or_without_positions_in_the_tables_dtype(student, device, dtype):
+    tokens, table = randn((11, 8), device, seed=3).to(dtype), sinusoids(20, 8).to(device, dtype)
+    input_ids, position_ids = torch.tensor([[1, 5, 10, 0]], device=device), torch.tensor([[7, 8, 9, 10]], device=device)
+    for scale in (0.5, 2.5):
+        for weights, expected in (({"embed_tokens.weight": tokens, "embed_positions.weight": table},
+                                   tokens[input_ids] * scale + table[position_ids]),
+                                  ({"embed_tokens.weight": tokens}, tokens[input_ids] * scale)):
+            got = student.embed(weights, input_ids, position_ids, scale=scale)
+            what = f"embed({dtype}, scale={scale}, {'with' if len(weights) == 2 else 'without'} positions)"
+            assert got.dtype == dtype, f"{what} returned {got.dtype}: keep the tables' dtype"
+            assert_close(got, expected, what=what, hint="scale multiplies the token embeddings, with a position "
+                                                        "table or without one.")
+
+
+@pytest.mark.exercise("3.2")
+def test_embed_leaves_its_weights_unchanged(student, device):
+    weights = {"embed_tokens.weight": randn((11, 8), device, seed=4), "embed_positions.weight": randn((9, 8), device, seed=5)}
+    before = {k: v.clone() for k, v in weights.items()}
+    input_ids = torch.tensor([[1, 2, 3]], device=device)
+    student.embed(weights, input_ids, scale=math.sqrt(8))
+    assert_unchanged(weights, before, what="the caller's embedding tables")
 
 
 # -- 3.3 apply_rope ----------------------------------------------------------------------------------------
@@ -265,6 +379,25 @@ def test_apply_rope_bfloat16_keeps_dtype(student, device):
                  hint="Compute the angles in float32 and cast cos/sin to x's dtype; return x's dtype.")
 
 
+@pytest.mark.exercise("3.3")
+def test_apply_rope_bfloat16_at_large_positions_takes_angles_in_float32(student, device):
+    # bfloat16 holds integers exactly only up to 256: position 4001 would become 4000, and an angle
+    # of 4001 radians in bfloat16 is off by several radians. Angles in float32, as Llama, are right.
+    x = randn((1, 2, 4, 16), device, seed=9).to(torch.bfloat16)
+    position_ids = torch.tensor([[1, 300, 1999, 4001]], device=device)
+    assert_close(student.apply_rope(x, position_ids), hf_rope(x, position_ids, 10000.0), atol=2e-2, rtol=2e-2,
+                 what="apply_rope in bfloat16 at positions up to 4001",
+                 hint="position_ids.float() * theta in float32; cast cos and sin to x's dtype afterwards.")
+
+
+@pytest.mark.exercise("3.3")
+def test_apply_rope_leaves_x_unchanged(student, device):
+    x = randn((2, 2, 5, 8), device, seed=10)
+    before = x.clone()
+    student.apply_rope(x, torch.arange(5, device=device)[None].expand(2, 5))
+    assert_unchanged(x, before, what="the caller's x")
+
+
 # -- 3.4 layer_norm and 3.5 rms_norm ------------------------------------------------------------------------
 @pytest.mark.exercise("3.4")
 @pytest.mark.parametrize("shape", [(4, 8), (2, 5, 16), (1, 1, 3)], ids=str)
@@ -312,6 +445,56 @@ def test_rms_norm_matches_torch_without_weight(student, device):
                  hint="eps goes inside the square root, added to the mean square.")
 
 
+@pytest.mark.exercise("3.4")
+def test_layer_norm_with_only_a_weight_or_only_a_bias(student, device):
+    x = randn((3, 12), device, dtype=F64, seed=17, std=2.0)
+    weight, bias = randn((12,), device, dtype=F64, seed=18) + 1, randn((12,), device, dtype=F64, seed=19)
+    for w, b in ((weight, None), (None, bias)):
+        assert_close(student.layer_norm(x, w, b, 1e-3), F.layer_norm(x, (12,), w, b, 1e-3),
+                     what=f"layer_norm with weight {'given' if w is not None else 'None'} and bias "
+                          f"{'given' if b is not None else 'None'}",
+                     hint="weight and bias are optional each on its own: None means 1 and 0.")
+
+
+@pytest.mark.exercise("3.4")
+def test_layer_norm_float64_keeps_float64_precision_and_leaves_x_unchanged(student, device):
+    x = randn((2, 3, 16), device, dtype=F64, seed=20) * 1e-3 + 1e4  # a large mean, tiny spread
+    before = x.clone()
+    assert_close(student.layer_norm(x), F.layer_norm(x, (16,)), what="layer_norm of float64 x near 1e4 (spread 1e-3)",
+                 hint="Statistics in *at least* float32: float64 stays float64 (promote_types(dtype, float32)).")
+    assert_unchanged(x, before, what="the caller's x")
+
+
+@pytest.mark.exercise("3.5")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_rms_norm_rounds_like_llama_in_half_precision(student, device, dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(256).to(device)
+    with torch.no_grad():
+        norm.weight.copy_(randn((256,), device, seed=21) * 0.7 + 1)
+    norm = norm.to(dtype)
+    x = (randn((8, 256), device, seed=22, std=3.0) + 1.0).to(dtype)
+    expected = norm(x).detach()
+    got = student.rms_norm(x, norm.weight.detach(), 1e-6)
+    assert got.dtype == dtype, f"rms_norm of {dtype} x returned {got.dtype}"
+    # Normalising in float32, rounding to the half format, then multiplying by the weight (Llama's order)
+    # agrees bit for bit with Llama (measured: 0 of 2048 entries differ, with rsqrt or with 1 / sqrt).
+    # Multiplying by the weight before rounding changes 25-27% of them, a mean square in the half format 31-39%.
+    differ = (got != expected).float().mean().item()
+    assert differ < 0.03, (f"rms_norm in {dtype} differs from LlamaRMSNorm in {differ:.1%} of the entries: normalise "
+                           "in float32, cast back to x's dtype, *then* multiply by weight")
+
+
+@pytest.mark.exercise("3.5")
+def test_rms_norm_default_eps_and_leaves_x_unchanged(student, device):
+    x = randn((2, 6), device, dtype=F64, seed=23, std=1e-3)  # mean square 1e-6: eps matters
+    before = x.clone()
+    assert_close(student.rms_norm(x), F.rms_norm(x, (6,), eps=1e-6), what="rms_norm(x) with the default eps",
+                 hint="eps defaults to 1e-6 (Llama's), not LayerNorm's 1e-5.")
+    assert_unchanged(x, before, what="the caller's x")
+
+
 # -- 3.6 feed_forward -------------------------------------------------------------------------------------------
 @pytest.mark.exercise("3.6")
 def test_feed_forward_swiglu_matches_llama_mlp(student, device):
@@ -353,6 +536,33 @@ def test_feed_forward_matches_torch_encoder_layers_mlp(student, device, activati
     assert_close(student.feed_forward(weights, x, activation), expected,
                  what=f"feed_forward({activation}) vs nn.TransformerEncoderLayer's linear2(act(linear1(x)))",
                  hint="'gelu' is the exact GELU (F.gelu(z)), not the tanh approximation; biases are added.")
+
+
+@pytest.mark.exercise("3.6")
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_feed_forward_every_activation_with_and_without_biases_on_any_leading_shape(student, device, activation, bias):
+    names = ("gate_proj", "up_proj", "down_proj") if activation == "swiglu" else ("fc_in", "fc_out")
+    shapes = {"gate_proj": (20, 6), "up_proj": (20, 6), "fc_in": (20, 6), "down_proj": (6, 20), "fc_out": (6, 20)}
+    weights = {}
+    for i, name in enumerate(names):
+        weights[f"{name}.weight"] = randn(shapes[name], device, dtype=F64, seed=26 + i, std=0.5)
+        if bias:
+            weights[f"{name}.bias"] = randn(shapes[name][:1], device, dtype=F64, seed=36 + i, std=0.5)
+    act = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"), "swiglu": F.silu}
+    lin = lambda name, h: F.linear(h, weights[f"{name}.weight"], weights.get(f"{name}.bias"))  # noqa: E731
+    for shape in ((6,), (4, 6), (2, 1, 3, 6)):
+        x = randn(shape, device, dtype=F64, seed=40, std=2.0)
+        if activation == "swiglu":
+            expected = lin("down_proj", F.silu(lin("gate_proj", x)) * lin("up_proj", x))
+        else:
+            expected = lin("fc_out", act[activation](lin("fc_in", x)))
+        before = {k: v.clone() for k, v in weights.items()}
+        assert_close(student.feed_forward(weights, x, activation), expected,
+                     what=f"feed_forward({activation}, {'with' if bias else 'without'} biases, x {shape})",
+                     hint="Each map adds its bias when there is one (SwiGLU too); relu, gelu (exact), gelu_tanh "
+                          "and swiglu are four different functions; x may have any leading shape.")
+        assert_unchanged(weights, before, what="the caller's weights")
 
 
 # -- 3.7 encoder_layer ---------------------------------------------------------------------------------------------
@@ -398,6 +608,29 @@ def test_encoder_layer_with_padding_and_attn_mask_matches_torch(student, device,
     assert_close(student.encoder_layer(weights, x, attn_mask=~block, norm_first=norm_first, n_heads=2),
                  layer(x, src_mask=block).detach(), what="encoder_layer with a bool attn_mask (True = may attend)",
                  hint="Pass attn_mask on to multi_head_attention.")
+
+
+@pytest.mark.exercise("3.7")
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre_norm", "post_norm"])
+def test_encoder_layer_with_its_eps_gelu_tanh_and_a_float_mask(student, device, norm_first):
+    from course_lib.transformer import torch_encoder_layer_weights
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, activation=lambda z: F.gelu(z, approximate="tanh"),
+                                             layer_norm_eps=0.5, batch_first=True, norm_first=norm_first)
+    layer = randomize(layer, 34).to(device)
+    x = randn((2, 5, 16), device, dtype=F64, seed=35, std=0.3)
+    float_mask = randn((5, 5), device, dtype=F64, seed=36)
+    float_mask[:, 1] = float("-inf")
+    attention_mask = padding([5, 4], 5, device)
+    expected = layer(x, src_mask=float_mask, src_key_padding_mask=torch_padding(attention_mask).double()
+                     .masked_fill(torch_padding(attention_mask), float("-inf"))).detach()
+    got = student.encoder_layer(torch_encoder_layer_weights(layer), x, attention_mask, float_mask,
+                                norm_first=norm_first, n_heads=2, activation="gelu_tanh", eps=0.5)
+    assert_close(only_real(got, attention_mask), only_real(expected, attention_mask),
+                 what=f"encoder_layer(eps=0.5, activation='gelu_tanh', float attn_mask, padding, norm_first={norm_first})",
+                 hint="Pass eps to both LayerNorms, the activation to feed_forward as it is, and a float attn_mask "
+                      "on unchanged (it is added to the scores).")
 
 
 # -- 3.8 decoder_layer -------------------------------------------------------------------------------------------
@@ -448,6 +681,25 @@ def test_decoder_layer_without_causal_mask(student, device):
     assert_close(student.decoder_layer(torch_decoder_layer_weights(layer), x, memory, is_causal=False, n_heads=2),
                  layer(x, memory).detach(), what="decoder_layer(is_causal=False)",
                  hint="is_causal applies to the self-attention only; cross-attention sees all of memory.")
+
+
+@pytest.mark.exercise("3.8")
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre_norm", "post_norm"])
+def test_decoder_layer_bidirectional_with_padding_and_its_eps(student, device, norm_first):
+    from course_lib.transformer import torch_decoder_layer_weights
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerDecoderLayer(12, 3, 24, dropout=0.0, activation="relu", layer_norm_eps=0.5,
+                                             batch_first=True, norm_first=norm_first)
+    layer = randomize(layer, 49).to(device)
+    x, memory = randn((2, 4, 12), device, dtype=F64, seed=50, std=0.3), randn((2, 3, 12), device, dtype=F64, seed=51)
+    attention_mask = padding([4, 2], 4, device)
+    expected = layer(x, memory, tgt_key_padding_mask=torch_padding(attention_mask)).detach()
+    got = student.decoder_layer(torch_decoder_layer_weights(layer), x, memory, attention_mask, is_causal=False,
+                                norm_first=norm_first, n_heads=3, eps=0.5)
+    assert_close(only_real(got, attention_mask), only_real(expected, attention_mask),
+                 what=f"decoder_layer(is_causal=False, eps=0.5, padding, norm_first={norm_first})",
+                 hint="is_causal=False with padding is still bidirectional; eps goes to all three LayerNorms.")
 
 
 # -- 3.9 decoder_block -------------------------------------------------------------------------------------------
@@ -528,6 +780,39 @@ def test_decoder_block_matches_gpt2_block(student, device, activation):
                       "projection, the MLP's activation from config['hidden_act'].")
 
 
+@pytest.mark.exercise("3.9")
+def test_decoder_block_with_its_norm_eps_and_heads_wider_than_d_model_over_n_heads(student, device):
+    config = llama_config(4, 2, d_model=32, d_ff=48, head_dim=12, rms_norm_eps=0.3, attention_bias=True)
+    layer = llama_layer(config, device, seed=58)
+    x = randn((2, 5, 32), device, dtype=F64, seed=59, std=0.2)
+    position_ids = torch.arange(5, device=device)[None].expand(2, 5)
+    out, _, _ = student.decoder_block(params(layer), x, position_ids, config=block_config(config))
+    assert_close(out, run_llama_layer(layer, x, position_ids), atol=1e-6, rtol=1e-6,
+                 what="decoder_block with rms_norm_eps=0.3, head_dim=12 (!= 32 / 4) and attention biases",
+                 hint="Take eps from config['norm_eps'] and d_head from config['head_dim'] (not d_model // n_heads).")
+
+
+@pytest.mark.exercise("3.9")
+def test_decoder_block_with_a_kv_cache_and_left_padding(student, device):
+    from transformers import DynamicCache
+
+    config = llama_config(4, 2, d_model=32, d_ff=48)
+    layer = llama_layer(config, device, seed=60)
+    x = randn((3, 6, 32), device, dtype=F64, seed=61)
+    attention_mask = padding([6, 4, 2], 6, device, left=True)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=config)
+    run_llama_layer(layer, x[:, :4], position_ids[:, :4], attention_mask[:, :4], cache=cache)
+    past_key, past_value = cache.layers[0].keys.clone(), cache.layers[0].values.clone()
+    expected = run_llama_layer(layer, x[:, 4:], position_ids[:, 4:], attention_mask, cache=cache)
+    out, _, _ = student.decoder_block(params(layer), x[:, 4:], position_ids[:, 4:], attention_mask, past_key,
+                                      past_value, config=block_config(config))
+    assert_close(only_real(out, attention_mask[:, 4:]), only_real(expected, attention_mask[:, 4:]), atol=1e-6, rtol=1e-6,
+                 what="decoder_block on 2 new tokens after a KV cache of 4, left padding",
+                 hint="attention_mask covers the cached positions and the new ones (batch, past_len + seq): pass "
+                      "all of it on, so that padded cached keys stay blocked.")
+
+
 # -- 3.10 count_parameters and 3.11 flops_per_token ----------------------------------------------------------------
 def tiny_llama(tie=False, bias=False, n_kv_heads=2, head_dim=None):
     from transformers import LlamaForCausalLM
@@ -580,6 +865,51 @@ def test_flops_per_token_matches_flop_counter(student, name, seq_len):
     assert got == expected, (f"flops_per_token({name}, seq_len={seq_len}): got {got}, measured {expected} "
                              f"({got - expected:+d}). A multiply-add is 2 FLOPs; count every linear map and the output "
                              "layer (even when tied); attention adds 4 * layers * seq_len * heads * d_head.")
+
+
+def course_architecture(**flags):
+    """The architecture dict of a small course model with these flags (the course's own model, built
+    from it, is the reference count)."""
+    from course_lib.language_model import course_lm_config
+
+    settings = dict(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+                    max_position_embeddings=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return course_lm_config(**settings, **flags)
+
+
+@pytest.mark.exercise("3.10")
+@pytest.mark.parametrize("flags", [
+    dict(attention_bias=True, mlp_bias=False), dict(attention_bias=False, mlp_bias=True),
+    dict(norm_type="layernorm", hidden_act="swiglu", mlp_bias=True, tie_word_embeddings=True),
+    dict(norm_type="rmsnorm", hidden_act="gelu_tanh", position_embedding_type="learned", num_key_value_heads=1),
+    dict(head_dim=8, num_key_value_heads=2, attention_bias=True, tie_word_embeddings=True),
+], ids=["attention_bias", "mlp_bias", "layernorm_swiglu_tied", "rmsnorm_gelu_learned_mqa", "head_dim"])
+def test_count_parameters_of_the_course_model_with_any_flags_is_a_python_int(student, flags):
+    from course_lib.language_model import CourseLMForCausalLM
+
+    config = course_architecture(**flags)
+    model = CourseLMForCausalLM(config)
+    expected = sum(p.numel() for p in model.parameters())
+    got = student.count_parameters(config.architecture())
+    assert type(got) is int, f"count_parameters returned {type(got).__name__}, expected a Python int"
+    assert got == expected, (f"count_parameters with {flags}: got {got}, the course model has {expected} "
+                             f"({got - expected:+d}). attention_bias and mlp_bias are separate flags.")
+
+
+@pytest.mark.exercise("3.11")
+@pytest.mark.parametrize("name", ["llama_bias_mqa", "gpt2_inner"])
+def test_flops_per_token_leaves_biases_out_and_is_a_python_int(student, name):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = HF_MODELS[name]()
+    model.set_attn_implementation("eager")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 5, dtype=torch.long))
+    got = student.flops_per_token(block_config(model.config), 5)
+    assert type(got) is int, f"flops_per_token returned {type(got).__name__}, expected a Python int"
+    assert got == counter.get_total_flops() // 5, (
+        f"flops_per_token({name}, seq_len=5): got {got}, measured {counter.get_total_flops() // 5}: matrix "
+        "multiplications only (biases, norms and activations are left out)")
 
 
 # -- not graded: the course's language model, the seq2seq model and helpers (need the reference solutions) ----------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,9 @@ from grading import sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSIGNMENT = "numerics"
+# This test run's own range of sandbox uids (inherited by the graders it starts): graders of other
+# runs on the same machine use others, so "no process left" checks see this run's sandboxes only.
+os.environ.setdefault(sandbox.UID_BASE_ENV, str(100_000 + sandbox.UID_SLOTS * (os.getpid() % 4000)))
 POINTS = {e.id: e.points for e in exercises.all_exercises() if e.module == ASSIGNMENT}
 
 
@@ -105,6 +109,21 @@ def sandbox_processes() -> list[int]:
             fcntl.flock(lock, fcntl.LOCK_UN)
         found += pids
     return found
+
+
+@contextlib.contextmanager
+def busy_machine(workers: int | None = None, seconds: float = 900.0):
+    """Keep the machine busy on purpose while the block runs: ``workers`` processes (default two per
+    core) spinning at the grader's own priority, each stopping by itself after ``seconds`` at most
+    and killed when the block ends."""
+    spin = f"import time\nend = time.monotonic() + {float(seconds)}\nwhile time.monotonic() < end:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(workers or 2 * (os.cpu_count() or 1))]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def table(rows: list[tuple], header: tuple) -> str:

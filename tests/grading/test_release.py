@@ -177,7 +177,10 @@ def _nbgrader_marker(h):
 
 
 def _pyproject_packages_solutions(h):
-    shutil.copy(ROOT / "pyproject.toml", h / "pyproject.toml")
+    text = (ROOT / "pyproject.toml").read_text()
+    packaged = re.sub(r'include = \[', 'include = ["solutions*", ', text, count=1)
+    assert packaged != text, "pyproject.toml has no package include list to plant solutions in"
+    (h / "pyproject.toml").write_text(packaged)
     return "pyproject.toml"
 
 

@@ -317,21 +317,184 @@ def gqa_padding_mask_inverted(weights, x, attention_mask=None, is_causal=True, r
                 mask_fn=lambda m, s, causal: make_attention_mask(1 - m.long(), s, causal=causal))
 
 
+# -- wrong answers written from the contract alone (issue 16): arguments, shapes, dtypes, inputs -----
+def _sdpa(query, key, value, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None, return_weights=False):
+    return scaled_dot_product_attention(query, key, value, attn_mask, is_causal, dropout_p, scale, return_weights)
+
+
+def sdpa_treating_scale_zero_as_unset(query, key, value, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None,
+                                      return_weights=False):
+    scale = scale or 1 / math.sqrt(query.shape[-1])
+    return _sdpa(query, key, value, attn_mask, is_causal, dropout_p, scale, return_weights)
+
+
+def sdpa_transposing_dims_2_and_3(query, key, value, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None,
+                                  return_weights=False):
+    return _attend(query, key, value, attn_mask, is_causal, dropout_p, scale, return_weights,
+                   transpose=lambda k: k.transpose(2, 3))
+
+
+def sdpa_dividing_by_one_minus_p_by_hand(query, key, value, attn_mask=None, is_causal=False, dropout_p=0.0,
+                                         scale=None, return_weights=False):
+    _, weights = _sdpa(query, key, value, attn_mask, is_causal, 0.0, scale, True)
+    if dropout_p > 0:
+        keep = torch.rand(weights.shape, device=weights.device) >= dropout_p
+        weights = weights * keep / (1 - dropout_p) if dropout_p < 1 else weights * keep / 0.0
+    out = weights @ value
+    return (out, weights) if return_weights else out
+
+
+def sdpa_dropout_from_its_own_seeded_generator(query, key, value, attn_mask=None, is_causal=False, dropout_p=0.0,
+                                               scale=None, return_weights=False):
+    _, weights = _sdpa(query, key, value, attn_mask, is_causal, 0.0, scale, True)
+    if dropout_p > 0:
+        gen = torch.Generator(device=weights.device).manual_seed(0)
+        keep = torch.rand(weights.shape, generator=gen, device=weights.device) >= dropout_p
+        weights = weights * keep / (1 - dropout_p)
+    out = weights @ value
+    return (out, weights) if return_weights else out
+
+
+def sdpa_returning_float32_for_half_inputs(query, key, value, attn_mask=None, is_causal=False, dropout_p=0.0,
+                                           scale=None, return_weights=False):
+    if attn_mask is not None and attn_mask.is_floating_point():
+        attn_mask = attn_mask.float()
+    return _sdpa(query.float(), key.float(), value.float(), attn_mask, is_causal, dropout_p, scale, return_weights)
+
+
+def sdpa_scaling_the_callers_query_in_place(query, key, value, attn_mask=None, is_causal=False, dropout_p=0.0,
+                                            scale=None, return_weights=False):
+    query *= 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    return _sdpa(query, key, value, attn_mask, is_causal, dropout_p, 1.0, return_weights)
+
+
+def sdpa_adding_causality_into_the_callers_float_mask(query, key, value, attn_mask=None, is_causal=False,
+                                                      dropout_p=0.0, scale=None, return_weights=False):
+    if is_causal and attn_mask is not None and attn_mask.is_floating_point():
+        q_len, kv_len = query.shape[-2], key.shape[-2]
+        future = ~torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril()
+        attn_mask.masked_fill_(future.expand(attn_mask.shape), float("-inf"))
+        is_causal = False
+    return _sdpa(query, key, value, attn_mask, is_causal, dropout_p, scale, return_weights)
+
+
+def mask_slicing_a_square_causal_mask(attention_mask, q_len, causal=True):
+    batch, kv_len = attention_mask.shape
+    mask = attention_mask.bool()[:, None, None, :]
+    if causal:
+        mask = mask & torch.ones(kv_len, kv_len, dtype=torch.bool, device=mask.device).tril()[-q_len:]
+    return mask.expand(batch, 1, q_len, kv_len)
+
+
+def mask_bidirectional_with_a_row_per_key(attention_mask, q_len, causal=True):
+    batch, kv_len = attention_mask.shape
+    if not causal:
+        return attention_mask.bool()[:, None, None, :].expand(batch, 1, kv_len, kv_len)
+    return make_attention_mask(attention_mask, q_len, causal)
+
+
+def mask_unsqueezing_the_callers_attention_mask_in_place(attention_mask, q_len, causal=True):
+    batch, kv_len = attention_mask.shape
+    padding = attention_mask.unsqueeze_(1).unsqueeze_(1).bool()
+    if causal:
+        padding = padding & torch.ones(q_len, kv_len, dtype=torch.bool, device=padding.device).tril(kv_len - q_len)
+    return padding.expand(batch, 1, q_len, kv_len)
+
+
+def mha_ignoring_dropout(weights, x, context=None, attention_mask=None, attn_mask=None, is_causal=False,
+                         dropout_p=0.0, return_weights=False, *, n_heads):
+    return _mha(weights, x, context, attention_mask, attn_mask, is_causal, 0.0, return_weights, n_heads=n_heads)
+
+
+def mha_reading_every_bias_once_q_has_one(weights, x, context=None, attention_mask=None, attn_mask=None,
+                                          is_causal=False, dropout_p=0.0, return_weights=False, *, n_heads):
+    return _mha(weights, x, context, attention_mask, attn_mask, is_causal, dropout_p, return_weights, n_heads=n_heads,
+                bias="q_proj.bias" in weights and "k_proj.bias" in weights)
+
+
+def mha_dropping_causality_when_padded(weights, x, context=None, attention_mask=None, attn_mask=None,
+                                       is_causal=False, dropout_p=0.0, return_weights=False, *, n_heads):
+    return _mha(weights, x, context, attention_mask, attn_mask, is_causal and attention_mask is None, dropout_p,
+                return_weights, n_heads=n_heads)
+
+
+def mha_heads_of_d_model_over_n_heads(weights, x, context=None, attention_mask=None, attn_mask=None,
+                                      is_causal=False, dropout_p=0.0, return_weights=False, *, n_heads):
+    return _mha(weights, x, context, attention_mask, attn_mask, is_causal, dropout_p, return_weights, n_heads=n_heads,
+                scale=lambda inner: 1 / math.sqrt(x.shape[-1] // n_heads))
+
+
+def mha_folding_the_scale_into_the_callers_weights(weights, x, context=None, attention_mask=None, attn_mask=None,
+                                                   is_causal=False, dropout_p=0.0, return_weights=False, *, n_heads):
+    d_head = weights["q_proj.weight"].shape[0] // n_heads
+    weights["q_proj.weight"].mul_(1 / math.sqrt(d_head))
+    if "q_proj.bias" in weights:
+        weights["q_proj.bias"].mul_(1 / math.sqrt(d_head))
+    return _mha(weights, x, context, attention_mask, attn_mask, is_causal, dropout_p, return_weights, n_heads=n_heads,
+                scale=lambda inner: 1.0)
+
+
+def repeat_kv_into_a_float32_buffer(x, n_rep):
+    b, h, s, d = x.shape
+    out = torch.empty(b, h * n_rep, s, d, device=x.device)
+    for head in range(h * n_rep):
+        out[:, head] = x[:, head // n_rep]
+    return out
+
+
+def repeat_kv_unsqueezing_the_callers_tensor_in_place(x, n_rep):
+    b, h, s, d = x.shape
+    return x.unsqueeze_(2).expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def gqa_always_causal(weights, x, attention_mask=None, is_causal=True, return_weights=False, *, n_heads, n_kv_heads):
+    return _gqa(weights, x, attention_mask, True, return_weights, n_heads=n_heads, n_kv_heads=n_kv_heads)
+
+
+def gqa_returning_weights_averaged_over_heads(weights, x, attention_mask=None, is_causal=True, return_weights=False,
+                                              *, n_heads, n_kv_heads):
+    out, attn = _gqa(weights, x, attention_mask, is_causal, True, n_heads=n_heads, n_kv_heads=n_kv_heads)
+    return (out, attn.mean(1, keepdim=True).expand_as(attn)) if return_weights else out
+
+
+def gqa_heads_of_d_model_over_n_heads(weights, x, attention_mask=None, is_causal=True, return_weights=False, *,
+                                      n_heads, n_kv_heads):
+    b, s, d_model = x.shape
+    d_head = d_model // n_heads
+    q = _linear(weights, "q_proj", x).view(b, s, n_heads, -1).transpose(1, 2)
+    k = repeat_kv(_split(_linear(weights, "k_proj", x), n_kv_heads), n_heads // n_kv_heads)
+    v = repeat_kv(_split(_linear(weights, "v_proj", x), n_kv_heads), n_heads // n_kv_heads)
+    mask = None if attention_mask is None else make_attention_mask(attention_mask, s, causal=is_causal)
+    out, attn = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                             scale=1 / math.sqrt(d_head), return_weights=True)
+    out = _linear(weights, "o_proj", _merge(out))
+    return (out, attn) if return_weights else out
+
+
 MUTANTS = {
     "scaled_dot_product_attention": [
         sdpa_without_scale, sdpa_scaled_by_one_over_d, sdpa_softmax_over_queries, sdpa_key_dot_T,
         sdpa_key_reshaped_not_transposed, sdpa_mask_after_softmax, sdpa_bool_mask_inverted,
         sdpa_float_mask_used_as_bool, sdpa_causal_excludes_the_diagonal, sdpa_causal_bottom_right,
-        sdpa_nan_on_fully_masked_rows, sdpa_dropout_not_rescaled, sdpa_ignores_dropout],
+        sdpa_nan_on_fully_masked_rows, sdpa_dropout_not_rescaled, sdpa_ignores_dropout,
+        sdpa_treating_scale_zero_as_unset, sdpa_transposing_dims_2_and_3, sdpa_dividing_by_one_minus_p_by_hand,
+        sdpa_dropout_from_its_own_seeded_generator, sdpa_returning_float32_for_half_inputs,
+        sdpa_scaling_the_callers_query_in_place, sdpa_adding_causality_into_the_callers_float_mask],
     "make_attention_mask": [
         mask_causal_excludes_the_token_itself, mask_causal_sees_one_future_token, mask_causal_top_left,
-        mask_padding_inverted, mask_padding_on_query_rows, mask_as_float_ones_and_zeros],
+        mask_padding_inverted, mask_padding_on_query_rows, mask_as_float_ones_and_zeros,
+        mask_slicing_a_square_causal_mask, mask_bidirectional_with_a_row_per_key,
+        mask_unsqueezing_the_callers_attention_mask_in_place],
     "multi_head_attention": [
         mha_heads_split_in_the_wrong_order, mha_heads_merged_without_transpose, mha_padding_mask_inverted,
         mha_ignores_the_masks, mha_scaled_by_d_model_not_d_head, mha_without_output_projection,
-        mha_forgets_the_biases, mha_keys_and_values_swapped],
-    "repeat_kv": [repeat_kv_tiles_the_heads, repeat_kv_along_the_sequence, repeat_kv_expands_the_wrong_axis],
+        mha_forgets_the_biases, mha_keys_and_values_swapped, mha_ignoring_dropout,
+        mha_reading_every_bias_once_q_has_one, mha_dropping_causality_when_padded, mha_heads_of_d_model_over_n_heads,
+        mha_folding_the_scale_into_the_callers_weights],
+    "repeat_kv": [repeat_kv_tiles_the_heads, repeat_kv_along_the_sequence, repeat_kv_expands_the_wrong_axis,
+                  repeat_kv_into_a_float32_buffer, repeat_kv_unsqueezing_the_callers_tensor_in_place],
     "grouped_query_attention": [
         gqa_kv_heads_tiled_not_interleaved, gqa_heads_split_in_the_wrong_order, gqa_forgets_causality_when_padded,
-        gqa_large_negative_mask_not_minus_inf, gqa_padding_mask_inverted],
+        gqa_large_negative_mask_not_minus_inf, gqa_padding_mask_inverted, gqa_always_causal,
+        gqa_returning_weights_averaged_over_heads, gqa_heads_of_d_model_over_n_heads],
 }

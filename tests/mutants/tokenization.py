@@ -294,22 +294,199 @@ def tokenizer_json_without_split_pre_tokenizer(vocab, merges, special_tokens=())
     return _edit_reference(vocab, merges, special_tokens, edit)
 
 
+# -- wrong answers written from the contract alone (issue 16): types, arguments, special tokens -------
+def word_tokenize_with_the_regex_modules_word_class(text):
+    return regex.findall(r"\w+|[^\w\s]", text)
+
+
+def word_tokenize_returning_a_tuple(text):
+    return tuple(re.findall(r"\w+|[^\w\s]", text))
+
+
+def pretokenize_sorting_the_callers_special_tokens(text, special_tokens=()):
+    special_tokens.sort(key=len, reverse=True)
+    return _pretokenize_with(GPT2_SPLIT_PATTERN, text, special_tokens, order=list)
+
+
+def pretokenize_splitting_by_each_special_token_in_turn(text, special_tokens=()):
+    parts = [(text, False)] if text else []
+    for token in LONGEST_FIRST(special_tokens):
+        split = []
+        for part, is_special in parts:
+            if is_special:
+                split.append((part, True))
+                continue
+            for i, piece in enumerate(part.split(token)):
+                if i:
+                    split.append((token, True))
+                if piece:
+                    split.append((piece, False))
+        parts = split
+    return [p for part, is_special in parts for p in ([part] if is_special else regex.findall(GPT2_SPLIT_PATTERN, part))]
+
+
+def pretokenize_returning_a_tuple(text, special_tokens=()):
+    return tuple(_pretokenize_with(GPT2_SPLIT_PATTERN, text, special_tokens))
+
+
+def train_bpe_ties_by_concatenated_bytes(documents, vocab_size, special_tokens=()):
+    return _train(documents, vocab_size, special_tokens, pick=lambda c: max(c, key=lambda p: (c[p], p[0] + p[1])))
+
+
+def train_bpe_deduplicating_special_tokens_with_a_set(documents, vocab_size, special_tokens=()):
+    return _train(documents, vocab_size, sorted(set(special_tokens)))
+
+
+def train_bpe_keeping_duplicate_special_tokens(documents, vocab_size, special_tokens=()):
+    vocab, merges = _train(documents, vocab_size - len(special_tokens) + len(set(special_tokens)), special_tokens)
+    return vocab[:256 + len(merges)] + [t.encode() for t in special_tokens], merges
+
+
+def train_bpe_returning_merges_as_lists(documents, vocab_size, special_tokens=()):
+    vocab, merges = _train(documents, vocab_size, special_tokens)
+    return vocab, [list(pair) for pair in merges]
+
+
+def _encode_by_rank(vocab, merges, pieces, special_id):
+    encode = _by_rank(list(map(tuple, merges)))
+    ids = []
+    for piece in pieces:
+        ids += [special_id[piece]] if piece in special_id else _ids(vocab, merges, encode(piece.encode()))
+    return ids
+
+
+def bpe_encode_special_ids_from_their_place_in_the_list(vocab, merges, text, special_tokens=()):
+    special_id = {t: 256 + len(merges) + k for k, t in enumerate(special_tokens)}
+    return _encode_by_rank(vocab, merges, T.pretokenize(text, special_tokens), special_id)
+
+
+def bpe_encode_special_ids_by_first_match_in_vocab(vocab, merges, text, special_tokens=()):
+    special_id = {t: vocab.index(t.encode()) for t in special_tokens}
+    return _encode_by_rank(vocab, merges, T.pretokenize(text, special_tokens), special_id)
+
+
+_PIECE_CACHE = {}
+
+
+def bpe_encode_caching_pieces_across_tokenizers(vocab, merges, text, special_tokens=()):
+    special_id = _special_ids(vocab, merges, special_tokens)
+    ids = []
+    for piece in T.pretokenize(text, special_tokens):
+        if piece in special_id:
+            ids.append(special_id[piece])
+            continue
+        if piece not in _PIECE_CACHE:
+            _PIECE_CACHE[piece] = _encode_by_rank(vocab, merges, [piece], {})
+        ids += _PIECE_CACHE[piece]
+    return ids
+
+
+def bpe_encode_splitting_special_tokens_in_the_given_order(vocab, merges, text, special_tokens=()):
+    pieces = _pretokenize_with(GPT2_SPLIT_PATTERN, text, special_tokens, order=list)
+    return _encode_by_rank(vocab, merges, pieces, _special_ids(vocab, merges, special_tokens))
+
+
+def bpe_decode_skipping_id_zero_as_padding(vocab, ids):
+    return b"".join(vocab[i] for i in ids if i).decode("utf-8", errors="replace")
+
+
+_TABLES = {}
+
+
+def bpe_decode_with_a_table_cached_by_vocab_size(vocab, ids):
+    table = _TABLES.setdefault(len(vocab), list(vocab))
+    return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def encode_chunk_treating_complete_special_tokens_as_final(vocab, merges, buffer, chunk, special_tokens=()):
+    if chunk is None:
+        return T.bpe_encode(vocab, merges, buffer, special_tokens), ""
+    text = buffer + chunk
+    pieces = T.pretokenize(text, special_tokens)
+    if pieces and pieces[-1] in special_tokens:
+        return T.bpe_encode(vocab, merges, text, special_tokens), ""
+    tail = pieces[-1] if pieces else ""
+    held = max((n for t in special_tokens for n in range(1, len(t)) if tail.endswith(t[:n])), default=0)
+    rest = text[len(text) - held:] if held else ""
+    ready = text[:len(text) - held]
+    ready_pieces = T.pretokenize(ready, special_tokens)
+    if ready_pieces and ready_pieces[-1] not in special_tokens:
+        rest = ready_pieces.pop() + rest
+    return T.bpe_encode(vocab, merges, "".join(ready_pieces), special_tokens), rest
+
+
+def encode_chunk_returning_a_list(vocab, merges, buffer, chunk, special_tokens=()):
+    from solutions.tokenization import encode_chunk
+
+    return list(encode_chunk(vocab, merges, buffer, chunk, special_tokens))
+
+
+def tokenizer_json_special_tokens_only_as_added_tokens(vocab, merges, special_tokens=()):
+    def edit(tok):  # what the reference wrote before issue 16: ids only in "added_tokens"
+        n = 256 + len(merges)
+        tok["model"]["vocab"] = {k: i for k, i in tok["model"]["vocab"].items() if i < n}
+    return _edit_reference(vocab, merges, special_tokens, edit)
+
+
+def tokenizer_json_special_tokens_numbered_in_list_order(vocab, merges, special_tokens=()):
+    def edit(tok):
+        n = 256 + len(merges)
+        tok["model"]["vocab"] = {k: i for k, i in tok["model"]["vocab"].items() if i < n}
+        for k, added in enumerate(tok["added_tokens"]):
+            added["id"] = n + k
+    return _edit_reference(vocab, merges, special_tokens, edit)
+
+
+def tokenizer_json_special_tokens_not_marked_special(vocab, merges, special_tokens=()):
+    def edit(tok):
+        for added in tok["added_tokens"]:
+            added["special"] = False
+    return _edit_reference(vocab, merges, special_tokens, edit)
+
+
+def encode_chunk_holding_the_longest_special_prefix_even_inside_a_match(vocab, merges, buffer, chunk,
+                                                                       special_tokens=()):
+    """What the reference did before issue 16: in "<s><s>" it held the second "<s>" back and sent the
+    first out as a special token of its own."""
+    if chunk is None:
+        return T.bpe_encode(vocab, merges, buffer, special_tokens), ""
+    text = buffer + chunk
+    held = max((n for t in special_tokens for n in range(1, min(len(t), len(text) + 1)) if text.endswith(t[:n])),
+               default=0)
+    ready, rest = text[:len(text) - held], text[len(text) - held:]
+    pieces = T.pretokenize(ready, special_tokens)
+    if pieces and pieces[-1] not in special_tokens:
+        rest = pieces.pop() + rest
+    return T.bpe_encode(vocab, merges, "".join(pieces), special_tokens), rest
+
+
 MUTANTS = {
     "word_tokenize": [word_tokenize_on_whitespace, word_tokenize_dropping_punctuation,
-                      word_tokenize_grouping_punctuation, word_tokenize_ascii_only],
+                      word_tokenize_grouping_punctuation, word_tokenize_ascii_only,
+                      word_tokenize_with_the_regex_modules_word_class, word_tokenize_returning_a_tuple],
     "pretokenize": [pretokenize_without_leading_spaces, pretokenize_stripping_spaces,
                     pretokenize_ignoring_special_tokens, pretokenize_special_tokens_in_given_order,
-                    pretokenize_unescaped_special_tokens, pretokenize_ascii_pattern],
+                    pretokenize_unescaped_special_tokens, pretokenize_ascii_pattern,
+                    pretokenize_sorting_the_callers_special_tokens, pretokenize_splitting_by_each_special_token_in_turn,
+                    pretokenize_returning_a_tuple],
     "train_bpe": [train_bpe_ties_by_dict_order, train_bpe_ties_to_smallest_pair, train_bpe_across_pre_tokens,
                   train_bpe_on_special_token_text, train_bpe_counting_pairs_once_per_word,
-                  train_bpe_special_tokens_first, train_bpe_on_joined_documents],
+                  train_bpe_special_tokens_first, train_bpe_on_joined_documents,
+                  train_bpe_ties_by_concatenated_bytes, train_bpe_deduplicating_special_tokens_with_a_set,
+                  train_bpe_keeping_duplicate_special_tokens, train_bpe_returning_merges_as_lists],
     "bpe_encode": [bpe_encode_left_to_right, bpe_encode_across_pre_tokens, bpe_encode_ignoring_special_tokens,
-                   bpe_encode_longest_match],
-    "bpe_decode": [bpe_decode_token_by_token, bpe_decode_strict, bpe_decode_ignoring_errors, bpe_decode_latin1],
+                   bpe_encode_longest_match, bpe_encode_special_ids_from_their_place_in_the_list,
+                   bpe_encode_special_ids_by_first_match_in_vocab, bpe_encode_caching_pieces_across_tokenizers,
+                   bpe_encode_splitting_special_tokens_in_the_given_order],
+    "bpe_decode": [bpe_decode_token_by_token, bpe_decode_strict, bpe_decode_ignoring_errors, bpe_decode_latin1,
+                   bpe_decode_skipping_id_zero_as_padding, bpe_decode_with_a_table_cached_by_vocab_size],
     "encode_chunk": [encode_chunk_independently, encode_chunk_holding_everything,
                      encode_chunk_ignoring_unfinished_special_tokens, encode_chunk_cutting_at_the_last_space,
-                     encode_chunk_dropping_the_buffer_at_the_end],
+                     encode_chunk_dropping_the_buffer_at_the_end, encode_chunk_treating_complete_special_tokens_as_final,
+                     encode_chunk_returning_a_list, encode_chunk_holding_the_longest_special_prefix_even_inside_a_match],
     "to_tokenizer_json": [tokenizer_json_without_byte_level_alphabet, tokenizer_json_without_byte_level_pre_tokenizer,
                           tokenizer_json_merges_sorted, tokenizer_json_special_tokens_in_vocab_only,
-                          tokenizer_json_without_split_pre_tokenizer],
+                          tokenizer_json_without_split_pre_tokenizer, tokenizer_json_special_tokens_only_as_added_tokens,
+                          tokenizer_json_special_tokens_numbered_in_list_order,
+                          tokenizer_json_special_tokens_not_marked_special],
 }

@@ -383,24 +383,206 @@ def flops_without_the_output_layer(config, seq_len):
     return _flops(config, seq_len, output_layer=False)
 
 
+# -- wrong answers written from the contract alone (issue 16): state, arguments, dtypes, config -------
+_TABLES = {}
+
+
+def pe_cached_by_width(seq_len, d_model, base=10000.0):
+    """A table per d_model, grown on demand and sliced: the base of the first call sticks."""
+    table = _TABLES.get(d_model)
+    if table is None or table.shape[0] < seq_len:
+        table = _TABLES[d_model] = _sinusoids(max(seq_len, 64), d_model, base)
+    return table[:seq_len]
+
+
+_SHARED = {}
+
+
+def pe_returning_a_shared_table(seq_len, d_model, base=10000.0):
+    """Cached by every argument, but the caller gets the cached tensor itself (and may change it)."""
+    key = (seq_len, d_model, base)
+    if key not in _SHARED:
+        _SHARED[key] = _sinusoids(seq_len, d_model, base)
+    return _SHARED[key]
+
+
+def embed_scaling_only_with_a_position_table(weights, input_ids, position_ids=None, scale=1.0):
+    return _embed(weights, input_ids, position_ids, scale if "embed_positions.weight" in weights else 1.0)
+
+
+def embed_in_float32(weights, input_ids, position_ids=None, scale=1.0):
+    return _embed({k: v.float() for k, v in weights.items()}, input_ids, position_ids, scale)
+
+
+def embed_scaling_the_callers_table_in_place(weights, input_ids, position_ids=None, scale=1.0):
+    if scale != 1.0:
+        weights["embed_tokens.weight"].mul_(scale)
+    return _embed(weights, input_ids, position_ids, 1.0)
+
+
+def rope_angles_in_the_input_dtype(x, position_ids, base=10000.0):
+    d = x.shape[-1]
+    theta = 1.0 / base ** (torch.arange(0, d, 2, device=x.device, dtype=x.dtype) / d)
+    angles = position_ids[..., None].to(x.dtype) * theta
+    angles = torch.cat((angles, angles), dim=-1)[:, None]
+    return x * angles.cos() + torch.cat((-x[..., d // 2:], x[..., :d // 2]), -1) * angles.sin()
+
+
+def rope_rotating_the_callers_tensor_in_place(x, position_ids, base=10000.0):
+    x.copy_(apply_rope(x, position_ids, base))
+    return x
+
+
+def layer_norm_bias_only_with_a_weight(x, weight=None, bias=None, eps=1e-5):
+    if weight is None or bias is None:
+        return layer_norm(x, None, None, eps) * (1 if weight is None else weight)
+    return layer_norm(x, weight, bias, eps)
+
+
+def layer_norm_always_in_float32(x, weight=None, bias=None, eps=1e-5):
+    h = x.float()
+    h = (h - h.mean(-1, keepdim=True)) * torch.rsqrt(h.var(-1, keepdim=True, unbiased=False) + eps)
+    if weight is not None:
+        h = h * weight.float()
+    if bias is not None:
+        h = h + bias.float()
+    return h.to(x.dtype)
+
+
+def layer_norm_centering_the_callers_tensor_in_place(x, weight=None, bias=None, eps=1e-5):
+    x -= x.mean(-1, keepdim=True)
+    return layer_norm(x, weight, bias, eps)
+
+
+def rms_norm_weight_before_casting_back(x, weight=None, eps=1e-6):
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * weight if weight is not None else h).to(x.dtype)
+
+
+def rms_norm_in_the_input_dtype(x, weight=None, eps=1e-6):
+    h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return h * weight if weight is not None else h
+
+
+def rms_norm_with_layer_norms_default_eps(x, weight=None, eps=1e-5):
+    return rms_norm(x, weight, eps)
+
+
+def swiglu_without_biases(weights, x, activation):
+    if activation == "swiglu":
+        weights = {k: v for k, v in weights.items() if not k.endswith(".bias")}
+    return _feed_forward(weights, x, activation)
+
+
+def feed_forward_relu_for_every_other_activation(weights, x, activation):
+    return _feed_forward(weights, x, activation if activation in ("gelu", "swiglu") else "relu")
+
+
+def encoder_with_the_default_eps(weights, x, attention_mask=None, attn_mask=None, norm_first=True, *, n_heads,
+                                 activation="relu", eps=1e-5):
+    return _layer(weights, x, None, (attention_mask, attn_mask, None), norm_first, n_heads, activation, 1e-5)
+
+
+def encoder_gelu_or_relu_only(weights, x, attention_mask=None, attn_mask=None, norm_first=True, *, n_heads,
+                              activation="relu", eps=1e-5):
+    return _layer(weights, x, None, (attention_mask, attn_mask, None), norm_first, n_heads,
+                  "gelu" if activation.startswith("gelu") else "relu", eps)
+
+
+def encoder_float_attn_mask_as_bool(weights, x, attention_mask=None, attn_mask=None, norm_first=True, *, n_heads,
+                                    activation="relu", eps=1e-5):
+    if attn_mask is not None and attn_mask.is_floating_point():
+        attn_mask = attn_mask > float("-inf")
+    return _layer(weights, x, None, (attention_mask, attn_mask, None), norm_first, n_heads, activation, eps)
+
+
+def decoder_with_the_default_eps(weights, x, memory, attention_mask=None, memory_attention_mask=None,
+                                 is_causal=True, norm_first=True, *, n_heads, activation="relu", eps=1e-5):
+    return _layer(weights, x, memory, (attention_mask, None, memory_attention_mask), norm_first, n_heads, activation,
+                  1e-5, causal=is_causal)
+
+
+def decoder_causal_whenever_padded(weights, x, memory, attention_mask=None, memory_attention_mask=None,
+                                   is_causal=True, norm_first=True, *, n_heads, activation="relu", eps=1e-5):
+    return _layer(weights, x, memory, (attention_mask, None, memory_attention_mask), norm_first, n_heads, activation,
+                  eps, causal=is_causal or attention_mask is not None)
+
+
+def block_with_rms_norms_default_eps(weights, hidden_states, position_ids, attention_mask=None, past_key=None,
+                                     past_value=None, attn_implementation="eager", *, config):
+    return _block(weights, hidden_states, position_ids, attention_mask, past_key, past_value, attn_implementation,
+                  config={**config, "norm_eps": 1e-6 if config["norm_type"] == "rmsnorm" else 1e-5})
+
+
+def block_heads_of_d_model_over_n_heads(weights, hidden_states, position_ids, attention_mask=None, past_key=None,
+                                        past_value=None, attn_implementation="eager", *, config):
+    d_head = hidden_states.shape[-1] // config["num_attention_heads"]
+    heads = {**config, "num_attention_heads": weights["self_attn.q_proj.weight"].shape[0] // d_head,
+             "num_key_value_heads": weights["self_attn.k_proj.weight"].shape[0] // d_head}
+    return _block(weights, hidden_states, position_ids, attention_mask, past_key, past_value, attn_implementation,
+                  config=heads)
+
+
+def block_cache_masked_by_the_new_positions_only(weights, hidden_states, position_ids, attention_mask=None,
+                                                 past_key=None, past_value=None, attn_implementation="eager", *,
+                                                 config):
+    if past_key is not None and attention_mask is not None:
+        attention_mask = torch.cat([torch.ones_like(attention_mask[:, :past_key.shape[2]]),
+                                    attention_mask[:, past_key.shape[2]:]], dim=1)
+    return _block(weights, hidden_states, position_ids, attention_mask, past_key, past_value, attn_implementation,
+                  config=config)
+
+
+def count_biases_of_both_kinds_when_attention_has_them(config):
+    both = config["attention_bias"] or config["mlp_bias"]
+    return _count({**config, "attention_bias": both, "mlp_bias": both})
+
+
+def count_as_a_float(config):
+    return _count(config) * config["num_key_value_heads"] / config["num_key_value_heads"]
+
+
+def flops_with_the_bias_additions(config, seq_len):
+    biases = 0
+    if config["attention_bias"]:
+        biases += (2 * config["num_attention_heads"] + 2 * config["num_key_value_heads"]) * config["head_dim"]
+    if config["mlp_bias"]:
+        biases += 2 * config["intermediate_size"] + config["hidden_size"]
+    return _flops(config, seq_len) + config["num_hidden_layers"] * biases
+
+
+def flops_as_a_float(config, seq_len):
+    return _flops(config, seq_len) * 1.0
+
+
 MUTANTS = {
-    "sinusoidal_positions": [pe_sin_and_cos_swapped, pe_sin_then_cos_halves, pe_exponent_i_over_d],
-    "embed": [embed_scales_positions_too, embed_ignores_position_ids],
+    "sinusoidal_positions": [pe_sin_and_cos_swapped, pe_sin_then_cos_halves, pe_exponent_i_over_d, pe_cached_by_width,
+                             pe_returning_a_shared_table],
+    "embed": [embed_scales_positions_too, embed_ignores_position_ids, embed_scaling_only_with_a_position_table, embed_in_float32,
+              embed_scaling_the_callers_table_in_place],
     "apply_rope": [rope_rotates_adjacent_pairs, rope_rotation_the_wrong_way, rope_exponent_j_over_d,
-                   rope_ignores_position_ids],
-    "layer_norm": [layer_norm_over_the_first_axis, layer_norm_unbiased_variance, layer_norm_eps_outside_the_sqrt],
-    "rms_norm": [rms_norm_subtracts_the_mean, rms_norm_eps_outside_the_sqrt, rms_norm_over_the_sequence_axis],
+                   rope_ignores_position_ids, rope_angles_in_the_input_dtype, rope_rotating_the_callers_tensor_in_place],
+    "layer_norm": [layer_norm_over_the_first_axis, layer_norm_unbiased_variance, layer_norm_eps_outside_the_sqrt,
+                   layer_norm_bias_only_with_a_weight, layer_norm_always_in_float32,
+                   layer_norm_centering_the_callers_tensor_in_place],
+    "rms_norm": [rms_norm_subtracts_the_mean, rms_norm_eps_outside_the_sqrt, rms_norm_over_the_sequence_axis,
+                 rms_norm_weight_before_casting_back, rms_norm_in_the_input_dtype, rms_norm_with_layer_norms_default_eps],
     "feed_forward": [swiglu_activation_on_the_up_branch, swiglu_with_a_sigmoid_gate, gelu_always_exact,
-                     gelu_always_tanh],
+                     gelu_always_tanh, swiglu_without_biases, feed_forward_relu_for_every_other_activation],
     "encoder_layer": [encoder_post_norm_when_pre_norm_asked, encoder_pre_norm_always,
-                      encoder_missing_attention_residual, encoder_ignores_padding],
+                      encoder_missing_attention_residual, encoder_ignores_padding, encoder_with_the_default_eps,
+                      encoder_gelu_or_relu_only, encoder_float_attn_mask_as_bool],
     "decoder_layer": [decoder_cross_attention_reads_decoder_states, decoder_not_causal,
-                      decoder_post_norm_when_pre_norm_asked, decoder_norms_in_the_wrong_order],
+                      decoder_post_norm_when_pre_norm_asked, decoder_norms_in_the_wrong_order,
+                      decoder_with_the_default_eps, decoder_causal_whenever_padded],
     "decoder_block": [block_rope_applied_to_values_too, block_rope_on_queries_only,
                       block_rope_rotating_the_wrong_halves, block_post_norm_where_pre_norm_is_asked,
-                      block_missing_attention_residual, block_ignores_the_kv_cache],
+                      block_missing_attention_residual, block_ignores_the_kv_cache, block_with_rms_norms_default_eps,
+                      block_heads_of_d_model_over_n_heads, block_cache_masked_by_the_new_positions_only],
     "count_parameters": [count_tied_output_layer_twice, count_kv_with_query_heads, count_layernorm_without_bias,
-                         count_swiglu_with_two_matrices],
+                         count_swiglu_with_two_matrices, count_biases_of_both_kinds_when_attention_has_them,
+                         count_as_a_float],
     "flops_per_token": [flops_counts_multiply_adds_once, flops_without_attention_products, flops_kaplan_causal_half,
-                        flops_without_the_output_layer],
+                        flops_without_the_output_layer, flops_with_the_bias_additions, flops_as_a_float],
 }
