@@ -47,7 +47,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from course_lib.cache import cache_dir, cache_key, write_atomic
+from course_lib.cache import building, cache_dir, cache_key, write_atomic
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = {"validation": 0.05, "test": 0.05}  # the rest is train
@@ -192,17 +192,18 @@ def build_corpus(source: str | None = None) -> dict:
     """``{"meta": {...}, "splits": {"train": [...], "validation": [...], "test": [...]}}``, cached."""
     source = resolve_source(source)
     path = corpus_cache_path(source)
-    if path.is_file():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass  # a damaged cache file is rebuilt
-    documents = _documents(source)
-    if not documents:
-        raise ValueError(f"source={source!r} holds no text")
-    corpus = {"meta": {"source": _describe(source), "version": CORPUS_VERSION, "seed": SPLIT_SEED},
-              "splits": split_documents(documents)}
-    write_atomic(path, json.dumps(corpus, ensure_ascii=False))
+    with building(path):
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                pass  # a damaged cache file is rebuilt
+        documents = _documents(source)
+        if not documents:
+            raise ValueError(f"source={source!r} holds no text")
+        corpus = {"meta": {"source": _describe(source), "version": CORPUS_VERSION, "seed": SPLIT_SEED},
+                  "splits": split_documents(documents)}
+        write_atomic(path, json.dumps(corpus, ensure_ascii=False))
     return corpus
 
 

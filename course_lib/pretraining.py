@@ -1505,24 +1505,26 @@ def pretrained_course_lm(size: str = "cpu", source: str | None = None, progress:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
+    from course_lib.cache import building
 
     if size == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("the 'gpu' preset needs a CUDA GPU (about 100M parameters); use size='cpu' here")
     directory = pretrained_model_dir(size, source)
-    if not (directory / "config.json").is_file():
-        result = pretrain(preset(size, source=source), progress=progress)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            result.model.to("cpu").save_pretrained(staging)
-            result.tokenizer.save_pretrained(staging)
-            (staging / "training.json").write_text(json.dumps({**result.summary(), "history": result.history},
-                                                              default=str))
-            if directory.exists():  # an empty or half-written folder from an interrupted build
-                shutil.rmtree(directory)
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    with building(directory):
+        if not (directory / "config.json").is_file():
+            result = pretrain(preset(size, source=source), progress=progress)
+            staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+            try:
+                result.model.to("cpu").save_pretrained(staging)
+                result.tokenizer.save_pretrained(staging)
+                (staging / "training.json").write_text(json.dumps({**result.summary(), "history": result.history},
+                                                                  default=str))
+                if directory.exists():  # an empty or half-written folder from an interrupted build
+                    shutil.rmtree(directory)
+                os.replace(staging, directory)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
     model = AutoModelForCausalLM.from_pretrained(directory)
     return model.eval(), AutoTokenizer.from_pretrained(directory)
 

@@ -60,7 +60,6 @@ from pathlib import Path
 
 from course_lib import exercises
 from grading import check, intake, sandbox
-from grading.intake import submitted_module_file
 
 ROOT = Path(__file__).resolve().parent.parent
 COURSE_ID = "llm-course"
@@ -106,7 +105,7 @@ def fingerprint(folder: Path, modules: list[str]) -> str:
     """Hash of what is graded: the chapter modules and the notebooks of a submission (regular files
     only: :mod:`grading.intake`)."""
     digest = hashlib.sha256()
-    modules_found = [submitted_module_file(folder, m) for m in modules]
+    modules_found = [intake.submitted_module_file(folder, m) for m in modules]
     notebooks = [intake.regular_file(folder, p.name, max_bytes=MAX_NOTEBOOK_BYTES) for p in sorted(folder.glob("*.ipynb"))]
     for path, limit in [(p, intake.MAX_MODULE_BYTES) for p in modules_found] + [(p, MAX_NOTEBOOK_BYTES) for p in notebooks]:
         if path is not None:
@@ -172,7 +171,7 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         snap = scratch / "submission"
         snap.mkdir()
         for module in modules:
-            found = submitted_module_file(submitted, module)
+            found = intake.submitted_module_file(submitted, module)
             if found is not None:
                 (snap / f"{module}.py").write_bytes(intake.read_regular(found))
         if not any(snap.iterdir()):

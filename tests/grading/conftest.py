@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from course_lib.cache import building
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,11 +18,19 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def release_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The student handout as the instructor makes it, ``python -m grading.release OUT`` (``./course
-    release``: write, then scan), built once per test run: its folder and the command's result."""
-    out = tmp_path_factory.mktemp("release") / "handout"
-    proc = subprocess.run([sys.executable, "-m", "grading.release", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
-    return out, proc
+    release``: write, then scan), built once per test run, also when pytest-xdist spreads the run
+    over several processes (the first to need it builds it, the others wait and share it): its
+    folder and the command's result."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has a folder of its own under the run's
+        base = base.parent
+    out, result = base / "release" / "handout", base / "release" / "result.json"
+    with building(result):
+        if not result.is_file():
+            proc = subprocess.run([sys.executable, "-m", "grading.release", str(out)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=900)
+            result.write_text(json.dumps([proc.args, proc.returncode, proc.stdout, proc.stderr]))
+    return out, subprocess.CompletedProcess(*json.loads(result.read_text()))
 
 
 @pytest.fixture(scope="session")
