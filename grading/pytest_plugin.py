@@ -320,6 +320,10 @@ def _student_view(item, excinfo) -> str:
     if kept:
         excinfo.traceback = type(excinfo.traceback)(kept)
     message = excinfo.exconly().strip()
+    if excinfo.errisinstance(AssertionError) and not message.startswith("AssertionError: assert "):
+        # A test's own message, then pytest's introspection of the assert expression ("assert ...",
+        # "+  where ..."): the message says what is wrong; the rest names the test's variables.
+        message = message.split("\nassert ", 1)[0]
     where = str(excinfo.getrepr(style="short", funcargs=False, chain=True)).rstrip().splitlines()
     while where and where[-1].startswith("E "):  # the message again: it is already first
         where.pop()

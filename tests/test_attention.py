@@ -207,8 +207,9 @@ def test_sdpa_is_causal_is_top_left_aligned_like_torch(student, device, q_len, k
     q, k, v = qkv(2, 2, q_len, kv_len, 8, device, seed=9)
     out, weights = student.scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
     assert_close(weights, torch_weights(q, k, is_causal=True), what=f"causal weights (q_len={q_len}, kv_len={kv_len})",
-                 hint="Query i may attend to keys j <= i (the diagonal included): "
-                      "torch.ones(q_len, kv_len, dtype=torch.bool).tril(), aligned top-left as torch's is_causal.")
+                 hint="Query i may attend to keys 0..i, itself included, counted from the top-left corner "
+                      "as torch's is_causal does, also when q_len != kv_len.",
+                 wrong={"weights without the causal mask (is is_causal applied?)": torch_weights(q, k)})
     assert_close(out, torch_sdpa(q, k, v, is_causal=True), what=f"causal output (q_len={q_len}, kv_len={kv_len})")
 
 
@@ -289,8 +290,9 @@ def test_sdpa_works_for_any_number_of_leading_dims(student, device, lead):
     q, k, v = (randn((*lead, n, 8), device, seed=17 + i) for i, n in enumerate((4, 6, 6)))
     out, weights = student.scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
     assert_close(out, torch_sdpa(q, k, v, is_causal=True), what=f"output for query of shape {tuple(q.shape)}",
-                 hint="Transpose the last two dims of key (transpose(-2, -1)), not dims 2 and 3, and index the "
-                      "sequence axes from the end.")
+                 hint="The sequence and feature axes are the last two, whatever comes before them: count "
+                      "them from the end (a 4-D layout written into the code breaks other shapes).",
+                 wrong={"attention without the causal mask (is is_causal applied?)": torch_sdpa(q, k, v)})
     assert_close(weights, torch_weights(q, k, is_causal=True), what=f"weights for query of shape {tuple(q.shape)}")
 
 
@@ -322,8 +324,10 @@ def test_sdpa_half_precision_keeps_the_dtype_and_is_close_to_float32(student, de
         f"{dtype} inputs must give {dtype} output and weights, got {out.dtype} and {weights.dtype}: compute the "
         "softmax in float32 if you like, then cast back")
     expected = torch_sdpa(q.float(), k.float(), v.float(), mask.float(), is_causal=True)
-    assert_close(out.float(), expected, rtol=2**-6, atol=0.03, what=f"{dtype} attention with a float mask",
-                 hint="Compute the softmax in float32 and cast back; check the scaling.")
+    assert_close(out.float(), expected, rtol=2**-6, atol=0.03, what=f"{dtype} causal attention with a float mask",
+                 hint="Compute the softmax in float32 and cast back; check the scaling.",
+                 wrong={"attention with the float mask but without the causal mask (is is_causal applied?)":
+                            torch_sdpa(q.float(), k.float(), v.float(), mask.float())})
 
 
 @pytest.mark.exercise("2.1")
