@@ -37,20 +37,22 @@ def _cases(folder: Path):
     """(seconds, report name, test file, test name) of every test case of the JUnit reports in ``folder``."""
     for report in sorted(folder.glob("*.xml")):
         for case in ET.parse(report).getroot().iter("testcase"):
-            path = case.get("classname", "").replace(".", "/") + ".py"
-            name = (case.get("name") or "").rsplit("@", 1)[0]  # without pytest-xdist's "@group"
-            yield float(case.get("time") or 0.0), report.stem, path, name
+            parts = case.get("classname", "").split(".")
+            name = case.get("name") or ""
+            if parts and parts[-1][:1].isupper():  # a test class: tests.grading.test_x.TestY
+                name = f"{parts.pop()}::{name}"
+            yield float(case.get("time") or 0.0), report.stem, "/".join(parts) + ".py", name
 
 
 def per_chapter(folder: Path) -> dict[str, dict[str, float]]:
     """Test seconds per chapter and pass: a chapter's public and hidden test files and its run of
-    the chapter grading test (``[chapter]``); the rest is the course-wide grading and book checks."""
+    the chapter grading test (its class ``TestChapter_<chapter>``); the rest is the course-wide grading and book checks."""
     from course_lib.exercises import CHAPTER_MODULES
 
     table: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for seconds, report, path, name in _cases(folder):
         file = re.sub(r"_hidden$", "", Path(path).stem).removeprefix("test_")
-        param = re.search(r"\[(\w+)\]$", name)
+        param = re.match(r"TestChapter_(\w+)::", name) or re.search(r"\[(\w+)\]$", name)
         if file in CHAPTER_MODULES:
             chapter = file
         elif path.endswith("test_chapter_grading.py") and param and param.group(1) in CHAPTER_MODULES:

@@ -23,11 +23,11 @@ pass() {  # pass NAME TITLE PYTEST-ARGS...: pytest's exit status; a failure sets
   return $rc
 }
 # The solution pass on $COURSE_TEST_WORKERS processes (default 2, both cores of a small machine; 0: one
-# process): pytest-xdist, one test file per worker at a time (tests/conftest.py groups them).
+# process): pytest-xdist, one test file (or class) per worker at a time (see tests/conftest.py).
 workers=${COURSE_TEST_WORKERS:-2}
 parallel=()
 if [ "$workers" -gt 0 ] && python -c "import xdist" 2>/dev/null; then
-  parallel=(-n "$workers" --dist loadgroup --no-loadscope-reorder)
+  parallel=(-n "$workers" --dist loadscope --no-loadscope-reorder)
 fi
 pass solution "pass 1/3: solution mode, every test must pass" --against solution "${parallel[@]}" "$@"
 # The stub and wrong-variant passes check the tests themselves; each is one process (a wrong variant's
