@@ -2,28 +2,34 @@
 root); run every ``nbgrader`` command from here.
 
 - The nbgrader *source* of each assignment is ``assignments/<chapter>/`` in this repository (the
-  notebook made by ``scripts/make_assignment.py`` and the chapter's stub module beside it).
+  notebook made by ``scripts/make_assignment.py``). A submission carries the student's chapter
+  module ``<chapter>.py`` beside the notebook (in the handout, a link to their ``course_lib/<chapter>.py``).
 - Everything nbgrader writes (``release/``, ``submitted/``, ``autograded/``, ``feedback/`` and the
   gradebook) lives in the course folder: ``$COURSE_GRADING_DIR``, default ``_grading/`` here.
   Student work never lands in the repository's tracked files.
 - The gradebook is SQLite in the course folder (``gradebook.db``) unless ``$COURSE_GRADEBOOK_URL``
   names another SQLAlchemy URL (``postgresql://user@host/course``).
 
-Instructor flow (from the repository root)::
+Instructor flow (from the repository root; the README says what to set up for release and collection)::
 
     nbgrader generate_assignment numerics     # student release in _grading/release/numerics
+    nbgrader release_assignment numerics      # into the exchange ($COURSE_EXCHANGE_DIR), if there is one
     nbgrader collect numerics                 # or place files in _grading/submitted/<student>/numerics/
-    ./course grade numerics --jobs 4          # NOT plain `nbgrader autograde`: see below
-    nbgrader formgrader / manual grading of the written answers
+    ./course grade numerics --jobs 4          # every submission, sandboxed, in parallel, resumable
+    ./course formgrader                       # nbgrader's web UI: manual grading, per-student Autograde
     nbgrader generate_feedback numerics       # HTML in _grading/feedback/<student>/numerics/
     nbgrader export --to grades.csv           # one row per student and assignment
 
-Grade with ``./course grade`` (``python -m grading.autograde``): it runs ``nbgrader autograde`` for the
-notebooks in a confined kernel (grading.kernel) with the test cells deferred, scores every code
-exercise in the course's sandbox (grading.door, grading.sandbox) and writes those scores into this
-gradebook as the test cells' ``auto_score``. Plain ``nbgrader autograde`` still works (its test cells
-then run ``check()``), but its kernel runs student code with the grader's rights: a hostile notebook
-can read the solutions or rewrite the gradebook there.
+Student code never runs with the grader's rights, whichever way a notebook is autograded. Plain
+``nbgrader autograde`` (and formgrader's per-student Autograde button, which runs it) executes the
+notebook in the confined kernel of grading.kernel with ``check()`` deferred, then scores the code
+exercises in the course's sandbox and writes those scores into the gradebook
+(grading.nbgrader_autograde; it refuses where the kernel cannot be confined). ``./course grade``
+(grading.autograde) does the same for a whole class, scoring submissions in parallel and resuming
+after a crash.
+
+Feedback pages leave out the hidden-test lines of the test cells (nbgrader's ClearHiddenTests; the
+scores stay) and carry their own MathJax (grading.mathjax); so does formgrader's grading view.
 """
 
 import os
@@ -47,10 +53,34 @@ if os.environ.get("COURSE_GRADEBOOK_URL"):
 # The student's chapter module is what is graded: never replace it with the source's stub.
 c.Autograde.exclude_overwriting = {module: [f"{module}.py"] for module in CHAPTER_MODULES}
 
-# A test cell runs check() for the public and then the hidden tests, each within
-# grading.check.DEFAULT_TIMEOUT (300 s); the cell's own limit lies above both together.
-c.Execute.timeout = 900
+# Autograding defers the test cells (the sandbox scores the code), so a cell that runs long is the
+# student's code hanging the kernel: the limit of `./course grade --cell-timeout`'s default.
+c.Execute.timeout = 120
 c.Execute.startup_timeout = 120
+
+# Plain `nbgrader autograde` and formgrader's Autograde button: the confined kernel and the sandbox.
+from grading.nbgrader_autograde import autograde_steps  # noqa: E402
+
+c.Autograde.autograde_preprocessors = autograde_steps()
+
+# Feedback: the test cells without their hidden-test lines (the scores come from the gradebook).
+from nbgrader.converters import GenerateFeedback  # noqa: E402
+from nbgrader.preprocessors import ClearHiddenTests  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [*GenerateFeedback.class_traits()["preprocessors"].default(), ClearHiddenTests]
+
+# nbgrader's HTML (feedback, formgrader's grading view) with the course's MathJax, not a CDN's:
+# grading/templates/base/mathjax.html.j2 shadows nbconvert's macro (see grading/mathjax.py).
+import nbgrader  # noqa: E402
+from grading.mathjax import TEMPLATES  # noqa: E402
+
+nbgrader_templates = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader" / "templates"
+c.HTMLExporter.extra_template_basedirs = [str(TEMPLATES), str(nbgrader_templates)]
+c.HTMLExporter.filters = {"course_mathjax": "grading.mathjax.inline_script"}
+
+# Release and collection through an exchange folder shared with the students (README, "Instructors").
+if os.environ.get("COURSE_EXCHANGE_DIR"):
+    c.Exchange.root = str(Path(os.environ["COURSE_EXCHANGE_DIR"]).resolve())
 
 # The grading kernel imports grading.check from this tree (also where course_lib is not installed).
 os.environ["PYTHONPATH"] = os.pathsep.join(

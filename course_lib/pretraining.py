@@ -19,6 +19,13 @@ actually comes next. Everything else in this chapter is what makes that run corr
 - **cost** (5.9): tokens per second and model FLOPs utilisation (:func:`mfu`; Chowdhery et al., 2022)
   from Chapter 3's FLOP count (Kaplan et al., 2020; Hoffmann et al., 2022 for how many tokens a
   model of a given size deserves).
+- **the optimizer from scratch** (5.10-5.11): AdamW as a ``torch.optim.Optimizer`` (:class:`AdamW`;
+  Kingma & Ba, 2015 for Adam's moments and bias correction) and clipping by the global gradient
+  norm (:func:`clip_grad_norm_`; Pascanu et al., 2013). The loop uses them once they are done and
+  torch's until then (:func:`make_optimizer`, :func:`clip_gradients`, :func:`loop_parts`).
+- **checkpoints** (5.12-5.13): save and restore the model, the optimizer, the scheduler, the step
+  (the data position) and the random generators, so that a resumed run is the uninterrupted one
+  (:func:`save_checkpoint`, :func:`load_checkpoint`).
 
 Everything around the exercises is implemented here: the data pipeline (:func:`prepare_data`), the
 run configurations (:data:`PRESETS`: ``"tiny"`` for tests, ``"cpu"`` for a laptop, ``"gpu"`` for
@@ -194,18 +201,14 @@ def _validate_settings(settings) -> None:
         raise ValueError(f"settings is missing {missing} (see PretrainConfig.settings())")
     _validate_lr_at(0, peak_lr=settings["lr"], warmup_steps=settings["warmup_steps"],
                     total_steps=settings["total_steps"], min_lr_ratio=settings["min_lr_ratio"])
-    _check_number("settings['weight_decay']", settings["weight_decay"], 0.0)
-    betas = settings["betas"]
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        raise TypeError(f"settings['betas'] must be a pair of numbers, got {betas!r}")
-    for b in betas:
-        _check_number("settings['betas'][...]", b, 0.0, 1.0, open_high=True)
-    _check_number("settings['eps']", settings["eps"], 0.0)
+    _check_adam(settings["weight_decay"], settings["betas"], settings["eps"], name="settings['{}']")
     if settings["max_grad_norm"] is not None:
         _check_number("settings['max_grad_norm']", settings["max_grad_norm"], 0.0, open_low=True)
     if settings["mixed_precision"] not in MIXED_PRECISION:
         raise ValueError(f"settings['mixed_precision'] must be one of {MIXED_PRECISION}, "
                          f"got {settings['mixed_precision']!r}")
+    if not isinstance(settings.get("fused_optimizer", False), bool):
+        raise TypeError(f"settings['fused_optimizer'] (optional) must be a bool, got {settings['fused_optimizer']!r}")
 
 
 def _validate_micro_batch(name: str, micro_batch) -> None:
@@ -245,6 +248,39 @@ def _validate_mfu(tokens_per_second, flops_per_token, peak_flops, n_devices=1) -
     _check_number("flops_per_token", flops_per_token, 0.0, open_low=True)
     _check_number("peak_flops", peak_flops, 0.0, open_low=True)
     _check_int("n_devices", n_devices)
+
+
+def _check_adam(weight_decay, betas, eps, name: str = "{}") -> None:
+    """AdamW's weight_decay, betas and eps; ``name`` formats each argument's name for the errors."""
+    _check_number(name.format("weight_decay"), weight_decay, 0.0)
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise TypeError(f"{name.format('betas')} must be a pair of numbers, got {betas!r}")
+    for b in betas:
+        _check_number(f"{name.format('betas')}[...]", b, 0.0, 1.0, open_high=True)
+    _check_number(name.format("eps"), eps, 0.0)
+
+
+def _validate_adamw_group(group: dict) -> None:
+    """The hyperparameters of one parameter group of :class:`AdamW` (what torch.optim.AdamW checks)."""
+    _check_number("lr", group["lr"], 0.0)
+    _check_adam(group["weight_decay"], group["betas"], group["eps"])
+    for flag in ("amsgrad", "maximize"):
+        if not isinstance(group[flag], bool):
+            raise TypeError(f"{flag} must be a bool, got {type(group[flag]).__name__}")
+
+
+def _validate_step(self, closure=None) -> None:
+    if closure is not None and not callable(closure):
+        raise TypeError(f"closure must be None or a callable that returns the loss, got {type(closure).__name__}")
+
+
+def _validate_clip_grad_norm(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False) -> None:
+    if not isinstance(parameters, torch.Tensor) and not hasattr(parameters, "__iter__"):
+        raise TypeError(f"parameters must be a tensor or an iterable of tensors, got {type(parameters).__name__}")
+    _check_number("max_norm", max_norm, 0.0)
+    _check_number("norm_type", norm_type, 0.0, open_low=True)
+    if not isinstance(error_if_nonfinite, bool):
+        raise TypeError(f"error_if_nonfinite must be a bool, got {type(error_if_nonfinite).__name__}")
 
 
 # -- 5.1-5.3 data ----------------------------------------------------------------------------------
@@ -486,7 +522,8 @@ def train_steps(model: nn.Module, batches: Iterable[list[dict[str, torch.Tensor]
             ``total_steps``, ``min_lr_ratio``, ``weight_decay``, ``betas``, ``eps``, ``max_grad_norm``
             (``None``: no clipping) and ``mixed_precision`` (``"no"`` or ``"bf16"``).
         optimizer: ``None`` to build AdamW with :func:`make_optimizer` (which uses your
-            :func:`weight_decay_groups`), or the optimizer to continue with (a resumed run).
+            :func:`weight_decay_groups`, and your :class:`AdamW` once its ``step``, 5.10, is done),
+            or the optimizer to continue with (a resumed run).
         scheduler: ``None`` to build one with :func:`make_lr_scheduler` (your :func:`lr_at`), or the
             scheduler to continue with.
         on_step: ``None`` or a function called with each step's stats (the dict below, one number
@@ -500,13 +537,15 @@ def train_steps(model: nn.Module, batches: Iterable[list[dict[str, torch.Tensor]
        (``device_type`` of the model's parameters), ``loss = causal_lm_loss(..., reduction="sum") / n``,
        then ``loss.backward()``: the gradients add up to those of one batch of all micro-batches
        (gradient accumulation), weighted per token;
-    2. ``torch.nn.utils.clip_grad_norm_`` of all parameters to ``max_grad_norm`` (when given);
+    2. ``clip_gradients(model.parameters(), max_grad_norm)``: all parameters' gradients clipped to a
+       total 2-norm of ``max_grad_norm`` (``None``: no clipping), by your :func:`clip_grad_norm_`
+       (5.11) once it is done and by ``torch.nn.utils.clip_grad_norm_`` until then;
     3. ``optimizer.step()``, then ``scheduler.step()``, then ``optimizer.zero_grad()``.
 
     Returns:
         ``{"loss": [...], "grad_norm": [...], "lr": [...], "tokens": [...]}``, one entry per step:
         the step's mean loss over its ``n`` targets (a float), the total gradient 2-norm *before*
-        clipping (what ``clip_grad_norm_`` returns; computed also without clipping), the learning
+        clipping (what ``clip_gradients`` returns; computed also without clipping), the learning
         rate the update used (``optimizer.param_groups[0]["lr"]`` before ``scheduler.step()``), and
         the number of input tokens of the step (non-padding ones; an int). The model is left in
         training mode.
@@ -547,20 +586,178 @@ def mfu(tokens_per_second: float, flops_per_token: int, peak_flops: float, n_dev
     raise NotImplementedError("Exercise 5.9: implement mfu in pretraining.py")
 
 
-# -- optimizer and schedule (implemented: they call the exercises) -----------------------------------
-def make_optimizer(model: nn.Module, settings: dict, fused: bool | None = None) -> torch.optim.AdamW:
+# -- 5.10-5.11 the optimizer and gradient clipping, from scratch ----------------------------------------
+class AdamW(torch.optim.Optimizer):
+    """AdamW (Loshchilov & Hutter, 2019): Adam (Kingma & Ba, 2015) with weight decay decoupled from
+    the gradient, as a ``torch.optim.Optimizer``. Your :meth:`step` (exercise 5.10) does the update;
+    everything else (parameter groups, ``zero_grad``, ``state_dict``/``load_state_dict``) is the
+    base class's.
+
+    Args:
+        params: the parameters, or parameter groups (dicts with ``"params"`` and any of the
+            hyperparameters below, which then override the defaults for that group only; how
+            :func:`make_optimizer` gives the groups of :func:`weight_decay_groups` their own decay).
+        lr: the learning rate (a scheduler changes each group's ``"lr"`` between steps).
+        betas: ``(beta1, beta2)``, the decay rates of the first and second moment estimates.
+        eps: added to the root of the second moment estimate, against division by zero.
+        weight_decay: the decoupled decay coefficient: each step multiplies a parameter by
+            ``1 - lr * weight_decay``.
+        amsgrad: use the largest second moment estimate so far (Reddi et al., 2018).
+        maximize: climb the objective instead of descending it (the update uses ``-grad``).
+
+    The defaults are ``torch.optim.AdamW``'s. Each group's hyperparameters sit in
+    ``self.param_groups[i]`` under these names; the per-parameter state in ``self.state[p]``.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            _validate_adamw_group(group)
+
+    @torch.no_grad()
+    @exercise("5.10", points=4, validate=_validate_step, entry="adamw_steps")
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One AdamW update of every parameter that has a gradient.
+
+        Args:
+            closure: ``None``, or a function that recomputes the loss and its gradients and returns
+                the loss; call it first, inside ``torch.enable_grad()`` (the step itself runs under
+                ``torch.no_grad()``, the decorator above).
+
+        For each group in ``self.param_groups`` take *its* ``lr``, ``betas = (beta1, beta2)``,
+        ``eps``, ``weight_decay``, ``amsgrad`` and ``maximize``, read at every step (a scheduler
+        changes ``group["lr"]`` between steps, and :func:`weight_decay_groups`' second group has
+        ``weight_decay = 0``). For each parameter ``p`` of the group whose ``p.grad`` is not ``None``
+        (the others are skipped: no update and no state), with ``g = p.grad`` (``-p.grad`` when
+        ``maximize``), in place:
+
+        1. ``state = self.state[p]``. On ``p``'s first update create ``state["step"] =
+           torch.tensor(0.0)``, ``state["exp_avg"]`` (m) and ``state["exp_avg_sq"]`` (v) as
+           ``torch.zeros_like(p)``, and with ``amsgrad`` also ``state["max_exp_avg_sq"]``.
+        2. ``state["step"] += 1``; ``t`` is the new count (1 at the first update of ``p``).
+        3. Decoupled weight decay: ``p <- p * (1 - lr * weight_decay)``.
+        4. The moments: ``m <- beta1 * m + (1 - beta1) * g`` and ``v <- beta2 * v + (1 - beta2) * g**2``.
+        5. With ``amsgrad``: ``v_max <- max(v_max, v)`` elementwise, and ``v_max`` stands for ``v`` below.
+        6. ``p <- p - lr * m_hat / (sqrt(v_hat) + eps)`` with the bias-corrected moments
+           ``m_hat = m / (1 - beta1**t)`` and ``v_hat = v / (1 - beta2**t)``.
+
+        This is ``torch.optim.AdamW`` step for step. Keep all state in ``self.state[p]`` under these
+        names (torch's): the inherited ``state_dict()`` saves it and ``load_state_dict()`` restores
+        it, so that a run resumed from a checkpoint continues exactly as the uninterrupted run would.
+
+        Returns:
+            The closure's loss, or ``None`` without a closure.
+
+        Hint:
+            The moments start at zero, so early ``m`` and ``v`` are too small by the factors
+            ``1 - beta**t``; the bias correction divides them out (without it the first steps are
+            far too short or too long). The decay multiplies the *parameter*: adding
+            ``weight_decay * p`` to the gradient instead is L2 regularisation, which Adam then
+            divides by ``sqrt(v)`` (Loshchilov & Hutter's point). ``eps`` goes outside the square
+            root. In-place tensor methods (``mul_``, ``add_``, ``addcmul_``, ``addcdiv_``,
+            ``lerp_``) update ``p`` and the state without new tensors.
+        """
+        raise NotImplementedError("Exercise 5.10: implement AdamW.step in pretraining.py")
+
+
+@exercise("5.11", points=2, validate=_validate_clip_grad_norm, entry="clipped_gradients")
+def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False) -> torch.Tensor:
+    """Scale all gradients together so that their total norm is at most ``max_norm``, in place
+    (Pascanu et al., 2013); return the total norm from before.
+
+    Args:
+        parameters: a tensor, or an iterable of tensors (a generator such as
+            ``model.parameters()`` too, which can be read only once). Tensors whose ``.grad`` is
+            ``None`` are skipped.
+        max_norm: the largest total norm allowed (``math.inf``: measure only).
+        norm_type: ``p`` of the p-norm, a positive number, or ``math.inf`` (the largest absolute entry).
+        error_if_nonfinite: raise ``RuntimeError`` when the total norm is NaN or infinite instead of
+            scaling by it.
+
+    Returns:
+        The total norm, a 0-dim tensor: the p-norm of all gradients' entries together, computed as
+        the p-norm of the vector of per-tensor p-norms (``torch.nn.utils.get_total_norm``), in
+        the gradients' dtype; ``torch.tensor(0.0)`` when no tensor has a gradient. Every gradient is
+        then multiplied in place by the same ``min(1, max_norm / (total_norm + 1e-6))``, so the
+        direction of the whole gradient is kept. A NaN or infinite total norm with
+        ``error_if_nonfinite=False`` scales anyway (the gradients turn NaN, or 0 and NaN for an
+        infinite norm), exactly as ``torch.nn.utils.clip_grad_norm_`` does, whose contract this is.
+
+    Hint:
+        The norm is *global*: clipping each tensor to ``max_norm`` on its own changes the
+        direction of the update, and the norm of one tensor is not the total. Turn ``parameters``
+        into a list first (a generator is empty the second time you read it). ``torch.linalg.
+        vector_norm(x, ord)`` takes ``ord=math.inf`` too.
+    """
+    raise NotImplementedError("Exercise 5.11: implement clip_grad_norm_ in pretraining.py")
+
+
+# -- the loop's optimizer, clipping and schedule (implemented: they call the exercises) ---------------
+def _runs(probe: Callable[[], object]) -> bool:
+    """False while ``probe`` raises ``NotImplementedError`` (an exercise still a stub), else True.
+    Any other error propagates: a broken exercise shows, it is not quietly replaced."""
+    try:
+        probe()
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _probe_parameter() -> nn.Parameter:
+    """A one-element parameter with a zero gradient, to try an optimizer or a clipping on."""
+    p = nn.Parameter(torch.zeros(1))
+    p.grad = torch.zeros(1)
+    return p
+
+
+def adamw_is_done() -> bool:
+    """Whether :meth:`AdamW.step` (5.10) runs, rather than raising its stub's ``NotImplementedError``."""
+    return _runs(lambda: AdamW([_probe_parameter()]).step())
+
+
+def clipping_is_done() -> bool:
+    """Whether :func:`clip_grad_norm_` (5.11) runs, rather than raising its stub's ``NotImplementedError``."""
+    return _runs(lambda: clip_grad_norm_([_probe_parameter()], 1.0))
+
+
+def loop_parts() -> dict[str, str]:
+    """Which optimizer :func:`make_optimizer` builds and which clipping :func:`clip_gradients` runs
+    right now: ``{"optimizer": ..., "clipping": ...}`` in words."""
+    return {"optimizer": "AdamW of pretraining.py (5.10)" if adamw_is_done()
+            else "torch.optim.AdamW (5.10 is not done yet)",
+            "clipping": "clip_grad_norm_ of pretraining.py (5.11)" if clipping_is_done()
+            else "torch.nn.utils.clip_grad_norm_ (5.11 is not done yet)"}
+
+
+def make_optimizer(model: nn.Module, settings: dict) -> torch.optim.Optimizer:
     """AdamW over ``model``'s parameters in the two groups of :func:`weight_decay_groups`.
 
-    ``fused`` (default: on CUDA) uses PyTorch's fused AdamW kernel: one launch for all parameters.
+    It is this module's :class:`AdamW` once its ``step`` (5.10) is done, and ``torch.optim.AdamW``
+    (the same algorithm) while it is still the stub, so that :func:`train_steps` (5.8) does not
+    wait for 5.10; :func:`loop_parts` says which. ``settings["fused_optimizer"]`` (optional,
+    default False) asks for torch's fused kernel instead: one launch for all parameters on a GPU,
+    what the ``"gpu"`` preset uses for its throughput.
     """
     _validate_settings(settings)
     parameters = dict(model.named_parameters())
     groups = [{"params": [parameters[name] for name in group["params"]], "weight_decay": group["weight_decay"]}
               for group in weight_decay_groups(model, settings["weight_decay"]) if group["params"]]
-    if fused is None:
-        fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"],
-                             fused=fused or None)
+    hyperparameters = dict(lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"])
+    if settings.get("fused_optimizer", False):
+        return torch.optim.AdamW(groups, **hyperparameters, fused=True)
+    return (AdamW if adamw_is_done() else torch.optim.AdamW)(groups, **hyperparameters)
+
+
+def clip_gradients(parameters: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """The loop's clipping (:func:`train_steps`, step 2): the total gradient 2-norm of ``parameters``
+    (a 0-dim tensor), with every gradient scaled so that the total is at most ``max_norm``
+    (``None``: measured only). It runs :func:`clip_grad_norm_` (5.11) once that is done, and
+    ``torch.nn.utils.clip_grad_norm_`` while it is still the stub; :func:`loop_parts` says which."""
+    clip = clip_grad_norm_ if clipping_is_done() else torch.nn.utils.clip_grad_norm_
+    return clip(list(parameters), math.inf if max_norm is None else max_norm)
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, settings: dict) -> torch.optim.lr_scheduler.LambdaLR:
@@ -570,6 +767,134 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, settings: dict) -> torch
     schedule = dict(warmup_steps=settings["warmup_steps"], total_steps=settings["total_steps"],
                     min_lr_ratio=settings["min_lr_ratio"])
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, peak_lr=1.0, **schedule))
+
+
+# -- how tests run 5.10 and 5.11 (implemented): plain data in, plain data out ---------------------------
+def _plain(value):
+    """``value`` as data that crosses the grading door: tensors (detached copies), bools, ints,
+    floats, strings, ``None``, lists and dicts with ``str`` keys; anything else as its ``repr``."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if value is None or isinstance(value, str):
+        return value
+    for kind in (bool, int, float):   # bool first: it is an int too; numpy scalars become plain numbers
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return repr(value)
+
+
+def _check_optimizer_run(params, grads, groups, lrs, resume_after) -> None:
+    if not isinstance(params, (list, tuple)) or not all(isinstance(p, torch.Tensor) for p in params):
+        raise TypeError("params must be a list of tensors (the parameters' starting values)")
+    for t, step in enumerate(grads):
+        if len(step) != len(params) or not all(g is None or (isinstance(g, torch.Tensor) and g.shape == p.shape)
+                                               for g, p in zip(step, params)):
+            raise ValueError(f"grads[{t}] must hold one gradient (or None) per parameter, of its shape")
+    indices = sorted(i for group in groups for i in group["params"])
+    if indices != sorted(set(indices)) or not set(indices) <= set(range(len(params))):
+        raise ValueError("groups' 'params' must be indices into params, each in one group at most")
+    if lrs is not None and (len(lrs) != len(grads) or any(len(row) != len(groups) for row in lrs)):
+        raise ValueError("lrs must hold one learning rate per group for every step")
+    if resume_after is not None:
+        _check_int("resume_after", resume_after, minimum=0)
+
+
+def run_optimizer(optimizer_class: type, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]],
+                  groups: list[dict], lrs: list[list[float]] | None = None, resume_after: int | None = None,
+                  closure: bool = False) -> dict:
+    """Run ``optimizer_class`` (:class:`AdamW`, ``torch.optim.AdamW``, ...) for ``len(grads)`` steps
+    on given gradients, and report everything as plain data.
+
+    Args:
+        optimizer_class: called as ``optimizer_class(param_groups)``.
+        params: the parameters' starting values (not modified; the optimizer gets copies).
+        grads: ``grads[t][i]``: the gradient of parameter ``i`` at step ``t``, or ``None`` (no gradient).
+        groups: the parameter groups as plain data: ``{"params": [indices into params], ...}`` with
+            any hyperparameters (``"lr"``, ``"betas"``, ``"weight_decay"``, ...); absent ones take the
+            optimizer's defaults.
+        lrs: ``None``, or ``lrs[t][g]``: the learning rate group ``g`` is set to before step ``t``
+            (what a scheduler does).
+        resume_after: ``None``, or a number of steps after which the run is interrupted: the
+            optimizer's ``state_dict()`` goes through ``torch.save``/``torch.load(weights_only=True)``,
+            and a new optimizer over copies of the parameters loads it and does the remaining steps.
+        closure: hand each step a closure that sets the step's gradients and returns the loss
+            ``torch.tensor(t + 0.5)``, instead of setting the gradients before the step.
+
+    Returns:
+        ``{"params": [[value of each parameter after step t] for each step t], "returned": [what each
+        step() returned], "state": the final state_dict()}``, with the state's integer keys as strings.
+    """
+    import io
+
+    _check_optimizer_run(params, grads, groups, lrs, resume_after)
+    values = [nn.Parameter(p.detach().clone()) for p in params]
+
+    def build(values):
+        return optimizer_class([{**{k: tuple(v) if k == "betas" else v for k, v in group.items() if k != "params"},
+                                 "params": [values[i] for i in group["params"]]} for group in groups])
+
+    def set_gradients(t):
+        for p, g in zip(values, grads[t]):
+            p.grad = None if g is None else g.detach().clone()
+
+    optimizer = build(values)
+    trajectory, returned = [], []
+    for t in range(len(grads)):
+        if t == resume_after:
+            buffer = io.BytesIO()
+            torch.save(optimizer.state_dict(), buffer)
+            buffer.seek(0)
+            values = [nn.Parameter(p.detach().clone()) for p in values]
+            optimizer = build(values)
+            optimizer.load_state_dict(torch.load(buffer, weights_only=True))
+        if lrs is not None:
+            for group, lr in zip(optimizer.param_groups, lrs[t]):
+                group["lr"] = lr
+        if closure:
+            def loss_and_gradients(t=t):
+                set_gradients(t)
+                return torch.tensor(t + 0.5)
+            returned.append(optimizer.step(loss_and_gradients))
+        else:
+            set_gradients(t)
+            returned.append(optimizer.step())
+        trajectory.append([p.detach().clone() for p in values])
+    return {"params": trajectory, "returned": _plain(returned), "state": _plain(optimizer.state_dict())}
+
+
+def adamw_steps(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]], groups: list[dict],
+                lrs: list[list[float]] | None = None, resume_after: int | None = None, closure: bool = False) -> dict:
+    """How the tests run your :class:`AdamW` (5.10): :func:`run_optimizer` of this module's ``AdamW``."""
+    return run_optimizer(AdamW, params, grads, groups, lrs, resume_after, closure)
+
+
+def run_clipping(clip: Callable, grads: list[torch.Tensor | None], max_norm: float, norm_type: float = 2.0,
+                 error_if_nonfinite: bool = False, as_tensor: bool = False) -> tuple[torch.Tensor, list]:
+    """Call ``clip`` (:func:`clip_grad_norm_`, ``torch.nn.utils.clip_grad_norm_``, ...) on parameters
+    whose gradients are copies of ``grads`` (``None``: a parameter without a gradient), handed over as
+    a generator (as ``model.parameters()`` is) or, with ``as_tensor``, as the one parameter itself.
+    Returns ``(what clip returned, the gradients afterwards)``."""
+    if not isinstance(grads, (list, tuple)) or not all(g is None or isinstance(g, torch.Tensor) for g in grads):
+        raise TypeError("grads must be a list of tensors or None")
+    if as_tensor and len(grads) != 1:
+        raise ValueError("as_tensor takes exactly one gradient")
+    parameters = []
+    for g in grads:
+        p = nn.Parameter(torch.zeros(1) if g is None else torch.zeros_like(g))
+        p.grad = None if g is None else g.detach().clone()
+        parameters.append(p)
+    total = clip(parameters[0] if as_tensor else (p for p in parameters), max_norm, norm_type, error_if_nonfinite)
+    return _plain(total), [_plain(p.grad) for p in parameters]
+
+
+def clipped_gradients(grads: list[torch.Tensor | None], max_norm: float, norm_type: float = 2.0,
+                      error_if_nonfinite: bool = False, as_tensor: bool = False) -> tuple[torch.Tensor, list]:
+    """How the tests run your :func:`clip_grad_norm_` (5.11): :func:`run_clipping` of it."""
+    return run_clipping(clip_grad_norm_, grads, max_norm, norm_type, error_if_nonfinite, as_tensor)
 
 
 # -- run configurations --------------------------------------------------------------------------------
@@ -596,6 +921,7 @@ class PretrainConfig:
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"             # "bf16": autocast to bfloat16 (GPUs; CPUs with AMX)
+    fused_optimizer: bool = False           # torch's fused AdamW kernel instead of the course's AdamW (GPUs)
     attn_implementation: str = "sdpa"       # torch's fused attention; "eager" runs Chapter 2's
     compile: bool = False                   # torch.compile the model (GPU runs)
     eval_every: int = 100
@@ -608,7 +934,8 @@ class PretrainConfig:
         """The optimisation settings as the plain dict that :func:`train_steps` takes."""
         return {"lr": self.lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
                 "min_lr_ratio": self.min_lr_ratio, "weight_decay": self.weight_decay, "betas": list(self.betas),
-                "eps": self.eps, "max_grad_norm": self.max_grad_norm, "mixed_precision": self.mixed_precision}
+                "eps": self.eps, "max_grad_norm": self.max_grad_norm, "mixed_precision": self.mixed_precision,
+                "fused_optimizer": self.fused_optimizer}
 
     def tokens_per_step(self, n_processes: int = 1) -> int:
         return self.block_size * self.micro_batch_size * self.accumulation_steps * n_processes
@@ -627,13 +954,13 @@ PRESETS: dict[str, PretrainConfig] = {
     # ~100M parameters on one GPU: 2,000 steps of 64 x 1,024 tokens (131M tokens). What it takes to
     # reach the target of >= 45% MFU on an H100: bf16 autocast (tensor cores), torch's fused
     # attention (attn_implementation="sdpa": FlashAttention), torch.compile (fuses the norms, RoPE
-    # and SwiGLU's elementwise work), fused AdamW (make_optimizer on CUDA) and micro-batches of
+    # and SwiGLU's elementwise work), torch's fused AdamW (fused_optimizer) and micro-batches of
     # 32 x 1,024 tokens that fill the GPU. The built-in corpus has 0.5M training tokens, so these
     # 2,000 steps would be ~260 passes over it: give a larger `source` for a real run.
     # scripts/gpu_check.sh runs 300 steps on the built-in corpus and prints the validation curve.
     "gpu": PretrainConfig(model_size="gpu", block_size=1024, micro_batch_size=32, accumulation_steps=2,
-                          total_steps=2000, warmup_steps=100, lr=1e-3, mixed_precision="bf16", compile=True,
-                          eval_every=250, eval_blocks=128),
+                          total_steps=2000, warmup_steps=100, lr=1e-3, mixed_precision="bf16", fused_optimizer=True,
+                          compile=True, eval_every=250, eval_blocks=128),
 }
 
 
@@ -801,33 +1128,182 @@ def model_flops_per_token(model_config, seq_len: int) -> int:
     return flops_per_token(model_config.architecture(), seq_len)
 
 
-# -- checkpoints ------------------------------------------------------------------------------------
+# -- 5.12-5.13 checkpoints ----------------------------------------------------------------------------
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+def _validate_save_checkpoint(directory, model, optimizer, scheduler, step, history) -> None:
+    _validate_checkpoint_objects(directory, model, optimizer, scheduler)
+    _check_int("step", step, minimum=0)
+    if not isinstance(history, dict):
+        raise TypeError(f"history must be a dict of lists, got {type(history).__name__}")
+
+
+def _validate_checkpoint_objects(directory, model, optimizer, scheduler) -> None:
+    if not isinstance(directory, (str, Path)):
+        raise TypeError(f"directory must be a path (str or pathlib.Path), got {type(directory).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        raise TypeError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got {type(scheduler).__name__}")
+
+
+@exercise("5.12", points=2, validate=_validate_save_checkpoint, entry="saved_checkpoint")
 def save_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, history: dict) -> Path:
-    """Everything a run needs to continue exactly: weights, optimizer and scheduler state, the step
-    reached and the history so far (the data of a step depends only on its number). Written
-    atomically to ``directory / "checkpoint.pt"``."""
-    from course_lib.cache import write_atomic
-    import io
+    """Save everything a run needs to continue exactly as if it had never stopped.
 
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "history": history}, buffer)
-    return write_atomic(Path(directory) / CHECKPOINT_FILE, buffer.getvalue())
+    Args:
+        directory: the run's folder (created if missing). The checkpoint is ``directory /
+            "checkpoint.pt"`` (:data:`CHECKPOINT_FILE`); a newer one replaces the older.
+        model: the model (the unwrapped one, not a ``DistributedDataParallel`` or compiled wrapper,
+            whose parameter names differ).
+        optimizer: the optimizer, mid-run (its state: AdamW's moments and step counts).
+        scheduler: the learning-rate scheduler, mid-run (its position in the schedule).
+        step: the optimizer steps done so far. It is also the data position: :func:`step_batches`
+            draws each step's batches from the step's number alone.
+        history: the run's history so far (a dict of lists of numbers).
+
+    Returns:
+        The path of the checkpoint. The file is ``torch.save`` of the dict ``{"model":
+        model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler":
+        scheduler.state_dict(), "step": step, "history": history, "rng": {"torch":
+        torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(), "python":
+        random.getstate()}}`` (``"cuda"`` is an empty list without a GPU), which
+        ``torch.load(..., weights_only=True)`` reads back. It is written *atomically*: a reader, or a
+        run that crashes while writing, finds the old checkpoint whole or the new one whole, never
+        a part of one.
+
+    Hint:
+        ``torch.save`` into an ``io.BytesIO``, then ``course_lib.cache.write_atomic(path,
+        buffer.getvalue())`` (a temporary file in the same folder, then ``os.replace``). Without the
+        optimizer's state AdamW restarts from zero moments and the loss jumps; without the
+        scheduler's, the learning rate falls back into the warmup; without the generators' states,
+        dropout and every other random draw repeat the ones made since the start.
+    """
+    raise NotImplementedError("Exercise 5.12: implement save_checkpoint in pretraining.py")
 
 
+@exercise("5.13", points=2, validate=_validate_checkpoint_objects, entry="resumed_from_checkpoint")
 def load_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, dict]:
-    """Restore what :func:`save_checkpoint` wrote; returns ``(step, history)``."""
-    state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=next(model.parameters()).device,
-                       weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["step"], state["history"]
+    """Restore a run from what ``save_checkpoint`` wrote: the other half of an exact resume.
+
+    Args:
+        directory: the folder that holds ``checkpoint.pt``.
+        model, optimizer, scheduler: built afresh for the same run (the same architecture and
+            parameter groups), restored in place.
+
+    Returns:
+        ``(step, history)`` as saved. Afterwards the model's weights, the optimizer's state, the
+        scheduler's position and the random generators (torch's CPU generator, the CUDA generators
+        when the checkpoint has them and a GPU is there, Python's ``random``) are exactly as they
+        were when the checkpoint was saved: the next step, and the next random draw, are the ones
+        the uninterrupted run would have made.
+
+    Hint:
+        ``torch.load(path, map_location=<the device of the model's parameters>,
+        weights_only=True)``: ``weights_only`` builds tensors and plain containers only, never
+        objects whose loading runs code (a checkpoint may come from elsewhere). ``map_location``
+        moves the torch generator's state too, and ``torch.set_rng_state`` wants it on the CPU.
+    """
+    raise NotImplementedError("Exercise 5.13: implement load_checkpoint in pretraining.py")
+
+
+def checkpoint_setup(seed: int = 0, updates: int = 3) -> tuple[nn.Module, torch.optim.Optimizer,
+                                                               torch.optim.lr_scheduler.LambdaLR]:
+    """A small run in the middle of training, for the checkpoint tests: a 4 -> 8 -> 3 network with a
+    LayerNorm, ``torch.optim.AdamW`` and a 5-step warmup after ``updates`` steps on random gradients,
+    and torch's and Python's global generators seeded and a few draws along. All from ``seed``."""
+    import random
+
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 5))
+    for _ in range(updates):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    torch.rand(5), random.random()            # the generators mid-stream, not at a fresh seed
+    return model, optimizer, scheduler
+
+
+def _next_draws() -> dict:
+    """What torch's and Python's global generators give next."""
+    import random
+
+    return {"torch": torch.rand(4), "python": [random.random() for _ in range(3)]}
+
+
+def run_save_checkpoint(save: Callable, seed: int = 0, updates: int = 3, step: int = 7,
+                        history: dict | None = None) -> dict:
+    """Call ``save`` (:func:`save_checkpoint`, ...) twice on the run of :func:`checkpoint_setup`, in
+    a folder that does not exist yet: first with ``step - 1`` and an empty history, then with
+    ``step`` and ``history``. Returns ``{"path": the path it returned, relative to the folder,
+    "files": the folder's files afterwards, "content": torch.load(checkpoint, weights_only=True)}``."""
+    import os
+    import tempfile
+
+    history = {"loss": [2.5, 2.25]} if history is None else history
+    model, optimizer, scheduler = checkpoint_setup(seed, updates)
+    with tempfile.TemporaryDirectory() as parent:
+        directory = Path(parent) / "run"
+        save(directory, model, optimizer, scheduler, max(step - 1, 0), {})
+        path = save(directory, model, optimizer, scheduler, step, history)
+        return {"path": None if path is None else os.path.relpath(path, directory),
+                "files": sorted(os.listdir(directory)),
+                "content": _plain(torch.load(directory / CHECKPOINT_FILE, weights_only=True))}
+
+
+def run_checkpoint_resume(load: Callable, checkpoint: bytes, seed: int = 0, updates: int = 3) -> dict:
+    """Resume the run of :func:`checkpoint_setup` ``(seed, updates)`` from ``checkpoint`` (the bytes of
+    its ``checkpoint.pt``) with ``load`` (:func:`load_checkpoint`, ...), into a run built from
+    another seed (other weights, no optimizer state, the schedule at its start, the generators
+    elsewhere); draw from the generators, and make one more update on the same gradients, in the
+    resumed run and in the uninterrupted one. Returns ``{"returned": what load returned, "draws":
+    {"uninterrupted": ..., "resumed": ...}, "params": {...}, "lr": {...}}``: the draws, weights
+    and learning rates are equal when everything was restored."""
+    import random
+    import tempfile
+
+    runs = {"uninterrupted": checkpoint_setup(seed, updates)}   # its generators as they were at saving
+    draws = {"uninterrupted": _next_draws()}
+    runs["resumed"] = checkpoint_setup(seed + 1, 0)
+    torch.manual_seed(seed + 2)
+    random.seed(seed + 2)
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / CHECKPOINT_FILE).write_bytes(checkpoint)
+        returned = load(directory, *runs["resumed"])
+    draws["resumed"] = _next_draws()
+    for model, optimizer, scheduler in runs.values():
+        gen = torch.Generator().manual_seed(seed + 3)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+        scheduler.step()
+    return {"returned": _plain(returned), "draws": _plain(draws),
+            "params": {name: [p.detach().clone() for p in run[0].parameters()] for name, run in runs.items()},
+            "lr": {name: run[1].param_groups[0]["lr"] for name, run in runs.items()}}
+
+
+def saved_checkpoint(seed: int = 0, updates: int = 3, step: int = 7, history: dict | None = None) -> dict:
+    """How the tests run your :func:`save_checkpoint` (5.12): :func:`run_save_checkpoint` of it."""
+    return run_save_checkpoint(save_checkpoint, seed, updates, step, history)
+
+
+def resumed_from_checkpoint(checkpoint: bytes, seed: int = 0, updates: int = 3) -> dict:
+    """How the tests run your :func:`load_checkpoint` (5.13): :func:`run_checkpoint_resume` of it."""
+    return run_checkpoint_resume(load_checkpoint, checkpoint, seed, updates)
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -1122,7 +1598,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--eval-every", type=int, default=None, help="override eval_every (steps)")
     parser.add_argument("--source", default=None, help="corpus source (file, folder or HF dataset name)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--cached", action="store_true",
+                        help="the course's pretrained model of --preset, from the course cache: trained and stored "
+                             "there on a miss (pretrained_course_lm); prints its folder and recorded figures")
     args = parser.parse_args(argv)
+    if args.cached:
+        if args.output or args.resume or args.steps or args.max_steps or args.eval_every:
+            parser.error("--cached takes only --preset, --source and --no-progress (the cache is keyed by the preset)")
+        if args.no_progress:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()     # the bar of loading the weights
+        pretrained_course_lm(args.preset, args.source, progress=not args.no_progress)
+        directory = pretrained_model_dir(args.preset, args.source)
+        record = json.loads((directory / "training.json").read_text())
+        summary = {"directory": str(directory), **{key: record[key] for key in (
+            "parameters", "validation_loss", "train_seconds", "tokens_per_second")}}
+        print(json.dumps(summary))
+        return summary
     overrides = {"total_steps": args.steps, "eval_every": args.eval_every}
     config = preset(args.preset, source=args.source, **{k: v for k, v in overrides.items() if v is not None})
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

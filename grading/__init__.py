@@ -5,8 +5,10 @@
 - :mod:`grading.codec`: the wire format of that door (JSON plus safetensors; never pickle).
 - :mod:`grading.pytest_plugin`: the ``student`` and ``device`` fixtures, the ``gpu`` marker,
   selection by chapter or exercise, and the checks of the tests themselves (stubs, mutants).
-- :mod:`grading.sandbox`: the operating-system limits of the door's child (uid, Landlock, network
-  namespace, rlimits) and the trusted side's helpers (uid slots, kill by uid, memory, GPU checks).
+- :mod:`grading.sandbox`: the operating-system limits of the door's child (bubblewrap's namespaces,
+  uid, Landlock, rlimits) and the trusted side's helpers (uid slots, kill by uid, memory and CPU
+  accounting, GPU checks).
+- :mod:`grading.intake`: what is read from a submission folder (regular files, never links).
 - :mod:`grading.check`: what an nbgrader autograded cell calls.
 - :mod:`grading.autograde`: the batch grader (``./course grade``): sandboxed scores into nbgrader's
   gradebook; :mod:`grading.results` (its pytest plugin) and :mod:`grading.kernel` (the confined

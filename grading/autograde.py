@@ -3,18 +3,25 @@
 
 For each submission in ``<course folder>/submitted/<student>/<assignment>/``:
 
+0. **Intake.** Every symbolic link, hard-linked file and special file in it (the student's folder
+   and the assignment's folder themselves included) is moved, as it is, to
+   ``<course folder>/autograde/<assignment>/quarantine/<student>/`` (:mod:`grading.intake`) before
+   anything copies the submission (nbgrader's copy follows links), and listed in the record.
 1. **Code exercises, in the sandbox.** The submitted chapter module(s) are copied (regular files
    only, size-capped) into a private scratch folder, and the course's graded tests of the
-   assignment's exercises, public and hidden, run in a *trusted* ``pytest`` process whose only way to
-   the student's code is the sandboxed door (:class:`grading.door.SandboxDoor`: a child process per
-   submission, its own uid, no network, Landlock, limits). Each test's result is written by that
-   process (:mod:`grading.results`) as it finishes; an exercise earns its points when every one of
-   its tests passed, and a missing result is a failure. Submissions run in parallel (``--jobs``) on
-   CPU; on a GPU machine one at a time per GPU, each GPU checked free before the next.
-2. **The notebook, with nbgrader.** ``nbgrader autograde --force`` runs the notebooks of the graded
-   students (restoring locked cells, for the written answers and the experiment). Its test cells do
-   not run the tests: ``check()`` sees ``COURSE_CHECK_DEFER`` and fails, so nbgrader's provisional
-   score of a code cell is 0, never more.
+   assignment's exercises, public and hidden, run in a *trusted* ``pytest`` process (the course's
+   configuration and plugin only, no conftest) whose only way to the student's code is the
+   sandboxed door (:class:`grading.door.SandboxDoor`: a child process per submission in bubblewrap's
+   namespaces, its own uid, Landlock, limits). Each test's result is written by that process
+   (:mod:`grading.results`) as it finishes; an exercise earns its points when every one of its tests
+   passed, and a missing result is a failure. Submissions run in parallel (``--jobs``) on CPU; on a
+   GPU machine one at a time per GPU, each GPU checked free before the next.
+2. **The notebook, with nbgrader.** ``nbgrader autograde --force --student=<student>`` runs each
+   graded student's notebook (restoring locked cells, for the written answers and the experiment)
+   in the confined kernel of :mod:`grading.kernel`, one process per student under a wall-clock
+   limit: a notebook that hangs or prints undecodable bytes costs that notebook only. Its test
+   cells do not run the tests: ``check()`` sees ``COURSE_CHECK_DEFER`` and fails, so nbgrader's
+   provisional score of a code cell is 0, never more.
 3. **Scores, by the trusted side.** The sandbox's scores are written into nbgrader's gradebook as the
    ``auto_score`` of each exercise's test cell (``test_0_1``, ...); a ``manual_score`` set by a human
    is never touched (it wins, as in nbgrader). The test cells' outputs in the autograded notebook
@@ -24,6 +31,14 @@ For each submission in ``<course folder>/submitted/<student>/<assignment>/``:
    marks the student done for the submission's fingerprint. A rerun skips recorded students and
    redoes the others from the start, so a crash or kill mid-run loses and duplicates nothing; a new
    submission (another fingerprint) or ``--force`` grades again.
+
+The grader's own failures never cost a student points: a test the grader could not judge (the
+sandbox did not start, the machine was too busy to time a call, processes survived a kill:
+:class:`grading.door.GraderFault`) marks its exercise ``regrade``: no score in the gradebook (and
+nbgrader's "needs manual grade" flag), ``regrade`` in the table, and a record that is not complete,
+so the next run grades the student again (exit status 3 until then). Time limits count what a call
+would take on an idle machine (:func:`grading.sandbox.charged_seconds`), so a busy machine slows
+grading down without changing a score.
 
 A progress bar runs while grading; a table of every student's scores follows.
 """
@@ -44,12 +59,14 @@ import time
 from pathlib import Path
 
 from course_lib import exercises
-from grading import check, sandbox
+from grading import check, intake, sandbox
+from grading.intake import submitted_module_file
 
 ROOT = Path(__file__).resolve().parent.parent
 COURSE_ID = "llm-course"
-MAX_MODULE_BYTES = 2 << 20  # a chapter module larger than this is not graded
 STARTUP_MARGIN = 180.0  # seconds the trusted pytest may take beyond the submission's time budget
+MAX_NOTEBOOK_BYTES = 64 << 20
+NOTEBOOK_TIMEOUT = 1800.0  # wall seconds of one student's notebook run in nbgrader, at most
 _GB_LOCK = threading.Lock()
 
 
@@ -64,11 +81,12 @@ def gradebook_url(course: Path) -> str:
 
 
 def assignment_modules(assignment: str) -> list[str]:
-    """Chapter modules that the assignment's students hand in (beside its source notebook)."""
-    modules = [m for m in exercises.CHAPTER_MODULES if (ROOT / "assignments" / assignment / f"{m}.py").exists()]
-    if not modules:
-        raise SystemExit(f"assignments/{assignment}/ holds no chapter module ({', '.join(exercises.CHAPTER_MODULES)})")
-    return modules
+    """Chapter modules that the assignment's students hand in: an assignment is named after its
+    chapter module (``assignments/numerics/`` is Chapter 0's), and a submission carries that
+    module's file beside the notebook."""
+    if assignment not in exercises.CHAPTER_MODULES:
+        raise SystemExit(f"{assignment!r} is not a chapter's assignment ({', '.join(exercises.CHAPTER_MODULES)})")
+    return [assignment]
 
 
 def assignment_exercises(modules: list[str]) -> list[exercises.Exercise]:
@@ -84,26 +102,15 @@ def submitted_students(course: Path, assignment: str) -> list[str]:
     return sorted(p.parent.name for p in (course / "submitted").glob(f"*/{assignment}") if p.is_dir())
 
 
-def submitted_module_file(folder: Path, module: str) -> Path | None:
-    """A submission's ``<module>.py`` (beside the notebook or under ``course_lib/``): a regular file, not a
-    link, at most MAX_MODULE_BYTES; None if there is none."""
-    for candidate in (folder / f"{module}.py", folder / "course_lib" / f"{module}.py"):
-        try:
-            info = candidate.lstat()
-        except OSError:
-            continue
-        if candidate.is_file() and not candidate.is_symlink() and info.st_size <= MAX_MODULE_BYTES:
-            return candidate
-    return None
-
-
 def fingerprint(folder: Path, modules: list[str]) -> str:
-    """Hash of what is graded: the chapter modules and the notebooks of a submission."""
+    """Hash of what is graded: the chapter modules and the notebooks of a submission (regular files
+    only: :mod:`grading.intake`)."""
     digest = hashlib.sha256()
-    files = [submitted_module_file(folder, m) for m in modules] + sorted(folder.glob("*.ipynb"))
-    for path in files:
-        if path is not None and path.is_file() and not path.is_symlink():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    modules_found = [submitted_module_file(folder, m) for m in modules]
+    notebooks = [intake.regular_file(folder, p.name, max_bytes=MAX_NOTEBOOK_BYTES) for p in sorted(folder.glob("*.ipynb"))]
+    for path, limit in [(p, intake.MAX_MODULE_BYTES) for p in modules_found] + [(p, MAX_NOTEBOOK_BYTES) for p in notebooks]:
+        if path is not None:
+            digest.update(path.name.encode() + b"\0" + intake.read_regular(path, limit) + b"\0")
     return digest.hexdigest()
 
 
@@ -115,33 +122,43 @@ def test_files(modules: list[str]) -> list[Path]:
     return sorted({p for m in modules for p in (ROOT / "tests").rglob(f"test_{m}*.py")})
 
 
-def score_exercises(lines: list[dict], chapter: list[exercises.Exercise]) -> dict[str, dict]:
+def score_exercises(lines: list[dict], chapter: list[exercises.Exercise], stopped: bool = False) -> dict[str, dict]:
     """Per exercise: points when every collected test of it passed (skipped ones aside, at least one
-    passing); a test without a result, or no collection at all, is a failure."""
+    passing); a test without a result is a failure. An exercise with a test the grader could not
+    judge (outcome ``regrade``: :class:`grading.door.GraderFault`), with tests left without a result
+    when the grader's own time limit stopped the run (``stopped``), or of a run that collected
+    nothing (the trusted pytest failed before any student code ran) is marked ``regrade``: its score
+    is not final."""
     collected = next((line["collected"] for line in lines if "collected" in line), None)
     results = {line["result"]: line for line in lines if "result" in line}
     scores = {}
     for ex in chapter:
         mine = [c for c in collected or [] if c["exercise"] == ex.id]
         passed = failed = 0
-        messages = []
+        messages, regrade = [], []
         for test in mine:
             got = results.get(test["nodeid"])
-            if got is None:
+            if got is None and stopped:
+                regrade.append("the grader's time limit stopped the run before this test (the machine was busy?)")
+            elif got is None:
                 failed += 1
                 messages.append("a test did not finish (the run was stopped)")
+            elif got["outcome"] == "regrade":
+                regrade.append(got["message"] or "the grader could not judge a test")
             elif got["outcome"] == "failed":
                 failed += 1
                 messages.append(got["message"] or "failed")
             elif got["outcome"] == "passed":
                 passed += 1
-        if collected is None:
-            messages.append("the grading run did not start")
+        if collected is None:  # the trusted run failed or was stopped before it ran any student code
+            regrade.append("the grading run did not start" + (" before the grader's time limit" if stopped else ""))
         elif not mine:
             messages.append("no graded test of this exercise ran")
-        ok = collected is not None and failed == 0 and passed > 0
+        ok = collected is not None and failed == 0 and passed > 0 and not regrade
         scores[ex.id] = {"name": ex.name, "points": ex.points, "score": ex.points if ok else 0.0,
                          "passed": passed, "failed": failed, "messages": list(dict.fromkeys(messages))[:10]}
+        if regrade:
+            scores[ex.id]["regrade"] = list(dict.fromkeys(regrade))[:3]
     return scores
 
 
@@ -157,13 +174,13 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         for module in modules:
             found = submitted_module_file(submitted, module)
             if found is not None:
-                (snap / f"{module}.py").write_bytes(found.read_bytes())
+                (snap / f"{module}.py").write_bytes(intake.read_regular(found))
         if not any(snap.iterdir()):
             lines, status, output = [], None, ""
             missing = ", ".join(f"{m}.py" for m in modules)
             scores = score_exercises([{"collected": []}], chapter)
             for s in scores.values():
-                s["messages"] = [f"{missing} is not in the submission"]
+                s["messages"] = [f"{missing} is not in the submission (as a regular file)"]
             return {"exercises": scores, "seconds": 0.0, "status": "no module"}
         report = scratch / "results.jsonl"
         env = {"COURSE_SANDBOX_" + k.upper(): str(v) for k, v in limits.as_dict().items()}
@@ -172,12 +189,13 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         command = [sys.executable, "-I", "-c", check._RUNNER, str(os.getpid()), str(ROOT), *map(str, test_files(modules)),
-                   *[a for ex in chapter for a in ("--exercise", ex.id)],
-                   "--submission", str(snap), "--call-timeout", str(limits.call_timeout),
-                   "-p", "grading.results", "--results-file", str(report),
-                   "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
-        status, output = check._run(command, cwd=str(scratch), limit=limits.submission_timeout + STARTUP_MARGIN,
-                                    extra_env=env)
+                   *[a for ex in chapter for a in ("--exercise", ex.id)], *check.trusted_pytest_options(ROOT, snap),
+                   "--call-timeout", str(limits.call_timeout), "-p", "grading.results", "--results-file", str(report),
+                   "-q", "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+        # A wall-clock safety net only: the door times the submission's calls by their own time, so
+        # this limit is reached on a machine too busy to grade, and what it stops is graded again.
+        limit = (limits.submission_timeout + STARTUP_MARGIN) * limits.load_factor
+        status, output = check._run(command, cwd=str(scratch), limit=limit, extra_env=env)
         lines = []
         if report.is_file():
             for raw in report.read_text().splitlines():
@@ -190,10 +208,15 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
     if log is not None:  # the full output, for the instructor only (it may show test code)
         log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         log.write_text(output)
-    scores = score_exercises(lines, chapter)
     finished = any("finished" in line for line in lines)
+    scores = score_exercises(lines, chapter, stopped=status is None)
     return {"exercises": scores, "seconds": round(time.monotonic() - started, 2),
             "status": "ok" if finished else ("stopped" if status is None else f"pytest exit {status}")}
+
+
+def regrade_reasons(result: dict) -> list[str]:
+    """Why a grading result is not final (empty when it is)."""
+    return list(dict.fromkeys(m for ex in result["exercises"].values() for m in ex.get("regrade", [])))
 
 
 def probe(modules: list[str]) -> dict:
@@ -216,50 +239,57 @@ def nbgrader_env(course: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON", "COURSE_LIB_"))}
     bin_dir = str(Path(sys.executable).parent)  # nbgrader runs `alembic` and jupyter from PATH
     env.update(COURSE_GRADING_DIR=str(course), PATH=bin_dir + os.pathsep + env.get("PATH", os.defpath),
-               MPLBACKEND="agg", OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1")
+    # Figures go into the autograded notebook (and the feedback) as images: the kernel's inline
+    # backend, never a GUI one or agg (which draws nothing a notebook keeps).
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env[check.DEFER_ENV] = "1"
     return env
 
 
-def run_notebooks(course: Path, assignment: str, students: list[str], everyone: list[str],
-                  log: Path, confined_kernel: bool = True, cell_timeout: float = 120.0) -> dict[str, str]:
-    """``nbgrader autograde --force`` for ``students`` only; per student "ok" or what went wrong.
-    ``confined_kernel``: run the notebooks in the :mod:`grading.kernel` kernel (as root, the default)."""
+def run_notebooks(course: Path, assignment: str, students: list[str], log: Path, confined_kernel: bool = True,
+                  cell_timeout: float = 120.0, notebook_timeout: float = NOTEBOOK_TIMEOUT) -> dict[str, str]:
+    """``nbgrader autograde --force`` for each of ``students`` in turn (one process per student, whose
+    command line names that student only); per student "ok" or what went wrong. A notebook that
+    fails, prints undecodable bytes or runs past ``notebook_timeout`` seconds costs that notebook,
+    never the others. ``confined_kernel``: run the notebooks in the :mod:`grading.kernel` kernel."""
     from grading import kernel
 
-    exclude = sorted(set(everyone) - set(students))
     # The test cells return at once (COURSE_CHECK_DEFER), so a cell that runs long is the student's
     # code hanging the kernel: a short cell limit keeps one notebook from stalling the batch.
-    command = [sys.executable, "-m", "nbgrader", "autograde", assignment, "--force",
-               f"--Execute.timeout={int(cell_timeout)}"]
-    if exclude:
-        command.append(f"--CourseDirectory.student_id_exclude={','.join(exclude)}")
     env = nbgrader_env(course)
+    status = {}
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.TemporaryDirectory(prefix="course-jupyter-") as jupyter, _GB_LOCK:
+        options = [f"--Execute.timeout={int(cell_timeout)}"]
         if confined_kernel:
             kernel.write_kernelspec(Path(jupyter))
             env["JUPYTER_PATH"] = os.pathsep.join([jupyter, *filter(None, [env.get("JUPYTER_PATH")])])
-            command.append(f"--Execute.kernel_name={kernel.KERNEL_NAME}")
-        try:
-            proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=600 + 300 * len(students))
-        finally:
-            if sandbox.privileged():
-                sandbox.sweep()  # what a kernel left running
-    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(command)}\nexit {proc.returncode}\n{proc.stdout}\n{proc.stderr}\n")
-    status = {}
-    for student in students:
-        notebooks = list((course / "autograded" / student / assignment).glob("*.ipynb"))
-        status[student] = "ok" if notebooks else "failed (no autograded notebook; see the log)"
+            options.append(f"--Execute.kernel_name={kernel.KERNEL_NAME}")
+        for student in students:
+            command = [sys.executable, "-m", "nbgrader", "autograde", assignment, "--force", f"--student={student}",
+                       *options]
+            code, output = check._run(command, cwd=str(ROOT), limit=notebook_timeout,
+                                      extra_env={**env, "TMPDIR": jupyter})
+            swept = sandbox.sweep() if sandbox.privileged() else {}  # what a killed kernel left running
+            with open(log, "a") as f:
+                f.write(f"$ {' '.join(command)}\nexit {code}\n{output}\n")
+            notebooks = list((course / "autograded" / student / assignment).glob("*.ipynb"))
+            if code is None:
+                status[student] = f"failed (the notebook ran past {notebook_timeout:g} s)"
+            else:
+                status[student] = "ok" if notebooks else "failed (no autograded notebook; see the log)"
+            if any(v != "killed" for v in swept.values()):
+                print(f"warning: sandbox processes survive SIGKILL: {swept}", file=sys.stderr)
     return status
 
 
 # -- 3. scores into the gradebook, results into the feedback --------------------------------------
 def write_scores(url: str, assignment: str, student: str, scores: dict[str, dict],
                  chapter: list[exercises.Exercise]) -> None:
-    """Set the ``auto_score`` of each exercise's test cell; leave ``manual_score`` alone."""
+    """Set the ``auto_score`` of each exercise's test cell; leave ``manual_score`` alone. An exercise
+    marked ``regrade`` gets no score (None) and nbgrader's "needs manual grade" flag until a later
+    run judges it."""
     from nbgrader.api import Gradebook, MissingEntry
 
     by_cell = {cell_name(ex): ex.id for ex in chapter}
@@ -274,29 +304,44 @@ def write_scores(url: str, assignment: str, student: str, scores: dict[str, dict
                 if cell.name not in by_cell:
                     continue
                 grade = gb.find_grade(cell.name, notebook.name, assignment, student)
-                grade.auto_score = min(float(scores[by_cell[cell.name]]["score"]), float(cell.max_score))
+                result = scores[by_cell[cell.name]]
+                if result.get("regrade"):  # not judged: no score, and flagged in the formgrader
+                    grade.auto_score, grade.needs_manual_grade = None, True
+                    continue
+                grade.auto_score = min(float(result["score"]), float(cell.max_score))
                 grade.needs_manual_grade = grade.manual_score is not None
         gb.db.commit()
 
 
 def feedback_text(ex_id: str, result: dict) -> str:
+    if result.get("regrade"):
+        return (f"exercise {ex_id} ({result['name']}): not graded yet: the grader could not judge it "
+                f"({result['regrade'][0]}); it will be graded again\n")
     head = (f"exercise {ex_id} ({result['name']}): {result['score']:g} of {result['points']:g} points, "
             f"{result['passed']} tests passed, {result['failed']} failed")
     lines = [head] + [f"- {m}" for m in result["messages"]]
     return "\n".join(lines) + "\n"
 
 
-def write_feedback_outputs(notebook: Path, scores: dict[str, dict], chapter: list[exercises.Exercise]) -> None:
-    """Replace each exercise test cell's outputs in the autograded notebook with the trusted result."""
+def set_feedback_outputs(nb, scores: dict[str, dict], chapter: list[exercises.Exercise]) -> None:
+    """Replace the outputs of each exercise's test cell in ``nb`` (an nbformat notebook) with the
+    trusted result."""
     import nbformat
 
-    nb = nbformat.read(notebook, as_version=4)
     by_cell = {cell_name(ex): ex.id for ex in chapter}
     for cell in nb.cells:
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if cell.cell_type == "code" and grade_id in by_cell:
             ex_id = by_cell[grade_id]
             cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=feedback_text(ex_id, scores[ex_id]))]
+
+
+def write_feedback_outputs(notebook: Path, scores: dict[str, dict], chapter: list[exercises.Exercise]) -> None:
+    """:func:`set_feedback_outputs` on the autograded notebook file ``notebook``."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    set_feedback_outputs(nb, scores, chapter)
     tmp = notebook.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     os.replace(tmp, notebook)
@@ -313,8 +358,10 @@ def _write_record(path: Path, record: dict) -> None:
 def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | None = None, force: bool = False,
                      notebooks: bool = True, limits: sandbox.Limits | None = None, course: Path | None = None,
                      url: str | None = None, progress: bool = True, cell_timeout: float = 120.0,
-                     out=sys.stdout) -> dict[str, dict]:
-    """Grade ``assignment`` for ``students`` (default: everyone who submitted); return the records."""
+                     notebook_timeout: float = NOTEBOOK_TIMEOUT, out=sys.stdout) -> dict[str, dict]:
+    """Grade ``assignment`` for ``students`` (default: everyone who submitted); return the records. A
+    student whose result the grader could not judge gets a record that is not ``complete`` (graded
+    again by the next run) and no score for the exercises concerned."""
     from tqdm import tqdm
 
     course = Path(course or course_folder()).resolve()
@@ -339,13 +386,20 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
 
     if pending and sandbox.privileged():
         sandbox.sweep()  # what an earlier, killed run left
-    confinement = probe(modules) if pending else None
-    # The notebooks' kernel is confined where Landlock exists (or where the grader is no root anyway).
-    confined_kernel = sandbox.landlock_abi() >= 1 or not sandbox.privileged()
+    confinement = probe(modules) if pending else None  # refuses to go on half confined
+    # The notebooks' kernel is confined by bubblewrap or Landlock (or the grader is no root anyway).
+    confined_kernel = (not sandbox.privileged() or sandbox.bwrap_executable() is not None
+                       or sandbox.landlock_abi() >= 1)
     if notebooks and pending and not confined_kernel:
-        print("warning: no Landlock here: nbgrader runs the notebooks in an ordinary kernel with the grader's "
-              "rights (the code scores still come from the sandbox)", file=sys.stderr)
-    gpus = _gpus()
+        print("warning: no bubblewrap and no Landlock here: nbgrader runs the notebooks in an ordinary kernel with "
+              "the grader's rights (the code scores still come from the sandbox)", file=sys.stderr)
+    elif notebooks and pending and sandbox.privileged() and sandbox.bwrap_executable() is None:
+        print("warning: no bubblewrap: the notebooks' kernel runs without its own PID and network namespaces "
+              "(uid, Landlock and limits only)", file=sys.stderr)
+    rejected = {}
+    for student in pending:  # links and special files never reach a copy, nbgrader's included
+        rejected[student] = intake_submission(course, student, assignment, store / "quarantine" / student)
+    gpus = cuda_devices()
     slots = cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(gpus)) if gpus else jobs))
     free_gpus = list(gpus)
     gpu_lock = threading.Condition()
@@ -374,19 +428,22 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
         while waiting:
             done, waiting = cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
             batch = {futures[f]: f.result() for f in done}
-            status = (run_notebooks(course, assignment, sorted(batch), everyone, store / "logs" / "nbgrader.log",
-                                    confined_kernel=confined_kernel, cell_timeout=cell_timeout)
+            status = (run_notebooks(course, assignment, sorted(batch), store / "logs" / "nbgrader.log",
+                                    confined_kernel=confined_kernel, cell_timeout=cell_timeout,
+                                    notebook_timeout=notebook_timeout)
                       if notebooks else {s: "not run" for s in batch})
             for student, result in sorted(batch.items()):
                 write_scores(url, assignment, student, result["exercises"], chapter)
                 for notebook in (course / "autograded" / student / assignment).glob("*.ipynb"):
                     write_feedback_outputs(notebook, result["exercises"], chapter)
+                regrade = regrade_reasons(result)
                 record = {"student": student, "assignment": assignment, "fingerprint": prints[student],
-                          "exercises": result["exercises"], "status": result["status"],
-                          "notebook": status[student], "seconds": result["seconds"],
+                          "exercises": result["exercises"], "notebook": status[student],
+                          "status": f"regrade: {regrade[0]}" if regrade else result["status"],
+                          "seconds": result["seconds"], "rejected": rejected[student],
                           "code_score": sum(e["score"] for e in result["exercises"].values()),
                           "max_code_score": sum(ex.points for ex in chapter),
-                          "confinement": confinement, "complete": True}
+                          "confinement": confinement, "complete": not regrade}
                 _write_record(store / f"{student}.json", record)
                 records[student] = record
                 bar.update(1)
@@ -398,7 +455,19 @@ def grade_assignment(assignment: str, *, jobs: int = 2, students: list[str] | No
     return records
 
 
-def _gpus() -> list[int]:
+def intake_submission(course: Path, student: str, assignment: str, quarantine: Path) -> list[str]:
+    """Move every link, hard-linked file and special file of a student's submission of
+    ``assignment`` (the student's folder and the assignment's folder themselves included) into
+    ``quarantine`` (:func:`grading.intake.quarantine`); return what was moved, relative to the
+    assignment's folder."""
+    student_dir = course / "submitted" / student
+    if student_dir.is_symlink():  # the student's whole folder is someone else's: nothing below is read
+        return [f"../{m}" for m in intake.quarantine(student_dir, quarantine)]
+    return intake.quarantine(student_dir / assignment, quarantine / assignment)
+
+
+def cuda_devices() -> list[int]:
+    """Indices of the CUDA devices here (none without CUDA)."""
     import torch
 
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -406,13 +475,16 @@ def _gpus() -> list[int]:
 
 def print_summary(records: dict[str, dict], chapter: list[exercises.Exercise], graded_now: list[str],
                   elapsed: float, confinement: dict | None, out=sys.stdout) -> None:
+    """The table of every student's scores; an exercise the grader could not judge shows as
+    ``regrade`` (no score), and a closing line names the students to grade again."""
     ids = [ex.id for ex in chapter]
     header = ["student", *ids, "code", "notebook", "seconds"]
     rows = []
     for student in sorted(records):
         r = records[student]
-        rows.append([student, *[f"{r['exercises'][i]['score']:g}" for i in ids],
-                     f"{r['code_score']:g}/{r['max_code_score']:g}", r["notebook"].split(" (")[0],
+        cells = ["regrade" if r["exercises"][i].get("regrade") else f"{r['exercises'][i]['score']:g}" for i in ids]
+        code = f"{r['code_score']:g}/{r['max_code_score']:g}" + ("" if r.get("complete", True) else " (not final)")
+        rows.append([student, *cells, code, r["notebook"].split(" (")[0],
                      f"{r['seconds']:.1f}" + ("" if student in graded_now else " (earlier)")])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
@@ -425,6 +497,15 @@ def print_summary(records: dict[str, dict], chapter: list[exercises.Exercise], g
         print(f"\n{len(graded_now)} graded now in {elapsed:.0f} s ({elapsed / len(graded_now):.1f} s per "
               f"submission overall; sandboxed tests {sum(per) / max(len(per), 1):.1f} s each on average); "
               f"{len(records) - len(graded_now)} unchanged since an earlier run", file=out)
+    again = sorted(s for s, r in records.items() if not r.get("complete", True))
+    if again:
+        print(f"REGRADE {len(again)}: {', '.join(again)}: the grader could not judge some of their tests (see "
+              f"'status' in their records); no score was recorded for those exercises. Run the same command "
+              f"again (on a quieter machine) to grade them.", file=out)
+    rejected = {s: r["rejected"] for s, r in records.items() if r.get("rejected") and s in graded_now}
+    if rejected:
+        print("links and special files set aside (not graded, not copied): "
+              + "; ".join(f"{s}: {', '.join(v)}" for s, v in sorted(rejected.items())), file=out)
     if confinement:
         print(f"sandbox: {json.dumps(confinement)}", file=out)
 
@@ -441,15 +522,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submission-timeout", type=float, default=None, help="seconds of all calls of one submission")
     parser.add_argument("--memory-gb", type=float, default=None, help="memory of one submission's processes")
     parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds of one notebook cell (default 120)")
+    parser.add_argument("--notebook-timeout", type=float, default=NOTEBOOK_TIMEOUT,
+                        help=f"seconds of one student's notebook run (default {NOTEBOOK_TIMEOUT:g})")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     limits = sandbox.Limits.from_env(
         call_timeout=args.call_timeout, submission_timeout=args.submission_timeout,
         memory_bytes=int(args.memory_gb * 2**30) if args.memory_gb else None)
-    grade_assignment(args.assignment, jobs=args.jobs, students=args.student, force=args.force,
-                     notebooks=not args.no_notebooks, limits=limits, progress=not args.no_progress,
-                     cell_timeout=args.cell_timeout)
-    return 0
+    from grading.door import GraderFault
+
+    try:
+        records = grade_assignment(args.assignment, jobs=args.jobs, students=args.student, force=args.force,
+                                   notebooks=not args.no_notebooks, limits=limits, progress=not args.no_progress,
+                                   cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout)
+    except GraderFault as err:  # e.g. no bubblewrap: refuse to grade half confined
+        print(f"not grading: {err}", file=sys.stderr)
+        return 2
+    return 3 if any(not r.get("complete", True) for r in records.values()) else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ sandbox child): a ``transformers.PreTrainedModel`` of a class defined in ``trans
 rebuilt on the other side from that trusted class with the dtype, attention implementation and mode
 (train/eval) it had. The grader never
 decodes a model, so a submission cannot make it build one.
+
+What the grader reads is bounded: :func:`read_message` refuses a message over its size limit before
+reading it, and :func:`decode` a JSON header over ``MAX_HEADER_BYTES``, more tensors than
+``MAX_TENSORS``, and a decoding that uses more than ``cpu_seconds`` of CPU (a forged reply of
+millions of tiny items cannot stall or swell the grader).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 from typing import Any, BinaryIO
 
 import importlib
@@ -33,6 +39,9 @@ class CodecError(TypeError):
 
 
 MODEL_PACKAGES = ("transformers", "course_lib")  # where a model's class may come from
+MAX_HEADER_BYTES = 16 << 20  # the JSON part of a message (tensors travel in the blob)
+MAX_TENSORS = 100_000
+DECODE_CPU_SECONDS = 10.0  # CPU time the grader spends decoding one message, at most
 
 
 def _model_class_name(model) -> str | None:
@@ -105,21 +114,37 @@ def encode(value: Any) -> bytes:
     return struct.pack(">I", len(header)) + header + struct.pack(">Q", len(blob)) + blob
 
 
-def decode(message: bytes, *, map_device: str | None = None, models: bool = False) -> Any:
+def decode(message: bytes, *, map_device: str | None = None, models: bool = False,
+           cpu_seconds: float = DECODE_CPU_SECONDS) -> Any:
     """Inverse of :func:`encode`. ``map_device`` overrides where tensors land (else their origin);
-    ``models`` allows models in the message (only the sandboxed side sets it)."""
+    ``models`` allows models in the message (only the sandboxed side sets it). Raises
+    :class:`CodecError` for a malformed message, one beyond the limits above, or after
+    ``cpu_seconds`` of this thread's CPU time."""
+    deadline = time.thread_time() + cpu_seconds
+    if len(message) < 12:
+        raise CodecError("message too short")
     (n_header,) = struct.unpack(">I", message[:4])
+    if n_header > MAX_HEADER_BYTES or len(message) < 12 + n_header:
+        raise CodecError(f"header of {n_header} bytes (the limit is {MAX_HEADER_BYTES}, the message {len(message)})")
     header = json.loads(message[4:4 + n_header])
     (n_blob,) = struct.unpack(">Q", message[4 + n_header:12 + n_header])
     blob = message[12 + n_header:12 + n_header + n_blob]
+    if n_blob and len(blob) >= 8 and struct.unpack("<Q", blob[:8])[0] > MAX_HEADER_BYTES:
+        raise CodecError("tensor table too large")
     tensors = load_tensors(blob) if n_blob else {}
+    if len(tensors) > MAX_TENSORS:
+        raise CodecError(f"{len(tensors)} tensors (the limit is {MAX_TENSORS})")
+    seen = [0]
 
     def walk(v):
+        seen[0] += 1
+        if seen[0] % 4096 == 0 and time.thread_time() > deadline:
+            raise CodecError(f"decoding took more than {cpu_seconds:g} s of CPU")
         if isinstance(v, list):
             return [walk(x) for x in v]
         if isinstance(v, dict):
             if "__tensor__" in v:
-                device = map_device or v["device"]
+                device = map_device or str(v["device"])
                 if device.startswith("cuda") and not torch.cuda.is_available():
                     device = "cpu"
                 return tensors[v["__tensor__"]].to(device)
@@ -134,7 +159,12 @@ def decode(message: bytes, *, map_device: str | None = None, models: bool = Fals
             return {k: walk(x) for k, x in v.items()}
         return v
 
-    return walk(header)
+    try:
+        return walk(header)
+    except CodecError:
+        raise
+    except (KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise CodecError(f"malformed message ({type(err).__name__})") from None
 
 
 def frame(payload: bytes) -> bytes:
@@ -143,7 +173,8 @@ def frame(payload: bytes) -> bytes:
 
 
 def read_message(stream: BinaryIO, *, max_bytes: int = 1 << 31) -> bytes:
-    """Read one length-prefixed message from ``stream``; ``EOFError`` if it ends first."""
+    """Read one length-prefixed message from ``stream``; ``EOFError`` if it ends first,
+    :class:`CodecError` (before reading it) if it announces more than ``max_bytes``."""
     prefix = stream.read(8)
     if len(prefix) < 8:
         raise EOFError("the other side closed the door")

@@ -6,9 +6,15 @@ plain data in and out:
 - :class:`InProcessDoor` calls ``course_lib`` directly (what a student running ``pytest`` uses);
   ``overrides`` swap single entry points (how the test suite checks itself against wrong variants).
 - :class:`SandboxDoor` forwards each call to a separate child process that imports the *submitted*
-  chapter modules (the reference for every other chapter), confined by :mod:`grading.sandbox` (own
-  uid, no network, Landlock, limits) under per-call, per-exercise and per-submission time limits.
-  Only data crosses back (see :mod:`grading.codec`) and the assertions run on the trusted side.
+  chapter modules (the reference for every other chapter), confined by :mod:`grading.sandbox`
+  (bubblewrap's namespaces, own uid, Landlock, limits) under per-call, per-exercise and
+  per-submission time limits. Only data crosses back (see :mod:`grading.codec`), at most
+  ``limits.reply_bytes`` of it, and the assertions run on the trusted side.
+
+A failure is the submission's (:class:`SubmissionError`, :class:`SubmissionTimeout`: it costs the
+test) or the grader's (:class:`GraderFault`: the sandbox could not start, the machine was too busy
+to time a call, processes survived a kill): a grader's fault never counts against the student; the
+batch grader marks that submission for a regrade instead.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from course_lib import exercises
-from grading import codec, sandbox
+from grading import codec, intake, sandbox
 
 # Exceptions the child may raise that tests are allowed to expect (pytest.raises(ValueError)).
 RERAISED = ("ValueError", "TypeError", "IndexError", "KeyError", "RuntimeError", "NotImplementedError",
@@ -44,8 +50,18 @@ class SubmissionTimeout(SubmissionError):
     """A call into the submission ran past its time limit; its process was killed."""
 
 
-class SandboxUnavailable(RuntimeError):
-    """The sandbox could not be started with the limits it must have (not the submission's fault)."""
+class GraderFault(Exception):
+    """The grader could not judge the submission; not the submission's fault, so the result must not
+    count (grade it again). Not a subclass of what tests expect a submission to raise."""
+
+
+class SandboxUnavailable(GraderFault):
+    """The sandbox could not be started with the limits it must have."""
+
+
+class MachineBusy(GraderFault):
+    """A call was starved of CPU by other work on the machine for longer than the limits allow in
+    wall time, before it had used its own time: it cannot be judged now."""
 
 
 def _find(name: str) -> exercises.Exercise:
@@ -74,23 +90,20 @@ class InProcessDoor:
 
 
 def submitted_modules(submission: Path) -> dict[str, Path]:
-    """Chapter modules present in a submission folder (``numerics.py`` or ``course_lib/numerics.py``)."""
+    """Chapter modules present in a submission folder (:func:`grading.intake.submitted_module_file`:
+    regular files only, never a link)."""
     found = {}
     for module in exercises.CHAPTER_MODULES:
-        for candidate in (submission / f"{module}.py", submission / "course_lib" / f"{module}.py"):
-            if candidate.is_file():
-                found[module] = candidate
-                break
+        path = intake.submitted_module_file(submission, module)
+        if path is not None:
+            found[module] = path
     return found
 
 
 def reference_folder() -> Path | None:
     """The folder of the reference solutions, or None where they are absent (the student handout)."""
-    try:
-        import solutions
-    except ModuleNotFoundError:
-        return None
-    return Path(solutions.__file__).parent
+    package = exercises.reference_package()
+    return Path(package.__file__).parent if package is not None else None
 
 
 class SandboxDoor:
@@ -98,16 +111,20 @@ class SandboxDoor:
 
     The child starts in a fresh folder holding the trusted ``course_lib`` with the submitted chapter
     modules swapped in, the reference solutions of the chapters they build on (the earlier ones) only,
-    and the runner. It runs
-    with ``python -I``, a scrubbed environment and its own process group, confined by
-    :func:`grading.sandbox.confine` before any submitted code is imported: as root, a uid of its
-    own, no network, a file system reduced to the system, Python and that folder (its ``work/``
-    subfolder the only writable place), and resource limits. The door also watches the memory of all
-    the sandbox's processes. A call that exceeds ``limits.call_timeout`` seconds, or any call once the
-    exercise's entry point has used ``limits.exercise_timeout`` seconds, or the submission
-    ``limits.submission_timeout`` seconds in all, fails; a stopped child is
-    replaced by a new one at the next call. ``require`` lists the layers (:data:`grading.sandbox.
-    LAYERS`) that must apply, default all of them when the grader runs as root.
+    and the runner. It runs with ``python -I``, a scrubbed environment and a session of its own,
+    confined before any submitted code is imported: as root, inside bubblewrap (its own PID,
+    network, IPC and mount namespaces: it sees only its processes and reaches no socket; a file
+    system of the system, Python and that folder, read-only, and a size-limited tmpfs ``work/``, the
+    only writable place), then by :func:`grading.sandbox.confine` (resource limits, Landlock, a uid
+    of its own). The door watches the memory of all the sandbox's processes, shared-memory files
+    included, and times each call by what it would take on an idle machine
+    (:func:`grading.sandbox.charged_seconds`): a call charged more than ``limits.call_timeout``
+    seconds, or any call once the exercise's entry point has been charged
+    ``limits.exercise_timeout`` seconds, or the submission ``limits.submission_timeout`` seconds in
+    all, fails; a call starved by the machine past ``limits.load_factor`` times its limit in wall
+    time raises :class:`MachineBusy` (the grader's fault). A stopped child is replaced by a new one
+    at the next call. ``require`` lists the layers (:data:`grading.sandbox.LAYERS`) that must apply,
+    default :func:`required_layers`. After a :class:`GraderFault` every later call raises it again.
     """
 
     def __init__(self, submission: Path | str, call_timeout: float | None = None,
@@ -116,17 +133,22 @@ class SandboxDoor:
         self.modules = submitted_modules(self.submission)
         if not self.modules:
             raise SubmissionError(f"no chapter module ({', '.join(exercises.CHAPTER_MODULES)}) "
-                                  f"found in {self.submission}")
+                                  f"found in {self.submission} (links and special files are not read)")
         self.limits = limits or sandbox.Limits.from_env(call_timeout=call_timeout)
-        self.require = tuple(sandbox.LAYERS if require is None and sandbox.privileged() else require or ())
-        self.spent = 0.0  # wall seconds of calls into this submission so far
+        self.require = tuple(required_layers() if require is None else require)
+        self.spent = 0.0  # seconds charged to calls into this submission so far
         self.spent_on: dict[str, float] = {}  # the same per entry point
         self.confinement: dict | None = None  # what the last child reported having applied
+        self.fault: GraderFault | None = None  # the grader's failure that stops every later call
         self._proc: subprocess.Popen | None = None
         self._replies: queue.Queue = queue.Queue()
         self._folder: Path | None = None
         self._slot: sandbox.UidSlot | None = None
         self._stopped_because: str | None = None
+        self._reaper: int | None = None
+        self._bwrap = False
+        self._start_charged = 0.0
+        self._sample: tuple[int, float, sandbox.Usage] = (0, 0.0, sandbox.Usage(0, 0.0, 0.0))  # (child, when, what)
 
     @property
     def call_timeout(self) -> float:
@@ -154,8 +176,8 @@ class SandboxDoor:
             folder = Path(tempfile.mkdtemp(prefix="course-sandbox-"))
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(Path(course_lib.__file__).parent, folder / "course_lib", ignore=ignore)
-        for module, path in self.modules.items():
-            shutil.copyfile(path, folder / "course_lib" / f"{module}.py")
+        for module, path in self.modules.items():  # the bytes of a regular file, never a link's target
+            (folder / "course_lib" / f"{module}.py").write_bytes(intake.read_regular(path))
         reference = reference_folder()
         if reference is not None:  # the instructor's side: the earlier chapters run the reference
             (folder / "solutions").mkdir()
@@ -193,24 +215,35 @@ class SandboxDoor:
     def _start(self) -> None:
         import torch
 
+        bwrap = sandbox.bwrap_executable() if sandbox.privileged() else None
+        if "pid" in self.require and bwrap is None:
+            raise SandboxUnavailable(
+                "bubblewrap is not installed (apt-get install bubblewrap): without it the sandbox has no PID "
+                f"namespace, so the grader refuses to run as root; set {sandbox.BWRAP_ENV}=off to grade with "
+                "the older layers only (uid, Landlock, network namespace, limits)")
         if self._folder is None:
             self._folder = self._prepare_folder()
         folder, work = self._folder, self._folder / "work"
         gpu = torch.cuda.is_available()
+        read = sandbox.read_paths()
         spec = {
             "uid": self._slot.uid if self._slot else None,
             "gid": self._slot.uid if self._slot else None,
-            "read": sandbox.read_paths() + [str(folder)],
+            "read": read + [str(folder)],
             "write": [str(work)],
             "devices": sandbox.device_paths(gpu),
             "hide": self._hidden_paths(),
+            "mask": sandbox.masked_paths(read, reference_folder()),
             "limits": self.limits.as_dict(),
             "gpu": gpu,
             "fs": os.environ.get(sandbox.FS_ENV) or "auto",
             "require": list(self.require),
             "parent": os.getpid(),
             "work": str(work),
+            "work_bytes": self.limits.disk_bytes,
             "staging": str(folder / ".mounts"),
+            "host": sandbox.namespaces(),
+            "bwrap": bwrap is not None,
         }
         (folder / "spec.json").write_text(json.dumps(spec))
         env = {
@@ -229,20 +262,32 @@ class SandboxDoor:
         for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"):
             if name in os.environ:
                 env[name] = os.environ[name]
+        command = [sys.executable, "-I", str(folder / "door_runner.py"), str(folder)]
+        if bwrap is not None:
+            command = sandbox.bwrap_command(bwrap, spec["read"], str(work), self.limits.disk_bytes,
+                                            spec["devices"], spec["mask"], command)
         self._log = open(folder / "child.log", "wb")
         self._stopped_because = None
-        self._proc = subprocess.Popen(
-            [sys.executable, "-I", str(folder / "door_runner.py"), str(folder)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            cwd=folder, env=env, start_new_session=True,
-        )
-        self._replies = queue.Queue()
-        threading.Thread(target=self._read_replies, args=(self._proc, self._replies), daemon=True).start()
-        threading.Thread(target=self._watch_memory, args=(self._proc,), daemon=True).start()
+        self._reaper = None
+        # umask 022: bwrap makes the folders above its mount points with it, and the sandbox's uid
+        # must be able to enter them
         try:
-            hello = self._replies.get(timeout=max(60.0, self.limits.call_timeout))
-        except queue.Empty:
-            hello = None
+            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                          cwd=folder, env=env, start_new_session=True, umask=0o022)
+        except OSError as err:
+            self._log.close()
+            raise SandboxUnavailable(f"the sandbox could not be started: {err}") from None
+        self._bwrap = bwrap is not None
+        self._replies = queue.Queue()
+        threading.Thread(target=self._read_replies, args=(self._proc, self._replies, self.limits.reply_bytes),
+                         daemon=True).start()
+        threading.Thread(target=self._watch_memory, args=(self._proc,), daemon=True).start()
+        limit = max(60.0, self.limits.call_timeout)  # no student code runs before the hello
+        proc = self._proc
+        try:
+            hello, self._start_charged = self._await(limit)
+        except (SubmissionTimeout, MachineBusy) as err:  # the child is stopped already
+            hello = err
         ready = None
         if isinstance(hello, bytes):
             try:
@@ -250,49 +295,106 @@ class SandboxDoor:
             except Exception:
                 ready = None
         if not isinstance(ready, dict) or not ready.get("ready"):
-            status = self._proc.poll()
+            status = proc.poll()
             self._stop_child()
             log = (folder / "child.log").read_bytes()[-2000:].decode(errors="replace")
             if status == 71:
                 raise SandboxUnavailable(log.strip().splitlines()[-1] if log.strip() else "confinement failed")
+            if isinstance(hello, GraderFault | SubmissionTimeout):
+                raise SandboxUnavailable(f"the sandbox's process did not start in time ({hello})")
             raise SandboxUnavailable(f"the sandbox's process did not start (exit status {status}): {log[-1500:]}")
         self.confinement = ready["confinement"]
 
     def start(self) -> dict:
         """Start the child now (else the first call does); return its confinement report."""
+        if self.fault is not None:
+            raise type(self.fault)(str(self.fault))
         if self._proc is None or self._proc.poll() is not None:
             self._stop_child()
-            self._start()
+            try:
+                self._start()
+            except GraderFault as err:
+                self.fault = err
+                raise
         return self.confinement
 
     @staticmethod
-    def _read_replies(proc: subprocess.Popen, replies: queue.Queue) -> None:
+    def _read_replies(proc: subprocess.Popen, replies: queue.Queue, max_bytes: int) -> None:
         while True:
             try:
-                replies.put(codec.read_message(proc.stdout))
-            except Exception as err:  # EOF or a malformed message: the door is closed
+                replies.put(codec.read_message(proc.stdout, max_bytes=max_bytes))
+            except Exception as err:  # EOF, a malformed or an oversized message: the door is closed
                 replies.put(err)
                 return
 
+    def _sandbox_pids(self, proc: subprocess.Popen) -> list[int]:
+        if self._slot is not None:
+            return sandbox.pids(uid=self._slot.uid)
+        return sandbox.pids(session=proc.pid)
+
+    def _usage(self, proc: subprocess.Popen) -> sandbox.Usage:
+        """What the sandbox's processes hold and have used; inside bwrap, bwrap's init (the only
+        process of its PID namespace not of the sandbox's uid) reaps the orphans, so what they used
+        is counted through it."""
+        if self._bwrap and self._reaper is None:
+            try:
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                    self._reaper = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        return sandbox.usage(self._sandbox_pids(proc), reaper=self._reaper)
+
+    def _await(self, limit: float) -> tuple[Any, float]:
+        """The child's next message and the seconds charged for waiting on it
+        (:func:`grading.sandbox.charged_seconds`). :class:`SubmissionTimeout` once more than
+        ``limit`` seconds are charged, :class:`MachineBusy` after ``limits.load_factor * limit``
+        seconds of wall time with less charged (the child is stopped in both cases)."""
+        proc = self._proc
+        wall0, before = time.monotonic(), self._usage(proc)
+        while True:
+            try:
+                item = self._replies.get(timeout=0.25)
+            except queue.Empty:
+                item = None
+            wall = time.monotonic() - wall0
+            pid, taken, sample = self._sample  # the watchdog's latest reading while waiting; a fresh one to charge
+            now = sample if item is None and pid == proc.pid and taken > wall0 else self._usage(proc)
+            waited = min(max(now.waited - before.waited, 0.0), wall)
+            charged = sandbox.charged_seconds(max(now.cpu - before.cpu, 0.0), wall, waited)
+            if item is not None:
+                return item, charged
+            if charged > limit:
+                self._stop_child()
+                raise SubmissionTimeout(f"ran longer than {limit:g} s and was stopped")
+            if wall > limit * self.limits.load_factor:
+                self._stop_child()
+                raise MachineBusy(f"the machine was too busy to time the call: {wall:.0f} s of wall time, "
+                                  f"{charged:.1f} s of its own ({waited:.0f} s waiting for a CPU); grade it again")
+
     def _watch_memory(self, proc: subprocess.Popen) -> None:
-        """Kill the sandbox when all its processes together hold more than ``limits.memory_bytes``
-        resident (the bound that also holds on a GPU, where RLIMIT_DATA is not set)."""
-        uid = self._slot.uid if self._slot else None
+        """Kill the sandbox when all its processes together hold more than ``limits.memory_bytes``,
+        shared-memory files included (the bound that also holds on a GPU, where RLIMIT_DATA is not
+        set, and for memory that no process maps)."""
         while proc.poll() is None:
-            found = sandbox.pids(uid=uid) if uid is not None else sandbox.pids(session=proc.pid)
-            if sandbox.rss_bytes(found) > self.limits.memory_bytes:
+            self._sample = (proc.pid, time.monotonic(), self._usage(proc))
+            if self._sample[2].memory > self.limits.memory_bytes:
                 self._stopped_because = f"used more than {self.limits.memory_bytes / 2**30:.3g} GiB of memory"
                 self._signal_all(proc)
                 return
-            time.sleep(0.2)
+            time.sleep(0.25)
 
     def _signal_all(self, proc: subprocess.Popen) -> None:
+        """SIGKILL to the child's process group (bwrap: its PID namespace goes with it), then to
+        every process of the sandbox's uid, checked; processes that survive are the grader's fault."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         if self._slot is not None:  # also what left the process group (setsid, double fork)
-            sandbox.kill_uid(self._slot.uid)
+            try:
+                sandbox.kill_uid(self._slot.uid)
+            except sandbox.LeftoverProcesses as err:
+                self.fault = SandboxUnavailable(str(err))
 
     def _stop_child(self) -> None:
         if self._proc is not None:
@@ -307,7 +409,10 @@ class SandboxDoor:
     def close(self) -> None:
         self._stop_child()
         if self._slot is not None:
-            self._slot.release()
+            try:
+                self._slot.release()
+            except sandbox.LeftoverProcesses as err:  # the uid's next holder kills (or skips it)
+                print(f"grading sandbox: {err}", file=sys.stderr)
             self._slot = None
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
@@ -327,8 +432,9 @@ class SandboxDoor:
             raise SubmissionTimeout(f"{name} was not run: its calls used up the exercise's time "
                                     f"({self.limits.exercise_timeout:g} s)")
         left = min(left, left_here)
-        started = time.monotonic()  # a restart after a crash counts against the exercise too
+        self._start_charged = 0.0
         self.start()
+        startup = self._start_charged  # a restart after a crash counts against the exercise too
         try:
             self._proc.stdin.write(codec.frame(message))
             self._proc.stdin.flush()
@@ -336,16 +442,24 @@ class SandboxDoor:
             self._stop_child()
             raise SubmissionError("the submission's process ended before the call") from None
         limit = min(self.limits.call_timeout, left)
+        charged = 0.0
         try:
-            reply = self._replies.get(timeout=limit)
-        except queue.Empty:
-            self._stop_child()
+            reply, charged = self._await(limit)
+        except SubmissionTimeout:
+            charged = limit
             raise SubmissionTimeout(f"{name} ran longer than {limit:g} s and was stopped") from None
+        except MachineBusy as err:
+            self.fault = err
+            raise
         finally:
-            self.spent += time.monotonic() - started
-            self.spent_on[name] = self.spent_on.get(name, 0.0) + time.monotonic() - started
-        if isinstance(reply, Exception):
-            status = self._proc.wait() if self._proc is not None else None
+            self.spent += startup + charged
+            self.spent_on[name] = self.spent_on.get(name, 0.0) + startup + charged
+        if isinstance(reply, Exception):  # the reply channel closed, or carried something refused
+            try:
+                status = self._proc.wait(timeout=2) if self._proc is not None else None
+            except subprocess.TimeoutExpired:
+                self._stop_child()
+                raise SubmissionError(f"{name} sent back an invalid reply ({reply})") from None
             why = self._stopped_because or _describe_exit(status) or str(reply)
             self._stop_child()
             raise SubmissionError(f"the submission's process ended during {name} ({why})")
@@ -362,6 +476,17 @@ class SandboxDoor:
         if kind in RERAISED:
             raise getattr(builtins, kind)(text)
         raise SubmissionError(f"{name} raised {kind}: {text}")
+
+
+def required_layers() -> tuple[str, ...]:
+    """The layers a sandbox must have: all of :data:`grading.sandbox.LAYERS` as root, all but the PID
+    namespace where bubblewrap is switched off on purpose (``COURSE_SANDBOX_BWRAP=off``), none for
+    an ordinary user (a student's own machine: what the user may apply)."""
+    if not sandbox.privileged():
+        return ()
+    if os.environ.get(sandbox.BWRAP_ENV, "").lower() in ("off", "0", "no", "false"):
+        return tuple(layer for layer in sandbox.LAYERS if layer != "pid")
+    return sandbox.LAYERS
 
 
 def _describe_exit(status: int | None) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 
 # Default tolerances per dtype: a few units in the last place of each format (torch.testing's
@@ -15,12 +17,17 @@ TOLERANCES = {
 
 
 def assert_close(actual, expected: torch.Tensor, *, what: str, hint: str = "",
-                 rtol: float | None = None, atol: float | None = None, check_dtype: bool = True) -> None:
+                 rtol: float | None = None, atol: float | None = None, check_dtype: bool = True,
+                 wrong: Mapping[str, torch.Tensor] | None = None) -> None:
     """Fail with a message for a student unless ``actual`` matches ``expected``.
 
     ``what`` names the quantity ("stable_softmax(logits)"); ``hint`` says the likely mistake when
-    the values differ. NaN must sit where ``expected`` has NaN; infinities must match exactly.
+    the values differ. ``wrong`` maps a description of a known mistake ("attention without the
+    causal mask") to what that mistake computes: when ``actual`` equals one of them, the message names
+    that symptom instead of ``hint``, so a test whose point is another clause still says what is
+    wrong. NaN must sit where ``expected`` has NaN; infinities must match exactly.
     """
+    __tracebackhide__ = True
     if not isinstance(actual, torch.Tensor):
         raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
     if actual.shape != expected.shape:
@@ -39,6 +46,12 @@ def assert_close(actual, expected: torch.Tensor, *, what: str, hint: str = "",
         raise AssertionError(f"{what} {where} ({int((nan_actual ^ nan_expected).sum())} entries). {hint}".strip())
     ok = torch.isclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
     if not bool(ok.all()):
+        for mistake, computed in (wrong or {}).items():
+            if computed.shape == actual.shape and bool(torch.isclose(
+                    actual, computed.to(device=actual.device, dtype=actual.dtype), rtol=rtol, atol=atol,
+                    equal_nan=True).all()):
+                hint = f"Your result is {mistake}."
+                break
         bad = (~ok).nonzero()[0].tolist()
         diff = (actual - expected).abs().nan_to_num(posinf=float("inf"))[~ok].max().item()
         raise AssertionError(

@@ -14,6 +14,12 @@ Options:
 
 Graded tests carry ``@pytest.mark.exercise("0.1")``; tests under ``tests/hidden/`` are marked
 ``hidden`` automatically (select public ones with ``-m "not hidden"``).
+
+The plugin loads before pytest parses its command line (a ``pytest11`` entry point and ``-p`` in
+``addopts``), so ``--submission DIR`` is an option from the first pass on and DIR is never taken for
+a test path, whose ``conftest.py`` pytest would import into this trusted process. With
+``--submission``, a run whose test paths, configuration file or conftest files lie outside the
+course tree is refused before any conftest is imported.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from course_lib import exercises
 from grading.door import InProcessDoor, SandboxDoor, reference_folder
 
 AGAINST = ("solution", "stubs", "mutants")
+COURSE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_addoption(parser):
@@ -49,8 +56,39 @@ def pytest_addoption(parser):
                          "(the verdicts are the same, in a fraction of the time)")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """With ``--submission``: refuse test paths outside the course's ``tests/``, a configuration file
+    other than the course's, and any ``conftest.py`` but ``tests/conftest.py`` that pytest would
+    import, before it imports one (a submission's conftest would run in the grader)."""
+    options = early_config.known_args_namespace
+    if not getattr(options, "submission", None):
+        return
+    problems = []
+    if early_config.inipath is not None and early_config.inipath.resolve().parent != COURSE_ROOT:
+        problems.append(f"configuration file {early_config.inipath} is not the course's")
+    tests = COURSE_ROOT / "tests"
+    for arg in options.file_or_dir:
+        path = Path(arg.split("::")[0]).resolve()
+        if path != tests and tests not in path.parents:
+            problems.append(f"test path {arg} lies outside {tests}")
+            continue
+        if not options.noconftest:
+            found = [*(path.rglob("conftest.py") if path.is_dir() else []), COURSE_ROOT / "conftest.py"]
+            problems += [f"{c} is not the course's conftest" for c in found
+                         if c.is_file() and c.resolve() != tests / "conftest.py"]
+    if problems:
+        raise pytest.UsageError("refusing to grade a submission this way: " + "; ".join(problems))
+
+
 def pytest_configure(config):
     against = config.getoption("against")
+    if against is None:
+        # A student's run: one chapter module that does not import must not stop the others, and a
+        # failure shows its message and the test's line, not the source of the assertion helpers.
+        config.option.continue_on_collection_errors = True
+        if config.option.tbstyle == "auto":
+            config.option.tbstyle = "short"
     if against in ("solution", "mutants"):
         exercises.set_mode("solution")
     elif against == "stubs":
@@ -75,7 +113,75 @@ def pytest_unconfigure(config):
 
 def _exercise_of(node) -> exercises.Exercise | None:
     marker = node.get_closest_marker("exercise")
-    return exercises.find(marker.args[0]) if marker else None
+    if marker is None:
+        return None
+    try:
+        return exercises.find(marker.args[0])
+    except KeyError:  # its chapter module does not import: known by its id alone
+        return exercises.Exercise(marker.args[0], exercises.chapter_of(marker.args[0]), "?", 0)
+
+
+def _test_module(path) -> str:
+    """The chapter module a test file is about: ``tests/hidden/test_attention_hidden.py`` -> attention."""
+    return Path(str(path)).stem.removeprefix("test_").removesuffix("_hidden")
+
+
+def _selected_modules(config) -> set[str] | None:
+    """The modules ``--chapter``/``--exercise`` select, or None when they select nothing."""
+    chapters, wanted = config.getoption("chapter"), config.getoption("exercise")
+    if not chapters and not wanted:
+        return None
+    selected = set(chapters)
+    for ex_id in wanted:
+        try:
+            selected.add(exercises.chapter_of(ex_id))
+        except KeyError as err:
+            raise pytest.UsageError(f"--exercise {ex_id}: {err.args[0]}") from None
+    return selected
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``--chapter``/``--exercise``, other chapters' test files are not even imported: faster,
+    and a chapter module that does not import cannot get in the way of another chapter's tests.
+    (Graded tests of exercise N.M live in the test files of chapter N: tests/test_exercises.py.)"""
+    selected = _selected_modules(config)
+    if selected is None or not collection_path.is_file() or not collection_path.name.startswith("test_"):
+        return None
+    return True if _test_module(collection_path) not in selected else None
+
+
+def _broken_chapters(modules) -> dict[str, str]:
+    """Chapter modules among ``modules`` that do not import, with why (file, line, message)."""
+    return {m: why for m in modules if m in exercises.CHAPTER_MODULES and (why := exercises.load_error(m))}
+
+
+def pytest_report_header(config):
+    selected = _selected_modules(config) or exercises.CHAPTER_MODULES
+    broken = _broken_chapters(selected)
+    if broken:
+        return [f"course_lib/{m}.py does not import ({why}): its tests fail until that is fixed"
+                for m, why in broken.items()]
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A test file that fails to import because a chapter module does not: say which file, which
+    line and what, first, instead of pytest's long import traceback."""
+    report = yield
+    if report.failed and isinstance(collector, pytest.Module):
+        broken = _broken_chapters(exercises.CHAPTER_MODULES)
+        if broken:
+            report.longrepr = (f"{collector.nodeid} could not be imported because a chapter module does not "
+                               "import:\n" + "\n".join(f"  {why}" for why in dict.fromkeys(broken.values())))
+    return report
+
+
+def pytest_runtest_setup(item):
+    ex = _exercise_of(item)
+    if ex is not None and ex.qualname == "?":
+        why = exercises.load_error(ex.module) or "its module does not import"
+        pytest.fail(f"{why}\n(exercise {ex.id} cannot run until course_lib/{ex.module}.py imports)", pytrace=False)
 
 
 def _mutants_for(config, ex: exercises.Exercise) -> list:
@@ -111,7 +217,7 @@ def pytest_collection_modifyitems(config, items):
         if "hidden" in Path(str(item.path)).parts:
             item.add_marker("hidden")
         ex = _exercise_of(item)
-        module = ex.module if ex else Path(str(item.path)).stem.removeprefix("test_").removesuffix("_hidden")
+        module = ex.module if ex else _test_module(item.path)
         selected = ((not chapters or module in chapters)
                     and (not wanted or (ex is not None and ex.id in wanted))
                     and (against not in ("stubs", "mutants") or ex is not None))
@@ -172,6 +278,9 @@ def pytest_runtest_makereport(item, call):
     report = yield
     against = item.config.getoption("against")
     ex = _exercise_of(item)
+    if (report.when == "call" and report.failed and against is None and ex is not None
+            and call.excinfo is not None and item.config.option.tbstyle == "short"):
+        report.longrepr = _student_view(item, call.excinfo)
     if report.when != "call" or against not in ("stubs", "mutants") or ex is None:
         return report
     if against == "stubs":
@@ -191,6 +300,30 @@ def pytest_runtest_makereport(item, call):
             item.config._course_mutants_killed[key] = True
             report.outcome, report.longrepr = "passed", None
     return report
+
+
+def _student_view(item, excinfo) -> str:
+    """A graded test's failure as a student reads it: the message first, then where it happened, in
+    the test and in the student's code, without the frames of the assertion helpers (``grading/``,
+    helper functions of the test files) and of the door."""
+    tests_dir = Path(str(item.config.rootpath)) / "tests"
+    grading_dir = Path(__file__).resolve().parent
+
+    def shown(entry) -> bool:
+        path = Path(str(entry.path))
+        if path.is_relative_to(grading_dir) or path == Path(exercises.__file__):
+            return False
+        return not path.is_relative_to(tests_dir) or entry.name == getattr(item, "originalname", item.name)
+
+    pruned = item._traceback_filter(excinfo)  # pytest's own cut: from the test function down
+    kept = [entry for entry in pruned if shown(entry)]
+    if kept:
+        excinfo.traceback = type(excinfo.traceback)(kept)
+    message = excinfo.exconly().strip()
+    where = str(excinfo.getrepr(style="short", funcargs=False, chain=True)).rstrip().splitlines()
+    while where and where[-1].startswith("E "):  # the message again: it is already first
+        where.pop()
+    return message + "\n\n" + "\n".join(where)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

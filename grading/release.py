@@ -152,7 +152,8 @@ pip install -e ".[dev]"           # course_lib, the test tools (add ",book" to b
 
 1. Open `course_lib/<chapter>.py` (chapters: {chapters}). Each exercise is a function marked
    `@exercise("0.1", points=...)`; its docstring states the contract and gives a hint, and its body
-   raises `NotImplementedError` until you replace it with your code.
+   raises `NotImplementedError` until you replace it with your code. This is the one file of the
+   chapter that you edit: the tests, the assignment notebook and the grader all read it.
 2. Run the chapter's tests, or one exercise's tests:
 
    ```bash
@@ -161,14 +162,20 @@ pip install -e ".[dev]"           # course_lib, the test tools (add ",book" to b
    ```
 
    An untouched exercise fails with `NotImplementedError: Exercise 0.1: ...`; a wrong answer fails with
-   a message that says what is off. The tests run on a GPU when there is one and on the CPU otherwise.
+   a message that says what is off, then the line of the test and of your code where it happened. A
+   file of yours that does not import (a syntax error) fails its own chapter's tests with the file,
+   line and message, and leaves the other chapters alone. The tests run on a GPU when there is one
+   and on the CPU otherwise.
 3. The assignment notebooks are in `assignments/<chapter>/` (`pip install jupyterlab`, then
-   `jupyter lab`). They use your `course_lib`; submit them as your instructor tells you. Graders run
+   `jupyter lab`). A notebook imports your `course_lib/<chapter>.py` and its test cells run the same
+   tests as `pytest --exercise`. Beside each notebook, `<chapter>.py` is a link to your
+   `course_lib/<chapter>.py`, not a copy: hand in the assignment's folder (`nbgrader submit`, or a zip of
+   the folder, which stores the file the link points to), as your instructor tells you. Graders run
    more tests than the public ones, so make every case of the docstring work, not only the tested ones.
 
 `COURSE_LIB_MODE` must stay unset (or `student`): the reference solutions are not part of this folder.
 The book's pages under `book/` run the reference solutions, so read the published book rather than
-building it here. `python -m benchmarks --mode student` times your code against the libraries.
+building it here.
 """
 
 
@@ -270,10 +277,24 @@ def build_handout(out: Path | str, *, force: bool = False, root: Path = ROOT) ->
     (out / "README.md").write_text(STUDENT_README.format(chapters=", ".join(chapters), first=chapters[0]))
     released = release_notebooks(root / "assignments", out / "assignments", root=root)
     notes += [f"released assignment {p.name} (nbgrader generate_assignment)" for p in released]
+    for folder in released:
+        if folder.name in chapters:
+            link_chapter_file(folder, folder.name)
     if not released:
         notes.append("no assignment notebooks in assignments/ to release")
     (out / MARKER_FILE).write_text(f"Student handout written by grading.release from {_git_describe(root)}.\n")
     return notes
+
+
+def link_chapter_file(folder: Path, module: str) -> Path:
+    """Put ``<module>.py`` beside the released notebook in ``folder`` as a relative link to the
+    handout's ``course_lib/<module>.py``: the one file the student edits is also the one the
+    notebook's folder hands in (``nbgrader submit`` and ``zip`` copy the file a link points to)."""
+    link = folder / f"{module}.py"
+    if link.is_symlink() or link.exists():
+        link.unlink()  # nbgrader's copy of a stub, if the source folder had one
+    link.symlink_to(Path("..", "..", "course_lib", f"{module}.py"))
+    return link
 
 
 def _git_describe(root: Path) -> str:
@@ -574,7 +595,7 @@ for ex in exercises.all_exercises():
     ids.append(ex.id)
     if exercises.uses_reference(ex.module):
         problems.append(f"exercise {ex.id} ({ex.qualname}) would run the reference in student mode")
-    stub = inspect.unwrap(exercises.entry_point(ex))
+    stub = exercises.stub(ex)
     params = inspect.signature(stub).parameters.values()
     args = [None for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     kwargs = {p.name: None for p in params if p.default is p.empty and p.kind is p.KEYWORD_ONLY}
@@ -645,6 +666,9 @@ def scan_handout(path: Path | str, *, root: Path = ROOT, call_stubs: bool = True
     for file in sorted(handout.rglob("*")):
         rel = file.relative_to(handout)
         parts = rel.parts
+        if file.is_symlink() and not file.resolve().is_relative_to(handout):
+            problems.append(f"{rel}: a link to {os.readlink(file)}, outside the handout")
+            continue
         if file.is_dir():
             if file.name in ("solutions", "hidden", "mutants"):
                 problems.append(f"{rel}/: a {file.name} folder")

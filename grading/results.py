@@ -5,7 +5,9 @@ test that will run, with its exercise id) and then one ``result`` line per test 
 its setup, call and teardown all passed; the first line of the error otherwise, never a traceback,
 which would show the test's code). Lines are flushed one by one, so a run that is killed still
 leaves the results it reached; a test with no result line counts as failed (see
-:func:`grading.autograde.score_exercises`). It runs in the trusted grading process: student code never
+:func:`grading.autograde.score_exercises`). A test that failed because the grader could not judge it
+(:class:`grading.door.GraderFault`: the sandbox did not start, the machine was too busy to time a
+call) gets the outcome ``regrade`` instead: it is not the student's failure. It runs in the trusted grading process: student code never
 runs in this process (it is behind the sandboxed door), so it cannot forge these lines.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from course_lib import exercises
+from grading.door import GraderFault
 
 
 def pytest_addoption(parser):
@@ -57,9 +60,12 @@ class _Writer:
         report = yield
         if item.nodeid not in self.exercise:
             return report
-        state = self.outcomes.setdefault(item.nodeid, [True, None, False])
+        state = self.outcomes.setdefault(item.nodeid, [True, None, False, False])
         if report.skipped and call.when in ("setup", "call"):
             state[2] = True
+        elif report.failed and call.excinfo is not None and call.excinfo.errisinstance(GraderFault):
+            state[3] = True
+            state[1] = state[1] or call.excinfo.exconly().strip().splitlines()[0][:500]
         elif report.failed:
             state[0] = False
             if state[1] is None:
@@ -69,9 +75,9 @@ class _Writer:
                 else:
                     state[1] = f"failed in {call.when}"
         if call.when == "teardown":
-            passed, message, skipped = state
-            self.line({"result": item.nodeid, "exercise": self.exercise[item.nodeid],
-                       "outcome": "skipped" if skipped and passed else ("passed" if passed else "failed"),
+            passed, message, skipped, fault = state
+            outcome = "regrade" if fault else "skipped" if skipped and passed else "passed" if passed else "failed"
+            self.line({"result": item.nodeid, "exercise": self.exercise[item.nodeid], "outcome": outcome,
                        "message": message})
         return report
 

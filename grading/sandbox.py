@@ -1,27 +1,37 @@
-"""Operating-system limits of the grading sandbox: what confines the child that runs student code.
+"""Operating-system limits of the grading sandbox: what confines the processes that run student code.
 
-Two halves, one file (the child gets a copy of it beside its runner; it needs only the standard
-library):
+As root the sandbox is two layers deep. The outer one is Debian's ``bubblewrap`` (:func:`bwrap_command`,
+run by the trusted side): new PID, network, IPC and UTS namespaces, so the sandbox sees only its own
+processes (not the grader's command lines with other students' ids), reaches no socket (TCP, UDP,
+UNIX sockets by path and abstract ones alike), and its whole process tree dies with it; a file system
+made only of what it may read (the system, the Python install, its own folder, bound read-only;
+the reference solutions masked wherever they lie inside those), a fresh ``/proc`` and ``/dev``, and one
+size-limited tmpfs as its only writable place. The inner layer is :func:`confine`, run *in the
+child* first thing, before any student code is imported (the child gets a copy of this file beside
+its runner and needs only the standard library): SysV shared memory and message queues off in its
+IPC namespace, resource limits (CPU seconds, data segment, processes, file size, open files, no core
+dumps), Landlock (read-only: the same paths; writable: the tmpfs), then an unprivileged uid of its
+own with no groups. Without bwrap (``COURSE_SANDBOX_BWRAP=off``, or not installed) the child builds
+what it can itself: a network and an IPC namespace, Landlock or, without Landlock, a mount namespace
+with the course tree covered, a size-limited tmpfs as its work folder; there is no PID namespace
+then, and the grader refuses to run as root that way unless told to (the ``pid`` layer is missing).
+Without root it applies what an ordinary user may (Landlock, limits, a socket-blocking audit hook).
+:func:`confine` returns a report of the layers that took effect, measured (a namespace counts when
+``/proc/self/ns`` differs from the grader's); ``require`` makes a missing layer an error.
 
-- :func:`confine` runs *in the child*, first thing, before any student code is imported. As root it
-  moves the child into a network namespace of its own (no interface is up: no network, not even
-  127.0.0.1), restricts the file system with Landlock (read-only: the system, the Python install,
-  the sandbox's own code folder; writable: its work folder and ``/dev/null``; nothing else, so not
-  the course tree with its hidden tests and reference solutions, the gradebook or other students'
-  submissions), or where Landlock is missing mounts empty folders over those paths in a mount
-  namespace of its own; sets resource limits (CPU seconds, data segment, processes, file size, open
-  files, no core dumps); then drops to an unprivileged uid of its own with no groups. Without root
-  it applies what an ordinary user may (Landlock, limits, a socket-blocking audit hook). It returns a
-  report of the layers that took effect; ``require`` makes a missing layer an error.
-- The trusted side's helpers: :class:`Limits`, a uid of its own per sandbox (:func:`acquire_uid`,
-  one lock file per uid, so parallel graders never share one), :func:`kill_uid` (every process of
-  that uid, including those that left the process group), :func:`pids` and :func:`rss_bytes` (the
-  door's memory watchdog, which is what bounds memory on a GPU, where ``RLIMIT_AS`` and
-  ``RLIMIT_DATA`` would break CUDA's address-space reservations), and :func:`gpu_processes` /
-  :func:`wait_gpu_free` (one submission at a time per GPU, the GPU checked free before the next).
+The trusted side's helpers: :class:`Limits`; a uid of its own per sandbox (:func:`acquire_uid`, one
+lock file per uid, so parallel graders never share one); :func:`kill_uid` (``kill(-1, SIGKILL)``
+from a helper process running as that uid, which reaches every process of it in any session or
+namespace below the grader's, then a check that none is left); :func:`usage` (what a sandbox's
+processes hold and have used: memory, counting shared-memory files too, and CPU time, and how long
+its first process waited for a CPU: the door's watchdog and time limits); and
+:func:`gpu_processes` / :func:`wait_gpu_free` (one submission at a time per GPU, the GPU checked
+free before the next). GPU machines keep ``/dev/nvidia*`` reachable inside the sandbox and bound
+memory with the watchdog, since ``RLIMIT_AS`` and ``RLIMIT_DATA`` break CUDA's address-space
+reservations.
 
-Nothing here is a substitute for a container or a VM; it is what one Linux host offers without
-extra software. Measured on Linux 6.18 (Landlock ABI 7) as root: every layer applies.
+Nothing here is a substitute for a VM. Measured on Linux 6.18 (Landlock ABI 7) as root, with
+bubblewrap 0.8: every layer applies.
 """
 
 from __future__ import annotations
@@ -44,9 +54,11 @@ UID_BASE_ENV = "COURSE_SANDBOX_UID_BASE"  # first uid of the sandbox range (defa
 UID_SLOTS = 256
 DIR_ENV = "COURSE_SANDBOX_DIR"  # where sandbox folders live when the child runs as another uid
 FS_ENV = "COURSE_SANDBOX_FS"  # "auto" (Landlock, else mounts), "landlock", "mount", "none"
-LAYERS = ("uid", "fs", "net", "limits")
+BWRAP_ENV = "COURSE_SANDBOX_BWRAP"  # unset: bwrap from PATH; "off": without it (no PID namespace); a path
+LAYERS = ("uid", "fs", "net", "pid", "limits")
 
 _CLONE_NEWNS = 0x00020000
+_CLONE_NEWIPC = 0x08000000
 _CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
@@ -60,15 +72,22 @@ class Limits:
     """Limits of one submission's sandbox. Environment variables ``COURSE_SANDBOX_<FIELD>`` (upper
     case) override the defaults; the batch grader passes its own."""
 
-    call_timeout: float = 60.0  # wall seconds of one call into the submission
-    exercise_timeout: float = 180.0  # wall seconds of all calls into one exercise's entry point
-    submission_timeout: float = 600.0  # wall seconds of all calls into one submission together
+    # Time limits count the time a call would take on an idle machine (see charged_seconds): the CPU
+    # time of the sandbox's processes, or the wall time minus what its first process waited for a
+    # CPU, whichever is more. So a busy machine does not cost a student points, and sleeping does.
+    call_timeout: float = 60.0  # seconds of one call into the submission
+    exercise_timeout: float = 180.0  # seconds of all calls into one exercise's entry point
+    submission_timeout: float = 600.0  # seconds of all calls into one submission together
+    load_factor: float = 10.0  # a call still running after load_factor times its limit in wall time
+    #                            (a machine too busy to judge it) is stopped and graded again later
     cpu_seconds: int = 900  # RLIMIT_CPU of each child process
-    memory_bytes: int = 4 << 30  # resident memory of all the sandbox's processes (watchdog), and
-    #                              RLIMIT_DATA of each process where there is no GPU
+    memory_bytes: int = 4 << 30  # memory of all the sandbox's processes together, shared-memory files
+    #                              included (watchdog), and RLIMIT_DATA of each process where there is no GPU
     processes: int = 128  # RLIMIT_NPROC (threads count); binds because the uid is the sandbox's own
     file_bytes: int = 256 << 20  # RLIMIT_FSIZE: largest file the child may write
+    disk_bytes: int = 512 << 20  # all it may write together: the size of its one writable tmpfs
     open_files: int = 512  # RLIMIT_NOFILE
+    reply_bytes: int = 256 << 20  # largest reply the trusted side reads from the child
 
     @classmethod
     def from_env(cls, **overrides) -> "Limits":
@@ -160,13 +179,24 @@ def _landlock(read: list[str], write: list[str], devices: list[str], bind_ports:
     return abi
 
 
-def _hide(paths: list[str]) -> int:
-    """Mount namespace of our own with an empty read-only folder (or /dev/null) over each path."""
-    libc = _libc()
+_MOUNT_NS = []  # set once this process has a mount namespace of its own
+
+
+def _own_mount_namespace(libc) -> None:
+    """Move this process into a mount namespace of its own (once), with nothing propagating out."""
+    if _MOUNT_NS:
+        return
     if libc.unshare(_CLONE_NEWNS):
         raise _fail("unshare(CLONE_NEWNS)")
     if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None):
         raise _fail("mount --make-rprivate /")
+    _MOUNT_NS.append(True)
+
+
+def _hide(paths: list[str]) -> int:
+    """In a mount namespace of our own: an empty read-only folder (or /dev/null) over each path."""
+    libc = _libc()
+    _own_mount_namespace(libc)
     hidden = 0
     for path in paths:
         if not os.path.lexists(path) or os.path.islink(path):
@@ -183,16 +213,23 @@ def _hide(paths: list[str]) -> int:
     return hidden
 
 
+def _work_tmpfs(path: str, size: int) -> None:
+    """In a mount namespace of our own: a tmpfs of ``size`` bytes over ``path`` (the only place the
+    child writes, so this caps all it writes together)."""
+    libc = _libc()
+    _own_mount_namespace(libc)
+    if libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                  f"size={int(size)},mode=0700".encode()):
+        raise _fail(f"tmpfs over {path}")
+
+
 def _make_reachable(paths: list[str], staging: str) -> int:
     """In a mount namespace of our own: make each of ``paths`` reachable by any uid although an
     ancestor folder is closed to others (Python under ``/root``, mode 0700). The closed ancestor is
     covered by an empty tmpfs that holds only the path, bind-mounted back, so the rest of it stays
     out of reach. ``staging``: a root-only folder to park the mounts in."""
     libc = _libc()
-    if libc.unshare(_CLONE_NEWNS):
-        raise _fail("unshare(CLONE_NEWNS)")
-    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None):
-        raise _fail("mount --make-rprivate /")
+    _own_mount_namespace(libc)
     parked: dict[str, list[tuple[str, str]]] = {}
     for i, path in enumerate(paths):
         closed = closed_ancestor(path)
@@ -235,25 +272,62 @@ def _block_sockets() -> None:
     sys.addaudithook(hook)
 
 
+def _close_sysv_ipc() -> bool:
+    """In an IPC namespace of our own (root only): no SysV shared memory or message queues, memory
+    that no process would hold and the watchdog could not see. True if the limits took."""
+    try:
+        for name, value in (("shmmax", "0"), ("shmall", "0"), ("shmmni", "0"), ("msgmni", "0"),
+                            ("shm_rmid_forced", "1")):
+            with open(f"/proc/sys/kernel/{name}", "w") as f:
+                f.write(value)
+    except OSError:
+        return False
+    return True
+
+
+def namespaces() -> dict[str, str]:
+    """This process's namespaces (``/proc/self/ns``): the grader passes its own, and the child reports
+    a layer as a namespace only where its own differs."""
+    found = {}
+    for kind in ("net", "pid", "ipc", "mnt"):
+        try:
+            found[kind] = os.readlink(f"/proc/self/ns/{kind}")
+        except OSError:
+            pass
+    return found
+
+
 def confine(spec: dict) -> dict:
     """Apply the limits of ``spec`` to this process (see the module docstring); return a report.
 
-    ``spec``: ``uid``/``gid`` (None: stay), ``read``, ``write``, ``devices``, ``hide`` (path lists),
-    ``limits`` (a :class:`Limits` as dict), ``netns`` (False: stay in the host's network namespace,
-    as a notebook kernel must to reach its client on 127.0.0.1), ``bind_ports`` (the only TCP ports
-    it may bind, under Landlock ABI 4+), ``gpu`` (no RLIMIT_DATA), ``fs`` ("auto", "landlock",
-    "mount", "none"), ``require`` (layers that must apply, from :data:`LAYERS`).
+    ``spec``: ``uid``/``gid`` (None: stay), ``read``, ``write``, ``devices``, ``hide`` (covered where
+    Landlock is missing), ``mask`` (always covered: the reference solutions inside a readable
+    tree) (path lists), ``work`` (the writable folder) and ``work_bytes`` (its size, a tmpfs made here
+    unless bwrap made it), ``limits`` (a :class:`Limits` as dict), ``netns`` (False: stay in the
+    network namespace this process is in), ``bind_ports`` (the only TCP ports it may bind, under
+    Landlock ABI 4+), ``gpu`` (no RLIMIT_DATA), ``fs`` ("auto", "landlock", "mount", "none"),
+    ``require`` (layers that must apply, from :data:`LAYERS`), ``host`` (the grader's
+    :func:`namespaces`), ``bwrap`` (True when bubblewrap built the outer layer), ``parent`` (the pid
+    that must still be the parent, without bwrap).
     """
-    report: dict = {"uid": None, "fs": None, "net": None, "limits": None}
+    report: dict = {"uid": None, "fs": None, "net": None, "pid": None, "limits": None}
     root = os.geteuid() == 0
     libc = _libc()
-    if root and spec.get("netns", True):
+    host, mine = spec.get("host") or {}, namespaces()
+    for kind in ("net", "pid", "ipc"):
+        if host.get(kind) and mine.get(kind) and mine[kind] != host[kind]:
+            report[kind] = "namespace"
+    if root and spec.get("netns", True) and report["net"] is None:
         # a network namespace with no interface up: every connect fails, 127.0.0.1 included
         if libc.unshare(_CLONE_NEWNET) == 0:
             report["net"] = "namespace"
     if report["net"] is None and spec.get("netns", True):
         _block_sockets()
         report["net"] = "audit-hook"  # weaker: code that calls libc itself is not stopped
+    if root and report.get("ipc") is None and libc.unshare(_CLONE_NEWIPC) == 0:
+        report["ipc"] = "namespace"
+    if root and report.get("ipc") and _close_sysv_ipc():
+        report["ipc"] += "-no-sysv"
 
     limits = spec.get("limits") or {}
     pairs = {
@@ -264,11 +338,9 @@ def confine(spec: dict) -> dict:
     }
     if not spec.get("gpu"):
         pairs[resource.RLIMIT_DATA] = limits.get("memory_bytes")
-    if spec.get("uid") is not None or not root:
-        # Counted per real uid: binds the sandbox's own uid; for an ordinary user it counts all of
-        # their processes, so there it only caps runaway forking far above normal use.
-        if spec.get("uid") is not None:
-            pairs[resource.RLIMIT_NPROC] = limits.get("processes")
+    if spec.get("uid") is not None:
+        # Counted per real uid: binds because the uid is the sandbox's own.
+        pairs[resource.RLIMIT_NPROC] = limits.get("processes")
     applied = []
     for which, value in pairs.items():
         if value is None:
@@ -281,7 +353,21 @@ def confine(spec: dict) -> dict:
         applied.append(which)
     report["limits"] = len(applied)
 
-    if root and spec.get("uid") is not None:
+    work, uid, gid = spec.get("work"), spec.get("uid"), spec.get("gid")
+    if root and work and spec.get("work_bytes") and not spec.get("bwrap"):
+        _work_tmpfs(work, spec["work_bytes"])
+    if work:
+        try:
+            disk = os.statvfs(work)
+            if os.stat(work).st_dev != os.stat(os.path.dirname(work)).st_dev:  # a tmpfs of its own
+                report["disk"] = disk.f_blocks * disk.f_frsize
+        except OSError:
+            pass
+        if root and uid is not None:
+            os.chown(work, uid, gid)
+    if root and spec.get("mask") and not spec.get("bwrap"):
+        report["masked"] = _hide(spec["mask"])
+    if root and uid is not None and not spec.get("bwrap"):
         closed = [p for p in spec.get("read", []) if closed_ancestor(p)]
         if closed:
             report["reachable"] = _make_reachable(closed, spec["staging"])
@@ -293,10 +379,11 @@ def confine(spec: dict) -> dict:
             report["fs"] = f"landlock-abi{abi}"
             if abi >= 4 and report["net"] != "namespace":
                 report["net"] = "landlock-tcp" + (f"+{report['net']}" if report["net"] else "")
-    if report["fs"] is None and mode in ("auto", "mount") and root:
+    if report["fs"] is None and mode in ("auto", "mount") and root and not spec.get("bwrap"):
         report["fs"] = f"mount-hide-{_hide(spec.get('hide', []))}"
+    if spec.get("bwrap") and mine.get("mnt") != host.get("mnt"):
+        report["fs"] = "bwrap-binds" + (f"+{report['fs']}" if report["fs"] else "")
 
-    uid, gid = spec.get("uid"), spec.get("gid")
     if uid is not None and root:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
@@ -305,10 +392,11 @@ def confine(spec: dict) -> dict:
     elif not root:
         report["uid"] = "unprivileged-caller"
     libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    # A change of credentials clears the parent-death signal: set it now, then make sure the door
-    # did not die in between.
+    # A change of credentials clears the parent-death signal: set it now, then make sure the parent
+    # did not die in between (inside bwrap the parent is bwrap's own init, which takes the whole
+    # namespace with it).
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != spec.get("parent", os.getppid()):
+    if not spec.get("bwrap") and os.getppid() != spec.get("parent", os.getppid()):
         os._exit(70)
 
     missing = [layer for layer in spec.get("require", []) if not report.get(layer)
@@ -340,6 +428,10 @@ def sandbox_dir() -> Path:
     return base
 
 
+class LeftoverProcesses(RuntimeError):
+    """Processes of a sandbox uid survived SIGKILL (the grader's problem, not the submission's)."""
+
+
 class UidSlot:
     """A uid of the sandbox range held by this process (an exclusive lock on its lock file) until
     :meth:`release`; leftovers of an earlier holder are killed when it is acquired."""
@@ -348,17 +440,26 @@ class UidSlot:
         self.uid, self._lock = uid, lock
 
     def release(self) -> None:
+        """Kill what is left of the uid and give it back; :class:`LeftoverProcesses` if something
+        survives (the uid is given back all the same: its next holder kills again first)."""
         if self._lock is not None:
-            kill_uid(self.uid)
-            self._lock.close()
-            self._lock = None
+            try:
+                kill_uid(self.uid)
+            finally:
+                self._lock.close()
+                self._lock = None
 
 
 def acquire_uid() -> UidSlot:
+    """A free uid of the range, cleared of any process an earlier holder left (a uid that cannot be
+    cleared is skipped)."""
     import fcntl
 
     base = int(os.environ.get(UID_BASE_ENV) or 61000)
+    if base < 1000:
+        raise ValueError(f"${UID_BASE_ENV}={base}: the sandbox's uids must lie above the system's (>= 1000)")
     locks = sandbox_dir()
+    stuck = []
     for uid in range(base, base + UID_SLOTS):
         lock = open(locks / f".uid-{uid}.lock", "a")
         try:
@@ -366,18 +467,24 @@ def acquire_uid() -> UidSlot:
         except BlockingIOError:
             lock.close()
             continue
-        kill_uid(uid)
+        try:
+            kill_uid(uid)
+        except LeftoverProcesses:
+            stuck.append(uid)
+            lock.close()
+            continue
         return UidSlot(uid, lock)
-    raise RuntimeError(f"all {UID_SLOTS} sandbox uids from {base} are in use")
+    raise RuntimeError(f"all {UID_SLOTS} sandbox uids from {base} are in use"
+                       + (f" (processes of {stuck} survive SIGKILL)" if stuck else ""))
 
 
-def sweep() -> int:
+def sweep() -> dict[int, str]:
     """Kill what is left of sandboxes whose holder has gone (a kernel, a killed grader): every uid
-    of the range with a lock file that nobody holds; remove their folders. Returns how many uids
-    had processes left."""
+    of the range with a lock file that nobody holds; remove their folders. Never raises: returns
+    the uids that had processes left, each with "killed" or why they could not be."""
     import fcntl
 
-    swept = 0
+    swept = {}
     base = sandbox_dir()
     folders: dict[int, list[Path]] = {}  # a sandbox's folder has a work/ owned by its uid
     for folder in base.glob("course-*"):
@@ -393,15 +500,19 @@ def sweep() -> int:
             except BlockingIOError:
                 continue
             if pids(uid=uid):
-                kill_uid(uid)
-                swept += 1
+                try:
+                    kill_uid(uid)
+                    swept[uid] = "killed"
+                except LeftoverProcesses as err:
+                    swept[uid] = str(err)
             for folder in folders.get(uid, []):
                 shutil.rmtree(folder, ignore_errors=True)
     return swept
 
 
-def pids(uid: int | None = None, session: int | None = None) -> list[int]:
-    """Processes whose real uid is ``uid`` or whose session is ``session`` (from /proc)."""
+def pids(uid: int | None = None, session: int | None = None, zombies: bool = True) -> list[int]:
+    """Processes whose real uid is ``uid`` or whose session is ``session`` (from /proc); without
+    ``zombies``, only those not yet dead."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -409,19 +520,25 @@ def pids(uid: int | None = None, session: int | None = None) -> list[int]:
         try:
             if uid is not None:
                 with open(f"/proc/{entry.name}/status") as f:
-                    for line in f:
-                        if line.startswith("Uid:"):
-                            if int(line.split()[1]) == uid:
-                                found.append(int(entry.name))
-                            break
-            elif session is not None:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    text = f.read()
-                if int(text[text.rfind(")") + 2:].split()[3]) == session:
+                    fields = dict(line.split(":", 1) for line in f if line[:4] in ("Stat", "Uid:"))
+                if int(fields["Uid"].split()[0]) == uid and (zombies or fields["State"].split()[0] != "Z"):
                     found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
+            elif session is not None:
+                stat_fields = _stat(int(entry.name))
+                if stat_fields[3] == session and (zombies or stat_fields[0] != "Z"):
+                    found.append(int(entry.name))
+        except (OSError, ValueError, IndexError, KeyError):
             continue
     return found
+
+
+def _stat(pid: int) -> list:
+    """Fields of ``/proc/<pid>/stat`` after the command name: state, ppid, pgrp, session, ... (as
+    proc(5) numbers them from 3); numbers as int."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    rest = text[text.rfind(")") + 2:].split()
+    return [rest[0]] + [int(x) for x in rest[1:]]
 
 
 def rss_bytes(pid_list: list[int]) -> int:
@@ -443,26 +560,108 @@ def rss_bytes(pid_list: list[int]) -> int:
     return total
 
 
+def shared_file_bytes(pid_list: list[int]) -> int:
+    """Memory held in files that live in memory and that ``pid_list`` hold open: ``memfd_create``
+    files and POSIX shared memory (``/dev/shm``), each counted once. A process's resident size
+    misses them while they are not mapped."""
+    seen: dict[tuple[int, int], int] = {}
+    for pid in pid_list:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            path = f"/proc/{pid}/fd/{fd}"
+            try:
+                target = os.readlink(path)
+                if not target.startswith(("/memfd:", "/dev/shm/")):
+                    continue
+                info = os.stat(path)
+            except OSError:
+                continue
+            seen[(info.st_dev, info.st_ino)] = info.st_blocks * 512
+    return sum(seen.values())
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a sandbox's processes hold and have used so far (read from /proc by the trusted side)."""
+
+    memory: int  # bytes: proportional set sizes plus shared-memory files held open
+    cpu: float  # seconds of CPU of its live processes and of the ones they (or its reaper) waited for
+    waited: float  # seconds its first process was ready to run but waited for a CPU (schedstat)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def usage(pid_list: list[int], reaper: int | None = None) -> Usage:
+    """:class:`Usage` of the processes ``pid_list`` (one sandbox's). ``reaper``: a process outside
+    that list whose waited-for children were the sandbox's (bubblewrap's init in its PID namespace),
+    so that processes which ended count too. The first process is the oldest of ``pid_list``."""
+    cpu, first = 0, None
+    for pid in pid_list:
+        try:
+            fields = _stat(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        cpu += sum(fields[11:15])  # utime, stime, cutime, cstime
+        if first is None or fields[19] < first[1]:  # starttime
+            first = (pid, fields[19])
+    if reaper is not None:
+        try:
+            cpu += sum(_stat(reaper)[13:15])
+        except (OSError, ValueError, IndexError):
+            pass
+    waited = 0.0
+    if first is not None:
+        try:
+            with open(f"/proc/{first[0]}/schedstat") as f:
+                waited = int(f.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
+    return Usage(memory=rss_bytes(pid_list) + shared_file_bytes(pid_list), cpu=cpu / _TICK, waited=waited)
+
+
+def charged_seconds(cpu: float, wall: float, waited: float) -> float:
+    """The time a stretch of a sandbox's work is charged: what it would have taken on an idle
+    machine. CPU time where it computed (several processes add up), wall time less the time its
+    first process waited for a CPU where it slept or blocked (sleeping counts; a busy machine does
+    not)."""
+    return max(cpu, wall - waited)
+
+
 def kill_uid(uid: int, timeout: float = 10.0) -> None:
-    """Kill every process of ``uid``: from a helper running as that uid, ``kill(-1, SIGKILL)``
-    reaches exactly them, including any that left the process group. Repeats until none is left."""
+    """Kill every process of ``uid`` and check that none is left (zombies aside: they are dead
+    and hold nothing but a pid until their parent reaps them). The kill comes from a forked helper
+    that becomes ``uid`` and calls ``kill(-1, SIGKILL)``, which reaches exactly that uid's
+    processes, whatever session, group or PID namespace below ours they are in (the helper is
+    spared). Raises :class:`LeftoverProcesses` if some survive ``timeout`` seconds."""
     if not privileged():
         return
     deadline = time.monotonic() + timeout
-    kill = shutil.which("kill", path="/usr/bin:/bin") or "/bin/kill"
-    while pids(uid=uid):
-        # kill(-1) from a helper of that uid: exactly that uid's processes (not the helper itself)
-        subprocess.run([kill, "-s", "KILL", "--", "-1"],
-                       user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    while pids(uid=uid, zombies=False):
+        helper = os.fork()
+        if helper == 0:  # only system calls here: the grader may have threads
+            try:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(helper, 0)
         if time.monotonic() > deadline:
-            raise RuntimeError(f"processes of sandbox uid {uid} survive SIGKILL: {pids(uid=uid)}")
-        time.sleep(0.05)
+            left = pids(uid=uid, zombies=False)
+            if left:
+                raise LeftoverProcesses(f"processes of sandbox uid {uid} survive SIGKILL: {left}")
+        time.sleep(0.02)
 
 
 def read_paths() -> list[str]:
     """What a child may read besides its own folder: the system, the Python install and the
-    libraries' folders (``LD_LIBRARY_PATH``, CUDA's). Never the course tree itself."""
+    libraries' folders (``LD_LIBRARY_PATH``, CUDA's). Never the course tree itself. Paths as they
+    are named (``/lib`` may be a link to ``/usr/lib``)."""
     paths = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/opt"]
     for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
               os.path.dirname(os.path.realpath(sys.executable))):
@@ -470,7 +669,76 @@ def read_paths() -> list[str]:
     paths += [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
     # Library folders reached through .pth files (a venv that borrows another's packages).
     paths += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
-    return list(dict.fromkeys(os.path.realpath(p) for p in paths if os.path.exists(p)))
+    return list(dict.fromkeys(os.path.abspath(p) for p in paths if os.path.exists(p)))
+
+
+def masked_paths(read: list[str], reference: Path | None) -> list[str]:
+    """Copies of the reference solutions inside the readable trees ``read``: a ``solutions`` package
+    that an install put into a site-packages folder, and ``reference`` (the grader's own) if a read
+    path holds it. The sandbox covers them with an empty folder."""
+    found = [os.path.join(p, "solutions") for p in read
+             if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(os.path.join(p, "solutions"))]
+    if reference is not None:
+        folder = os.path.abspath(reference)
+        if any(folder == p or folder.startswith(p.rstrip(os.sep) + os.sep) for p in read):
+            found.append(folder)
+    return list(dict.fromkeys(found))
+
+
+def bwrap_executable() -> str | None:
+    """bubblewrap's path: ``$COURSE_SANDBOX_BWRAP``, or ``bwrap`` from PATH; None where it is
+    missing or switched off (``off``)."""
+    choice = os.environ.get(BWRAP_ENV, "")
+    if choice.lower() in ("off", "0", "no", "false"):
+        return None
+    return choice or shutil.which("bwrap")
+
+
+def bwrap_command(bwrap: str, read: list[str], work: str, work_bytes: int, devices: list[str],
+                  mask: list[str], argv: list[str]) -> list[str]:
+    """The command that runs ``argv`` inside bubblewrap: new PID, network, IPC and UTS namespaces
+    (the tree dies with bwrap, which dies with its parent); a root holding only ``read`` (read-only;
+    a link such as ``/lib`` stays a link), a new ``/proc`` and a minimal ``/dev`` with ``devices``
+    added (``/dev/nvidia*`` on a GPU machine), ``mask`` covered by empty folders, and ``work`` as a
+    tmpfs of ``work_bytes`` bytes, the only writable place, where it starts."""
+    args = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev"]
+    bound: list[str] = ["/proc", "/dev"]
+    made: set[str] = set()
+
+    def inside(path: str) -> bool:
+        return any(path == b or path.startswith(b.rstrip(os.sep) + os.sep) for b in bound)
+
+    def parents(path: str) -> list[str]:
+        # bwrap makes missing folders above a mount point with mode 0700: make them 0755 first
+        extra = []
+        for parent in reversed(Path(path).parents[:-1] if Path(path).parents else []):
+            if str(parent) not in made and not inside(str(parent)):
+                extra += ["--dir", str(parent)]
+                made.add(str(parent))
+        return extra
+
+    for path in sorted(dict.fromkeys(read), key=lambda p: (p.count(os.sep), p)):
+        if inside(path):
+            continue
+        if os.path.islink(path):
+            args += parents(path) + ["--symlink", os.readlink(path), path]
+            bound.append(path)
+            target = os.path.realpath(path)
+            if not inside(target):
+                args += parents(target) + ["--ro-bind", target, target]
+                bound.append(target)
+        else:
+            args += parents(path) + ["--ro-bind", path, path]
+            bound.append(path)
+    for device in devices:
+        if device in ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random") or not os.path.exists(device):
+            continue  # the minimal /dev has these
+        args += ["--dev-bind", device, device]
+    for path in mask:
+        args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
+    args += parents(work) + ["--perms", "0700", "--size", str(int(work_bytes)), "--tmpfs", work, "--chdir", work]
+    return args + ["--", *argv]
 
 
 def device_paths(gpu: bool) -> list[str]:
@@ -508,5 +776,6 @@ def wait_gpu_free(index: int | str, timeout: float = 60.0, ignore: set[int] = fr
 
 
 __all__ = ["Limits", "confine", "ConfinementError", "landlock_abi", "privileged", "sandbox_dir", "acquire_uid",
-           "UidSlot", "kill_uid", "pids", "rss_bytes", "read_paths", "device_paths", "gpu_processes",
-           "wait_gpu_free", "LAYERS"]
+           "UidSlot", "LeftoverProcesses", "kill_uid", "sweep", "pids", "usage", "Usage", "charged_seconds",
+           "rss_bytes", "shared_file_bytes", "read_paths", "masked_paths", "device_paths", "bwrap_executable",
+           "bwrap_command", "namespaces", "gpu_processes", "wait_gpu_free", "LAYERS"]

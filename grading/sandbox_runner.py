@@ -1,10 +1,12 @@
 """Entry point of the grading sandbox's child process (copied into the sandbox folder and run there).
 
-Usage: ``python -I door_runner.py FOLDER``. First, before anything of the submission is imported, it
-confines itself (``door_sandbox.confine`` with ``FOLDER/spec.json``: network, file system, resource
-limits, then an unprivileged uid) and answers with a hello that carries the confinement report.
-Then it reads call requests on stdin and answers on the original stdout; the submission's own prints
-go to stderr (a log file), so they cannot forge an answer.
+Usage: ``python -I door_runner.py FOLDER`` (inside bubblewrap as root). First, before anything of the
+submission is imported, it confines itself (``door_sandbox.confine`` with ``FOLDER/spec.json``:
+IPC, resource limits, Landlock, then an unprivileged uid) and answers with a hello that carries the
+confinement report. Then it reads call requests on stdin and answers on the original stdout; the
+submission's own prints go to stderr (a log file), so they do not mix with the answers. Code that
+writes to the answer pipe itself can send no more than a return value could: the trusted side reads
+it under the size and time limits of ``grading.codec``.
 """
 
 import json

@@ -13,6 +13,9 @@ export PYDEVD_DISABLE_FILE_VALIDATION=1
 export HF_HUB_DISABLE_PROGRESS_BARS=1
 start=$(date +%s)
 bash scripts/fetch_mathjax.sh
+# The artefacts the pages share (corpus, tokenizer, the course's pretrained model) are built here, once,
+# by the course's cached builders, before any page runs; with a warm cache this is a lookup.
+python -m course_lib.pretraining --cached --preset cpu --no-progress
 # A fresh build every time: Sphinx only re-reports the warnings of pages it re-reads.
 rm -rf _build/html _build/.doctrees
 status=0

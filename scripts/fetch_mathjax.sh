@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Put a pruned MathJax 3 into build-assets/mathjax, from which the book serves it (no CDN).
-# The npm package is installed into .cache/npm-mathjax; both folders are gitignored.
+# The npm package is installed into .cache/npm-mathjax; both folders are gitignored. nbgrader's pages
+# (feedback, formgrader) inline tex-svg-full.js from that package (grading/mathjax.py).
 # Nothing happens when the assets are already there (delete build-assets/mathjax to refresh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MATHJAX_VERSION=3.2.2
 dest=build-assets/mathjax
 stamp="$dest/.version"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$MATHJAX_VERSION" ] && [ -f "$dest/tex-mml-chtml.js" ]; then
-  exit 0
-fi
 prefix=.cache/npm-mathjax
 src="$prefix/node_modules/mathjax/es5"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$MATHJAX_VERSION" ] && [ -f "$dest/tex-mml-chtml.js" ] &&
+   [ -f "$src/tex-svg-full.js" ]; then
+  exit 0
+fi
 if [ ! -f "$src/tex-mml-chtml.js" ] || ! grep -q "\"version\": \"$MATHJAX_VERSION\"" "$prefix/node_modules/mathjax/package.json"; then
   command -v npm >/dev/null || { echo "fetch_mathjax: npm is needed once to fetch mathjax@$MATHJAX_VERSION" >&2; exit 1; }
   mkdir -p "$prefix"

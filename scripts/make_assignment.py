@@ -1,14 +1,18 @@
-"""Write the nbgrader source of a chapter's assignment: ``assignments/<module>/<module>.ipynb`` and,
-beside it, ``<module>.py``, a symlink to the chapter's stub module ``course_lib/<module>.py`` (what
-the student completes and hands in with the notebook; nbgrader releases a copy of the file).
+"""Write the nbgrader source of a chapter's assignment: ``assignments/<module>/<module>.ipynb``.
 
-Generated, not hand-edited, so that the test cells, their points and the stub module stay in sync
-with ``course_lib`` (``@exercise("0.1", points=2)``). This file holds what every assignment shares:
-the cell constructor, the exercises table, the test cells (one per exercise of ``all_exercises()``),
-the stub symlink and ``--check``. Each chapter's own text (introduction, experiment, written
-questions and their model answers) lives in ``scripts/assignments/<module>.py``, whose
+Generated, not hand-edited, so that the test cells and their points stay in sync with ``course_lib``
+(``@exercise("0.1", points=2)``). This file holds what every assignment shares: the cell
+constructors, the exercises table, the "How to work" list, the setup cell, the test cells (one per
+exercise of ``all_exercises()``) and ``--check``. Each chapter's own text (introduction, experiments,
+written questions and their model answers) lives in ``scripts/assignments/<module>.py``, whose
 ``cells(kit)`` returns the cells that come before the tests. It lives there, not in
 ``assignments/<module>/``, because nbgrader releases every file of that folder to the students.
+
+The student edits one file per chapter, ``course_lib/<module>.py``: ``pytest``, the notebook (which
+imports ``course_lib``) and the grader read it. The folder of the notebook holds no copy: the
+student handout puts a link ``<module>.py`` to that file beside the notebook, which is what a
+submission carries (``grading.release``; the setup cell makes the link where it is missing, see
+:func:`grading.check.check_hand_in`).
 
 Usage::
 
@@ -22,8 +26,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
-import os
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,7 @@ CONTENT = Path(__file__).resolve().parent / "assignments"  # one content module 
 sys.path.insert(0, str(ROOT))
 
 from course_lib import exercises  # noqa: E402
+from grading.check import count  # noqa: E402
 
 
 def _cell(kind: str, grade_id: str, source: str, *, grade: bool = False, solution: bool = False,
@@ -76,7 +81,7 @@ def max_gap(a, b):
 class Kit:
     """What a chapter's content module gets: its chapter and the constructors of the cells it may use."""
 
-    module: str  # the chapter module ("numerics"): the student's file is <module>.py beside the notebook
+    module: str  # the chapter module ("numerics"): the student's file is course_lib/<module>.py
     exercises: tuple[exercises.Exercise, ...]  # the chapter's exercises, in id order
 
     @property
@@ -87,15 +92,59 @@ class Kit:
     @property
     def table(self) -> str:
         """The rows of a Markdown table ``| exercise | function | points |`` (header not included)."""
-        return "\n".join(f"| {e.id} | `{e.name}` | {e.points:g} |" for e in self.exercises)
+        return "\n".join(f"| {e.id} | `{e.qualname}` | {e.points:g} |" for e in self.exercises)
 
-    @property
-    def test_and_hand_in(self) -> str:
-        """The last step of every introduction's "How to work" list, and what to hand in."""
-        return (f"3. Run the test cell of each exercise. A test cell prints one line per test and fails with a message\n"
-                f"   that says what is wrong.\n\n"
-                f"Hand in this notebook **and** `{self.module}.py`. Do not rename the file and do not edit the test cells:\n"
-                f"they are restored before grading, and grading runs additional hidden tests.")
+    @staticmethod
+    def points(n: float) -> str:
+        """``"1 point"``, ``"2.5 points"``."""
+        return count(n, "point")
+
+    def intro(self, title: str, what: str, contract: str, written: tuple[float, ...], experiments: str,
+              more: str = ""):
+        """The introduction cell every assignment opens with: ``title``; the exercises (``what`` they
+        are about, what their docstrings' ``contract`` covers) and their table; the points of the
+        code and of the ``written`` answers; ``more`` (the chapter's own paragraphs); and the "How to
+        work" list with ``experiments`` as its second step."""
+        answers = {1: "written answer below", 2: "two written answers below", 3: "three written answers below"}
+        opening = textwrap.fill(
+            f"In this assignment you complete the {len(self.exercises)} functions of **`course_lib/{self.module}.py`**, "
+            f"your copy of the course's package{': ' + what.strip() if what.strip() else '.'} Each function raises "
+            f"`NotImplementedError` until you write its body; its docstring states the contract ({contract.strip()}) "
+            f"and gives a hint.", width=100)
+        points = textwrap.fill(
+            f"The code exercises are worth {self.points(self.total)}, checked automatically; the "
+            f"{answers[len(written)]} ({self.points(sum(written))}) {'is' if len(written) == 1 else 'are'} "
+            f"graded by hand.", width=100)
+        rest = f"{more.strip()}\n\n" if more.strip() else ""
+        return self.markdown("intro", f"""
+# {title}
+
+{opening}
+
+| exercise | function | points |
+|---|---|---|
+{self.table}
+
+{points}
+
+{rest}{self.how_to_work(experiments)}
+""")
+
+    def how_to_work(self, experiments: str) -> str:
+        """The "How to work" list of every introduction; ``experiments`` is its second step (what
+        the chapter's experiments do), and what to hand in."""
+        step = "\n".join("   " + line if i else line for i, line in enumerate(experiments.strip().splitlines()))
+        return f"""How to work:
+
+1. Edit `course_lib/{self.module}.py` in your editor: the one file that `pytest --chapter {self.module}`, the
+   cells below and the grader read. The cells import it and reload it when it changes.
+2. {step}
+3. Run the test cell of each exercise. A test cell prints one line per test and fails with a message
+   that says what is wrong.
+
+Hand in this folder: this notebook and `{self.module}.py`, the link to your `course_lib/{self.module}.py` that
+sits beside it (`nbgrader submit`, or a zip of the folder, carries the file it points to). Do not
+edit the test cells: they are restored before grading, and grading runs additional hidden tests."""
 
     def markdown(self, grade_id: str, source: str):
         """Instructions: a locked Markdown cell."""
@@ -104,6 +153,21 @@ class Kit:
     def code(self, grade_id: str, source: str):
         """Setup or an experiment: a locked code cell (it runs at autograde, scores nothing)."""
         return _cell("code", grade_id, source)
+
+    def setup(self, source: str = "", grade_id: str = "setup"):
+        """The setup cell: reload on change, import the student's chapter module from
+        ``course_lib`` (as ``<module>``) and check the file handed in beside the notebook
+        (:func:`grading.check.check_hand_in`), then the chapter's own ``source``."""
+        head = f"""
+%load_ext autoreload
+%autoreload 2
+
+from course_lib import {self.module}  # your file: course_lib/{self.module}.py
+from grading.check import check_hand_in
+
+check_hand_in({self.module})  # {self.module}.py beside this notebook must be that file (a link to it)
+"""
+        return _cell("code", grade_id, head + source)
 
     def helpers(self):
         """The helpers every assignment's experiments share: ``attempt`` and ``max_gap``. Put it
@@ -125,14 +189,14 @@ def test_cells(module: str) -> list:
 Each cell below checks one exercise (the points are in its heading). Run them after each change.
 """)]
     for ex in (e for e in exercises.all_exercises() if e.module == module):
-        summary = inspect.getdoc(exercises.entry_point(ex)).splitlines()[0]
+        summary = inspect.getdoc(exercises.stub(ex)).splitlines()[0]
         key = ex.id.replace(".", "_")
         cells.append(_cell("markdown", f"about_{key}", f"""
-### Exercise {ex.id}: `{ex.name}` ({ex.points:g} points)
+### Exercise {ex.id}: `{ex.qualname}` ({count(ex.points, "point")})
 
-{summary} Complete `{ex.name}` in `{module}.py`, then run the cell below: it runs the public tests of
-this exercise against your file, in a separate process. Grading runs more (hidden) tests of the same
-contract, on the file you hand in.
+{summary} Complete `{ex.qualname}` in `course_lib/{module}.py`, then run the cell below: it runs the public
+tests of this exercise against your file, in a separate process. Grading runs more (hidden) tests of
+the same contract, on the file you hand in.
 """))
         cells.append(_cell("code", f"test_{key}", f"""
 from grading.check import check
@@ -179,12 +243,6 @@ def notebook_text(module: str) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def stub_link(module: str) -> tuple[Path, str]:
-    """``assignments/<module>/<module>.py``: a relative symlink to ``course_lib/<module>.py``, so the
-    stub the student gets is always the package's (nbgrader copies the file it points to)."""
-    return ROOT / "assignments" / module / f"{module}.py", f"../../course_lib/{module}.py"
-
-
 def main(argv: list[str] | None = None) -> int:
     known = assignments()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,21 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         if module not in known:
             parser.error(f"no assignment for {module!r} (scripts/assignments/{module}.py); known: {', '.join(known)}")
         path, text = ROOT / "assignments" / module / f"{module}.ipynb", notebook_text(module)
-        link, target = stub_link(module)
+        extra = sorted(p for p in path.parent.iterdir() if p != path) if path.parent.is_dir() else []
         if args.check:
             if not path.is_file() or path.read_text() != text:
                 stale.append(path)
-            if not link.is_symlink() or os.readlink(link) != target or not link.is_file():
-                stale.append(link)
+            stale += extra  # nbgrader would release it to the students
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(target)
-        print(f"wrote {path.relative_to(ROOT)}, {link.relative_to(ROOT)} -> {target}")
+        for other in extra:  # e.g. the stub link of earlier versions: the notebook is all there is
+            other.unlink()
+        print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print("out of date (run python scripts/make_assignment.py):")
+        print("out of date or not generated (run python scripts/make_assignment.py):")
         for path in stale:
             print(f"  {path.relative_to(ROOT)}")
         return 1

@@ -10,10 +10,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 # Up to date when pyproject.toml is unchanged since the last install and the packages import from
-# anywhere (an editable install made before a package folder existed maps nothing).
+# anywhere (an editable install made before a package folder existed maps nothing); solutions/ is
+# no installed package, course_lib finds it in this repository.
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
-   (cd / && "$OLDPWD/$VENV/bin/python" -c "import course_lib, solutions, grading" 2>/dev/null); then
+   (cd / && "$OLDPWD/$VENV/bin/python" -c "import course_lib.exercises as e, grading; assert e.reference_package()" 2>/dev/null); then
   exit 0
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip

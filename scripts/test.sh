@@ -2,17 +2,26 @@
 # The test command: three pytest passes that together check the code *and* the tests.
 #   1. solution mode: every test passes (graded tests against the reference, plus the
 #      infrastructure: sandbox door, nbgrader round trip, handout scan, built-book check);
-#   2. stubs: every graded test fails on the untouched stubs (a test that passes is named);
+#   2. stubs: every graded test must fail on the untouched stubs (a test that passes is named);
 #   3. mutants: every wrong variant in tests/mutants/ fails at least one graded test.
-# Extra arguments go to every pass (e.g. --chapter numerics).
+# Extra arguments go to every pass (e.g. --chapter numerics). Each pass writes a JUnit report and
+# its time into _build/test-reports/ (scripts/ci_summary.py prints them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+reports=_build/test-reports
+mkdir -p "$reports"
+# This run's passes replace an earlier run's (other phases, such as .ci/run's book, stay).
+rm -f "$reports"/{solution,stubs,mutants}.xml
+[ -f "$reports/phases.tsv" ] && sed -i '/^tests: /d' "$reports/phases.tsv"
 status=0
-echo "== pass 1/3: solution mode, every test must pass"
-python -m pytest --against solution "$@" || status=1
-echo "== pass 2/3: untouched stubs, every graded test must fail"
-python -m pytest -q --against stubs "$@" || status=1
-echo "== pass 3/3: wrong variants, each must be caught"
-python -m pytest -q --against mutants "$@" || status=1
+pass() {  # pass NAME TITLE PYTEST-ARGS...
+  local name=$1 title=$2 t0=$SECONDS; shift 2
+  echo "== $title"
+  python -m pytest --junitxml="$reports/$name.xml" -o junit_family=xunit2 "$@" || status=1
+  printf 'tests: %s\t%s\n' "$name" "$((SECONDS - t0))" >> "$reports/phases.tsv"
+}
+pass solution "pass 1/3: solution mode, every test must pass" --against solution "$@"
+pass stubs "pass 2/3: untouched stubs, every graded test must fail" -q --against stubs "$@"
+pass mutants "pass 3/3: wrong variants, each must be caught" -q --against mutants "$@"
 [ $status -eq 0 ] && echo "all three passes green" || echo "at least one pass failed"
 exit $status

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import math
+import random
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from course_lib import pretraining
+from course_lib.cache import write_atomic
 from course_lib.numerics import cross_entropy
-from course_lib.pretraining import IGNORE_INDEX, make_lr_scheduler, make_optimizer
+from course_lib.pretraining import CHECKPOINT_FILE, IGNORE_INDEX, clip_gradients, make_lr_scheduler, make_optimizer
 
 
 def pack_blocks(token_ids_per_doc: list[list[int]], block_size: int, eos_token_id: int) -> torch.Tensor:
@@ -97,7 +102,6 @@ def train_steps(model: nn.Module, batches: Iterable[list[dict[str, torch.Tensor]
     if scheduler is None:
         scheduler = make_lr_scheduler(optimizer, settings)
     device_type = next(model.parameters()).device.type
-    max_norm = settings["max_grad_norm"] if settings["max_grad_norm"] is not None else math.inf
     history = {"loss": [], "grad_norm": [], "lr": [], "tokens": []}
     model.train()
     for micro_batches in batches:
@@ -111,7 +115,7 @@ def train_steps(model: nn.Module, batches: Iterable[list[dict[str, torch.Tensor]
             loss.backward()
             step_loss = step_loss + loss.detach()                    # a tensor: no wait for the device
             tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["input_ids"].numel()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        grad_norm = clip_gradients(model.parameters(), settings["max_grad_norm"])
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -126,3 +130,79 @@ def train_steps(model: nn.Module, batches: Iterable[list[dict[str, torch.Tensor]
 
 def mfu(tokens_per_second: float, flops_per_token: int, peak_flops: float, n_devices: int = 1) -> float:
     return 3 * flops_per_token * tokens_per_second / (peak_flops * n_devices)
+
+
+class AdamW(pretraining.AdamW):
+    """The reference of :meth:`course_lib.pretraining.AdamW.step`; the class supplies the rest."""
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = -p.grad if group["maximize"] else p.grad
+                state = self.state[p]
+                if not state:                                          # p's first update: moments start at 0
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    if group["amsgrad"]:
+                        state["max_exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"].item()
+                if weight_decay != 0:
+                    p.mul_(1 - lr * weight_decay)                      # decoupled: the weights, not the gradient
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(g, 1 - beta1)                                  # m = beta1 m + (1 - beta1) g
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)          # v = beta2 v + (1 - beta2) g^2
+                if group["amsgrad"]:
+                    v = torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+                bias_correction1 = 1 - beta1**t
+                bias_correction2 = 1 - beta2**t
+                denominator = (v.sqrt() / math.sqrt(bias_correction2)).add_(eps)    # sqrt(v_hat) + eps
+                p.addcdiv_(m, denominator, value=-lr / bias_correction1)            # p -= lr m_hat / (...)
+        return loss
+
+
+def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False) -> torch.Tensor:
+    parameters = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norms = [torch.linalg.vector_norm(g, norm_type) for g in grads]              # one per tensor
+    total_norm = torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in norms]), norm_type)
+    if error_if_nonfinite and not torch.isfinite(total_norm):
+        raise RuntimeError(f"the total gradient norm is {total_norm.item()}: not finite, so it cannot be clipped")
+    scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)                  # the same for every tensor
+    for g in grads:
+        g.mul_(scale.to(g.device))
+    return total_norm
+
+
+def save_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, history: dict) -> Path:
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(), "python": random.getstate()}
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "history": history, "rng": rng}, buffer)
+    return write_atomic(Path(directory) / CHECKPOINT_FILE, buffer.getvalue())     # whole or not at all
+
+
+def load_checkpoint(directory: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, dict]:
+    state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=next(model.parameters()).device,
+                       weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    random.setstate(state["rng"]["python"])
+    return state["step"], state["history"]

@@ -245,8 +245,13 @@ def test_sdpa_fully_masked_rows_give_zeros_not_nan(student, device):
 def test_sdpa_float64_and_value_width(student, device):
     q, k, v = qkv(2, 3, 4, 6, 8, device, dtype=torch.float64, seed=13, d_v=5)
     out = student.scaled_dot_product_attention(q, k, v, is_causal=True)
-    assert_close(out, torch_sdpa(q, k, v, is_causal=True), what="float64 output with d_v != d_head",
-                 hint="Keep the input's dtype; the output has value's last dim.")
+    assert_close(out, torch_sdpa(q, k, v, is_causal=True), what="float64 causal output with d_v != d_head",
+                 hint="The scale is 1/sqrt(d_head), from query.shape[-1], not from value's width.",
+                 wrong={"attention without the causal mask (is is_causal applied?)": torch_sdpa(q, k, v),
+                        "causal attention scaled by 1/sqrt(d_v) instead of 1/sqrt(d_head)":
+                            torch_sdpa(q, k, v, is_causal=True, scale=v.shape[-1] ** -0.5),
+                        "causal attention without the 1/sqrt(d_head) scale":
+                            torch_sdpa(q, k, v, is_causal=True, scale=1.0)})
 
 
 @pytest.mark.exercise("2.1")

@@ -63,13 +63,13 @@ def test_solution_mode_without_solutions_says_so(mode, monkeypatch):
 
 @pytest.mark.parametrize("ex", exercises.all_exercises(), ids=lambda e: e.id)
 def test_every_exercise_has_a_reference_with_the_same_signature(ex):
-    stub = inspect.unwrap(exercises.entry_point(ex))
+    stub = exercises.stub(ex)
     assert inspect.signature(exercises.reference(ex)) == inspect.signature(stub)
 
 
 @pytest.mark.parametrize("ex", exercises.all_exercises(), ids=lambda e: e.id)
 def test_every_stub_raises_not_implemented_naming_its_exercise(ex):
-    stub = inspect.unwrap(exercises.entry_point(ex))
+    stub = exercises.stub(ex)
     body = ast.parse(inspect.cleandoc("\n" + inspect.getsource(stub))).body[0].body
     last = body[-1]
     assert isinstance(last, ast.Raise) and ast.unparse(last.exc.func) == "NotImplementedError"
@@ -106,3 +106,29 @@ def test_bad_input_gets_an_error_naming_the_argument(mode, call, error, names):
     mode("solution")
     with pytest.raises(error, match=names):
         call()
+
+
+def test_graded_tests_of_an_exercise_live_in_the_test_files_of_its_chapter():
+    """``pytest --exercise 2.1`` collects only Chapter 2's test files (grading.pytest_plugin), so no
+    graded test of exercise N.M may sit in another chapter's file."""
+    for path in [*ROOT.glob("tests/test_*.py"), *ROOT.glob("tests/hidden/test_*.py")]:
+        module = path.stem.removeprefix("test_").removesuffix("_hidden")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and ast.unparse(node.func) == "pytest.mark.exercise"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                assert exercises.chapter_of(node.args[0].value) == module, (path.name, node.args[0].value)
+
+
+def test_an_import_error_names_the_file_and_the_line(tmp_path, monkeypatch):
+    broken = tmp_path / "broken_chapter.py"
+    broken.write_text("import math\n\ndef f(:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SyntaxError) as syntax:
+        __import__("broken_chapter")
+    assert exercises.describe_import_error(syntax.value).startswith(f"{broken}, line 3: SyntaxError:")
+    raising = tmp_path / "raising_chapter.py"
+    raising.write_text("import math\nvalue = math.nothing_here\n")
+    with pytest.raises(AttributeError) as attribute:
+        __import__("raising_chapter")
+    assert exercises.describe_import_error(attribute.value).startswith(
+        f"{raising}, line 2: AttributeError: module 'math' has no attribute")

@@ -258,7 +258,18 @@ def steps_with_prompts(device):
     return steps
 
 
-def assert_history(actual, expected, *, what, rtol=2e-4):
+def assert_history(actual, expected, *, what, rtol=2e-4, student=None):
+    """``train_steps``'s history against ``expected``; with ``student``, a failure also says which AdamW and
+    clipping the loop ran (yours or torch's, see which_optimizer_and_clipping)."""
+    try:
+        _assert_history(actual, expected, what=what, rtol=rtol)
+    except AssertionError as err:
+        if student is None:
+            raise
+        raise AssertionError(f"{err} ({which_optimizer_and_clipping(student)}.)") from None
+
+
+def _assert_history(actual, expected, *, what, rtol):
     if not isinstance(actual, dict) or set(actual) != {"loss", "grad_norm", "lr", "tokens"}:
         raise AssertionError(f"{what}: expected a dict with keys loss, grad_norm, lr, tokens, got {actual!r:.200}")
     hints = {
@@ -663,11 +674,11 @@ def first_step_expected(model, steps, settings, autocast=False):
             "tokens": [int(whole_step(step)["attention_mask"].sum()) for step in steps]}
 
 
-def check_first_step(history, expected, what):
+def check_first_step(history, expected, what, student=None):
     """``history`` against :func:`first_step_expected` (loss and gradient norm of step one only)."""
     if isinstance(history, dict) and set(history) == set(expected):   # else assert_history explains the type
         history = history | {"loss": history["loss"][:1], "grad_norm": history["grad_norm"][:1]}
-    assert_history(history, expected, what=what, rtol=1e-5)
+    assert_history(history, expected, what=what, rtol=1e-5, student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -678,7 +689,8 @@ def test_train_steps_first_step_matches_hugging_face_loss(student, device, famil
     steps = micro_batches(4, n_micro, 2, 12, device, seed=7, padded=padded)
     expected = first_step_expected(model, steps, SETTINGS)
     check_first_step(student.train_steps(model, steps, SETTINGS), expected,
-                     what=f"train_steps({family} model, 4 steps of {n_micro} micro-batch(es), padded={padded})")
+                     what=f"train_steps({family} model, 4 steps of {n_micro} micro-batch(es), padded={padded})",
+                     student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -687,7 +699,7 @@ def test_train_steps_first_step_honours_labels_and_no_clipping(student, device):
     steps, settings = steps_with_prompts(device), SETTINGS | NO_CLIPPING
     expected = first_step_expected(model, steps, settings)
     check_first_step(student.train_steps(model, steps, settings), expected,
-                     what="train_steps with max_grad_norm=None and labels with -100")
+                     what="train_steps with max_grad_norm=None and labels with -100", student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -697,7 +709,7 @@ def test_train_steps_with_micro_batches_equals_one_big_batch(student, device, fa
     steps = micro_batches(4, 3, 2, 10, device, seed=8, padded=True)
     one_batch = student.train_steps(copy.deepcopy(model), [[whole_step(step)] for step in steps], SETTINGS)
     accumulated = student.train_steps(copy.deepcopy(model), steps, SETTINGS)
-    assert_history(accumulated, one_batch, rtol=1e-5,
+    assert_history(accumulated, one_batch, rtol=1e-5, student=student,
                    what=f"train_steps({family} model) with 3 padded micro-batches per step, against the same "
                         "steps as one batch each")
 
@@ -712,7 +724,8 @@ def test_train_steps_in_bf16_autocast_matches_hugging_face_under_autocast(studen
     assert gap > 1e-4   # the test itself: bf16 shows in the loss or the gradient norm, ten times the tolerance
     settings = SETTINGS | {"mixed_precision": "bf16"}
     expected = first_step_expected(model, steps, settings, autocast=True)
-    check_first_step(student.train_steps(model, steps, settings), expected, what="train_steps with mixed_precision='bf16'")
+    check_first_step(student.train_steps(model, steps, settings), expected, what="train_steps with mixed_precision='bf16'",
+                     student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -905,6 +918,23 @@ def test_pretrained_model_loads_with_auto_classes(tiny_run_inputs):
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, ids.shape[1] + 3)
 
 
+def test_cli_cached_reads_the_cached_model_instead_of_training(tiny_run_inputs, capsys):
+    """What the book build runs before its pages: on a warm cache it loads, it does not train again."""
+    from course_lib.pretraining import main, pretrained_course_lm, pretrained_model_dir
+
+    pretrained_course_lm("tiny", progress=False)
+    weights = next(pretrained_model_dir("tiny").glob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    summary = main(["--cached", "--preset", "tiny", "--no-progress"])
+    assert summary["directory"] == str(pretrained_model_dir("tiny"))
+    assert weights.stat().st_mtime_ns == stamp, "--cached trained the model again on a warm cache"
+    recorded = json.loads((pretrained_model_dir("tiny") / "training.json").read_text())
+    assert summary["validation_loss"] == recorded["validation_loss"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    with pytest.raises(SystemExit):
+        main(["--cached", "--preset", "tiny", "--steps", "3"])
+
+
 @pytest.mark.parametrize("call, error, names", [
     (lambda p: p.pack_blocks([[1, 2]], 0, 2), ValueError, "block_size"),
     (lambda p: p.pack_blocks([[1, -2]], 4, 2), TypeError, "token_ids_per_doc"),
@@ -926,3 +956,447 @@ def test_bad_input_gets_an_error_naming_the_argument(call, error, names):
 
     with pytest.raises(error, match=names):
         call(pretraining)
+
+
+# == 5.10-5.11: the optimizer and gradient clipping, from scratch =========================================
+# The references are torch.optim.AdamW and torch.nn.utils.clip_grad_norm_, run by the course's own
+# harnesses (run_optimizer, run_clipping: they set the gradients, the learning rates, interrupt and
+# resume), the same harnesses that run the student's AdamW and clip_grad_norm_ behind the door. In
+# float64 a correct AdamW differs from torch's by rounding only (~1e-15 over these few steps); every
+# wrong variant tried differs by 1e-6 or more, so the default float64 tolerance (1e-7) decides.
+def which_optimizer_and_clipping(student) -> str:
+    """Which AdamW and clipping the student's train_steps ran: make_optimizer and clip_gradients take
+    the student's once 5.10 and 5.11 run and torch's while they raise NotImplementedError. Found by
+    calling their entry points through the same door."""
+    ran = []
+    for yours, torchs, call in (
+            ("AdamW (5.10)", "torch.optim.AdamW",
+             lambda: student.adamw_steps([torch.zeros(1)], [[torch.ones(1)]], [{"params": [0]}])),
+            ("clip_grad_norm_ (5.11)", "torch.nn.utils.clip_grad_norm_",
+             lambda: student.clipped_gradients([torch.ones(1)], 1.0))):
+        try:
+            call()
+            ran.append(f"your {yours}")
+        except NotImplementedError:
+            ran.append(f"{torchs} (your {yours} is not done yet)")
+        except Exception as err:  # noqa: BLE001 (any failure of theirs is worth naming here)
+            ran.append(f"your {yours}, which raises {type(err).__name__}")
+    return "train_steps ran with " + " and ".join(ran)
+
+
+def adamw_problem(seed, n_steps=6, dtype=F64, device="cpu", scales=(1.0, 1e-6, 1e-2), shrink=1.0):
+    """Three parameters of shapes (4, 3), (5,) and (2, 2, 2) and ``n_steps`` gradients for each, the
+    gradient of parameter i of size ``scales[i]`` (a tiny one is where eps matters), multiplied by
+    ``shrink ** t`` at step t (shrinking gradients are where AMSGrad's running maximum matters)."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(4, 3), (5,), (2, 2, 2)]
+    params = [torch.randn(s, generator=gen, dtype=dtype).to(device) for s in shapes]
+    grads = [[(torch.randn(s, generator=gen, dtype=dtype) * scale * shrink**t).to(device)
+              for s, scale in zip(shapes, scales)] for t in range(n_steps)]
+    return params, grads
+
+
+def torch_adamw(params, grads, groups, **options):
+    """``torch.optim.AdamW`` through the course's harness, on the trusted side."""
+    from course_lib.pretraining import run_optimizer
+
+    return run_optimizer(torch.optim.AdamW, params, grads, groups, **options)
+
+
+ADAMW_HINT = ("Per parameter with a gradient: t = its update count from 1; p *= 1 - lr * weight_decay; m = beta1 m + "
+              "(1 - beta1) g; v = beta2 v + (1 - beta2) g^2; p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + "
+              "eps), with lr, betas, eps and weight_decay read from the parameter's own group at every step.")
+
+
+def assert_same_run(got, expected, *, what, hint=ADAMW_HINT, exact=False):
+    """The parameters after every step of ``got`` against ``expected`` (both from the harness)."""
+    if not isinstance(got, dict) or set(got) != {"params", "returned", "state"}:
+        raise AssertionError(f"{what}: expected the harness's dict with params, returned, state, got {got!r:.200}")
+    assert len(got["params"]) == len(expected["params"]), f"{what}: {len(got['params'])} steps ran, expected {len(expected['params'])}"
+    for t, (got_t, want_t) in enumerate(zip(got["params"], expected["params"])):
+        for i, (g, w) in enumerate(zip(got_t, want_t)):
+            label = f"{what}: parameter {i} after step {t + 1}"
+            if exact:
+                assert isinstance(g, torch.Tensor) and torch.equal(g, w), f"{label} differs: {hint}"
+            else:
+                assert_close(g, w, what=label, hint=hint)
+
+
+ADAMW_GROUPS = {
+    # make_optimizer's two groups: the first decayed, the second not (its weight_decay is 0, not the default 1e-2)
+    "decay_and_no_decay": [{"params": [0, 2], "lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.1},
+                           {"params": [1], "lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.0}],
+    # every hyperparameter from its own group; the second group takes AdamW's defaults for the rest
+    "own_hyperparameters": [{"params": [0], "lr": 3e-2, "eps": 1e-3, "weight_decay": 0.5, "betas": (0.8, 0.9)},
+                            {"params": [1, 2], "betas": (0.5, 0.9), "weight_decay": 0.0}],
+    "defaults": [{"params": [0, 1, 2]}],
+}
+ADAMW_GROUP_HINTS = {
+    "decay_and_no_decay": "The second group has weight_decay 0.0: decay by the group's coefficient, not AdamW's default, "
+                          "and multiply the weights (decoupled), do not add weight_decay * p to the gradient (L2).",
+    "own_hyperparameters": "Read lr, betas, eps and weight_decay from each parameter's group (self.defaults only fills in "
+                           "what a group leaves out); eps is added after the square root.",
+    "defaults": "With AdamW's defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2).",
+}
+
+
+# -- 5.10 AdamW.step -----------------------------------------------------------------------------------
+@pytest.mark.exercise("5.10")
+@pytest.mark.parametrize("groups", list(ADAMW_GROUPS))
+def test_adamw_matches_torch_adamw_step_for_step(student, device, groups):
+    params, grads = adamw_problem(0, device=device)
+    expected = torch_adamw(params, grads, ADAMW_GROUPS[groups])
+    plain_adam = torch_adamw(params, grads, [dict(g, weight_decay=0.0) for g in ADAMW_GROUPS[groups]])
+    assert not torch.equal(expected["params"][0][0], plain_adam["params"][0][0])   # the test itself: decay shows
+    assert_same_run(student.adamw_steps(params, grads, ADAMW_GROUPS[groups]), expected,
+                    what=f"AdamW with groups {groups!r}, 6 steps in float64",
+                    hint=f"{ADAMW_GROUP_HINTS[groups]} {ADAMW_HINT}")
+
+
+@pytest.mark.exercise("5.10")
+def test_adamw_in_float32_matches_torch_adamw(student, device):
+    params, grads = adamw_problem(1, n_steps=5, dtype=torch.float32, device=device)
+    groups = ADAMW_GROUPS["decay_and_no_decay"]
+    assert_same_run(student.adamw_steps(params, grads, groups), torch_adamw(params, grads, groups),
+                    what="AdamW in float32 (the state in the parameters' dtype)")
+
+
+@pytest.mark.exercise("5.10")
+def test_adamw_first_step_moves_every_entry_by_about_lr(student):
+    # With m and v starting at 0, the bias-corrected first step is lr * g / (|g| + eps): lr per entry with
+    # eps = 0, whatever the gradient's size. Without bias correction it is lr * 0.1 / sqrt(0.001) = 3.2 lr.
+    params, grads = adamw_problem(2, n_steps=1, scales=(1.0, 1e-3, 1e3))
+    got = student.adamw_steps(params, grads, [{"params": [0, 1, 2], "lr": 0.1, "eps": 0.0, "weight_decay": 0.0}])
+    for i, (before, after) in enumerate(zip(params, got["params"][0])):
+        moved = (after - before).abs()
+        assert_close(moved, torch.full_like(moved, 0.1), what=f"AdamW's first step: |change| of parameter {i}",
+                     hint="Bias correction: divide m by 1 - beta1^t and v by 1 - beta2^t with t = 1 at the first "
+                          "update, so that m_hat = g and v_hat = g^2.", rtol=1e-9, atol=0)
+
+
+@pytest.mark.exercise("5.10")
+def test_adamw_keeps_its_state_under_torchs_names(student, device):
+    params, grads = adamw_problem(3, n_steps=4, device=device)
+    groups = ADAMW_GROUPS["decay_and_no_decay"]
+    got, expected = student.adamw_steps(params, grads, groups)["state"], torch_adamw(params, grads, groups)["state"]
+    assert isinstance(got, dict) and set(got) == {"state", "param_groups"}, \
+        f"state_dict() must have 'state' and 'param_groups' (the base class's), got {got!r:.200}"
+    for key, want in expected["state"].items():
+        have = got["state"].get(key)
+        assert isinstance(have, dict) and set(have) == set(want), \
+            (f"state of parameter {key}: keys {sorted(have) if isinstance(have, dict) else have}, expected "
+             f"{sorted(want)}: keep step, exp_avg and exp_avg_sq in self.state[p], where state_dict() finds them")
+        assert float(have["step"]) == float(want["step"]), \
+            f"state of parameter {key}: step {float(have['step'])}, expected {float(want['step'])} (one per update)"
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert_close(have[name], want[name], what=f"state of parameter {key}: {name}",
+                         hint="exp_avg is m = beta1 m + (1 - beta1) g, exp_avg_sq is v = beta2 v + (1 - beta2) g^2, "
+                              "both without bias correction (that is applied to the step only).")
+    for have, want in zip(got["param_groups"], expected["param_groups"]):
+        for key in ("params", "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"):
+            assert have.get(key) == want[key], f"param_groups: {key} is {have.get(key)!r}, expected {want[key]!r}"
+
+
+@pytest.mark.exercise("5.10")
+def test_adamw_reads_each_groups_learning_rate_at_every_step(student, device):
+    # What a scheduler does between steps; lr 0 also stops the decay (it is lr * weight_decay).
+    params, grads = adamw_problem(4, n_steps=5, device=device)
+    groups = ADAMW_GROUPS["decay_and_no_decay"]
+    lrs = [[0.0, 1e-3], [1e-2, 0.0], [3e-2, 2e-3], [5e-3, 5e-3], [1e-1, 1e-4]]
+    expected = torch_adamw(params, grads, groups, lrs=lrs)
+    assert not torch.equal(expected["params"][-1][0], torch_adamw(params, grads, groups)["params"][-1][0])
+    assert_same_run(student.adamw_steps(params, grads, groups, lrs=lrs), expected,
+                    what="AdamW with the learning rates of a schedule",
+                    hint="A scheduler writes each group's 'lr' before every step: read group['lr'] in step(), "
+                         "never a learning rate kept from __init__ (self.defaults).")
+
+
+@pytest.mark.exercise("5.10")
+def test_adamw_skips_parameters_without_gradient(student, device):
+    params, grads = adamw_problem(5, n_steps=5, device=device)
+    for t in (1, 2):
+        grads[t][0] = None                      # parameter 0 misses two steps
+    for step in grads:
+        step[2] = None                          # parameter 2 never has a gradient
+    groups = [{"params": [0, 1, 2], "lr": 1e-2, "weight_decay": 0.1}]
+    got = student.adamw_steps(params, grads, groups)
+    hint = ("A parameter whose .grad is None is skipped altogether: no decay, no moment update, no step count "
+            "(its t counts its own updates only), and no state until its first gradient.")
+    assert_same_run(got, torch_adamw(params, grads, groups), what="AdamW with missing gradients", hint=hint)
+    assert isinstance(got["state"], dict) and "2" not in got["state"].get("state", {}), \
+        f"parameter 2 never had a gradient but has state: {hint}"
+
+
+@pytest.mark.exercise("5.10")
+def test_adamw_resumed_from_its_state_dict_continues_exactly(student, device):
+    params, grads = adamw_problem(6, n_steps=7, device=device)
+    groups = ADAMW_GROUPS["own_hyperparameters"]
+    uninterrupted = student.adamw_steps(params, grads, groups)
+    resumed = student.adamw_steps(params, grads, groups, resume_after=3)
+    hint = ("After load_state_dict a new optimizer must continue where the old one stopped: keep every piece of "
+            "state (step, exp_avg, exp_avg_sq) in self.state[p], which state_dict() saves, not in attributes of "
+            "your own.")
+    assert_same_run(resumed, uninterrupted, what="AdamW interrupted after 3 of 7 steps and resumed from its state_dict, "
+                    "against the uninterrupted run", hint=hint, exact=device.type == "cpu")
+    assert_same_run(resumed, torch_adamw(params, grads, groups, resume_after=3),
+                    what="AdamW resumed from its state_dict, against torch's", hint=hint)
+
+
+@pytest.mark.exercise("5.10")
+def test_adamw_step_calls_the_closure_and_returns_its_loss(student, device):
+    params, grads = adamw_problem(7, n_steps=3, device=device)
+    groups = ADAMW_GROUPS["decay_and_no_decay"]
+    got = student.adamw_steps(params, grads, groups, closure=True)
+    hint = ("step(closure) calls the closure first (inside torch.enable_grad()): it computes the gradients the "
+            "update uses; step returns its loss.")
+    returned = got.get("returned") if isinstance(got, dict) else None
+    assert isinstance(returned, list) and [r.item() if isinstance(r, torch.Tensor) else r for r in returned] == \
+        [0.5, 1.5, 2.5], f"step(closure) returned {returned!r:.200}, expected the closure's losses 0.5, 1.5, 2.5. {hint}"
+    assert_same_run(got, torch_adamw(params, grads, groups, closure=True), what="AdamW with a closure", hint=hint)
+    plain = student.adamw_steps(params, grads, groups)
+    assert plain["returned"] == [None, None, None], f"step() without a closure must return None, got {plain['returned']}"
+
+
+@pytest.mark.exercise("5.10")
+@pytest.mark.parametrize("flag", ["amsgrad", "maximize"])
+def test_adamw_amsgrad_and_maximize_match_torch(student, device, flag):
+    # Shrinking gradients and beta2 = 0.5: v falls from step to step, so AMSGrad's running maximum differs from v.
+    params, grads = adamw_problem(8, device=device, shrink=0.3)
+    groups = [{"params": [0, 2], "lr": 1e-2, "betas": (0.9, 0.5), "weight_decay": 0.1, flag: True},
+              {"params": [1], "lr": 1e-2, "weight_decay": 0.0}]
+    expected = torch_adamw(params, grads, groups)
+    assert not torch.equal(expected["params"][-1][0], torch_adamw(params, grads, [dict(g, **{flag: False}) for g in groups])["params"][-1][0])
+    hints = {"amsgrad": "With amsgrad, keep the elementwise maximum of all v so far in state['max_exp_avg_sq'] and use "
+                        "it (bias-corrected by 1 - beta2^t) in place of v in the denominator; v itself keeps its own "
+                        "average.",
+             "maximize": "With maximize, the update uses g = -p.grad (ascent); the decay still shrinks the weights."}
+    assert_same_run(student.adamw_steps(params, grads, groups), expected, what=f"AdamW with {flag}=True in the first group",
+                    hint=hints[flag])
+
+
+# -- 5.11 clip_grad_norm_ ------------------------------------------------------------------------------
+def clip_problem(seed, shapes=((30, 20), (50,), (4, 4, 4)), scale=1.0, dtype=F64, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(s, generator=gen, dtype=dtype) * scale).to(device) for s in shapes]
+
+
+def torch_clipping(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, as_tensor=False):
+    """``torch.nn.utils.clip_grad_norm_`` through the course's harness, on the trusted side."""
+    from course_lib.pretraining import run_clipping
+
+    return run_clipping(torch.nn.utils.clip_grad_norm_, grads, max_norm, norm_type, error_if_nonfinite, as_tensor)
+
+
+NORM_HINT = ("The total norm is the p-norm of all gradients' entries together: the p-norm of the per-tensor p-norms "
+             "(the largest absolute entry for norm_type=inf), from before clipping; not their sum, not one tensor's.")
+SCALE_HINT = ("Multiply every gradient by the same min(1, max_norm / (total_norm + 1e-6)): clipping each tensor on "
+              "its own turns the update's direction, and a scale above 1 would blow small gradients up.")
+
+
+def check_clipping(got, expected, what, originals=None):
+    if not (isinstance(got, (tuple, list)) and len(got) == 2):
+        raise AssertionError(f"{what}: the harness returns (total_norm, gradients), got {got!r:.200}")
+    (norm, grads), (want_norm, want_grads) = got, expected
+    # atol 0: clipped gradients can be small, and the scale must be right relative to them
+    assert_close(norm, want_norm, what=f"{what}: the total norm returned", atol=0.0,
+                 hint=f"{NORM_HINT} Return it as a 0-dim tensor in the gradients' dtype.")
+    for i, (g, w) in enumerate(zip(grads, want_grads)):
+        if w is None:
+            assert g is None, f"{what}: parameter {i} had no gradient and must still have none"
+            continue
+        if originals is not None and isinstance(g, torch.Tensor) and torch.equal(g, originals[i]) \
+                and not torch.equal(w, originals[i]):
+            raise AssertionError(f"{what}: gradient {i} was not scaled at all. parameters may be a generator, like "
+                                 "model.parameters(), which is empty the second time it is read: list(parameters) first.")
+        assert_close(g, w, what=f"{what}: gradient {i} after clipping", hint=SCALE_HINT, atol=0.0)
+
+
+@pytest.mark.exercise("5.11")
+@pytest.mark.parametrize("norm_type, max_norm, scale", [(2.0, 1.0, 1.0), (2.0, 1e-4, 1e-4), (math.inf, 0.5, 1.0),
+                                                        (1.0, 3.0, 1.0), (3.0, 2.0, 0.5)])
+def test_clip_grad_norm_matches_torch(student, device, norm_type, max_norm, scale):
+    grads = clip_problem(10, scale=scale, device=device)
+    expected = torch_clipping(grads, max_norm, norm_type)
+    assert expected[0] > 2 * max_norm   # the test itself: these gradients are clipped
+    check_clipping(student.clipped_gradients(grads, max_norm, norm_type), expected, originals=grads,
+                   what=f"clip_grad_norm_(max_norm={max_norm}, norm_type={norm_type}) of 3 gradients")
+
+
+@pytest.mark.exercise("5.11")
+def test_clip_grad_norm_below_the_limit_changes_nothing(student, device):
+    grads = clip_problem(11, scale=1e-3, device=device)
+    expected = torch_clipping(grads, 10.0)
+    assert all(torch.equal(g, w) for g, w in zip(grads, expected[1]))   # the test itself: nothing to clip
+    check_clipping(student.clipped_gradients(grads, 10.0), expected, what="clip_grad_norm_ of gradients with a small norm")
+
+
+@pytest.mark.exercise("5.11")
+def test_clip_grad_norm_skips_parameters_without_gradient(student, device):
+    grads = clip_problem(12, device=device)
+    grads = [grads[0], None, grads[1], None, grads[2]]
+    check_clipping(student.clipped_gradients(grads, 1.0), torch_clipping(grads, 1.0), originals=grads,
+                   what="clip_grad_norm_ with two parameters whose .grad is None")
+    norm, untouched = student.clipped_gradients([None, None], 1.0)
+    assert_close(norm, torch.tensor(0.0), what="clip_grad_norm_ when no parameter has a gradient",
+                 hint="Nothing to measure: return torch.tensor(0.0) and change nothing.")
+    assert untouched == [None, None], "parameters without gradients must keep .grad None"
+
+
+@pytest.mark.exercise("5.11")
+def test_clip_grad_norm_takes_a_single_tensor_and_keeps_float32(student, device):
+    (grad,) = clip_problem(13, shapes=((7, 5),), dtype=torch.float32, device=device)
+    check_clipping(student.clipped_gradients([grad], 0.5, as_tensor=True), torch_clipping([grad], 0.5, as_tensor=True),
+                   what="clip_grad_norm_(one tensor, 0.5) in float32", originals=[grad])
+
+
+@pytest.mark.exercise("5.11")
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_clip_grad_norm_with_a_non_finite_norm_does_what_torch_does(student, device, bad):
+    grads = clip_problem(14, device=device)
+    grads[1][3] = float(bad)
+    try:
+        student.clipped_gradients(grads, 1.0, error_if_nonfinite=True)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError(f"clip_grad_norm_(error_if_nonfinite=True) of gradients holding {bad} returned: a NaN or "
+                             "infinite total norm must raise RuntimeError then")
+    check_clipping(student.clipped_gradients(grads, 1.0), torch_clipping(grads, 1.0),
+                   what=f"clip_grad_norm_ of gradients holding {bad} (error_if_nonfinite=False)")
+
+
+@pytest.mark.parametrize("call, error, names", [
+    (lambda p: p.AdamW([nn.Parameter(torch.zeros(2))], lr=-1e-3), ValueError, "lr"),
+    (lambda p: p.AdamW([nn.Parameter(torch.zeros(2))], betas=(0.9, 1.0)), ValueError, "betas"),
+    (lambda p: p.AdamW([{"params": [nn.Parameter(torch.zeros(2))], "weight_decay": -0.1}]), ValueError, "weight_decay"),
+    (lambda p: p.AdamW([nn.Parameter(torch.zeros(2))], amsgrad=1), TypeError, "amsgrad"),
+    (lambda p: p.AdamW([nn.Parameter(torch.zeros(2))]).step(closure=1.0), TypeError, "closure"),
+    (lambda p: p.clip_grad_norm_([nn.Parameter(torch.zeros(2))], -1.0), ValueError, "max_norm"),
+    (lambda p: p.clip_grad_norm_([nn.Parameter(torch.zeros(2))], 1.0, norm_type=0), ValueError, "norm_type"),
+    (lambda p: p.clip_grad_norm_(3.0, 1.0), TypeError, "parameters"),
+    (lambda p: p.adamw_steps([torch.zeros(2)], [[torch.zeros(3)]], [{"params": [0]}]), ValueError, "grads"),
+    (lambda p: p.adamw_steps([torch.zeros(2)], [[torch.zeros(2)]], [{"params": [0, 0]}]), ValueError, "groups"),
+    (lambda p: p.clipped_gradients([torch.zeros(2), torch.zeros(2)], 1.0, as_tensor=True), ValueError, "as_tensor"),
+])
+def test_bad_optimizer_and_clipping_input_gets_an_error_naming_the_argument(call, error, names):
+    from course_lib import pretraining
+
+    with pytest.raises(error, match=names):
+        call(pretraining)
+
+
+# == 5.12-5.13: checkpoints that resume exactly ===========================================================
+# The run to save is course_lib's checkpoint_setup (a small network, AdamW, a warmup schedule and the
+# global generators, all seeded); the trusted side rebuilds it from the same seed to know what a
+# checkpoint must hold (and writes the checkpoint that load_checkpoint's tests load), and the
+# harnesses (run_save_checkpoint, run_checkpoint_resume) call the student's functions behind the door.
+def checkpoint_contents(seed, updates, step, history):
+    """What save_checkpoint's contract says the checkpoint of checkpoint_setup(seed, updates) holds."""
+    import random
+
+    from course_lib.pretraining import checkpoint_setup
+
+    model, optimizer, scheduler = checkpoint_setup(seed, updates)
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": step, "history": history,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(), "python": random.getstate()}}
+
+
+def expected_checkpoint(seed, updates, step, history):
+    """:func:`checkpoint_contents` as the plain data the door returns."""
+    from course_lib.pretraining import _plain
+
+    return _plain(checkpoint_contents(seed, updates, step, history))
+
+
+def checkpoint_bytes(seed, updates, step, history) -> bytes:
+    """The contract's checkpoint.pt of checkpoint_setup(seed, updates), written here on the trusted side,
+    for load_checkpoint's tests (so that they do not depend on the student's save_checkpoint)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint_contents(seed, updates, step, history), buffer)
+    return buffer.getvalue()
+
+
+CHECKPOINT_HINTS = {
+    "model": "model.state_dict(): the weights.",
+    "optimizer": "optimizer.state_dict(): AdamW's moments and step counts, without which the resumed run restarts "
+                 "its moments at zero.",
+    "scheduler": "scheduler.state_dict(): the position in the schedule, without which the learning rate restarts "
+                 "its warmup.",
+    "step": "the step passed in (the data position).",
+    "history": "the history passed in.",
+    "rng": "{'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all(), 'python': random.getstate()}: "
+           "the generators' states at the moment of saving.",
+}
+
+
+def assert_same_data(got, want, what, hint):
+    """Plain data (dicts, lists, numbers, tensors) equal, entry by entry."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), \
+            f"{what}: keys {sorted(got) if isinstance(got, dict) else type(got).__name__}, expected {sorted(want)}. {hint}"
+        for key in want:
+            assert_same_data(got[key], want[key], f"{what}[{key!r}]", hint)
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{what}: expected a list of {len(want)}. {hint}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_data(g, w, f"{what}[{i}]", hint)
+    elif isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got, want), \
+            f"{what} differs from the run's. {hint}"
+    else:
+        assert got == want, f"{what} is {got!r:.100}, expected {want!r:.100}. {hint}"
+
+
+# -- 5.12 save_checkpoint ------------------------------------------------------------------------------
+@pytest.mark.exercise("5.12")
+@pytest.mark.parametrize("key", list(CHECKPOINT_HINTS))
+def test_save_checkpoint_holds_what_an_exact_resume_needs(student, key):
+    history = {"loss": [2.5, 2.25, 2.0], "lr": [0.0, 1e-3, 2e-3]}
+    got = student.saved_checkpoint(1, 3, 9, history)
+    content = got.get("content") if isinstance(got, dict) else None
+    want = expected_checkpoint(1, 3, 9, history)
+    assert isinstance(content, dict) and key in content, \
+        (f"the checkpoint holds {sorted(content) if isinstance(content, dict) else content!r:.100}, and no {key!r}: "
+         f"{CHECKPOINT_HINTS[key]}")
+    assert_same_data(content[key], want[key], f"checkpoint[{key!r}]", CHECKPOINT_HINTS[key])
+
+
+@pytest.mark.exercise("5.12")
+def test_save_checkpoint_writes_one_file_in_a_new_folder_and_replaces_the_old_one(student):
+    got = student.saved_checkpoint(2, 2, 4, {"loss": [1.0]})
+    assert got["path"] == "checkpoint.pt", \
+        f"save_checkpoint returned {got['path']!r} (relative to the folder); return the path of directory / 'checkpoint.pt'"
+    assert got["files"] == ["checkpoint.pt"], \
+        (f"after two saves the folder holds {got['files']}: write checkpoint.pt only (a temporary file is renamed "
+         "over it, not left beside it)")
+    assert got["content"]["step"] == 4 and got["content"]["history"] == {"loss": [1.0]}, \
+        "the second save must replace the first: the file holds step 4 and its history"
+
+
+# -- 5.13 load_checkpoint ------------------------------------------------------------------------------
+@pytest.mark.exercise("5.13")
+def test_load_checkpoint_continues_the_run_exactly(student):
+    got = student.resumed_from_checkpoint(checkpoint_bytes(3, 3, 11, {"loss": [3.0, 2.0]}), 3, 3)
+    assert got["returned"] == [11, {"loss": [3.0, 2.0]}], \
+        f"load_checkpoint returned {got['returned']!r:.100}, expected (step, history) as saved: (11, {{'loss': [3.0, 2.0]}})"
+    assert got["lr"]["resumed"] == got["lr"]["uninterrupted"], \
+        (f"after one more step the resumed run's learning rate is {got['lr']['resumed']}, the uninterrupted one's "
+         f"{got['lr']['uninterrupted']}: restore the scheduler with scheduler.load_state_dict")
+    for i, (resumed, uninterrupted) in enumerate(zip(got["params"]["resumed"], got["params"]["uninterrupted"])):
+        assert torch.equal(resumed, uninterrupted), \
+            (f"parameter {i} after one more step differs from the uninterrupted run's: restore the weights "
+             "(model.load_state_dict) and the optimizer's moments and step counts (optimizer.load_state_dict)")
+
+
+@pytest.mark.exercise("5.13")
+def test_load_checkpoint_restores_the_random_generators(student):
+    draws = student.resumed_from_checkpoint(checkpoint_bytes(4, 2, 5, {}), 4, 2)["draws"]
+    for name in ("torch", "python"):
+        got, want = draws["resumed"][name], draws["uninterrupted"][name]
+        same = torch.equal(got, want) if isinstance(want, torch.Tensor) else got == want
+        assert same, (f"after load_checkpoint, {name}'s generator draws {got}, but the uninterrupted run drew {want}: "
+                      "restore torch.set_rng_state(state['rng']['torch'].cpu()), the CUDA states when there are some, "
+                      "and random.setstate(state['rng']['python'])")

@@ -20,48 +20,36 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 2."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 2: attention, from scaled dot-product to grouped-query attention
-
-In this assignment you complete the {len(kit.exercises)} functions of **`{module}.py`**, the file in
-this folder beside the notebook: the core operation (scaled dot-product attention with masks,
-causality and dropout), the masks built from a tokenizer's `attention_mask`, multi-head attention
-with its projections, and grouped-query attention, which shares keys and values between heads. Each
-function raises `NotImplementedError` until you write its body; its docstring states the contract
-(and the module docstring the conventions all of them share: shapes, what `True` means in a mask,
-how the causal triangle is aligned, what a fully masked row gives) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.total:g} points, checked automatically; the two written answers
-below ({SCALE_POINTS + GQA_POINTS:g} points) are graded by hand.
-
+        kit.intro(
+            "Chapter 2: attention, from scaled dot-product to grouped-query attention",
+            what="""
+the core operation (scaled dot-product attention with masks, causality and dropout), the masks
+built from a tokenizer's `attention_mask`, multi-head attention with its projections, and
+grouped-query attention, which shares keys and values between heads.
+""",
+            contract="""
+and the module docstring the conventions all of them share: shapes, what `True` means in a mask,
+how the causal triangle is aligned, what a fully masked row gives
+""",
+            written=(SCALE_POINTS, GQA_POINTS),
+            more=f"""
 The layers `MultiHeadAttention` and `GroupedQueryAttention` in `{module}.py` are already written:
 they hold the weights and call your `multi_head_attention` (2.3) and `grouped_query_attention` (2.5).
 So is `plot_attention`, which draws an attention map.
-
-How to work:
-
-1. Edit `{module}.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiments: they compare *your* functions with PyTorch's, time them, and draw the
-   attention maps of your multi-head attention. An exercise you have not done yet is reported, not
-   fatal, so you can run them at any stage. Then answer the two questions.
-{kit.test_and_hand_in}
-"""),
+""",
+            experiments="""
+Run the experiments: they compare *your* functions with PyTorch's, time them, and draw the
+attention maps of your multi-head attention. An exercise you have not done yet is reported, not
+fatal, so you can run them at any stage. Then answer the two questions.
+""",
+        ),
         kit.helpers(),
-        kit.code("setup", f"""
-%load_ext autoreload
-%autoreload 2
-
+        kit.setup(f"""
 import math
 import time
 
 import torch
 import torch.nn.functional as F
-
-import {module}  # your file: {module}.py in this folder
 
 try:
     import matplotlib.pyplot as plt
@@ -189,7 +177,7 @@ if plt is not None and rows["scaled"]:
     plt.show()
 """),
         kit.markdown("question_scale", f"""
-## Written answer 1 ({SCALE_POINTS:g} points, graded by hand)
+## Written answer 1 ({kit.points(SCALE_POINTS)}, graded by hand)
 
 Use the table above. What happens to the attention weights, and to the gradient that reaches the
 queries and keys, when the scores are not scaled and `d_head` is large? Why is that bad for training?
@@ -409,7 +397,7 @@ for n_kv_heads, name in ((32, "MHA"), (8, "GQA"), (1, "MQA")):
     print(f"{{n_kv_heads:>10}} {{name:<6}} {{per_token / 2**10:>13.0f}} {{context / 2**30:>16.3f}} {{32 * context / 2**30:>21.2f}}")
 """),
         kit.markdown("question_gqa", f"""
-## Written answer 2 ({GQA_POINTS:g} points, graded by hand)
+## Written answer 2 ({kit.points(GQA_POINTS)}, graded by hand)
 
 Llama 2 70B, Llama 3 and Mistral use grouped-query attention with 8 key/value heads. Using the table
 above: what does GQA save, and why does that matter most when a model *generates* text (one token

@@ -25,26 +25,21 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 4."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 4: text generation strategies
-
-In this assignment you complete the {len(kit.exercises)} functions of **`{module}.py`**, the file in
-this folder beside the notebook: the decoding loop that turns a language model's next-token logits
-into text, the way Hugging Face's `generate()` runs it. Greedy decoding over a batch of left-padded
-prompts, the same with a KV cache, the logits processors that reshape the distribution before
-sampling (top-k, top-p, min-p, the repetition penalty, all of them in `generate()`'s order), seeded
-sampling, beam search with a length penalty, and stop sequences in tokens and in text. Each function
-raises `NotImplementedError` until you write its body; its docstring states the contract (and the
-module docstring the conventions all of them share: left padding, position ids, EOS and padding,
-`-inf` for a removed token) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.total:g} points, checked automatically; the three written answers
-below ({CACHE_POINTS + FILTERS_POINTS + BEAM_POINTS:g} points) are graded by hand.
-
+        kit.intro(
+            "Chapter 4: text generation strategies",
+            what="""
+the decoding loop that turns a language model's next-token logits into text, the way Hugging
+Face's `generate()` runs it. Greedy decoding over a batch of left-padded prompts, the same with
+a KV cache, the logits processors that reshape the distribution before sampling (top-k, top-p,
+min-p, the repetition penalty, all of them in `generate()`'s order), seeded sampling, beam
+search with a length penalty, and stop sequences in tokens and in text.
+""",
+            contract="""
+and the module docstring the conventions all of them share: left padding, position ids, EOS and
+padding, `-inf` for a removed token
+""",
+            written=(CACHE_POINTS, FILTERS_POINTS, BEAM_POINTS),
+            more=f"""
 Everything else in `{module}.py` is already written: `model_step` runs one forward pass the way
 `generate()` does, `random_causal_lm` builds a small random Llama or GPT-2 from a config,
 `cut_at_stops` and `generate_text` call your stop checks and decoders, and
@@ -53,29 +48,22 @@ Everything else in `{module}.py` is already written: `model_step` runs one forwa
 The models here are random, so their text is nonsense; but every decoding algorithm behaves on them
 as on a trained model, and each one can be checked token for token against `generate()` on the same
 model. A small tokenizer of syllables and punctuation makes their output readable.
-
-How to work:
-
-1. Edit `{module}.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiments: they compare *your* functions with `generate()` and Hugging Face's logits
-   processors, time your KV cache, plot your filters and measure what sampling, beam search and the
-   repetition penalty do. An exercise you have not done yet is reported, not fatal, so you can run
-   them at any stage. Then answer the three questions.
-{kit.test_and_hand_in}
-"""),
+""",
+            experiments="""
+Run the experiments: they compare *your* functions with `generate()` and Hugging Face's logits
+processors, time your KV cache, plot your filters and measure what sampling, beam search and the
+repetition penalty do. An exercise you have not done yet is reported, not fatal, so you can run
+them at any stage. Then answer the three questions.
+""",
+        ),
         kit.helpers(),
-        kit.code("setup", r'''
-%load_ext autoreload
-%autoreload 2
-
+        kit.setup(r'''
 import time
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging
-
-import generation  # your file: generation.py in this folder
 
 try:
     import matplotlib.pyplot as plt
@@ -314,7 +302,7 @@ if plt is not None:
     plt.show()
 '''),
         kit.markdown("question_cache", f"""
-## Written answer 1 ({CACHE_POINTS:g} points, graded by hand)
+## Written answer 1 ({kit.points(CACHE_POINTS)}, graded by hand)
 
 Llama 3 8B has 32 layers, 32 query heads and 8 key/value heads of 128 features each, and runs in
 bfloat16 (2 bytes a number). How many bytes does its KV cache take **per token**, for one sequence of
@@ -417,7 +405,7 @@ def temperature_then_top_p():
 attempt("process_logits", temperature_then_top_p)
 '''),
         kit.markdown("question_filters", f"""
-## Written answer 2 ({FILTERS_POINTS:g} points, graded by hand)
+## Written answer 2 ({kit.points(FILTERS_POINTS)}, graded by hand)
 
 Use the counts and the two figures above. Why does top-p adapt to the shape of the distribution
 while top-k does not? Say what a fixed `k` does wrong in a very confident context and in a very
@@ -585,7 +573,7 @@ def greedy_against_beam():
 attempt("greedy_search and beam_search", greedy_against_beam)
 '''),
         kit.markdown("question_beam", f"""
-## Written answer 3 ({BEAM_POINTS:g} points, graded by hand)
+## Written answer 3 ({kit.points(BEAM_POINTS)}, graded by hand)
 
 Use the table above. Why does beam search prefer short hypotheses when `length_penalty = 0` (raw sums
 of log-probabilities), and what does `length_penalty` change? What does `length_penalty = 1` compare

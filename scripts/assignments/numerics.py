@@ -11,39 +11,22 @@ def cells(kit) -> list:
     """Introduction, setup, the softmax-overflow experiment and the written question of Chapter 0."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 0: numerically stable softmax
-
-In this assignment you complete the {len(kit.exercises)} functions of **`{module}.py`**, the file in this folder
-beside the notebook. Each one raises `NotImplementedError` until you write its body; its docstring
-states the contract (shapes, dtypes, masked entries, edge cases) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.total:g} points, checked automatically; the written answer below is
-graded by hand.
-
-How to work:
-
-1. Edit `numerics.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiment to see where the naive formulas break, and answer the question.
-3. Run the test cell of each exercise. A test cell prints one line per test and fails with a message
-   that says what is wrong.
-
-Hand in this notebook **and** `numerics.py`. Do not rename the file and do not edit the test cells:
-they are restored before grading, and grading runs additional hidden tests.
-"""),
+        kit.intro(
+            "Chapter 0: numerically stable softmax",
+            what="",
+            contract="""
+shapes, dtypes, masked entries, edge cases
+""",
+            written=(ANSWER_POINTS,),
+            experiments="""
+Run the experiment to see where the naive formulas break, and answer the question.
+""",
+        ),
         kit.helpers(),
-        kit.code("setup", f"""
-%load_ext autoreload
-%autoreload 2
-
+        kit.setup(f"""
 import torch
 import torch.nn.functional as F
 
-import {module}  # your file: {module}.py in this folder
 """),
         kit.markdown("about_experiment", """
 ## Experiment: when does softmax overflow?
@@ -100,7 +83,7 @@ if loss is not None:
     print(f"cross_entropy: yours {{loss.item():.6f}}, torch {{expected.item():.6f}}")
 """),
         kit.markdown("question_masked_rows", f"""
-## Written answer ({ANSWER_POINTS:g} points, graded by hand)
+## Written answer ({kit.points(ANSWER_POINTS)}, graded by hand)
 
 `torch.softmax` returns NaN for a row whose logits are all `-inf`; this course's `stable_softmax`
 returns zeros there. Where in a language model do fully masked rows occur, why is NaN harmful there,

@@ -13,8 +13,10 @@ against ``DataCollatorForLanguageModeling``; their learning-rate schedule agains
 ``get_cosine_schedule_with_warmup`` and its min-lr variant, plotted; their weight-decay groups of a
 GPT-2 and of the course LM, listed; and a short run of the course LM of the ``"tiny"`` preset with
 their ``train_steps`` (the loss curve against the unigram and uniform baselines, the loss at the
-first token of a document against elsewhere, tokens/s and their MFU). Every call of an exercise goes
-through ``attempt``, so an unfinished or broken exercise is reported and the rest still runs.
+first token of a document against elsewhere, tokens/s and their MFU); and their AdamW and gradient
+clipping against ``torch.optim.AdamW`` and ``clip_grad_norm_``, a resume from a state dict,
+decoupled decay measured against L2, and a checkpoint round trip with their save and load. Every call of an exercise goes through ``attempt``, so an
+unfinished or broken exercise is reported and the rest still runs.
 """
 
 PACKING_POINTS = 3  # written answers, graded by hand
@@ -26,26 +28,23 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 5."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 5: pre-training a small language model
-
-In this assignment you complete the {len(kit.exercises)} functions of **`{module}.py`**, the file in
-this folder beside the notebook: what it takes to pre-train a language model on raw text. The data
-(pack tokenized documents into blocks, split the corpus by document, draw batches in a seeded
-order), the objectives (the shifted next-token loss of a causal LM, and BERT's masked-LM corruption
-for comparison), the optimisation (warmup and cosine decay of the learning rate, the parameters
-AdamW decays, the training step with gradient accumulation, clipping and mixed precision) and the
-cost (model FLOPs utilisation). Each function raises `NotImplementedError` until you write its body;
-its docstring states the contract (and the module docstring the conventions all of them share:
-labels are the inputs, ignored targets, token-weighted means, seeds, weight decay) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.total:g} points, checked automatically; the three written answers
-below ({PACKING_POINTS + DECAY_POINTS + MFU_POINTS:g} points) are graded by hand.
-
+        kit.intro(
+            "Chapter 5: pre-training a small language model",
+            what="""
+what it takes to pre-train a language model on raw text. The data (pack tokenized documents into
+blocks, split the corpus by document, draw batches in a seeded order), the objectives (the
+shifted next-token loss of a causal LM, and BERT's masked-LM corruption for comparison), the
+optimisation (warmup and cosine decay of the learning rate, the parameters AdamW decays, the
+training step with gradient accumulation, clipping and mixed precision, AdamW and gradient
+clipping themselves, from scratch, and checkpoints that resume exactly) and the cost (model FLOPs
+utilisation).
+""",
+            contract="""
+and the module docstring the conventions all of them share: labels are the inputs, ignored
+targets, token-weighted means, seeds, weight decay
+""",
+            written=(PACKING_POINTS, DECAY_POINTS, MFU_POINTS),
+            more=f"""
 Everything else in `{module}.py` is already written and calls your functions: `prepare_data` and
 `step_batches` (the data pipeline), `make_optimizer` and `make_lr_scheduler`, `evaluate`, the
 presets (`"tiny"`, `"cpu"`, `"gpu"`), the Accelerate loop `pretrain`, the baselines `unigram_loss`
@@ -54,22 +53,17 @@ and `uniform_loss`, `model_flops_per_token` and `measure_peak_flops`, and the pl
 The experiments use the course corpus (Python's own documentation) and the course tokenizer of
 Chapter 1, and train the course LM of Chapter 3 for a few dozen steps: small enough to run in well
 under a minute on a laptop's CPU, large enough to see every piece work.
-
-How to work:
-
-1. Edit `{module}.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiments: they compare *your* functions with Hugging Face's (`LlamaForCausalLM`'s own
-   loss, `DataCollatorForLanguageModeling`, `get_cosine_schedule_with_warmup`, PyTorch's samplers),
-   measure your packing and masking, and train a small model with your training step. An exercise
-   you have not done yet is reported, not fatal, so you can run them at any stage. Then answer the
-   three questions.
-{kit.test_and_hand_in}
-"""),
+""",
+            experiments="""
+Run the experiments: they compare *your* functions with Hugging Face's (`LlamaForCausalLM`'s own
+loss, `DataCollatorForLanguageModeling`, `get_cosine_schedule_with_warmup`, PyTorch's samplers),
+measure your packing and masking, and train a small model with your training step. An exercise
+you have not done yet is reported, not fatal, so you can run them at any stage. Then answer the
+three questions.
+""",
+        ),
         kit.helpers(),
-        kit.code("setup", r'''
-%load_ext autoreload
-%autoreload 2
-
+        kit.setup(r'''
 import math
 import time
 
@@ -78,8 +72,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from transformers.utils import logging
 
 from course_lib.corpus import load_corpus
-
-import pretraining  # your file: pretraining.py in this folder
 
 try:
     import matplotlib.pyplot as plt
@@ -412,7 +404,7 @@ if tiny_lm is not None:
     attempt("weight_decay_groups", show_groups, "course LM (tiny)", tiny_lm)
 '''),
         kit.markdown("question_decay", f"""
-## Written answer 1 ({DECAY_POINTS:g} points, graded by hand)
+## Written answer 1 ({kit.points(DECAY_POINTS)}, graded by hand)
 
 Use the lists above. AdamW's decoupled weight decay multiplies every decayed parameter by
 `1 - lr * weight_decay` at every step. Why is it applied to the weight matrices of linear maps but
@@ -535,8 +527,101 @@ if "history" in run:
         ax.set_title("the tiny course LM, trained with your train_steps")
         plt.show()
 '''),
+        kit.markdown("about_experiment_optimizer", """
+## Experiment 7: your AdamW, your gradient clipping and your checkpoints
+
+`train_steps` does not care whose optimizer and clipping it runs: `make_optimizer` builds your
+`AdamW` (5.10) as soon as its `step` runs, and `clip_gradients` calls your `clip_grad_norm_` (5.11)
+as soon as it runs; until then they use PyTorch's, so that 5.8 never waits for 5.10 and 5.11. The
+cell says which ones Experiment 6 used, then:
+
+- runs your `AdamW` and `torch.optim.AdamW` for 20 steps on the same float64 parameters and gradients
+  (two groups, the second without decay, as `make_optimizer` builds them) and prints the largest
+  difference after each few steps; then interrupts your run after 10 steps, saves and loads its
+  `state_dict()` into a new optimizer, and checks that the rest is bit-for-bit the uninterrupted run;
+- measures what decoupled decay changes: 1,000 steps on weights that start at 1 and whose gradients
+  are pure noise of very different sizes, once with your `AdamW` (`weight_decay=0.1`) and once with
+  `torch.optim.Adam(weight_decay=0.1)`, which adds `0.1 * weight` to the gradient (L2);
+- clips the gradients of the small GPT-2 of Experiment 2 with your `clip_grad_norm_` and with
+  PyTorch's, in the 2-norm and the max-norm;
+- saves a small run in the middle of its schedule with your `save_checkpoint` (5.12), loads it into
+  a run built from other weights with your `load_checkpoint` (5.13), and compares the next update and
+  the next random draws of both.
+"""),
+        kit.code("experiment_optimizer", r'''
+print("Experiment 6 ran with:", pretraining.loop_parts())
+
+
+def against_torch_adamw():
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(4, 3, dtype=torch.float64, generator=gen), torch.randn(5, dtype=torch.float64, generator=gen)]
+    grads = [[torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params] for _ in range(20)]
+    groups = [{"params": [0], "lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.1},
+              {"params": [1], "lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.0}]
+    yours = pretraining.adamw_steps(params, grads, groups)
+    torchs = pretraining.run_optimizer(torch.optim.AdamW, params, grads, groups)
+    gaps = [max(max_gap(a, b) for a, b in zip(mine, theirs)) for mine, theirs in zip(yours["params"], torchs["params"])]
+    print("largest difference from torch.optim.AdamW after steps 1, 5, 10, 20:",
+          ", ".join(f"{gaps[t - 1]:.1e}" for t in (1, 5, 10, 20)))
+    resumed = pretraining.adamw_steps(params, grads, groups, resume_after=10)
+    same = all(torch.equal(a, b) for mine, again in zip(yours["params"], resumed["params"]) for a, b in zip(mine, again))
+    print(f"interrupted after 10 steps and resumed from its state_dict: {'bit-for-bit' if same else 'NOT'} the same run")
+
+
+def decoupled_against_l2():
+    scales = [1e-4, 1e-2, 1e-1, 1.0, 10.0]
+    results = {}
+    for name, make in (("your AdamW (decoupled)", lambda p: pretraining.AdamW(p, lr=1e-3, weight_decay=0.1)),
+                       ("Adam + L2", lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=0.1))):
+        gen = torch.Generator().manual_seed(1)
+        weights = torch.nn.Parameter(torch.ones(len(scales), 64, dtype=torch.float64))
+        optimizer = make([weights])
+        for _ in range(1000):
+            weights.grad = torch.tensor(scales, dtype=torch.float64)[:, None] * torch.randn(
+                weights.shape, dtype=torch.float64, generator=gen)
+            optimizer.step()
+        results[name] = weights.detach().mean(1)
+    print(f"mean weight left after 1,000 steps (decay alone would leave (1 - 1e-3 * 0.1)^1000 = {0.9999**1000:.3f}):")
+    for i, scale in enumerate(scales):
+        print(f"  gradient noise {scale:7.0e}: " + ", ".join(f"{name} {w[i]:.3f}" for name, w in results.items()))
+
+
+def against_torch_clipping():
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
+    gpt2.zero_grad()
+    gpt2(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad.clone() for p in gpt2.parameters()]
+    gpt2.zero_grad()
+    for norm_type in (2.0, math.inf):
+        norm, clipped = pretraining.clipped_gradients(grads, 0.1, norm_type)
+        torch_norm, torch_clipped = pretraining.run_clipping(torch.nn.utils.clip_grad_norm_, grads, 0.1, norm_type)
+        print(f"norm_type={norm_type}: your total norm {float(norm):.6f}, torch's {float(torch_norm):.6f}; largest "
+              f"gradient difference after clipping to 0.1: {max(max_gap(a, b) for a, b in zip(clipped, torch_clipped)):.1e}")
+
+
+def checkpoint_round_trip():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as directory:  # a run after 3 updates, saved by your save_checkpoint
+        path = pretraining.save_checkpoint(directory, *pretraining.checkpoint_setup(0, 3), 7, {"loss": [2.5, 2.25]})
+        saved = Path(path).read_bytes()
+    got = pretraining.resumed_from_checkpoint(saved, seed=0, updates=3)
+    weights = all(torch.equal(a, b) for a, b in zip(got["params"]["resumed"], got["params"]["uninterrupted"]))
+    draws = (torch.equal(got["draws"]["resumed"]["torch"], got["draws"]["uninterrupted"]["torch"])
+             and got["draws"]["resumed"]["python"] == got["draws"]["uninterrupted"]["python"])
+    print(f"checkpoint: load_checkpoint returned step {got['returned'][0]}; after one more update the weights are "
+          f"{'identical' if weights else 'DIFFERENT'} and the learning rates {got['lr']['resumed']:.4f} "
+          f"vs {got['lr']['uninterrupted']:.4f}; the next random draws are {'identical' if draws else 'DIFFERENT'}")
+
+
+attempt("AdamW (5.10)", against_torch_adamw)
+attempt("AdamW (5.10)", decoupled_against_l2)
+attempt("clip_grad_norm_ (5.11)", against_torch_clipping)
+attempt("save_checkpoint and load_checkpoint (5.12, 5.13)", checkpoint_round_trip)
+'''),
         kit.markdown("question_packing", f"""
-## Written answer 2 ({PACKING_POINTS:g} points, graded by hand)
+## Written answer 2 ({kit.points(PACKING_POINTS)}, graded by hand)
 
 Use Experiments 1, 2 and 6. (a) The labels of a causal LM are its inputs: why does the loss shift
 them by one position, and what would a model trained without the shift learn (what would its loss
@@ -564,7 +649,7 @@ documents are shorter than the block or must be cut anyway) and would need atten
 dropped tail is at most one block.
 """, points=PACKING_POINTS),
         kit.markdown("question_mfu", f"""
-## Written answer 3 ({MFU_POINTS:g} points, graded by hand)
+## Written answer 3 ({kit.points(MFU_POINTS)}, graded by hand)
 
 Use Experiment 6. What does MFU measure, and why does training count 3 times the forward FLOPs per
 token (about 6 FLOPs per parameter and token)? Give two reasons why your tiny model reaches only a

@@ -16,39 +16,27 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 1."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 1: tokenization with byte-level BPE
-
-In this assignment you complete the {len(kit.exercises)} functions of **`{module}.py`**, the file in
-this folder beside the notebook: from splitting text into words, through training a byte-level BPE
-tokenizer, to encoding, decoding, streaming and exporting it for Hugging Face `tokenizers`. Each
-function raises `NotImplementedError` until you write its body; its docstring states the contract
-(and the module docstring the conventions all of them share: vocabulary layout, tie-break, special
-tokens) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.total:g} points, checked automatically; the two written answers
-below ({VOCAB_SIZE_POINTS + NUMBERS_POINTS:g} points) are graded by hand.
-
-How to work:
-
-1. Edit `{module}.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiments: they train *your* `train_bpe` on a slice of the course corpus and measure
-   what your tokenizer does. An exercise you have not done yet is reported, not fatal, so you can run
-   them at any stage. Then answer the two questions.
-{kit.test_and_hand_in}
-"""),
+        kit.intro(
+            "Chapter 1: tokenization with byte-level BPE",
+            what="""
+from splitting text into words, through training a byte-level BPE tokenizer, to encoding,
+decoding, streaming and exporting it for Hugging Face `tokenizers`.
+""",
+            contract="""
+and the module docstring the conventions all of them share: vocabulary layout, tie-break,
+special tokens
+""",
+            written=(VOCAB_SIZE_POINTS, NUMBERS_POINTS),
+            experiments="""
+Run the experiments: they train *your* `train_bpe` on a slice of the course corpus and measure
+what your tokenizer does. An exercise you have not done yet is reported, not fatal, so you can run
+them at any stage. Then answer the two questions.
+""",
+        ),
         kit.helpers(),
-        kit.code("setup", f"""
-%load_ext autoreload
-%autoreload 2
-
+        kit.setup(f"""
 import time
 
-import {module}  # your file: {module}.py in this folder
 from course_lib.corpus import load_corpus
 
 SPECIAL = ["<|endoftext|>"]
@@ -228,7 +216,7 @@ else:
     attempt("tokenizers BPE trainer", library_bpe)
 """),
         kit.markdown("question_vocab_size", f"""
-## Written answer 1 ({VOCAB_SIZE_POINTS:g} points, graded by hand)
+## Written answer 1 ({kit.points(VOCAB_SIZE_POINTS)}, graded by hand)
 
 Look at your plot of bytes per token against vocabulary size. (a) Why do the first merges raise it
 quickly and the later ones only slowly? (b) The held-out text is more Python documentation; what
@@ -276,7 +264,7 @@ else:
     attempt("bpe_encode", show)
 """),
         kit.markdown("question_numbers", f"""
-## Written answer 2 ({NUMBERS_POINTS:g} points, graded by hand)
+## Written answer 2 ({kit.points(NUMBERS_POINTS)}, graded by hand)
 
 Look at how your tokenizer splits the numbers and the German sentence above. With 1,024 tokens most
 digits stay single bytes; in a large vocabulary (GPT-2 has 50,257 tokens) frequent numbers such as

@@ -27,24 +27,20 @@ def cells(kit) -> list:
     """Introduction, setup, the experiments and the written questions of Chapter 3."""
     module = kit.module
     return [
-        kit.markdown("intro", f"""
-# Chapter 3: the Transformer, encoder-decoder and decoder-only
-
-In this assignment you complete the {len(kit.exercises)} functions of **`{module}.py`**, the file in
-this folder beside the notebook: where a token is (sinusoidal positions, embeddings, rotary
-embeddings), the two normalisations, the feed-forward network, the encoder and decoder layers of the
-original Transformer (pre-norm and post-norm), the decoder-only block of GPT-2 and Llama, and what a
-model costs (parameters and FLOPs). Each function raises `NotImplementedError` until you write its
-body; its docstring states the contract (and the module docstring the conventions all of them share:
-shapes, how weights are named, masks, dtypes) and gives a hint.
-
-| exercise | function | points |
-|---|---|---|
-{kit.table}
-
-The code exercises are worth {kit.total:g} points, checked automatically; the three written answers
-below ({ROPE_POINTS + NORM_POINTS + FLOPS_POINTS:g} points) are graded by hand.
-
+        kit.intro(
+            "Chapter 3: the Transformer, encoder-decoder and decoder-only",
+            what="""
+where a token is (sinusoidal positions, embeddings, rotary embeddings), the two normalisations,
+the feed-forward network, the encoder and decoder layers of the original Transformer (pre-norm
+and post-norm), the decoder-only block of GPT-2 and Llama, and what a model costs (parameters
+and FLOPs).
+""",
+            contract="""
+and the module docstring the conventions all of them share: shapes, how weights are named,
+masks, dtypes
+""",
+            written=(ROPE_POINTS, NORM_POINTS, FLOPS_POINTS),
+            more=f"""
 The rest of `{module}.py` is written and calls your functions: the layers `LayerNorm`, `RMSNorm`,
 `FeedForward`, `EncoderLayer` and `DecoderLayer` (which hold weights and copy PyTorch's layers with
 `from_torch`), the encoder-decoder `Seq2SeqTransformer` and its training loop `train_seq2seq`.
@@ -53,20 +49,15 @@ The encoder and decoder layers attend with Chapter 2's `multi_head_attention`, t
 `course_lib.attention`. If yours there is unfinished or disagrees with PyTorch's, the setup cell
 puts PyTorch's attention in its place for these experiments, so that they show your Chapter 3 code
 (grading does the same: it uses the reference solution of every other chapter).
-
-How to work:
-
-1. Edit `{module}.py` in your editor. The cells below import it and reload it when it changes.
-2. Run the experiments: they compare *your* functions with PyTorch's and Hugging Face's, train a
-   small Transformer built from your layers, and count what models cost. An exercise you have not
-   done yet is reported, not fatal, so you can run them at any stage. Then answer the three questions.
-{kit.test_and_hand_in}
-"""),
+""",
+            experiments="""
+Run the experiments: they compare *your* functions with PyTorch's and Hugging Face's, train a
+small Transformer built from your layers, and count what models cost. An exercise you have not
+done yet is reported, not fatal, so you can run them at any stage. Then answer the three questions.
+""",
+        ),
         kit.helpers(),
-        kit.code("setup", r'''
-%load_ext autoreload
-%autoreload 2
-
+        kit.setup(r'''
 import math
 
 import torch
@@ -136,10 +127,7 @@ if chapter2_problem is None:
 else:
     chapter2.multi_head_attention = torch_multi_head_attention
     print(f"Chapter 2's multi_head_attention {chapter2_problem}: your layers use PyTorch's attention instead.")
-
-''' + f"""
-import {module}  # your file: {module}.py in this folder
-"""),
+'''),
         kit.markdown("about_experiment_positions", """
 ## Experiment 1: sinusoidal positions and the scale of embeddings
 
@@ -278,7 +266,7 @@ if attempt("apply_rope", relative_scores):
     attempt("apply_rope", decay)
 '''),
         kit.markdown("question_rope", f"""
-## Written answer 1 ({ROPE_POINTS:g} points, graded by hand)
+## Written answer 1 ({kit.points(ROPE_POINTS)}, graded by hand)
 
 Why does rotating queries and keys (and not values) make attention depend on the *relative* position
 `m - n` only? Show it in one line with rotation matrices. Then use the table of wavelengths: a model
@@ -487,7 +475,7 @@ def train():
 result = attempt("train_seq2seq", train)
 '''),
         kit.markdown("question_norm", f"""
-## Written answer 2 ({NORM_POINTS:g} points, graded by hand)
+## Written answer 2 ({kit.points(NORM_POINTS)}, graded by hand)
 
 The original Transformer is post-norm; GPT-2, Llama and nearly every model since are pre-norm. Use
 the gradient table of Experiment 4: what happens to the layers near the output of a deep post-norm
@@ -692,7 +680,7 @@ attempt("count_parameters", count_against_models)
 _ = attempt("flops_per_token", flops_against_context)
 '''),
         kit.markdown("question_flops", f"""
-## Written answer 3 ({FLOPS_POINTS:g} points, graded by hand)
+## Written answer 3 ({kit.points(FLOPS_POINTS)}, graded by hand)
 
 From the last table: at about what context length does attention take half of the forward FLOPs of
 Llama 2 7B, and of the course's GPU model? Why does that happen at a *shorter* context for the

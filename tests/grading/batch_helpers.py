@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,9 @@ from grading import sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSIGNMENT = "numerics"
+# This test run's own range of sandbox uids (inherited by the graders it starts): graders of other
+# runs on the same machine use others, so "no process left" checks see this run's sandboxes only.
+os.environ.setdefault(sandbox.UID_BASE_ENV, str(100_000 + sandbox.UID_SLOTS * (os.getpid() % 4000)))
 POINTS = {e.id: e.points for e in exercises.all_exercises() if e.module == ASSIGNMENT}
 
 
@@ -79,9 +83,13 @@ def gradebook_scores(course: Path, students, assignment: str = ASSIGNMENT) -> di
 
 
 def sandbox_processes() -> list[int]:
-    """Processes that run as a sandbox uid right now (there should be none between runs)."""
+    """Processes left behind by sandboxes: those of a sandbox uid that no grader holds right now.
+    (A uid held by another grading run on this machine, its lock file locked, is that run's: two runs
+    at once must not count each other's sandboxes.)"""
+    import fcntl
+
     base = int(os.environ.get(sandbox.UID_BASE_ENV) or 61000)
-    found = []
+    by_uid: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -89,8 +97,33 @@ def sandbox_processes() -> list[int]:
             except (OSError, StopIteration, ValueError):
                 continue
             if base <= uid < base + sandbox.UID_SLOTS:
-                found.append(int(entry.name))
+                by_uid.setdefault(uid, []).append(int(entry.name))
+    found = []
+    for uid, pids in by_uid.items():
+        lock_path = sandbox.sandbox_dir() / f".uid-{uid}.lock"
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # held: a sandbox of a run that is still going
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        found += pids
     return found
+
+
+@contextlib.contextmanager
+def busy_machine(workers: int | None = None, seconds: float = 900.0):
+    """Keep the machine busy on purpose while the block runs: ``workers`` processes (default two per
+    core) spinning at the grader's own priority, each stopping by itself after ``seconds`` at most
+    and killed when the block ends."""
+    spin = f"import time\nend = time.monotonic() + {float(seconds)}\nwhile time.monotonic() < end:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(workers or 2 * (os.cpu_count() or 1))]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def table(rows: list[tuple], header: tuple) -> str:

@@ -4,9 +4,10 @@ Every hostile submission is Chapter 0 solved by the reference except the attacke
 0.1, 2 points), so the right score is 8 of 10 unless said otherwise; each must end with exactly that
 score, with the run going on to the next student. The attacks are bounded themselves (TOOLCHAIN.md):
 the loop gives up after 30 s, the fork bomb makes at most 300 sleeping children that exit after 20 s,
-the memory bomb asks for 3 GB at most, the network attempts go to a listener of this test on
-127.0.0.1. The table (attack, outcome, score) is printed (``pytest -s``) and kept in
-``adversarial_table`` for the report.
+the memory bomb asks for 3 GB at most, the network attempts go to listeners of this test on
+127.0.0.1 (TCP and UDP) and a UNIX socket of this test, a notebook sleeps 120 s at most. The table
+(attack, outcome, score) is printed (``pytest -s``) and kept in ``adversarial_table`` for the report.
+The attacks that need no notebook run are in test_adversarial_sandbox.py.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import builtins  # noqa: F401
 import json
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from grading import sandbox
-from grading.autograde import grade_assignment
+from grading.autograde import grade_assignment, run_notebooks
 from grading.submissions import module_with, solved_module
 from tests.grading.batch_helpers import (ASSIGNMENT, POINTS, ROOT, gradebook_scores, released_course,
                                          released_notebook, sandbox_processes, submit, table)
@@ -167,21 +171,51 @@ def network(logits, dim=-1):
 
 # -- the notebook attacks --------------------------------------------------------------------------
 KERNEL_CELL = '''
-import sqlite3
+import os, socket, sqlite3
+
+
+def grader_environment():
+    leaked = sorted(set(os.environ) & {"COURSE_GRADEBOOK_URL", "COURSE_TEST_GRADER_TOKEN"})
+    if not leaked:
+        raise LookupError("none of the grader's variables")
+    return leaked
+
+
+def other_students():
+    seen = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            seen.append(open(f"/proc/{pid}/cmdline", "rb").read())
+        except OSError:
+            pass
+    if not any(b"@OTHER_ID@" in line for line in seen):
+        raise LookupError(f"no other student's id in {len(seen)} command lines")
+
+
 for label, action in [
     ("gradebook", lambda: sqlite3.connect("@GRADEBOOK@").execute("UPDATE grade SET manual_score = 100").connection.commit()),
     ("solutions", lambda: open("@ROOT@/solutions/numerics.py").read()),
     ("own module", lambda: open("numerics.py", "a").write("\\n# changed by the kernel\\n")),
     ("other student", lambda: open("@OTHER@", "a").write("\\n# changed by another student's kernel\\n")),
+    ("grader's environment", grader_environment),
+    ("unix socket", lambda: socket.socket(socket.AF_UNIX).connect("@UNIX@")),
+    ("other students' ids", other_students),
 ]:
     try:
         action()
         print(f"ATTACK {label}: SUCCEEDED")
     except Exception as err:
         print(f"ATTACK {label}: {type(err).__name__}")
+try:  # UDP cannot fail here; the test's listener on 127.0.0.1 tells whether it arrived
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"leak", ("127.0.0.1", int("@UDP@")))
+except OSError:
+    pass
 import grading.check
 grading.check.check = lambda *a, **k: print("all tests passed")
 '''
+
+UNDECODABLE_CELL = "import os\nos.write(2, b'\\xff\\xfe not UTF-8\\n')\nos.write(1, b'\\xc3\\x28\\n')\n"
+SLEEPER_CELL = "import time\ntime.sleep(120)  # bounded; the notebook's limit stops it first\n"
 
 
 def _cell(source: str) -> dict:
@@ -202,10 +236,19 @@ def _delete_test_cell(nb: dict) -> dict:
     return nb
 
 
-def _kernel_attack(nb: dict, fill) -> dict:
+def _kernel_attack(nb: dict, fill, cell: str = KERNEL_CELL) -> dict:
     first_test = next(i for i, c in enumerate(nb["cells"]) if c["metadata"].get("nbgrader", {}).get("grade_id") == "about_tests")
-    nb["cells"].insert(first_test, _cell(fill(KERNEL_CELL)))
+    nb["cells"].insert(first_test, _cell(fill(cell)))
     return nb
+
+
+def _linked_submission(folder, fill) -> None:
+    """Only links: a course_lib folder that is a classmate's submission, files that are the solutions
+    and the hidden tests (which a copy that follows links would fill in), and a FIFO."""
+    (folder / "course_lib").symlink_to(fill.other_folder())
+    (folder / "leak.txt").symlink_to(ROOT / "solutions" / "numerics.py")
+    (folder / "leak_hidden.txt").symlink_to(ROOT / "tests" / "hidden" / "test_numerics_hidden.py")
+    os.mkfifo(folder / "pipe.txt")
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -254,7 +297,14 @@ ATTACKS = [
      lambda f: (module_with(ASSIGNMENT, {"0.1": None}), _delete_test_cell(f.notebook())), 8),
     ("notebook kernel: gradebook, files, patch check()", "an added cell",
      lambda f: (module_with(ASSIGNMENT, {"0.1": None}), _kernel_attack(f.notebook(), f)), 8),
+    ("links to a classmate, the solutions, a FIFO", "course_lib/ linked to a classmate's submission",
+     lambda f: (None, None), 0),
+    ("notebook: undecodable bytes on stderr", "an added cell", lambda f: (
+        module_with(ASSIGNMENT, {"0.1": None}), _kernel_attack(f.notebook(), f, UNDECODABLE_CELL)), 8),
 ]
+
+
+LINKED = {"links to a classmate, the solutions, a FIFO"}  # made by _linked_submission after submit()
 
 
 def _student(name: str) -> str:
@@ -264,13 +314,18 @@ def _student(name: str) -> str:
 class _Fill:
     """Fills the placeholders of hostile code with this course's paths."""
 
-    def __init__(self, course, port):
-        self.course, self.port = course, port
+    def __init__(self, course, port, udp_port, unix_socket):
+        self.course, self.port, self.udp_port, self.unix_socket = course, port, udp_port, unix_socket
+
+    def other_folder(self):
+        return self.course / "submitted" / _student("control: correct") / ASSIGNMENT
 
     def __call__(self, text: str) -> str:
-        other = self.course / "submitted" / _student("control: correct") / ASSIGNMENT / f"{ASSIGNMENT}.py"
+        other = self.other_folder() / f"{ASSIGNMENT}.py"
         return (text.replace("@ROOT@", str(ROOT)).replace("@GRADEBOOK@", str(self.course / "gradebook.db"))
-                .replace("@OTHER@", str(other)).replace("@PORT@", str(self.port)))
+                .replace("@OTHER@", str(other)).replace("@PORT@", str(self.port))
+                .replace("@UDP@", str(self.udp_port)).replace("@UNIX@", str(self.unix_socket))
+                .replace("@OTHER_ID@", _student("control: correct")))
 
     def notebook(self) -> dict:
         return released_notebook(self.course)
@@ -282,18 +337,29 @@ adversarial_table: list[tuple] = []
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     course = tmp_path_factory.mktemp("adversarial") / "course"
-    os.environ["COURSE_GRADING_DIR"] = str(course)
-    listener = socket.socket()
+    service = Path(tempfile.mkdtemp(prefix="adversarial-", dir="/tmp"))  # a folder any uid may enter
+    service.chmod(0o755)
+    secrets = {"COURSE_GRADEBOOK_URL": f"sqlite:///{course / 'gradebook.db'}",  # the default, spelled out
+               "COURSE_TEST_GRADER_TOKEN": "grader-secret-token"}
+    os.environ.update(COURSE_GRADING_DIR=str(course), **secrets)
+    listener, udp, unix = socket.socket(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_UNIX)
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    listener.setblocking(False)
+    udp.bind(("127.0.0.1", 0))
+    unix.bind(str(service / "gradebook.sock"))
+    (service / "gradebook.sock").chmod(0o777)  # as a database's socket is
+    unix.listen(8)
+    for sock in (listener, udp, unix):
+        sock.setblocking(False)
     try:
         released_course(course)
-        fill = _Fill(course, listener.getsockname()[1])
+        fill = _Fill(course, listener.getsockname()[1], udp.getsockname()[1], service / "gradebook.sock")
         expected = {}
         for name, _, make, score in ATTACKS:
             module, notebook = make(fill)
-            submit(course, _student(name), module, notebook)
+            folder = submit(course, _student(name), module, notebook)
+            if name in LINKED:
+                _linked_submission(folder, fill)
             expected[_student(name)] = score
         other_before = (course / "submitted" / _student("control: correct") / ASSIGNMENT / f"{ASSIGNMENT}.py").read_text()
         limits = sandbox.Limits(call_timeout=5.0, exercise_timeout=20.0, submission_timeout=120.0, memory_bytes=3 << 29, processes=64,
@@ -301,16 +367,22 @@ def graded(tmp_path_factory):
         started = time.monotonic()
         records = grade_assignment(ASSIGNMENT, jobs=2, limits=limits, course=course, progress=False, cell_timeout=30)
         elapsed = time.monotonic() - started
-        try:
-            listener.accept()
-            connected = True
-        except BlockingIOError:
-            connected = False
-        yield dict(course=course, records=records, expected=expected, connected=connected, elapsed=elapsed,
+        reached = []
+        for label, sock, receive in (("TCP", listener, lambda s: s.accept()), ("UDP", udp, lambda s: s.recv(64)),
+                                     ("UNIX socket", unix, lambda s: s.accept())):
+            try:
+                receive(sock)
+                reached.append(label)
+            except BlockingIOError:
+                pass
+        yield dict(course=course, records=records, expected=expected, reached=reached, elapsed=elapsed,
                    other_before=other_before)
     finally:
-        listener.close()
-        os.environ.pop("COURSE_GRADING_DIR", None)
+        for sock in (listener, udp, unix):
+            sock.close()
+        shutil.rmtree(service, ignore_errors=True)
+        for name in ("COURSE_GRADING_DIR", *secrets):
+            os.environ.pop(name, None)
 
 
 def _outcome(course, student: str, record: dict) -> str:
@@ -355,11 +427,11 @@ def test_no_secret_was_read_no_file_changed_no_connection_made_no_process_left(g
     messages = " ".join(m for r in records.values() for e in r["exercises"].values() for m in e["messages"])
     assert "cheat failed" in messages and "WROTE" not in messages and "APPENDED" not in messages
     assert "PermissionError" in messages
-    assert not graded["connected"], "a submission reached a listener on 127.0.0.1"
+    assert not graded["reached"], f"a submission or a notebook reached this test's {graded['reached']} listener"
     other = course / "submitted" / _student("control: correct") / ASSIGNMENT / f"{ASSIGNMENT}.py"
     assert other.read_text() == graded["other_before"]
     kernel = _outcome(course, _student("notebook kernel: gradebook, files, patch check()"), {})
-    assert "SUCCEEDED" not in kernel and kernel.count("Error") == 4, kernel
+    assert "SUCCEEDED" not in kernel and kernel.count("Error") == 7, kernel
     assert not sandbox_processes(), "processes of a sandbox uid outlived the run"
 
 
@@ -381,3 +453,29 @@ def test_a_rerun_changes_nothing(graded):
     records = grade_assignment(ASSIGNMENT, jobs=2, course=course, progress=False, cell_timeout=30)
     assert {s: r["code_score"] for s, r in records.items()} == graded["expected"]
     assert gradebook_scores(course, graded["expected"]) == before
+
+
+def test_links_and_special_files_were_set_aside_before_any_copy(graded):
+    course = graded["course"]
+    student = _student(next(iter(LINKED)))
+    autograded = course / "autograded" / student / ASSIGNMENT
+    quarantine = course / "autograde" / ASSIGNMENT / "quarantine" / student / ASSIGNMENT
+    assert sorted(graded["records"][student]["rejected"]) == ["course_lib", "leak.txt", "leak_hidden.txt", "pipe.txt"]
+    assert sorted(p.name for p in quarantine.iterdir()) == ["course_lib", "leak.txt", "leak_hidden.txt", "pipe.txt"]
+    assert (quarantine / "leak.txt").is_symlink()  # set aside as it was, never followed
+    secret = (ROOT / "solutions" / "numerics.py").read_text()
+    copied = {p.name: p.read_text(errors="replace") for p in autograded.rglob("*") if p.is_file()}
+    assert not {"leak.txt", "leak_hidden.txt", "pipe.txt"} & set(copied), sorted(copied)
+    assert not [name for name, text in copied.items() if secret[-300:] in text]
+
+
+def test_a_notebook_that_runs_too_long_costs_that_notebook_only(graded):
+    course = graded["course"]
+    sleeper = "notebook_sleeps_past_its_limit"
+    submit(course, sleeper, module_with(ASSIGNMENT, {"0.1": None}),
+           _kernel_attack(released_notebook(course), lambda text: text, SLEEPER_CELL))
+    log = course / "autograde" / ASSIGNMENT / "logs" / "timeout-test.log"
+    started = time.monotonic()
+    status = run_notebooks(course, ASSIGNMENT, [sleeper], log, cell_timeout=200, notebook_timeout=20)
+    assert status[sleeper].startswith("failed (the notebook ran past 20 s"), status
+    assert time.monotonic() - started < 120, "the notebook's run was not stopped at its limit"

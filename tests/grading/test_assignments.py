@@ -1,12 +1,12 @@
 """Every chapter's assignment notebook (scripts/make_assignment.py): present and up to date, one
 autograded cell per exercise with the registry's points, a written answer graded by hand, an
-experiment; nbgrader releases it without solutions; its experiment runs on the untouched stub and on
-the reference without an error."""
+experiment; nbgrader releases it without solutions; the setup cell's check of the file handed in
+beside the notebook. (The notebooks are run, on the stub, on one finished exercise and on the
+reference, where they are graded: tests/grading/test_chapter_grading.py.)"""
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import pytest
 
 from course_lib import exercises
 from grading import release
+from grading.check import check_hand_in, count
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = exercises.CHAPTER_MODULES
@@ -53,12 +54,10 @@ def test_every_chapter_has_an_assignment_and_the_committed_files_are_current():
     assert _generator().assignments() == sorted(MODULES), "scripts/assignments/<module>.py per chapter module"
     for module in MODULES:
         folder = ROOT / "assignments" / module
-        assert (folder / f"{module}.ipynb").is_file()
-        assert (folder / f"{module}.py").is_symlink(), f"{module}.py must link to course_lib/{module}.py"
-        assert (folder / f"{module}.py").resolve() == ROOT / "course_lib" / f"{module}.py"
-        # Content with model answers never sits in the nbgrader source folder (all of it is released).
-        assert sorted(p.name for p in folder.iterdir() if p.name != "__pycache__") == sorted(
-            [f"{module}.ipynb", f"{module}.py"])
+        # Only the notebook: content with model answers never sits in the nbgrader source folder (all
+        # of it is released), and neither does a copy of the chapter module (the student's one file
+        # is course_lib/<module>.py; the handout links to it beside the notebook).
+        assert sorted(p.name for p in folder.iterdir() if p.name != "__pycache__") == [f"{module}.ipynb"]
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_assignment.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -89,10 +88,12 @@ def test_written_answers_graded_by_hand_and_an_experiment_on_the_students_module
         assert meta["solution"] and meta["points"] > 0 and not meta["locked"]
         assert cell.source.startswith("### BEGIN SOLUTION\n") and cell.source.endswith("\n### END SOLUTION")
         heading = cells[cells.index(cell) - 1]  # the question, with the same points in its heading
-        assert heading.cell_type == "markdown" and f"({meta['points']:g} points, graded by hand)" in heading.source
+        assert heading.cell_type == "markdown" and f"({count(meta['points'], 'point')}, graded by hand)" in heading.source
     experiments = [c for c in cells if _nbgrader(c)["grade_id"].startswith("experiment")]
     assert experiments and all(c.cell_type == "code" and not _nbgrader(c)["grade"] for c in experiments)
-    assert any(f"import {module}  # your file" in c.source for c in cells if c.cell_type == "code")
+    setup = next(c for c in cells if _nbgrader(c)["grade_id"] == "setup")
+    assert f"from course_lib import {module}  # your file" in setup.source
+    assert f"check_hand_in({module})" in setup.source
     assert any(f"{module}." in c.source for c in experiments), "the experiment uses the student's module"
 
 
@@ -116,11 +117,9 @@ def released(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES)
-def test_nbgrader_releases_the_notebook_without_solutions_and_the_stub_as_a_file(released, module):
+def test_nbgrader_releases_the_notebook_without_solutions(released, module):
     folder = released / module
-    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{module}.ipynb", f"{module}.py"])
-    stub = folder / f"{module}.py"
-    assert not stub.is_symlink() and stub.read_text() == (ROOT / "course_lib" / f"{module}.py").read_text()
+    assert sorted(p.name for p in folder.iterdir()) == [f"{module}.ipynb"]
     text = (folder / f"{module}.ipynb").read_text()
     for secret in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN", "hidden=True", *_model_answer_lines(module)):
         assert secret not in text, f"the release of {module} contains {secret!r}"
@@ -130,55 +129,45 @@ def test_nbgrader_releases_the_notebook_without_solutions_and_the_stub_as_a_file
         assert any(f'check("{ex.id}")' in c.source for c in nb.cells), f"no public test cell for {ex.id}"
 
 
-def _run_experiment(folder: Path, module: str, mode: str) -> dict[str, list]:
-    """Execute the setup and experiment cells (every code cell that is not a test) of the released
-    notebook in ``folder`` in a fresh kernel; ``mode`` "student" runs the stub, "solution" the
-    reference through it. Returns each executed cell's outputs by grade id."""
-    from nbclient import NotebookClient
+# -- the file handed in beside the notebook --------------------------------------------------------
+@pytest.fixture
+def chapter_file(tmp_path):
+    """A stand-in for ``course_lib.numerics`` (only its name and file matter) and a notebook folder."""
+    import types
 
-    nb = nbformat.read(folder / f"{module}.ipynb", as_version=4)
-    nb.cells = [c for c in nb.cells if c.cell_type == "code" and not _nbgrader(c).get("grade")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_LIB_", "PYTHON", "PYTEST_", "MPLBACKEND"))}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")  # as the grading kernel (nbgrader_config.py)
-    if mode == "solution":
-        env["COURSE_LIB_MODE"] = "solution"
-    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(folder)}}).execute(env=env)
-    return {_nbgrader(c)["grade_id"]: c.outputs for c in nb.cells}
-
-
-def _printed(outputs: list) -> str:
-    return "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-
-
-# What each chapter's experiment prints when every exercise is right (the reference behind the stub).
-SOLVED_OUTPUT = {
-    "numerics": ["cross_entropy: yours"],
-    "tokenization": ["joined back to the text: True", "train_bpe: 768 merges", " 1024 tokens: ",
-                     "word_tokenize: ", "decode(encode(held-out text)) == text: True",
-                     "encode_iterable over", "gives the same ids: True\ntokenizers.Tokenizer from your "
-                     "tokenizer.json gives the same ids: True", "tokenizers' trainer: 768 merges", "bytes/token"],
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["student", "solution"])
-@pytest.mark.parametrize("module", MODULES)
-def test_the_released_experiment_runs_on_the_stub_and_on_a_finished_module(released, module, mode, tmp_path):
-    folder = tmp_path / module
+    own = tmp_path / "course_lib" / "numerics.py"
+    own.parent.mkdir()
+    own.write_text("# the student's work\n")
+    module = types.ModuleType("course_lib.numerics")
+    module.__file__ = str(own)
+    folder = tmp_path / "assignment"
     folder.mkdir()
-    for path in (released / module).iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    outputs = _run_experiment(folder, module, mode)
-    errors = {cell: [o for o in out if o.output_type == "error"] for cell, out in outputs.items()}
-    assert not any(errors.values()), {cell: [(e.ename, e.evalue) for e in errs] for cell, errs in errors.items() if errs}
-    printed = "".join(_printed(out) for out in outputs.values())
-    first = next(e for e in exercises.all_exercises() if e.module == module)
-    if mode == "student":
-        assert f"not done yet: Exercise {first.id}" in printed, printed
-    else:
-        assert "not done yet" not in printed and " raised " not in printed and "Error:" not in printed, printed
-        for expected in SOLVED_OUTPUT.get(module, []):
-            assert expected in printed, f"{expected!r} not in\n{printed}"
-        if module == "tokenization":
-            assert any("image/png" in o.get("data", {}) for o in outputs["experiment_compression"]), "no plot"
+    return module, own, folder
+
+
+def test_check_hand_in_links_a_missing_file_to_the_students_module(chapter_file):
+    module, own, folder = chapter_file
+    verdict = check_hand_in(module, folder)
+    assert (folder / "numerics.py").is_symlink() and (folder / "numerics.py").resolve() == own.resolve()
+    assert "now a link" in verdict
+    assert "is your" in check_hand_in(module, folder)  # and from then on it is the same file
+
+
+def test_check_hand_in_accepts_a_file_with_the_same_contents(chapter_file):
+    module, own, folder = chapter_file
+    (folder / "numerics.py").write_text(own.read_text())  # a submission being graded
+    assert "is your" in check_hand_in(module, folder)
+
+
+def test_check_hand_in_warns_about_a_second_copy_that_differs(chapter_file):
+    module, own, folder = chapter_file
+    (folder / "numerics.py").write_text("# the untouched stub nbgrader fetched\n")
+    verdict = check_hand_in(module, folder)
+    assert verdict.startswith("WARNING") and str(own) in verdict and "ln -sf" in verdict
+
+
+def test_check_hand_in_writes_nothing_during_batch_grading(chapter_file, monkeypatch):
+    module, own, folder = chapter_file
+    monkeypatch.setenv("COURSE_CHECK_DEFER", "1")
+    assert "not in this submission" in check_hand_in(module, folder)
+    assert not (folder / "numerics.py").exists()

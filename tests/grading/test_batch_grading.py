@@ -1,9 +1,12 @@
 """A 30-submission mixed batch (correct, partial, broken, hostile) through ``python -m grading.autograde``,
-killed mid-run and run again: every student ends with the expected scores, once, and a manual grade
-set by a human survives a forced regrade. Prints the summary table and the time per submission."""
+killed mid-run and run again while the machine is kept busy on purpose (one spinning process per
+core): every student ends with the expected scores, once, and a manual grade set by a human survives
+a forced regrade; a sandbox that cannot start charges no one (the student is marked for a regrade and
+graded by the next run). Prints the summary table and the time per submission."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -13,9 +16,12 @@ import time
 
 import pytest
 
+from grading import sandbox
+from grading.autograde import grade_assignment
 from grading.submissions import module_with, solved_module
 from tests.grading import test_adversarial as hostile
-from tests.grading.batch_helpers import ASSIGNMENT, ROOT, gradebook_scores, mutant, released_course, sandbox_processes, submit
+from tests.grading.batch_helpers import (ASSIGNMENT, ROOT, busy_machine, gradebook_scores, mutant, released_course,
+                                         sandbox_processes, submit)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux's")]
@@ -50,7 +56,8 @@ def _batch() -> dict[str, tuple[str | None, float]]:
 
 def _grade(course, *args, kill_after_records: int | None = None) -> subprocess.CompletedProcess | None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
-    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_CALL_TIMEOUT="5", COURSE_SANDBOX_EXERCISE_TIMEOUT="15",
+    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_UID_BASE=os.environ[sandbox.UID_BASE_ENV],
+               COURSE_SANDBOX_CALL_TIMEOUT="5", COURSE_SANDBOX_EXERCISE_TIMEOUT="15",
                COURSE_SANDBOX_MEMORY_BYTES=str(3 << 29), COURSE_SANDBOX_PROCESSES="64",
                PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
     command = [sys.executable, "-m", "grading.autograde", ASSIGNMENT, "--jobs", "2", "--no-progress", "--cell-timeout", "30", *args]
@@ -77,19 +84,21 @@ def test_thirty_mixed_submissions_killed_mid_run_then_resumed(tmp_path):
     expected = {s: score for s, (_, score) in batch.items()}
 
     # The code exercises only (the notebooks' nbgrader pass is in the adversarial suite and the forced
-    # regrade below): the submissions are not yet in the gradebook, the grader adds them.
+    # regrade below): the submissions are not yet in the gradebook, the grader adds them. The machine
+    # is busy all along: honest students must not pay for it.
     started = time.monotonic()
-    _grade(course, "--no-notebooks", kill_after_records=6)
-    killed_at = time.monotonic() - started
-    done_before = {p.stem for p in (course / "autograde" / ASSIGNMENT).glob("*.json")}
-    assert 6 <= len(done_before) < 30
-    time.sleep(1)
-    resumed = _grade(course, "--no-notebooks")
+    with busy_machine(workers=os.cpu_count() or 1, seconds=1500):
+        _grade(course, "--no-notebooks", kill_after_records=6)
+        killed_at = time.monotonic() - started
+        done_before = {p.stem for p in (course / "autograde" / ASSIGNMENT).glob("*.json")}
+        assert 6 <= len(done_before) < 30
+        time.sleep(1)
+        resumed = _grade(course, "--no-notebooks")
     total = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     print("\n" + resumed.stdout)
     print(f"killed after {killed_at:.0f} s with {len(done_before)} students recorded; whole batch {total:.0f} s "
-          f"({total / 30:.1f} s per submission, 2 jobs, 2 cores)")
+          f"({total / 30:.1f} s per submission, 2 jobs, {os.cpu_count()} cores, as many spinning processes)")
     assert f"{len(done_before)} unchanged since an earlier run" in resumed.stdout
 
     records = {p.stem: json.loads(p.read_text()) for p in (course / "autograde" / ASSIGNMENT).glob("*.json")}
@@ -116,6 +125,24 @@ def test_thirty_mixed_submissions_killed_mid_run_then_resumed(tmp_path):
         assert (grade.auto_score, grade.manual_score, grade.score) == (0.0, 3.0, 3.0)
         assert gb.find_grade("answer_masked_rows", ASSIGNMENT, ASSIGNMENT, "partial_0").manual_score == 2.0
         assert gb.find_submission(ASSIGNMENT, "partial_0").score == 6 + 3 + 2
+
+    # A run the grader cannot time (here: a wall-clock allowance too small for anything to finish)
+    # is the grader's fault: no score is recorded, the student is marked for a regrade (record,
+    # summary, nbgrader's flag), and the next run grades them.
+    summary = io.StringIO()
+    records = grade_assignment(ASSIGNMENT, students=["correct_0"], force=True, notebooks=False, course=course,
+                               limits=sandbox.Limits(load_factor=0.001), progress=False, out=summary)
+    assert "REGRADE 1: correct_0" in summary.getvalue(), summary.getvalue()
+    record = json.loads((course / "autograde" / ASSIGNMENT / "correct_0.json").read_text())
+    assert record == records["correct_0"] and not record["complete"] and record["status"].startswith("regrade:")
+    assert all(ex["regrade"] and ex["score"] == 0 for ex in record["exercises"].values())
+    with Gradebook(url, "llm-course") as gb:
+        grade = gb.find_grade("test_0_1", ASSIGNMENT, ASSIGNMENT, "correct_0")
+        assert (grade.auto_score, grade.needs_manual_grade) == (None, True)
+    healed = _grade(course, "--no-notebooks")
+    assert healed.returncode == 0 and "1 graded now" in healed.stdout, healed.stdout[-3000:]
+    record = json.loads((course / "autograde" / ASSIGNMENT / "correct_0.json").read_text())
+    assert record["complete"] and record["code_score"] == 10
 
 
 def test_the_graded_test_files_hold_every_graded_test_of_their_chapter():

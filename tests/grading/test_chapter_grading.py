@@ -1,23 +1,40 @@
-"""Every chapter's assignment through the instructor's command (``python -m grading.autograde``,
-nbgrader notebooks included): a correct, an untouched and a partly wrong submission get exactly the
-points they should, exercise by exercise, in the gradebook.
+"""Every chapter's assignment, from the student's handout to the instructor's gradebook.
 
-The submissions are made from the repository (grading.submissions): the reference completed, the
-released stub, and a stub with some exercises done by a wrong variant from ``tests/mutants/`` and
-some left undone. A chapter's exercises may call each other (0.4 calls the student's 0.3, 2.5 their
-2.4), so the partly wrong expectations below say which points a mistake costs downstream too.
+For each chapter, one grading run of the instructor's command (``python -m grading.autograde``,
+nbgrader notebooks included) grades three submissions, and the tests below read its results:
+
+- **the student's path, walked** (``walker``): in a copy of the handout (``./course release``), a
+  student who finished the earlier chapters works in ``course_lib/<chapter>.py``, the one file the
+  README names, and leaves it *partly wrong*: some exercises done right, some by a wrong variant from
+  ``tests/mutants/``, some untouched (:data:`PARTLY_WRONG`). They run ``pytest --exercise`` on a
+  finished exercise and on an untouched one; run the notebook's setup cell and those two exercises'
+  test cells in a kernel of the handout's Python; and hand in the assignment's folder as
+  ``nbgrader submit`` or a zip would (the file beside the notebook is a link: the copy stores what it
+  points to). Exactly the points of the exercises they got right must appear in the gradebook. A
+  chapter's exercises may call each other (0.4 calls the student's 0.3, 2.5 their 2.4), so
+  :data:`PARTLY_WRONG` also says which points a mistake costs downstream.
+- **made from the repository** (grading.submissions): the reference completed (``correct``) and the
+  stub as released (``untouched``).
+
+The autograded notebooks show that the experiments run to the end on the stub, on a partly wrong
+module and on the reference, report unfinished exercises, and print what a finished chapter prints.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import nbformat
 import pytest
 
 from course_lib import exercises
+from grading import release, sandbox
 from grading.submissions import module_with, solved_module
 from tests.grading.batch_helpers import ROOT, gradebook_scores, mutant, released_course, sandbox_processes, submit
 
@@ -38,60 +55,206 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
     # (4.5), and 4.9 samples from their process_logits
     "generation": ({"4.2": None, "4.5": "top_p_that_drops_the_crossing_token",
                     "4.11": "stop_sequence_by_its_last_token"}, {"4.2", "4.3", "4.5", "4.8", "4.9", "4.10", "4.11"}),
-    # 5.8 computes its loss with the student's causal_lm_loss (5.4)
-    "pretraining": ({"5.2": None, "5.4": "loss_without_shift", "5.9": "mfu_six_times_forward_flops"},
-                    {"5.2", "5.4", "5.8", "5.9"}),
+    # 5.8 computes its loss with the student's causal_lm_loss (5.4) and steps with their AdamW (5.10); their
+    # clip_grad_norm_ (5.11) is a stub, so it clips with torch's
+    "pretraining": ({"5.2": None, "5.4": "loss_without_shift", "5.9": "mfu_six_times_forward_flops",
+                     "5.10": "adamw_with_l2_instead_of_decoupled_decay", "5.11": None},
+                    {"5.2", "5.4", "5.8", "5.9", "5.10", "5.11"}),
 }
+
+# What each chapter's experiments print when every exercise is right.
+SOLVED_OUTPUT = {
+    "numerics": ["cross_entropy: yours"],
+    "tokenization": ["joined back to the text: True", "train_bpe: 768 merges", " 1024 tokens: ",
+                     "word_tokenize: ", "decode(encode(held-out text)) == text: True",
+                     "encode_iterable over", "gives the same ids: True\ntokenizers.Tokenizer from your "
+                     "tokenizer.json gives the same ids: True", "tokenizers' trainer: 768 merges", "bytes/token"],
+}
+
+
+def _chapter_exercises(chapter: str) -> list[exercises.Exercise]:
+    return [e for e in exercises.all_exercises() if e.module == chapter]
+
+
+def _grade_id(cell) -> str:
+    return cell.metadata.get("nbgrader", {}).get("grade_id", "")
+
+
+def _printed(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def _errors(cell) -> list[str]:
+    return [f"{o['ename']}: {o['evalue']}" for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+# -- the student's path --------------------------------------------------------------------------------
+def _student_kernel(python: Path, where: Path):
+    """A manager of a Jupyter kernel of the handout's Python (``python3``, as a student's own install
+    names it), and nothing else: no kernel of this process's Python can stand in for it."""
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = where / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (handout)", "language": "python"}))
+    specs = KernelSpecManager(kernel_dirs=[str(where / "kernels")], ensure_native_kernel=False)
+    return KernelManager(kernel_name="python3", kernel_spec_manager=specs)
+
+
+def walk(chapter: str, handout: Path, tmp_path: Path) -> dict:
+    """The student's path through one chapter (see the module docstring); what they saw."""
+    mine = tmp_path / "handout"
+    shutil.copytree(handout, mine, symlinks=True)
+    replaced, losing = PARTLY_WRONG[chapter]
+    chapter_exercises = _chapter_exercises(chapter)
+    done = next(e for e in chapter_exercises if e.id not in losing)
+    undone = next(e for e in chapter_exercises if e.id in replaced and replaced[e.id] is None)
+    for earlier in exercises.chapters_before(chapter):  # a student at this chapter finished the earlier ones
+        (mine / "course_lib" / f"{earlier}.py").write_text(solved_module(earlier))
+    own = mine / "course_lib" / f"{chapter}.py"  # the one file the README names
+    own.write_text(module_with(chapter, {ex: name and mutant(chapter, name) for ex, name in replaced.items()}))
+
+    python = release.student_python(mine, tmp_path / "venv")
+    env = {**release.student_env(), "OMP_NUM_THREADS": "1"}
+    env.pop("MPLBACKEND", None)  # a student's kernel draws inline
+    seen = {}
+    for ex in (done, undone):
+        proc = subprocess.run([str(python), "-m", "pytest", "--exercise", ex.id, "-p", "no:cacheprovider"],
+                              cwd=mine, env=env, capture_output=True, text=True, timeout=600)
+        seen[f"pytest {ex.id}"] = (proc.returncode, proc.stdout + proc.stderr)
+
+    # The notebook: its setup and the test cells of those two exercises (all of it, experiments
+    # included, runs again when it is graded).
+    folder = mine / "assignments" / chapter
+    nb = nbformat.read(folder / f"{chapter}.ipynb", as_version=4)
+    wanted = {"helpers", "setup", f"test_{done.id.replace('.', '_')}", f"test_{undone.id.replace('.', '_')}"}
+    from nbclient import NotebookClient
+
+    ran = nbformat.from_dict(json.loads(json.dumps(nb)))
+    ran.cells = [c for c in ran.cells if c.cell_type == "code" and _grade_id(c) in wanted]
+    NotebookClient(ran, km=_student_kernel(python, tmp_path / "jupyter"), timeout=600, allow_errors=True,
+                   resources={"metadata": {"path": str(folder)}}).execute(env=env)
+    by_id = {c.id: c for c in ran.cells}
+    for cell in nb.cells:  # the student's notebook, with the outputs of what they ran
+        if cell.id in by_id:
+            cell.outputs = by_id[cell.id].outputs
+    nbformat.write(nb, folder / f"{chapter}.ipynb")
+    seen["cells"] = {_grade_id(c): c for c in ran.cells}
+    seen["done"], seen["undone"], seen["folder"] = done, undone, folder
+    return seen
+
+
+@pytest.fixture(scope="module", params=exercises.CHAPTER_MODULES)
+def graded(request, handout, tmp_path_factory):
+    """One chapter graded: the walk and the two made-up submissions, through the instructor's command."""
+    chapter = request.param
+    if chapter not in PARTLY_WRONG:
+        pytest.fail(f"no partly wrong submission written down for {chapter} (PARTLY_WRONG)")
+    tmp_path = tmp_path_factory.mktemp(f"grading-{chapter}")
+    walked = walk(chapter, handout, tmp_path / "student")
+
+    course = tmp_path / "course"
+    released_course(course, chapter)
+    submit(course, "correct", solved_module(chapter), assignment=chapter)
+    submit(course, "untouched", (ROOT / "course_lib" / f"{chapter}.py").read_text(), assignment=chapter)
+    handed_in = course / "submitted" / "walker" / chapter  # what `nbgrader submit`/`nbgrader collect` store
+    shutil.copytree(walked["folder"], handed_in, symlinks=False)
+    (handed_in / "timestamp.txt").write_text("2026-11-26 12:00:00.000000 UTC")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
+    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_UID_BASE=os.environ[sandbox.UID_BASE_ENV],
+               PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
+    proc = subprocess.run([sys.executable, "-m", "grading.autograde", chapter, "--jobs", "2", "--no-progress"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    students = ["correct", "untouched", "walker"]
+    return {"chapter": chapter, "walked": walked, "proc": proc, "course": course,
+            "scores": gradebook_scores(course, students, chapter) if proc.returncode == 0 else None,
+            "no_sandbox_left": not sandbox_processes()}
+
+
+def _autograded_cells(graded, student: str) -> list:
+    path = graded["course"] / "autograded" / student / graded["chapter"] / f"{graded['chapter']}.ipynb"
+    return nbformat.read(path, as_version=4).cells
+
+
+def _scores(graded, student: str) -> dict[str, float]:
+    proc = graded["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cells = graded["scores"][student]
+    return {ex.id: cells[f"test_{ex.id.replace('.', '_')}"][0] for ex in _chapter_exercises(graded["chapter"])}
 
 
 def test_every_chapter_has_a_partly_wrong_submission_to_grade():
     assert set(PARTLY_WRONG) == set(exercises.CHAPTER_MODULES)
 
 
-@pytest.mark.parametrize("chapter", exercises.CHAPTER_MODULES)
-def test_correct_untouched_and_partly_wrong_submissions_get_their_exact_scores(chapter, tmp_path):
-    if chapter not in PARTLY_WRONG:
-        pytest.fail(f"no partly wrong submission written down for {chapter} (PARTLY_WRONG)")
-    course = tmp_path / "course"
-    release = released_course(course, chapter)
-    points = {e.id: e.points for e in exercises.all_exercises() if e.module == chapter}
-    replaced, losing = PARTLY_WRONG[chapter]
-    modules = {
-        "correct": solved_module(chapter),
-        "untouched": (release / f"{chapter}.py").read_text(),
-        "partly_wrong": module_with(chapter, {ex: name and mutant(chapter, name) for ex, name in replaced.items()}),
-    }
-    for student, source in modules.items():
-        submit(course, student, source, assignment=chapter)
+def test_the_student_edits_one_file_and_pytest_reads_it(graded):
+    walked = graded["walked"]
+    done, undone = walked["done"], walked["undone"]
+    status, output = walked[f"pytest {done.id}"]
+    assert status == 0 and " passed" in output and "failed" not in output, output[-3000:]
+    status, output = walked[f"pytest {undone.id}"]
+    assert status == 1, output[-3000:]
+    first_failure = output.split("= FAILURES =", 1)[1].split("\n")[2]  # the line under the test's name
+    assert first_failure.startswith(f"NotImplementedError: Exercise {undone.id}"), output[-3000:]
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
-    env.update(COURSE_GRADING_DIR=str(course), PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
-    proc = subprocess.run([sys.executable, "-m", "grading.autograde", chapter, "--jobs", "2", "--no-progress"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print("\n" + proc.stdout)
 
-    expected = {
-        "correct": dict(points),
-        "untouched": {ex: 0.0 for ex in points},
-        "partly_wrong": {ex: 0.0 if ex in losing else p for ex, p in points.items()},
-    }
-    scores = gradebook_scores(course, expected, chapter)
-    for student, per_exercise in expected.items():
-        got = {ex: scores[student][f"test_{ex.replace('.', '_')}"][0] for ex in points}
-        assert got == per_exercise, f"{chapter}, {student}: autograded {got}, expected {per_exercise}"
-        written = [cell for cell in scores[student] if not cell.startswith("test_")]
+def test_the_notebook_reads_the_same_file_and_its_test_cells_agree_with_pytest(graded):
+    walked, chapter = graded["walked"], graded["chapter"]
+    cells = walked["cells"]
+    setup = _printed(cells["setup"])
+    assert f"{chapter}.py here is your" in setup and not _errors(cells["setup"]), setup
+    done, undone = walked["done"], walked["undone"]
+    passed = cells[f"test_{done.id.replace('.', '_')}"]
+    assert not _errors(passed) and "passed" in _printed(passed), _printed(passed) + str(_errors(passed))
+    failed = cells[f"test_{undone.id.replace('.', '_')}"]
+    assert any(f"NotImplementedError: Exercise {undone.id}" in e for e in _errors(failed)), _errors(failed)
+
+
+def test_what_the_student_hands_in_is_graded_exercise_by_exercise(graded):
+    chapter = graded["chapter"]
+    _, losing = PARTLY_WRONG[chapter]
+    points = {e.id: e.points for e in _chapter_exercises(chapter)}
+    assert _scores(graded, "walker") == {ex: 0.0 if ex in losing else p for ex, p in points.items()}
+
+
+def test_correct_and_untouched_submissions_get_their_exact_scores(graded):
+    chapter = graded["chapter"]
+    points = {e.id: e.points for e in _chapter_exercises(chapter)}
+    expected = {"correct": dict(points), "untouched": {ex: 0.0 for ex in points}}
+    for student in ("correct", "untouched", "walker"):
+        if student in expected:
+            assert _scores(graded, student) == expected[student], f"{chapter}, {student}"
+        written = [cell for cell in graded["scores"][student] if not cell.startswith("test_")]
         assert written, f"{chapter} has no written answer graded by hand"
-        assert all(scores[student][cell] == (None, None) or scores[student][cell][0] in (None, 0) for cell in written)
+        assert all(graded["scores"][student][cell] == (None, None) or graded["scores"][student][cell][0] in (None, 0)
+                   for cell in written)
+    assert graded["no_sandbox_left"]
 
-        # The notebook ran to the end for everyone: no cell outside the test cells raised.
-        notebook = course / "autograded" / student / chapter / f"{chapter}.ipynb"
-        cells = json.loads(notebook.read_text())["cells"]
-        errors = [c["metadata"].get("nbgrader", {}).get("grade_id") for c in cells if c["cell_type"] == "code"
-                  and not str(c["metadata"].get("nbgrader", {}).get("grade_id", "")).startswith("test_")
-                  and any(o["output_type"] == "error" for o in c.get("outputs", []))]
+
+def test_the_experiments_run_to_the_end_on_the_stub_on_a_partly_wrong_module_and_on_the_reference(graded):
+    chapter = graded["chapter"]
+    chapter_index = exercises.CHAPTER_MODULES.index(chapter)
+    first = _chapter_exercises(chapter)[0]
+    for student in ("correct", "untouched", "walker"):
+        cells = _autograded_cells(graded, student)
+        errors = {_grade_id(c): _errors(c) for c in cells if c.cell_type == "code"
+                  and not _grade_id(c).startswith("test_") and _errors(c)}
         assert not errors, f"{chapter}, {student}: cells that raised: {errors}"
-    assert not sandbox_processes()
+    untouched = "".join(_printed(c) for c in _autograded_cells(graded, "untouched"))
+    assert f"not done yet: Exercise {first.id}" in untouched, untouched[-2000:]
+    walker = "".join(_printed(c) for c in _autograded_cells(graded, "walker") if not _grade_id(c).startswith("test_"))
+    assert re.search(rf"not done yet: Exercise {chapter_index}\.\d+:", walker), "an unfinished exercise is reported"
+    correct = "".join(_printed(c) for c in _autograded_cells(graded, "correct") if not _grade_id(c).startswith("test_"))
+    assert "not done yet" not in correct and " raised " not in correct and "Error:" not in correct, correct[-3000:]
+    for expected in SOLVED_OUTPUT.get(chapter, []):
+        assert expected in correct, f"{expected!r} not in\n{correct}"
+    if chapter == "tokenization":
+        compression = next(c for c in _autograded_cells(graded, "correct") if _grade_id(c) == "experiment_compression")
+        assert any("image/png" in o.get("data", {}) for o in compression.outputs), "no plot"
 
 
 def test_the_grading_kernel_imports_earlier_chapters_finished_and_the_students_own_module(tmp_path):

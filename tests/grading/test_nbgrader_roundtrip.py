@@ -5,6 +5,8 @@ The submissions are made from the repository (grading.submissions), never hand-w
 one, an untouched one (the released stub), and a partly wrong one (0.1 and 0.2 right, 0.3 a wrong
 variant from tests/mutants/, 0.4 left a stub). nbgrader runs as the instructor would run it (its
 command line, from the repository root) in a temporary course folder; kernels talk over 127.0.0.1.
+Under this configuration plain ``nbgrader autograde`` runs the notebooks in the confined kernel and
+scores the code in the sandbox (grading.nbgrader_autograde); the feedback shows the sandbox's results.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def test_release_autograde_feedback_and_export_give_the_exact_scores(tmp_path):
         assert not [o for o in experiment["outputs"] if o["output_type"] == "error"], (student, experiment["outputs"])
         printed = "".join("".join(o.get("text", "")) for o in experiment["outputs"])
         assert ("not done yet: Exercise 0.1" in printed) == (student == "untouched"), (student, printed)
+    subprocess.run(["bash", str(ROOT / "scripts" / "fetch_mathjax.sh")], check=True)  # the pages' MathJax
     _ok(_nbgrader(course, "generate_feedback", ASSIGNMENT))
     _ok(_nbgrader(course, "export", "--to", str(tmp_path / "grades.csv")))
 
@@ -131,21 +134,21 @@ def test_release_autograde_feedback_and_export_give_the_exact_scores(tmp_path):
         assert float(row["score"]) == sum(per_exercise.values()), row
         assert float(row["max_score"]) == 12.0, row
 
-    # -- feedback: per-test results, no hidden test code ---------------------------------------------
+    # -- feedback: per-exercise results, no hidden test code or lines, no CDN -------------------------
     hidden_code = [line.strip() for line in (ROOT / "tests" / "hidden" / "test_numerics_hidden.py").read_text().splitlines()
                    if "student." in line or line.strip().startswith("def ")]
-    pages = {student: _text((course / "feedback" / student / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
-             for student in expected}
+    raw = {student: (course / "feedback" / student / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text() for student in expected}
+    pages = {student: _text(page) for student, page in raw.items()}
     for student, page in pages.items():
         leaked = [line for line in hidden_code if line in page]
         assert not leaked, f"{student}'s feedback shows hidden test code: {leaked[:3]}"
-        # The hidden *call* (check("0.1", hidden=True)) is visible: nbgrader shows test cells in
-        # feedback, but the hidden tests' code lives in tests/hidden/ and never reaches the page.
-        assert 'check("0.1", hidden=True)' in page
-    assert re.search(r"exercise 0\.1: (\d+) of \1 tests failed", pages["untouched"])
+        assert "hidden=True" not in page and "HIDDEN TESTS" not in page, f"{student}'s feedback shows the hidden-test lines"
+        assert 'check("0.1")' in page  # the public call stays
+        assert "cdnjs.cloudflare.com" not in raw[student] and "MathJax" in raw[student], "feedback without its own MathJax"
+    assert re.search(r"exercise 0\.1 \(stable_softmax\): 0 of 2 points, 0 tests passed, [1-9]\d* failed", pages["untouched"])
     assert "NotImplementedError: Exercise 0.1" in pages["untouched"]
-    assert re.search(r"exercise 0\.4 \(hidden tests\): all \d+ tests passed", pages["correct"])
-    assert re.search(r"exercise 0\.2 \(hidden tests\): all \d+ tests passed", pages["partly_wrong"])
+    assert re.search(r"exercise 0\.4 \(cross_entropy\): 4 of 4 points, \d+ tests passed, 0 failed", pages["correct"])
+    assert re.search(r"exercise 0\.2 \(logsumexp\): 2 of 2 points, \d+ tests passed, 0 failed", pages["partly_wrong"])
     assert "log(softmax(x)) gives -inf once exp underflows" in pages["partly_wrong"]  # the 0.3 mistake
 
 

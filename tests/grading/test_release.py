@@ -22,18 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCE_NOTEBOOKS = sorted(ROOT.glob("assignments/*/*.ipynb"))
 
 
-@pytest.fixture(scope="module")
-def handout(tmp_path_factory):
-    out = tmp_path_factory.mktemp("release") / "handout"
-    release.build_handout(out)
-    return out
-
-
 @pytest.fixture
 def leaky(handout, tmp_path):
     """A copy of the handout to plant a leak in (or to run code in: bytecode stays out of ``handout``)."""
     copy = tmp_path / "handout"
-    shutil.copytree(handout, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(handout, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     return copy
 
 
@@ -75,6 +68,10 @@ def test_handout_holds_the_student_files_and_none_of_the_instructors(handout):
         assert not (handout / path).exists(), f"{path} must not be in the handout"
     for nb in SOURCE_NOTEBOOKS:
         assert (handout / "assignments" / nb.parent.name / nb.name).is_file(), f"{nb.name} not released"
+    for module in exercises.CHAPTER_MODULES:  # one file per chapter: beside the notebook, a link to it
+        link = handout / "assignments" / module / f"{module}.py"
+        assert link.is_symlink() and link.resolve() == (handout / "course_lib" / f"{module}.py").resolve(), link
+        assert sorted(p.name for p in link.parent.iterdir()) == sorted([f"{module}.ipynb", f"{module}.py"])
     include = tomllib.loads((handout / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     assert "course_lib*" in include and not any(p.startswith("solutions") for p in include)
     readme = (handout / "README.md").read_text()
@@ -178,8 +175,16 @@ def _nbgrader_marker(h):
 
 
 def _pyproject_packages_solutions(h):
-    shutil.copy(ROOT / "pyproject.toml", h / "pyproject.toml")
+    text = (ROOT / "pyproject.toml").read_text()
+    packaged = re.sub(r'include = \[', 'include = ["solutions*", ', text, count=1)
+    assert packaged != text, "pyproject.toml has no package include list to plant solutions in"
+    (h / "pyproject.toml").write_text(packaged)
     return "pyproject.toml"
+
+
+def _link_out_of_the_handout(h):
+    (h / "assignments" / "numerics" / "notes.py").symlink_to(ROOT / "solutions" / "numerics.py")
+    return "assignments/numerics/notes.py"
 
 
 def _bytecode(h):
@@ -190,7 +195,7 @@ def _bytecode(h):
 
 LEAKS = [_paste_reference_into_stub, _reference_in_a_notebook, _reference_lines_in_a_book_page,
          _solutions_folder, _hidden_test_file, _hidden_tests_edited_and_renamed, _mutants_folder,
-         _nbgrader_marker, _pyproject_packages_solutions, _bytecode]
+         _nbgrader_marker, _pyproject_packages_solutions, _link_out_of_the_handout, _bytecode]
 
 
 @pytest.mark.parametrize("plant", LEAKS, ids=[p.__name__.strip("_") for p in LEAKS])
@@ -295,6 +300,52 @@ def test_handout_pytest_fails_on_every_exercise_with_not_implemented_and_no_coll
         named.add(match.group(1))
     assert failed > 0
     assert named == {ex.id for ex in exercises.all_exercises()}
+
+
+def _failures(output: str) -> dict[str, list[str]]:
+    """A pytest run's FAILURES section: test name -> the lines pytest printed for it."""
+    section = output.split("= FAILURES =", 1)[1].split("= short test summary info =", 1)[0]
+    found, name = {}, None
+    for line in section.splitlines()[1:]:
+        if header := re.fullmatch(r"_+ (test\S*) _+", line):
+            name = header.group(1)
+            found[name] = []
+        elif name is not None:
+            found[name].append(line)
+    return found
+
+
+def test_a_failure_shows_the_message_first_and_the_lines_of_the_test_and_of_the_student_code(leaky, tmp_path):
+    # Softmax over the last axis whatever dim says: a wrong answer, not an unfinished one.
+    replace_stub_body(leaky / "course_lib" / "numerics.py", "stable_softmax",
+                      "    return torch.softmax(logits, dim=-1)\n")
+    proc = run_in_handout(leaky, ["-m", "pytest", "--exercise", "0.1", "-p", "no:cacheprovider"], tmp_path)
+    failures = _failures(proc.stdout)
+    assert "test_stable_softmax_normalises_along_the_given_dim" in failures, proc.stdout[-3000:]
+    lines = failures["test_stable_softmax_normalises_along_the_given_dim"]
+    assert lines[0].startswith("AssertionError: stable_softmax(logits, dim=0) is wrong"), lines
+    assert "Softmax over the wrong axis?" in lines[0]
+    text = "\n".join(lines)
+    assert "tests/test_numerics.py:" in text, text
+    assert "def assert_close" not in text and "grading/" not in text, "helper frames are hidden"
+    assert len(lines) <= 8, text
+
+
+def test_a_chapter_module_that_does_not_import_leaves_the_other_chapters_alone(leaky, tmp_path):
+    attention = leaky / "course_lib" / "attention.py"
+    source = attention.read_text()
+    line = source[:source.index("def _check_int(")].count("\n") + 1
+    attention.write_text(source.replace("def _check_int(", "def _check_int(:", 1))  # half-typed code
+    other = run_in_handout(leaky, ["-m", "pytest", "--exercise", "0.1", "-p", "no:cacheprovider"], tmp_path)
+    output = other.stdout + other.stderr
+    assert "INTERNALERROR" not in output and "attention" not in output, output[-3000:]
+    assert "7 failed" in output and "NotImplementedError: Exercise 0.1" in output, output[-3000:]
+    own = run_in_handout(leaky, ["-m", "pytest", "--chapter", "attention", "-p", "no:cacheprovider"], tmp_path)
+    output = own.stdout + own.stderr
+    assert own.returncode != 0 and "INTERNALERROR" not in output, output[-3000:]
+    where = f"course_lib/attention.py, line {line}: SyntaxError"
+    assert where in output, output[-3000:]
+    assert output.index(where) < output.index("Traceback") if "Traceback" in output else True
 
 
 # -- the command ----------------------------------------------------------------------------------------

@@ -143,15 +143,18 @@ def test_an_endless_loop_is_stopped_by_the_call_timeout_and_the_door_recovers(ho
         hostile.log_softmax(torch.zeros(2, 3))
     pid = hostile._proc.pid
     hostile.call_timeout = CALL_TIMEOUT
-    started = time.monotonic()
+    spent = hostile.spent_on.get("stable_softmax", 0.0)
     try:
-        with pytest.raises(SubmissionTimeout):
+        with pytest.raises(SubmissionTimeout, match=f"longer than {CALL_TIMEOUT:g} s"):
             hostile.stable_softmax(torch.zeros(2, 3))
     finally:
         hostile.call_timeout = 60.0
-    assert time.monotonic() - started < CALL_TIMEOUT + 5
+    # stopped once charged its limit (CPU time here: a busy machine stretches the wall time only)
+    assert CALL_TIMEOUT <= hostile.spent_on["stable_softmax"] - spent <= CALL_TIMEOUT + 1
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the looping child is gone, not left running
+    if hostile._slot is not None:
+        assert sandbox.pids(uid=hostile._slot.uid, zombies=False) == []
     with pytest.raises(SubmissionError, match="LyingResult"):  # the next call gets a fresh child
         hostile.cross_entropy(*_inputs())
 
@@ -254,7 +257,9 @@ def test_the_child_runs_confined_as_root_sets_it_up(probing):
         probing.stable_softmax(torch.zeros(2, 3))
     seen = eval(str(err.value))  # a dict of words, made by this test's own probe
     assert seen["uid"] == report["uid"] and seen["groups"] == []
-    assert {seen[k] for k in ("solutions", "hidden", "course_lib", "tmp", "write")} == {"PermissionError"}, seen
+    # refused (Landlock) or not even there (bubblewrap's file system holds only what it may read)
+    assert {seen[k] for k in ("solutions", "hidden", "course_lib", "tmp", "write")} <= {"PermissionError",
+                                                                                      "FileNotFoundError"}, seen
     assert seen["net"] in ("PermissionError", "OSError") or "Error" in seen["net"], seen
 
 
@@ -280,11 +285,10 @@ def test_per_exercise_and_per_submission_time_budgets(tmp_path):
     door = SandboxDoor(tmp_path, limits=sandbox.Limits(call_timeout=2, exercise_timeout=3, submission_timeout=60))
     try:
         door.start()
-        started = time.monotonic()
-        for _ in range(3):
-            with pytest.raises(SubmissionTimeout):
+        # 2 s, then the 1 s left of the exercise's 3 s, then refused without a call
+        for why in ("longer than 2 s", "longer than 1 s", "not run: its calls used up the exercise's time"):
+            with pytest.raises(SubmissionTimeout, match=why):
                 door.stable_softmax(torch.zeros(2, 3))
-        assert time.monotonic() - started < 12  # 2 s, then 1 s, then refused without a call
         torch.testing.assert_close(door.logsumexp(torch.zeros(2, 3)), reference.logsumexp(torch.zeros(2, 3)))
     finally:
         door.close()

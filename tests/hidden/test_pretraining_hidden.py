@@ -12,6 +12,8 @@ from tests.test_pretraining import (F64, NO_CLIPPING, SETTINGS, assert_history, 
                                     datasets_split, group_texts, hf_decayed, hf_labels, hf_schedule, micro_batches,
                                     mlm_ids, next_token_ce, random_docs, sampler_order, steps_with_prompts,
                                     tiny_course_lm, tiny_gpt2, tiny_llama, token_batch, whole_step)
+from tests.test_pretraining import (adamw_problem, assert_same_data, assert_same_run, check_clipping,
+                                    checkpoint_bytes, clip_problem, expected_checkpoint, torch_adamw, torch_clipping)
 
 
 # -- 5.1 --------------------------------------------------------------------------------------------------
@@ -210,7 +212,7 @@ def test_hidden_train_steps_matches_the_loop_written_out(student, device, family
     expected = reference_training(model, steps, SETTINGS)
     got = student.train_steps(model, steps, SETTINGS)
     assert_history(got, expected, what=f"train_steps({family} model, 4 steps of {n_micro} micro-batch(es), "
-                                       f"padded={padded})")
+                                       f"padded={padded})", student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -219,7 +221,7 @@ def test_hidden_train_steps_without_clipping_and_with_labels(student, device):
     steps, settings = steps_with_prompts(device), SETTINGS | NO_CLIPPING
     expected = reference_training(model, steps, settings)
     got = student.train_steps(model, steps, settings)
-    assert_history(got, expected, what="train_steps with max_grad_norm=None and labels with -100")
+    assert_history(got, expected, what="train_steps with max_grad_norm=None and labels with -100", student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -229,7 +231,7 @@ def test_hidden_train_steps_in_bf16_autocast(student, device):
     settings = SETTINGS | {"mixed_precision": "bf16"}
     expected = reference_training(model, steps, settings, accumulate=True, dtype=torch.float32)
     got = student.train_steps(model, steps, settings)
-    assert_history(got, expected, what="train_steps with mixed_precision='bf16'", rtol=1e-5)
+    assert_history(got, expected, what="train_steps with mixed_precision='bf16'", rtol=1e-5, student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -239,7 +241,7 @@ def test_hidden_train_steps_gpt2_five_steps_no_warmup(student, device):
     settings = SETTINGS | {"warmup_steps": 0, "total_steps": 5, "weight_decay": 0.3, "betas": [0.8, 0.99]}
     expected = reference_training(model, steps, settings)
     assert_history(student.train_steps(model, steps, settings), expected,
-                   what="train_steps(GPT-2, 5 steps, no warmup, betas (0.8, 0.99))")
+                   what="train_steps(GPT-2, 5 steps, no warmup, betas (0.8, 0.99))", student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -250,7 +252,7 @@ def test_hidden_train_steps_course_model_gpt2_style_one_step(student, device):
     settings = SETTINGS | {"total_steps": 2, "max_grad_norm": 0.1}
     expected = reference_training(model, steps, settings)
     assert_history(student.train_steps(model, steps, settings), expected,
-                   what="train_steps(course model, GPT-2 style, 4 micro-batches of 1)")
+                   what="train_steps(course model, GPT-2 style, 4 micro-batches of 1)", student=student)
 
 
 @pytest.mark.exercise("5.8")
@@ -260,7 +262,7 @@ def test_hidden_train_steps_large_clip_changes_nothing(student, device):
     settings = SETTINGS | {"max_grad_norm": 1e6}
     expected = reference_training(model, steps, settings)
     assert_history(student.train_steps(model, steps, settings), expected,
-                   what="train_steps with an untied Llama and a clip threshold that is never reached")
+                   what="train_steps with an untied Llama and a clip threshold that is never reached", student=student)
 
 
 # -- 5.9 --------------------------------------------------------------------------------------------------
@@ -270,3 +272,118 @@ def test_hidden_train_steps_large_clip_changes_nothing(student, device):
 def test_hidden_mfu(student, tps, fpt, peak, n):
     assert math.isclose(student.mfu(tps, fpt, peak, n), 3 * fpt * tps / (peak * n), rel_tol=1e-12, abs_tol=1e-15), \
         f"mfu({tps}, {fpt}, {peak}, n_devices={n})"
+
+
+# == 5.10-5.11 ===========================================================================================
+# -- 5.10 -------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.10")
+@pytest.mark.parametrize("seed", [30, 31, 32])
+def test_hidden_adamw_random_hyperparameters_twenty_steps(student, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(low, high):
+        return low + (high - low) * torch.rand((), generator=gen, dtype=F64).item()
+
+    params, grads = adamw_problem(seed, n_steps=20, device=device, scales=(draw(0.1, 10), draw(1e-5, 1e-3), 1.0))
+    groups = [{"params": [0], "lr": draw(1e-3, 5e-2), "betas": (draw(0.5, 0.99), draw(0.9, 0.9999)),
+               "eps": draw(1e-9, 1e-4), "weight_decay": draw(0.0, 0.3)},
+              {"params": [2, 1], "lr": draw(1e-3, 5e-2), "betas": (draw(0.5, 0.99), draw(0.9, 0.9999)),
+               "weight_decay": 0.0, "amsgrad": seed % 2 == 0}]
+    assert_same_run(student.adamw_steps(params, grads, groups), torch_adamw(params, grads, groups),
+                    what=f"AdamW, 20 steps, random hyperparameters (seed {seed})")
+
+
+@pytest.mark.exercise("5.10")
+def test_hidden_adamw_betas_zero_and_zero_learning_rate(student, device):
+    params, grads = adamw_problem(33, n_steps=4, device=device)
+    groups = [{"params": [0], "lr": 1e-2, "betas": (0.0, 0.0), "weight_decay": 0.2},
+              {"params": [1], "lr": 0.0, "weight_decay": 0.5},
+              {"params": [2], "lr": 1e-1, "betas": (0.99, 0.999), "weight_decay": 1.0}]
+    got = student.adamw_steps(params, grads, groups)
+    assert_same_run(got, torch_adamw(params, grads, groups), what="AdamW with betas (0, 0), lr 0 and weight_decay 1")
+    assert torch.equal(got["params"][-1][1], params[1]), "a group with lr 0 must not move (its decay is lr * weight_decay)"
+
+
+@pytest.mark.exercise("5.10")
+def test_hidden_adamw_scalar_and_one_element_parameters_float32(student, device):
+    gen = torch.Generator().manual_seed(34)
+    params = [torch.randn((), generator=gen).to(device), torch.randn(1, generator=gen).to(device),
+              torch.randn(3, 1, 2, generator=gen).to(device)]
+    grads = [[torch.randn(p.shape, generator=gen).to(device) for p in params] for _ in range(6)]
+    groups = [{"params": [0, 1, 2], "lr": 5e-3, "weight_decay": 0.05}]
+    assert_same_run(student.adamw_steps(params, grads, groups), torch_adamw(params, grads, groups),
+                    what="AdamW on a 0-dim, a one-element and a (3, 1, 2) parameter, float32")
+
+
+@pytest.mark.exercise("5.10")
+def test_hidden_adamw_amsgrad_maximize_missing_gradients_and_resume_together(student, device):
+    params, grads = adamw_problem(35, n_steps=8, device=device, shrink=0.5)
+    grads[2][1] = grads[5][0] = grads[6][0] = None
+    groups = [{"params": [0, 1], "lr": 2e-2, "betas": (0.9, 0.6), "weight_decay": 0.1, "amsgrad": True,
+               "maximize": True},
+              {"params": [2], "lr": 1e-2, "weight_decay": 0.0, "amsgrad": True}]
+    lrs = [[2e-2 * (1 - t / 8), 1e-2] for t in range(8)]
+    expected = torch_adamw(params, grads, groups, lrs=lrs, resume_after=4, closure=True)
+    got = student.adamw_steps(params, grads, groups, lrs=lrs, resume_after=4, closure=True)
+    assert_same_run(got, expected, what="AdamW with amsgrad, maximize, missing gradients, a schedule, a closure and a "
+                                        "resume after step 4")
+    for key, want in expected["state"]["state"].items():
+        assert_close(got["state"]["state"][key]["max_exp_avg_sq"], want["max_exp_avg_sq"],
+                     what=f"state of parameter {key}: max_exp_avg_sq")
+
+
+# -- 5.11 -------------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.11")
+@pytest.mark.parametrize("seed, norm_type, max_norm", [(40, 1.5, 0.3), (41, 2.0, 0.0), (42, math.inf, 1e-3),
+                                                       (43, 4.0, 5.0)])
+def test_hidden_clip_grad_norm_more_norms_and_limits(student, device, seed, norm_type, max_norm):
+    grads = clip_problem(seed, shapes=((3,), (), (8, 8), (1, 1, 5), (100,)), device=device)
+    check_clipping(student.clipped_gradients(grads, max_norm, norm_type), torch_clipping(grads, max_norm, norm_type),
+                   what=f"clip_grad_norm_(max_norm={max_norm}, norm_type={norm_type}) of 5 gradients, one 0-dim",
+                   originals=grads)
+
+
+@pytest.mark.exercise("5.11")
+def test_hidden_clip_grad_norm_float32_many_tensors_some_missing(student, device):
+    grads = clip_problem(44, shapes=[(i + 1, 3) for i in range(12)], dtype=torch.float32, scale=2.0, device=device)
+    grads = [None if i % 4 == 1 else g for i, g in enumerate(grads)]
+    check_clipping(student.clipped_gradients(grads, 1.0), torch_clipping(grads, 1.0),
+                   what="clip_grad_norm_ of 12 float32 gradients, 3 of them missing", originals=grads)
+
+
+@pytest.mark.exercise("5.11")
+def test_hidden_clip_grad_norm_infinite_norm_with_inf_norm_type(student, device):
+    grads = clip_problem(45, device=device)
+    grads[0][0, 0] = -float("inf")
+    check_clipping(student.clipped_gradients(grads, 1.0, math.inf), torch_clipping(grads, 1.0, math.inf),
+                   what="clip_grad_norm_(norm_type=inf) of gradients holding -inf")
+    try:
+        student.clipped_gradients(grads, 1.0, math.inf, True)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("clip_grad_norm_(norm_type=inf, error_if_nonfinite=True) with an infinite norm must raise "
+                             "RuntimeError")
+
+
+# -- 5.12-5.13 -------------------------------------------------------------------------------------------
+@pytest.mark.exercise("5.12")
+@pytest.mark.parametrize("seed, updates, step", [(20, 0, 0), (21, 7, 100)])
+def test_hidden_save_checkpoint_other_runs(student, seed, updates, step):
+    history = {"loss": [float(i) for i in range(step % 5)], "eval_step": [0]}
+    content = student.saved_checkpoint(seed, updates, step, history)["content"]
+    want = expected_checkpoint(seed, updates, step, history)
+    assert_same_data(content, want, "checkpoint", f"save_checkpoint after {updates} updates, step {step}")
+
+
+@pytest.mark.exercise("5.13")
+@pytest.mark.parametrize("seed, updates", [(22, 1), (23, 6)])
+def test_hidden_load_checkpoint_other_runs(student, seed, updates):
+    got = student.resumed_from_checkpoint(checkpoint_bytes(seed, updates, updates, {"loss": [1.5] * updates}),
+                                          seed, updates)
+    assert got["returned"] == [updates, {"loss": [1.5] * updates}]
+    assert got["lr"]["resumed"] == got["lr"]["uninterrupted"]
+    assert all(torch.equal(a, b) for a, b in zip(got["params"]["resumed"], got["params"]["uninterrupted"])), \
+        f"the run resumed after {updates} updates does not continue exactly"
+    assert torch.equal(got["draws"]["resumed"]["torch"], got["draws"]["uninterrupted"]["torch"])
+    assert got["draws"]["resumed"]["python"] == got["draws"]["uninterrupted"]["python"]

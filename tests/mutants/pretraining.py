@@ -6,6 +6,7 @@ correct parts they share), so that the test that catches it catches that mistake
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -522,3 +523,303 @@ MUTANTS = {
     "mfu": [mfu_forward_only, mfu_six_times_forward_flops, mfu_as_a_percentage, mfu_ignores_the_devices,
             mfu_in_integer_arithmetic, mfu_as_a_tensor],
 }
+
+
+# -- 5.10 AdamW.step -----------------------------------------------------------------------------------
+# Each variant is a body of AdamW.step (self, closure): the harness runs it through an AdamW subclass
+# (adamw_driver below), and grading.submissions splices it into a student's file.
+def _adamw_step(self, closure, *, bias_correction=True, first_t=1, decay="decoupled", decay_from="group",
+                eps_inside_sqrt=False, lr_from="group", state_in="state", skip_missing=True, count="parameter",
+                use_closure=True, maximize=True, amsgrad=True):
+    loss = None
+    if closure is not None and use_closure:
+        with torch.enable_grad():
+            loss = closure()
+    if state_in == "attribute" and not hasattr(self, "moments"):
+        self.moments = {}
+    for group in self.param_groups:
+        lr = group["lr"] if lr_from == "group" else self.defaults["lr"]
+        weight_decay = group["weight_decay"] if decay_from == "group" else self.defaults["weight_decay"]
+        beta1, beta2 = group["betas"]
+        if count == "group":
+            group["updates"] = group.get("updates", 0) + 1
+        for p in group["params"]:
+            if p.grad is None and skip_missing:
+                continue
+            g = torch.zeros_like(p) if p.grad is None else p.grad
+            g = -g if group["maximize"] and maximize else g
+            state = self.state[p] if state_in == "state" else self.moments.setdefault(p, {})
+            if not state:
+                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = (state["step"].item() if count == "parameter" else group["updates"]) - 1 + first_t
+            if decay == "decoupled":
+                p.mul_(1 - lr * weight_decay)
+            elif decay == "without_lr":
+                p.mul_(1 - weight_decay)
+            elif decay == "l2":
+                g = g + weight_decay * p
+            state["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            v = state["exp_avg_sq"]
+            if group["amsgrad"] and amsgrad:
+                v = torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+            m_hat = state["exp_avg"] / (1 - beta1**t) if bias_correction else state["exp_avg"]
+            v_hat = v / (1 - beta2**t) if bias_correction else v
+            denominator = (v_hat + group["eps"]).sqrt() if eps_inside_sqrt else v_hat.sqrt() + group["eps"]
+            update = lr * m_hat / denominator
+            if decay == "after_update":
+                p.sub_(update).mul_(1 - lr * weight_decay)
+            else:
+                p.sub_(update)
+    return loss
+
+
+def adamw_without_bias_correction(self, closure=None):
+    return _adamw_step(self, closure, bias_correction=False)
+
+
+def adamw_bias_correction_from_step_0(self, closure=None):
+    return _adamw_step(self, closure, first_t=0)
+
+
+def adamw_bias_correction_one_step_ahead(self, closure=None):
+    return _adamw_step(self, closure, first_t=2)
+
+
+def adamw_with_l2_instead_of_decoupled_decay(self, closure=None):
+    return _adamw_step(self, closure, decay="l2")
+
+
+def adamw_decay_without_the_learning_rate(self, closure=None):
+    return _adamw_step(self, closure, decay="without_lr")
+
+
+def adamw_decay_after_the_update(self, closure=None):
+    return _adamw_step(self, closure, decay="after_update")
+
+
+def adamw_decays_the_no_decay_group(self, closure=None):
+    return _adamw_step(self, closure, decay_from="defaults")
+
+
+def adamw_eps_inside_the_square_root(self, closure=None):
+    return _adamw_step(self, closure, eps_inside_sqrt=True)
+
+
+def adamw_learning_rate_from_init(self, closure=None):
+    return _adamw_step(self, closure, lr_from="defaults")
+
+
+def adamw_state_outside_self_state(self, closure=None):
+    return _adamw_step(self, closure, state_in="attribute")
+
+
+def adamw_treats_a_missing_gradient_as_zero(self, closure=None):
+    return _adamw_step(self, closure, skip_missing=False)
+
+
+def adamw_one_step_count_per_group(self, closure=None):
+    return _adamw_step(self, closure, count="group")
+
+
+def adamw_ignores_the_closure(self, closure=None):
+    return _adamw_step(self, closure, use_closure=False)
+
+
+def adamw_ignores_maximize(self, closure=None):
+    return _adamw_step(self, closure, maximize=False)
+
+
+def adamw_ignores_amsgrad(self, closure=None):
+    return _adamw_step(self, closure, amsgrad=False)
+
+
+def _entry_point(harness, wrong, name):
+    """A stand-in for an entry point the tests call (adamw_steps, clipped_gradients): the course's
+    ``harness`` run on the ``wrong`` optimizer class or clipping function, named ``name``."""
+    def entry_point(*args, **kwargs):
+        return harness(wrong, *args, **kwargs)
+
+    entry_point.__name__ = name
+    return entry_point
+
+
+def adamw_driver(wrong_step):
+    """adamw_steps with an AdamW whose step is ``wrong_step``."""
+    from course_lib.pretraining import AdamW, run_optimizer
+
+    wrong = type(f"AdamW_{wrong_step.__name__}", (AdamW,), {"step": torch.no_grad()(wrong_step)})
+    return _entry_point(run_optimizer, wrong, wrong_step.__name__)
+
+
+ADAMW_MUTANTS = [adamw_without_bias_correction, adamw_bias_correction_from_step_0, adamw_bias_correction_one_step_ahead,
+                 adamw_with_l2_instead_of_decoupled_decay, adamw_decay_without_the_learning_rate,
+                 adamw_decay_after_the_update, adamw_decays_the_no_decay_group, adamw_eps_inside_the_square_root,
+                 adamw_learning_rate_from_init, adamw_state_outside_self_state, adamw_treats_a_missing_gradient_as_zero,
+                 adamw_one_step_count_per_group, adamw_ignores_the_closure, adamw_ignores_maximize,
+                 adamw_ignores_amsgrad]
+
+
+# -- 5.11 clip_grad_norm_ ------------------------------------------------------------------------------
+def _clip(parameters, max_norm, norm_type, error_if_nonfinite, *, per_tensor=False, first_only=False, read_twice=False,
+          total="norm_of_norms", ignore_norm_type=False, epsilon=1e-6, clamp=True, check=True, report="before"):
+    parameters = [parameters] if isinstance(parameters, torch.Tensor) else parameters
+    if not read_twice:
+        parameters = list(parameters)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    p = 2.0 if ignore_norm_type else norm_type
+    norms = torch.stack([torch.linalg.vector_norm(g, p) for g in grads])
+    total_norm = {"norm_of_norms": lambda: torch.linalg.vector_norm(norms, p), "sum": norms.sum,
+                  "first": lambda: norms[0]}["first" if first_only else total]()
+    if check and error_if_nonfinite and not torch.isfinite(total_norm):
+        raise RuntimeError("the total gradient norm is not finite")
+    for g, norm in zip([q.grad for q in parameters if q.grad is not None], norms):
+        scale = max_norm / ((norm if per_tensor else total_norm) + epsilon)
+        g.mul_(torch.clamp(scale, max=1.0) if clamp else scale)
+    if report == "after":
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, p) for g in grads]), p)
+    return total_norm
+
+
+def clip_each_tensor_on_its_own(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, per_tensor=True)
+
+
+def clip_by_the_norm_of_the_first_tensor(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, first_only=True)
+
+
+def clip_reads_the_generator_twice(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, read_twice=True)
+
+
+def clip_by_the_sum_of_the_norms(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, total="sum")
+
+
+def clip_always_by_the_2_norm(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, ignore_norm_type=True)
+
+
+def clip_without_the_epsilon(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, epsilon=0.0)
+
+
+def clip_scales_small_gradients_up(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, clamp=False)
+
+
+def clip_ignores_error_if_nonfinite(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, check=False)
+
+
+def clip_returns_the_norm_after_clipping(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    return _clip(parameters, max_norm, norm_type, error_if_nonfinite, report="after")
+
+
+def clipping_driver(wrong_clip):
+    """clipped_gradients with ``wrong_clip`` as the clipping."""
+    from course_lib.pretraining import run_clipping
+
+    return _entry_point(run_clipping, wrong_clip, wrong_clip.__name__)
+
+
+CLIP_MUTANTS = [clip_each_tensor_on_its_own, clip_by_the_norm_of_the_first_tensor, clip_reads_the_generator_twice,
+                clip_by_the_sum_of_the_norms, clip_always_by_the_2_norm, clip_without_the_epsilon,
+                clip_scales_small_gradients_up, clip_ignores_error_if_nonfinite, clip_returns_the_norm_after_clipping]
+
+MUTANTS["adamw_steps"] = [adamw_driver(m) for m in ADAMW_MUTANTS]
+MUTANTS["clipped_gradients"] = [clipping_driver(m) for m in CLIP_MUTANTS]
+
+
+# -- 5.12 save_checkpoint and 5.13 load_checkpoint -------------------------------------------------------
+def _save(directory, model, optimizer, scheduler, step, history, *, leave_out=(), copy_temporary=False):
+    import io
+    import random
+
+    from course_lib.cache import write_atomic
+
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(), "python": random.getstate()}
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "step": step, "history": history, "rng": rng}
+    state = {k: v for k, v in state.items() if k not in leave_out}
+    if copy_temporary:  # written to a temporary file first, but copied over instead of renamed
+        import shutil
+
+        temporary = Path(directory) / "checkpoint.pt.tmp"
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, temporary)
+        return Path(shutil.copyfile(temporary, Path(directory) / "checkpoint.pt"))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_atomic(Path(directory) / "checkpoint.pt", buffer.getvalue())
+
+
+def save_without_the_optimizer(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, leave_out=("optimizer",))
+
+
+def save_without_the_scheduler(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, leave_out=("scheduler",))
+
+
+def save_without_the_generators(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, leave_out=("rng",))
+
+
+def save_leaves_its_temporary_file(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, copy_temporary=True)
+
+
+def _load(directory, model, optimizer, scheduler, *, restore=("model", "optimizer", "scheduler", "torch", "python")):
+    import random
+
+    state = torch.load(Path(directory) / "checkpoint.pt", map_location=next(model.parameters()).device,
+                       weights_only=True)
+    for key, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
+        if key in restore:
+            target.load_state_dict(state[key])
+    if "torch" in restore:
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+    if "python" in restore:
+        random.setstate(state["rng"]["python"])
+    return state["step"], state["history"]
+
+
+def load_without_the_optimizer(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, restore=("model", "scheduler", "torch", "python"))
+
+
+def load_without_the_scheduler(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "torch", "python"))
+
+
+def load_without_the_generators(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "scheduler"))
+
+
+def load_only_torchs_generator(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "scheduler", "torch"))
+
+
+def _save_entry(wrong_save):
+    from course_lib.pretraining import run_save_checkpoint
+
+    return _entry_point(run_save_checkpoint, wrong_save, wrong_save.__name__)
+
+
+def _load_entry(wrong_load):
+    from course_lib.pretraining import run_checkpoint_resume
+
+    return _entry_point(run_checkpoint_resume, wrong_load, wrong_load.__name__)
+
+
+MUTANTS["saved_checkpoint"] = [_save_entry(m) for m in (save_without_the_optimizer, save_without_the_scheduler,
+                                                         save_without_the_generators, save_leaves_its_temporary_file)]
+MUTANTS["resumed_from_checkpoint"] = [_load_entry(m) for m in (load_without_the_optimizer, load_without_the_scheduler,
+                                                               load_without_the_generators, load_only_torchs_generator)]
