@@ -372,6 +372,13 @@ def greedy_finishing_rows_whose_prompt_holds_an_eos(model, input_ids, attention_
                                         _full_forward)
 
 
+def decode_step_positioning_later_steps_by_the_last_column(model, input_ids, attention_mask, past_key_values=None):
+    """Right for the prefill and for one token per step; every token of a longer step gets the last position."""
+    last = lambda mask, past, ids: _positions(mask)[:, past:] if past == 0 else \
+        _positions(mask)[:, -1:].expand_as(ids)
+    return _step(model, input_ids, attention_mask, past_key_values, position_ids=last)
+
+
 def decode_step_always_returning_tuples(model, input_ids, attention_mask, past_key_values=None):
     from course_lib.generation import decode_step
 
@@ -574,6 +581,7 @@ MUTANTS = {
                       greedy_finishing_rows_whose_prompt_holds_an_eos],
     "decode_step": [decode_step_with_positions_off_by_one, decode_step_with_positions_from_the_cache_length,
                     decode_step_always_returning_tuples, decode_step_returning_a_cache_when_given_none,
+                    decode_step_positioning_later_steps_by_the_last_column,
                     decode_step_returning_lists_not_tuples],
     "cached_greedy_search": [cached_greedy_with_cache_positions_off_by_one, cached_greedy_with_a_mask_one_column_short,
                              cached_greedy_padding_with_zero_by_default, cached_greedy_finishing_rows_whose_prompt_holds_an_eos,
