@@ -73,6 +73,41 @@ Each exercise's contract, clause by clause, with the public tests that check it 
   - 3 x forward FLOPs x tokens/s over the devices' peak: mfu_by_hand, mfu_counts_what_flop_counter_measures_in_training
   - a Python float, also for int arguments: mfu_is_a_python_float_for_integer_arguments
 
+5.10 ``AdamW.step`` (through ``adamw_steps``, the course's harness, against ``torch.optim.AdamW``)
+  - torch's update step for step, each group's own hyperparameters, defaults, a no-decay group:
+    adamw_matches_torch_adamw_step_for_step
+  - float32 parameters keep float32 state: adamw_in_float32_matches_torch_adamw
+  - bias correction from t = 1: adamw_first_step_moves_every_entry_by_about_lr
+  - the state in ``self.state[p]`` under torch's names, ``step`` a 0-dim tensor, the groups' hyperparameters:
+    adamw_keeps_its_state_under_torchs_names
+  - ``group["lr"]`` read at every step (a scheduler): adamw_reads_each_groups_learning_rate_at_every_step
+  - parameters without a gradient skipped, no state: adamw_skips_parameters_without_gradient
+  - a resumed run from ``state_dict`` continues exactly: adamw_resumed_from_its_state_dict_continues_exactly
+  - the closure called, its loss returned, ``None`` without: adamw_step_calls_the_closure_and_returns_its_loss
+  - ``amsgrad`` (its ``max_exp_avg_sq`` state) and ``maximize``: adamw_amsgrad_and_maximize_match_torch
+
+5.11 ``clip_grad_norm_`` (through ``clipped_gradients``, against ``torch.nn.utils.clip_grad_norm_``)
+  - the total norm before clipping, every gradient scaled together, p = 1, 2, 3 and inf, a generator of
+    parameters: clip_grad_norm_matches_torch
+  - below the limit (``max_norm`` inf included) nothing changes: clip_grad_norm_below_the_limit_changes_nothing
+  - ``.grad`` None skipped; no gradient at all gives 0: clip_grad_norm_skips_parameters_without_gradient
+  - one tensor instead of an iterable; the gradients' dtype: clip_grad_norm_takes_a_single_tensor_and_keeps_float32
+  - ``error_if_nonfinite``, and NaN/inf norms scaled as torch does:
+    clip_grad_norm_with_a_non_finite_norm_does_what_torch_does
+
+5.12 ``save_checkpoint`` (through ``saved_checkpoint``)
+  - model, optimizer, scheduler, step, history and the generators' states:
+    save_checkpoint_holds_what_an_exact_resume_needs
+  - a new folder (and parent) created, one file replaced atomically, its path returned:
+    save_checkpoint_writes_one_file_in_a_new_folder_and_replaces_the_old_one
+  - the folder as a ``str``: save_checkpoint_takes_its_folder_as_a_str
+
+5.13 ``load_checkpoint`` (through ``resumed_from_checkpoint``, from a checkpoint written by the tests)
+  - ``(step, history)`` returned; weights, optimizer and scheduler restored:
+    load_checkpoint_continues_the_run_exactly
+  - torch's and Python's generators restored: load_checkpoint_restores_the_random_generators
+  - the folder as a ``str``: load_checkpoint_takes_its_folder_as_a_str
+
 Not graded (at the end): the course's loop (``pretrain``) lowers the loss, resumes bit-identically
 from a checkpoint, runs as 2 CPU processes through Accelerate (torchrun; slow), and its cached
 pretrained model loads with ``AutoModelForCausalLM`` and ``AutoTokenizer``.
@@ -94,8 +129,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grading.door import InProcessDoor
-from grading.expect import assert_close, assert_unchanged
+from grading.expect import assert_close, assert_unchanged, in_process_only
 
 F64 = torch.float64
 ROOT = Path(__file__).resolve().parents[1]
@@ -737,15 +771,9 @@ def test_train_steps_history_holds_python_numbers(student, device):
             f"history[{key!r}] must be a list of Python {kind.__name__}s, got {history.get(key)!r:.120}")
 
 
-def in_process_only(student):
-    """Skip where objects (an optimizer, a callback, a generator) cannot cross the grading door."""
-    if not isinstance(student, InProcessDoor):
-        pytest.skip("an optimizer, a callback or a generator cannot cross the grading door; run pytest locally")
-
-
 @pytest.mark.exercise("5.8")
 def test_train_steps_continues_with_the_optimizer_and_scheduler_it_is_given(student, device):
-    in_process_only(student)
+    in_process_only(student, "an optimizer and a scheduler")
     from course_lib.pretraining import make_lr_scheduler, make_optimizer
 
     steps = micro_batches(4, 1, 2, 10, device, seed=12)
@@ -772,7 +800,7 @@ def test_train_steps_continues_with_the_optimizer_and_scheduler_it_is_given(stud
 
 @pytest.mark.exercise("5.8")
 def test_train_steps_takes_any_iterable_stops_when_asked_and_leaves_the_model_training(student, device):
-    in_process_only(student)
+    in_process_only(student, "a generator of steps and an on_step callback")
     steps = micro_batches(4, 1, 2, 8, device, seed=13)
     model = tiny_llama(device, seed=8).eval()
     seen = []
@@ -1086,6 +1114,9 @@ def test_adamw_keeps_its_state_under_torchs_names(student, device):
         assert isinstance(have, dict) and set(have) == set(want), \
             (f"state of parameter {key}: keys {sorted(have) if isinstance(have, dict) else have}, expected "
              f"{sorted(want)}: keep step, exp_avg and exp_avg_sq in self.state[p], where state_dict() finds them")
+        assert isinstance(have["step"], torch.Tensor) and have["step"].ndim == 0, \
+            (f"state of parameter {key}: step is {have['step']!r}, expected a 0-dim tensor (torch.tensor(0.0), "
+             "counted up in place), as torch keeps it")
         assert float(have["step"]) == float(want["step"]), \
             f"state of parameter {key}: step {float(have['step'])}, expected {float(want['step'])} (one per update)"
         for name in ("exp_avg", "exp_avg_sq"):
@@ -1170,8 +1201,12 @@ def test_adamw_amsgrad_and_maximize_match_torch(student, device, flag):
                         "it (bias-corrected by 1 - beta2^t) in place of v in the denominator; v itself keeps its own "
                         "average.",
              "maximize": "With maximize, the update uses g = -p.grad (ascent); the decay still shrinks the weights."}
-    assert_same_run(student.adamw_steps(params, grads, groups), expected, what=f"AdamW with {flag}=True in the first group",
-                    hint=hints[flag])
+    got = student.adamw_steps(params, grads, groups)
+    assert_same_run(got, expected, what=f"AdamW with {flag}=True in the first group", hint=hints[flag])
+    state = got["state"]["state"]["0"]
+    assert set(state) == set(expected["state"]["state"]["0"]), \
+        (f"with {flag}=True the first parameter's state holds {sorted(state)}, expected "
+         f"{sorted(expected['state']['state']['0'])} (torch's names: state_dict() saves them, a resumed run needs them)")
 
 
 # -- 5.11 clip_grad_norm_ ------------------------------------------------------------------------------
@@ -1223,11 +1258,13 @@ def test_clip_grad_norm_matches_torch(student, device, norm_type, max_norm, scal
 
 
 @pytest.mark.exercise("5.11")
-def test_clip_grad_norm_below_the_limit_changes_nothing(student, device):
-    grads = clip_problem(11, scale=1e-3, device=device)
-    expected = torch_clipping(grads, 10.0)
+@pytest.mark.parametrize("max_norm", [10.0, math.inf])
+def test_clip_grad_norm_below_the_limit_changes_nothing(student, device, max_norm):
+    grads = clip_problem(11, scale=1e-3 if max_norm == 10.0 else 1e3, device=device)
+    expected = torch_clipping(grads, max_norm)
     assert all(torch.equal(g, w) for g, w in zip(grads, expected[1]))   # the test itself: nothing to clip
-    check_clipping(student.clipped_gradients(grads, 10.0), expected, what="clip_grad_norm_ of gradients with a small norm")
+    check_clipping(student.clipped_gradients(grads, max_norm), expected,
+                   what=f"clip_grad_norm_(max_norm={max_norm}) of gradients with a norm below it")
 
 
 @pytest.mark.exercise("5.11")
@@ -1376,6 +1413,16 @@ def test_save_checkpoint_writes_one_file_in_a_new_folder_and_replaces_the_old_on
         "the second save must replace the first: the file holds step 4 and its history"
 
 
+@pytest.mark.exercise("5.12")
+def test_save_checkpoint_takes_its_folder_as_a_str(student):
+    got = student.saved_checkpoint(5, 2, 3, {"loss": [1.0, 0.5]}, as_str=True)
+    assert got["path"] == "checkpoint.pt" and got["files"] == ["checkpoint.pt"], \
+        (f"save_checkpoint('<folder as a str>', ...) returned {got['path']!r} and left {got['files']}: directory may be "
+         "a str as well as a Path (Path(directory) / 'checkpoint.pt')")
+    assert_same_data(got["content"], expected_checkpoint(5, 2, 3, {"loss": [1.0, 0.5]}), "checkpoint",
+                     "The same checkpoint whether the folder comes as a str or a Path.")
+
+
 # -- 5.13 load_checkpoint ------------------------------------------------------------------------------
 @pytest.mark.exercise("5.13")
 def test_load_checkpoint_continues_the_run_exactly(student):
@@ -1389,6 +1436,14 @@ def test_load_checkpoint_continues_the_run_exactly(student):
         assert torch.equal(resumed, uninterrupted), \
             (f"parameter {i} after one more step differs from the uninterrupted run's: restore the weights "
              "(model.load_state_dict) and the optimizer's moments and step counts (optimizer.load_state_dict)")
+
+
+@pytest.mark.exercise("5.13")
+def test_load_checkpoint_takes_its_folder_as_a_str(student):
+    got = student.resumed_from_checkpoint(checkpoint_bytes(6, 2, 4, {"loss": [2.0]}), 6, 2, as_str=True)
+    assert got["returned"] == [4, {"loss": [2.0]}] and all(
+        torch.equal(a, b) for a, b in zip(got["params"]["resumed"], got["params"]["uninterrupted"])), \
+        "load_checkpoint('<folder as a str>', ...) must resume as from a Path: Path(directory) / 'checkpoint.pt'"
 
 
 @pytest.mark.exercise("5.13")

@@ -530,7 +530,7 @@ MUTANTS = {
 # (adamw_driver below), and grading.submissions splices it into a student's file.
 def _adamw_step(self, closure, *, bias_correction=True, first_t=1, decay="decoupled", decay_from="group",
                 eps_inside_sqrt=False, lr_from="group", state_in="state", skip_missing=True, count="parameter",
-                use_closure=True, maximize=True, amsgrad=True):
+                use_closure=True, maximize=True, amsgrad=True, step_as="tensor", max_name="max_exp_avg_sq"):
     loss = None
     if closure is not None and use_closure:
         with torch.enable_grad():
@@ -550,11 +550,12 @@ def _adamw_step(self, closure, *, bias_correction=True, first_t=1, decay="decoup
             g = -g if group["maximize"] and maximize else g
             state = self.state[p] if state_in == "state" else self.moments.setdefault(p, {})
             if not state:
-                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state.update(step=torch.tensor(0.0) if step_as == "tensor" else 0, exp_avg=torch.zeros_like(p),
+                             exp_avg_sq=torch.zeros_like(p))
                 if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(p)
+                    state[max_name] = torch.zeros_like(p)
             state["step"] += 1
-            t = (state["step"].item() if count == "parameter" else group["updates"]) - 1 + first_t
+            t = (float(state["step"]) if count == "parameter" else group["updates"]) - 1 + first_t
             if decay == "decoupled":
                 p.mul_(1 - lr * weight_decay)
             elif decay == "without_lr":
@@ -565,7 +566,7 @@ def _adamw_step(self, closure, *, bias_correction=True, first_t=1, decay="decoup
             state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
             v = state["exp_avg_sq"]
             if group["amsgrad"] and amsgrad:
-                v = torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+                v = torch.maximum(state[max_name], v, out=state[max_name])
             m_hat = state["exp_avg"] / (1 - beta1**t) if bias_correction else state["exp_avg"]
             v_hat = v / (1 - beta2**t) if bias_correction else v
             denominator = (v_hat + group["eps"]).sqrt() if eps_inside_sqrt else v_hat.sqrt() + group["eps"]
@@ -637,6 +638,14 @@ def adamw_ignores_amsgrad(self, closure=None):
     return _adamw_step(self, closure, amsgrad=False)
 
 
+def adamw_counting_steps_in_a_python_int(self, closure=None):
+    return _adamw_step(self, closure, step_as="int")
+
+
+def adamw_keeping_the_amsgrad_maximum_under_another_name(self, closure=None):
+    return _adamw_step(self, closure, max_name="max_v")
+
+
 def _entry_point(harness, wrong, name):
     """A stand-in for an entry point the tests call (adamw_steps, clipped_gradients): the course's
     ``harness`` run on the ``wrong`` optimizer class or clipping function, named ``name``."""
@@ -660,7 +669,8 @@ ADAMW_MUTANTS = [adamw_without_bias_correction, adamw_bias_correction_from_step_
                  adamw_decay_after_the_update, adamw_decays_the_no_decay_group, adamw_eps_inside_the_square_root,
                  adamw_learning_rate_from_init, adamw_state_outside_self_state, adamw_treats_a_missing_gradient_as_zero,
                  adamw_one_step_count_per_group, adamw_ignores_the_closure, adamw_ignores_maximize,
-                 adamw_ignores_amsgrad]
+                 adamw_ignores_amsgrad, adamw_counting_steps_in_a_python_int,
+                 adamw_keeping_the_amsgrad_maximum_under_another_name]
 
 
 # -- 5.11 clip_grad_norm_ ------------------------------------------------------------------------------
@@ -738,7 +748,8 @@ MUTANTS["clipped_gradients"] = [clipping_driver(m) for m in CLIP_MUTANTS]
 
 
 # -- 5.12 save_checkpoint and 5.13 load_checkpoint -------------------------------------------------------
-def _save(directory, model, optimizer, scheduler, step, history, *, leave_out=(), copy_temporary=False):
+def _save(directory, model, optimizer, scheduler, step, history, *, leave_out=(), copy_temporary=False,
+          path_of=lambda directory: Path(directory) / "checkpoint.pt"):
     import io
     import random
 
@@ -757,7 +768,7 @@ def _save(directory, model, optimizer, scheduler, step, history, *, leave_out=()
         return Path(shutil.copyfile(temporary, Path(directory) / "checkpoint.pt"))
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    return write_atomic(Path(directory) / "checkpoint.pt", buffer.getvalue())
+    return write_atomic(path_of(directory), buffer.getvalue())
 
 
 def save_without_the_optimizer(directory, model, optimizer, scheduler, step, history):
@@ -776,11 +787,11 @@ def save_leaves_its_temporary_file(directory, model, optimizer, scheduler, step,
     return _save(directory, model, optimizer, scheduler, step, history, copy_temporary=True)
 
 
-def _load(directory, model, optimizer, scheduler, *, restore=("model", "optimizer", "scheduler", "torch", "python")):
+def _load(directory, model, optimizer, scheduler, *, restore=("model", "optimizer", "scheduler", "torch", "python"),
+          path_of=lambda directory: Path(directory) / "checkpoint.pt"):
     import random
 
-    state = torch.load(Path(directory) / "checkpoint.pt", map_location=next(model.parameters()).device,
-                       weights_only=True)
+    state = torch.load(path_of(directory), map_location=next(model.parameters()).device, weights_only=True)
     for key, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
         if key in restore:
             target.load_state_dict(state[key])
@@ -807,6 +818,19 @@ def load_only_torchs_generator(directory, model, optimizer, scheduler):
     return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "scheduler", "torch"))
 
 
+def save_into_a_path_only(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, path_of=lambda d: d / "checkpoint.pt")
+
+
+def save_creating_only_the_last_folder(directory, model, optimizer, scheduler, step, history):
+    Path(directory).mkdir(exist_ok=True)
+    return _save(directory, model, optimizer, scheduler, step, history)
+
+
+def load_from_a_str_only(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, path_of=lambda d: d + "/checkpoint.pt")
+
+
 def _save_entry(wrong_save):
     from course_lib.pretraining import run_save_checkpoint
 
@@ -820,6 +844,8 @@ def _load_entry(wrong_load):
 
 
 MUTANTS["saved_checkpoint"] = [_save_entry(m) for m in (save_without_the_optimizer, save_without_the_scheduler,
-                                                         save_without_the_generators, save_leaves_its_temporary_file)]
+                                                         save_without_the_generators, save_leaves_its_temporary_file,
+                                                         save_into_a_path_only, save_creating_only_the_last_folder)]
 MUTANTS["resumed_from_checkpoint"] = [_load_entry(m) for m in (load_without_the_optimizer, load_without_the_scheduler,
-                                                               load_without_the_generators, load_only_torchs_generator)]
+                                                               load_without_the_generators, load_only_torchs_generator,
+                                                               load_from_a_str_only)]
