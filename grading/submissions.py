@@ -184,7 +184,8 @@ def _defined_names(node: ast.stmt) -> list[str]:
     if isinstance(node, ast.ImportFrom):
         return [] if node.module == "__future__" else [a.asname or a.name for a in node.names]
     if isinstance(node, ast.Assign):  # names, and the names of tuple targets (IM_START, IM_END = ...)
-        return [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+        return [n.id for target in node.targets for n in ast.walk(target)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
     if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
         return [node.target.id]
     return []
