@@ -135,8 +135,13 @@ def walk(chapter: str, handout: Path, tmp_path: Path) -> dict:
 
     ran = nbformat.from_dict(json.loads(json.dumps(nb)))
     ran.cells = [c for c in ran.cells if c.cell_type == "code" and _grade_id(c) in wanted]
-    NotebookClient(ran, km=_student_kernel(python, tmp_path / "jupyter"), timeout=600, allow_errors=True,
-                   resources={"metadata": {"path": str(folder)}}).execute(env=env)
+    kernel = _student_kernel(python, tmp_path / "jupyter")
+    try:
+        NotebookClient(ran, km=kernel, timeout=600, allow_errors=True,
+                       resources={"metadata": {"path": str(folder)}}).execute(env=env)
+    finally:  # a client given a kernel manager leaves its kernel running
+        if kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
     by_id = {c.id: c for c in ran.cells}
     for cell in nb.cells:  # the student's notebook, with the outputs of what they ran
         if cell.id in by_id:
