@@ -143,7 +143,7 @@ def _selected_modules(config) -> set[str] | None:
 def pytest_ignore_collect(collection_path, config):
     """With ``--chapter``/``--exercise``, other chapters' test files are not even imported: faster,
     and a chapter module that does not import cannot get in the way of another chapter's tests.
-    (Graded tests of exercise N.M live in the test files of chapter N: tests/test_exercises.py.)"""
+    (Graded tests of exercise N.M live in the test files of chapter N: tests/grading/test_batch_grading.py.)"""
     selected = _selected_modules(config)
     if selected is None or not collection_path.is_file() or not collection_path.name.startswith("test_"):
         return None
