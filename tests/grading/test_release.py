@@ -341,7 +341,7 @@ def test_a_chapter_module_that_does_not_import_leaves_the_other_chapters_alone(l
     other = run_in_handout(leaky, ["-m", "pytest", "--exercise", "0.1", "-p", "no:cacheprovider"], tmp_path)
     output = other.stdout + other.stderr
     assert "INTERNALERROR" not in output and "attention" not in output, output[-3000:]
-    assert re.search(r"\b\d+ failed in ", output) and " passed" not in output, output[-3000:]  # 0.1's tests ran
+    assert re.search(r"\b\d+ failed\b", output) and " passed" not in output, output[-3000:]  # 0.1's tests ran
     assert "NotImplementedError: Exercise 0.1" in output, output[-3000:]
     own = run_in_handout(leaky, ["-m", "pytest", "--chapter", "attention", "-p", "no:cacheprovider"], tmp_path)
     output = own.stdout + own.stderr
