@@ -100,9 +100,22 @@ def pytest_configure(config):
         # The submission runs behind the door; what the tests themselves build here (a tokenizer, a
         # model to send through the door) is the grader's own code: the reference, where there is one.
         exercises.set_mode("solution")
+    if submission or against in ("stubs", "mutants"):
+        _grading_hypothesis_profile()
     config._course_door = (SandboxDoor(submission, call_timeout=config.getoption("call_timeout"))
                            if submission else InProcessDoor())
     config._course_mutants_killed = defaultdict(bool)
+
+
+def _grading_hypothesis_profile() -> None:
+    """Where only pass or fail counts (grading a submission, the stubs and mutants passes), a failing
+    property test stops at its first failing example: Hypothesis's shrinking, which finds the
+    smallest one for a student reading the failure, costs seconds per test and changes no outcome.
+    Loaded before the test files are imported, so their ``settings(...)`` inherit it."""
+    from hypothesis import Phase, settings
+
+    settings.register_profile("course-grading", phases=(Phase.explicit, Phase.reuse, Phase.generate))
+    settings.load_profile("course-grading")
 
 
 def pytest_unconfigure(config):
