@@ -190,7 +190,9 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         command = [sys.executable, "-I", "-c", check._RUNNER, str(os.getpid()), str(ROOT), *map(str, test_files(modules)),
                    *[a for ex in chapter for a in ("--exercise", ex.id)], *check.trusted_pytest_options(ROOT, snap),
                    "--call-timeout", str(limits.call_timeout), "-p", "grading.results", "--results-file", str(report),
-                   "-q", "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+                   "-q", "--tb=line", "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+        # --tb=line: the scores and the feedback keep each failure's message only, and the log's
+        # tracebacks (each one parses its test file again) cost more than the tests of a stub
         # A wall-clock safety net only: the door times the submission's calls by their own time, so
         # this limit is reached on a machine too busy to grade, and what it stops is graded again.
         limit = (limits.submission_timeout + STARTUP_MARGIN) * limits.load_factor

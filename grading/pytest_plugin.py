@@ -24,6 +24,7 @@ course tree is refused before any conftest is imported.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections import defaultdict
@@ -235,6 +236,10 @@ def pytest_collection_modifyitems(config, items):
                     and (not wanted or (ex is not None and ex.id in wanted))
                     and (against not in ("stubs", "mutants") or ex is not None))
         (keep if selected else drop).append(item)
+        if selected and ex is not None and against is None and config.option.tbstyle == "short":
+            # a student's failure is formatted once, their way (pytest's own traceback, made first
+            # and thrown away, parsed the test file again for every failure)
+            item.repr_failure = functools.partial(_student_view, item)
         if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (marked gpu)"))
     if drop:
@@ -291,9 +296,6 @@ def pytest_runtest_makereport(item, call):
     report = yield
     against = item.config.getoption("against")
     ex = _exercise_of(item)
-    if (report.when == "call" and report.failed and against is None and ex is not None
-            and call.excinfo is not None and item.config.option.tbstyle == "short"):
-        report.longrepr = _student_view(item, call.excinfo)
     if report.when != "call" or against not in ("stubs", "mutants") or ex is None:
         return report
     if against == "stubs":
