@@ -7,6 +7,8 @@ package and the table of contents, so that they cannot go stale.
   registry (:mod:`course_lib.exercises`) and the first paragraph of each exercise's docstring.
 - :func:`chapter_map`: the chapters of the book's ``_toc.yml``, each linked, with its module and its
   exercises; the landing page shows it.
+- :class:`PageClock`: what executing a page cost, printed by its last cell and glued for the prose that
+  states it.
 
 The tables are Markdown for ``IPython.display.Markdown``; a code cell that shows one renders it with
 ``mystnb: markdown_format: myst`` so that its links become links between the book's pages.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import pprint
 import re
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +146,24 @@ def chapter_map(toc_path: Path | str, from_page: str) -> str:
         points = sum(ex.points for ex in chapter.exercises)
         lines.append(f"| {chapter.number} | [{chapter.title}]({link}) | `{chapter.module}` | {names} | {points:g} |")
     return "\n".join(lines)
+
+
+class PageClock:
+    """What executing a page costs: started in the page's first cell, read by :meth:`report` in its last.
+
+    Wall-clock time counts from the start; CPU time is the kernel process's since it started (every
+    thread, imports included), the number that a page's budget on a shared 2-core machine is about.
+    """
+
+    def __init__(self) -> None:
+        self._wall_start = time.perf_counter()
+
+    def report(self) -> None:
+        """Print the page's wall-clock and CPU seconds so far and glue them as ``page_seconds`` and
+        ``page_cpu_seconds``, for the prose that states them (``{glue:text}`page_cpu_seconds:.0f```)."""
+        from myst_nb import glue
+
+        wall, cpu = time.perf_counter() - self._wall_start, time.process_time()
+        print(f"this page executed in {wall:.0f} s of wall-clock time and {cpu:.0f} s of CPU time")
+        glue("page_seconds", wall, display=False)
+        glue("page_cpu_seconds", cpu, display=False)

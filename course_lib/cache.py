@@ -2,7 +2,9 @@
 
 The folder is ``$COURSE_CACHE`` when that is set, else ``~/.cache/llm-course``. Everything in it can
 be deleted at any time: whatever needs it is rebuilt on first use. Files are written atomically
-(to a temporary name, then renamed), so an interrupted build never leaves a half-written artefact.
+(to a temporary name, then renamed), so an interrupted build never leaves a half-written artefact,
+and an entry is built under its lock (:func:`building`), so processes that need the same entry at
+the same time (the book build and the tests of one CI run) build it once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 CACHE_ENV = "COURSE_CACHE"
 
@@ -77,3 +80,27 @@ def read_json(path: Path | str):
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+@contextlib.contextmanager
+def building(path: Path | str) -> Iterator[None]:
+    """Hold the build lock of the cache entry ``path`` (a file or a folder) for the ``with`` block.
+
+    Look for the entry inside the block and build it there if it is missing: a second process that
+    wants the same entry waits for the first and then finds it built. The lock is a file beside the
+    entry (``.<name>.lock``), released when the block ends or the process dies. Where ``fcntl`` is
+    missing (Windows) there is no lock and concurrent builders only repeat each other's work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

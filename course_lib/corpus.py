@@ -47,7 +47,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from course_lib.cache import cache_dir, cache_key, read_json, write_atomic
+from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = {"validation": 0.05, "test": 0.05}  # the rest is train
@@ -192,15 +192,16 @@ def build_corpus(source: str | None = None) -> dict:
     """``{"meta": {...}, "splits": {"train": [...], "validation": [...], "test": [...]}}``, cached."""
     source = resolve_source(source)
     path = corpus_cache_path(source)
-    cached = read_json(path)
-    if cached is not None:
-        return cached
-    documents = _documents(source)
-    if not documents:
-        raise ValueError(f"source={source!r} holds no text")
-    corpus = {"meta": {"source": _describe(source), "version": CORPUS_VERSION, "seed": SPLIT_SEED},
-              "splits": split_documents(documents)}
-    write_atomic(path, json.dumps(corpus, ensure_ascii=False))
+    with building(path):
+        cached = read_json(path)  # None when missing or damaged: then it is rebuilt
+        if cached is not None:
+            return cached
+        documents = _documents(source)
+        if not documents:
+            raise ValueError(f"source={source!r} holds no text")
+        corpus = {"meta": {"source": _describe(source), "version": CORPUS_VERSION, "seed": SPLIT_SEED},
+                  "splits": split_documents(documents)}
+        write_atomic(path, json.dumps(corpus, ensure_ascii=False))
     return corpus
 
 

@@ -63,7 +63,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from course_lib.cache import cache_dir, cache_key, read_json, write_atomic
+from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
 
 FAMILIES = ("arithmetic", "string", "sorting", "stdlib")
 SPLITS = ("train", "validation", "test")
@@ -366,35 +366,36 @@ def build_instruction_data(source: str | None = None) -> dict:
     :func:`course_lib.corpus.load_corpus`); ``None`` for the built-in corpus.
     """
     path = instruction_data_path(source)
-    cached = read_json(path)
-    if cached is not None:
-        return cached
-    splits = {name: [] for name in SPLITS}
-    counts = {}
-    for family in FAMILIES:
-        family_splits, counts[family] = _clean_family(raw_examples(family, RAW_SIZE, SEED, source), SEED)
-        for name in SPLITS:
-            splits[name] += [_row(e, family, name, i) for i, e in enumerate(family_splits[name])]
-    card = {
-        "name": "course-instructions",
-        "version": DATA_VERSION,
-        "python": sys.version.split()[0],
-        "families": {"arithmetic": "sums, differences (0-99) and products (2-12) of integers",
-                     "string": "reverse, capitalise, count the letters of, or give the first letter of a word "
-                               "of the course corpus",
-                     "sorting": "sort 3-6 integers below 100 up or down (the numbers are the Alpaca input)",
-                     "stdlib": "name the standard-library module that defines a function or class"},
-        "counts": counts,
-        "sizes": {name: len(rows) for name, rows in splits.items()},
-        "settings": {"seed": SEED, "raw_per_family": RAW_SIZE, "test_per_family": TEST_SIZE,
-                     "validation_per_family": VALIDATION_SIZE, "minhash_permutations": MINHASH_PERM,
-                     "shingle_words": SHINGLE_SIZE, "decontamination_threshold": DECONTAMINATION_THRESHOLD},
-        "licence": "generated examples: MIT (the course's code licence); words, names and module names from "
-                   "CPython's documentation and source: PSF License Agreement v2",
-    }
-    data = {"card": card, "splits": splits}
-    write_atomic(path, json.dumps(data, ensure_ascii=False))
-    return data
+    with building(path):  # one builder at a time (the book and the tests run side by side)
+        cached = read_json(path)
+        if cached is not None:
+            return cached
+        splits = {name: [] for name in SPLITS}
+        counts = {}
+        for family in FAMILIES:
+            family_splits, counts[family] = _clean_family(raw_examples(family, RAW_SIZE, SEED, source), SEED)
+            for name in SPLITS:
+                splits[name] += [_row(e, family, name, i) for i, e in enumerate(family_splits[name])]
+        card = {
+            "name": "course-instructions",
+            "version": DATA_VERSION,
+            "python": sys.version.split()[0],
+            "families": {"arithmetic": "sums, differences (0-99) and products (2-12) of integers",
+                         "string": "reverse, capitalise, count the letters of, or give the first letter of a word "
+                                   "of the course corpus",
+                         "sorting": "sort 3-6 integers below 100 up or down (the numbers are the Alpaca input)",
+                         "stdlib": "name the standard-library module that defines a function or class"},
+            "counts": counts,
+            "sizes": {name: len(rows) for name, rows in splits.items()},
+            "settings": {"seed": SEED, "raw_per_family": RAW_SIZE, "test_per_family": TEST_SIZE,
+                         "validation_per_family": VALIDATION_SIZE, "minhash_permutations": MINHASH_PERM,
+                         "shingle_words": SHINGLE_SIZE, "decontamination_threshold": DECONTAMINATION_THRESHOLD},
+            "licence": "generated examples: MIT (the course's code licence); words, names and module names from "
+                       "CPython's documentation and source: PSF License Agreement v2",
+        }
+        data = {"card": card, "splits": splits}
+        write_atomic(path, json.dumps(data, ensure_ascii=False))
+        return data
 
 
 def instruction_dataset(split: str = "train", family: str | None = None, source: str | None = None):

@@ -1252,10 +1252,10 @@ def _next_draws() -> dict:
 
 
 def run_save_checkpoint(save: Callable, seed: int = 0, updates: int = 3, step: int = 7,
-                        history: dict | None = None) -> dict:
+                        history: dict | None = None, as_str: bool = False) -> dict:
     """Call ``save`` (:func:`save_checkpoint`, ...) twice on the run of :func:`checkpoint_setup`, in
-    a folder that does not exist yet: first with ``step - 1`` and an empty history, then with
-    ``step`` and ``history``. Returns ``{"path": the path it returned, relative to the folder,
+    a folder that does not exist yet (nor does its parent), given as a ``Path`` (a ``str`` with
+    ``as_str``): first with ``step - 1`` and an empty history, then with ``step`` and ``history``. Returns ``{"path": the path it returned, relative to the folder,
     "files": the folder's files afterwards, "content": torch.load(checkpoint, weights_only=True)}``."""
     import os
     import tempfile
@@ -1263,17 +1263,20 @@ def run_save_checkpoint(save: Callable, seed: int = 0, updates: int = 3, step: i
     history = {"loss": [2.5, 2.25]} if history is None else history
     model, optimizer, scheduler = checkpoint_setup(seed, updates)
     with tempfile.TemporaryDirectory() as parent:
-        directory = Path(parent) / "run"
-        save(directory, model, optimizer, scheduler, max(step - 1, 0), {})
-        path = save(directory, model, optimizer, scheduler, step, history)
+        directory = Path(parent) / "runs" / "run"
+        folder = str(directory) if as_str else directory
+        save(folder, model, optimizer, scheduler, max(step - 1, 0), {})
+        path = save(folder, model, optimizer, scheduler, step, history)
         return {"path": None if path is None else os.path.relpath(path, directory),
                 "files": sorted(os.listdir(directory)),
                 "content": _plain(torch.load(directory / CHECKPOINT_FILE, weights_only=True))}
 
 
-def run_checkpoint_resume(load: Callable, checkpoint: bytes, seed: int = 0, updates: int = 3) -> dict:
+def run_checkpoint_resume(load: Callable, checkpoint: bytes, seed: int = 0, updates: int = 3,
+                          as_str: bool = False) -> dict:
     """Resume the run of :func:`checkpoint_setup` ``(seed, updates)`` from ``checkpoint`` (the bytes of
-    its ``checkpoint.pt``) with ``load`` (:func:`load_checkpoint`, ...), into a run built from
+    its ``checkpoint.pt``) with ``load`` (:func:`load_checkpoint`, ...), given its folder as a ``Path``
+    (a ``str`` with ``as_str``), into a run built from
     another seed (other weights, no optimizer state, the schedule at its start, the generators
     elsewhere); draw from the generators, and make one more update on the same gradients, in the
     resumed run and in the uninterrupted one. Returns ``{"returned": what load returned, "draws":
@@ -1289,7 +1292,7 @@ def run_checkpoint_resume(load: Callable, checkpoint: bytes, seed: int = 0, upda
     random.seed(seed + 2)
     with tempfile.TemporaryDirectory() as directory:
         (Path(directory) / CHECKPOINT_FILE).write_bytes(checkpoint)
-        returned = load(directory, *runs["resumed"])
+        returned = load(directory if as_str else Path(directory), *runs["resumed"])
     draws["resumed"] = _next_draws()
     for model, optimizer, scheduler in runs.values():
         gen = torch.Generator().manual_seed(seed + 3)
@@ -1302,14 +1305,15 @@ def run_checkpoint_resume(load: Callable, checkpoint: bytes, seed: int = 0, upda
             "lr": {name: run[1].param_groups[0]["lr"] for name, run in runs.items()}}
 
 
-def saved_checkpoint(seed: int = 0, updates: int = 3, step: int = 7, history: dict | None = None) -> dict:
+def saved_checkpoint(seed: int = 0, updates: int = 3, step: int = 7, history: dict | None = None,
+                     as_str: bool = False) -> dict:
     """How the tests run your :func:`save_checkpoint` (5.12): :func:`run_save_checkpoint` of it."""
-    return run_save_checkpoint(save_checkpoint, seed, updates, step, history)
+    return run_save_checkpoint(save_checkpoint, seed, updates, step, history, as_str)
 
 
-def resumed_from_checkpoint(checkpoint: bytes, seed: int = 0, updates: int = 3) -> dict:
+def resumed_from_checkpoint(checkpoint: bytes, seed: int = 0, updates: int = 3, as_str: bool = False) -> dict:
     """How the tests run your :func:`load_checkpoint` (5.13): :func:`run_checkpoint_resume` of it."""
-    return run_checkpoint_resume(load_checkpoint, checkpoint, seed, updates)
+    return run_checkpoint_resume(load_checkpoint, checkpoint, seed, updates, as_str)
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -1509,18 +1513,19 @@ def pretrained_course_lm(size: str = "cpu", source: str | None = None, progress:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
-    from course_lib.cache import stage_directory
+    from course_lib.cache import building, stage_directory
 
     if size == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("the 'gpu' preset needs a CUDA GPU (about 100M parameters); use size='cpu' here")
     directory = pretrained_model_dir(size, source)
-    if not (directory / "config.json").is_file():
-        result = pretrain(preset(size, source=source), progress=progress)
-        with stage_directory(directory) as staging:
-            result.model.to("cpu").save_pretrained(staging)
-            result.tokenizer.save_pretrained(staging)
-            (staging / "training.json").write_text(json.dumps({**result.summary(), "history": result.history},
-                                                              default=str))
+    with building(directory):
+        if not (directory / "config.json").is_file():
+            result = pretrain(preset(size, source=source), progress=progress)
+            with stage_directory(directory) as staging:
+                result.model.to("cpu").save_pretrained(staging)
+                result.tokenizer.save_pretrained(staging)
+                (staging / "training.json").write_text(json.dumps({**result.summary(), "history": result.history},
+                                                                  default=str))
     model = AutoModelForCausalLM.from_pretrained(directory)
     return model.eval(), AutoTokenizer.from_pretrained(directory)
 

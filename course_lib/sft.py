@@ -840,25 +840,26 @@ def sft_course_lm(size: str = "cpu", source: str | None = None, progress: bool =
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
-    from course_lib.cache import stage_directory
+    from course_lib.cache import building, stage_directory
     from course_lib.pretraining import pretrained_course_lm
 
     if size == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("the 'gpu' preset needs a CUDA GPU (about 100M parameters); use size='cpu' here")
     directory = sft_model_dir(size, source)
-    if not (directory / "config.json").is_file():
-        config = preset(size, source=source)
-        base_model, base_tokenizer = pretrained_course_lm(config.base, source, progress=progress)
-        result = finetune(config, progress=progress)
-        model = result.model.to("cpu")
-        model.generation_config.eos_token_id = end_token_ids(result.tokenizer)
-        model.generation_config.pad_token_id = result.tokenizer.pad_token_id
-        report = test_report(model, result.tokenizer, base_model, base_tokenizer, config)
-        with stage_directory(directory) as staging:
-            model.save_pretrained(staging)
-            result.tokenizer.save_pretrained(staging)
-            (staging / "training.json").write_text(json.dumps({**result.summary(), "history": result.history,
-                                                               "test": report}, default=str))
+    with building(directory):  # one builder at a time (the book and the tests run side by side)
+        if not (directory / "config.json").is_file():
+            config = preset(size, source=source)
+            base_model, base_tokenizer = pretrained_course_lm(config.base, source, progress=progress)
+            result = finetune(config, progress=progress)
+            model = result.model.to("cpu")
+            model.generation_config.eos_token_id = end_token_ids(result.tokenizer)
+            model.generation_config.pad_token_id = result.tokenizer.pad_token_id
+            report = test_report(model, result.tokenizer, base_model, base_tokenizer, config)
+            with stage_directory(directory) as staging:
+                model.save_pretrained(staging)
+                result.tokenizer.save_pretrained(staging)
+                (staging / "training.json").write_text(json.dumps({**result.summary(), "history": result.history,
+                                                                   "test": report}, default=str))
     model = AutoModelForCausalLM.from_pretrained(directory)
     return model.eval(), AutoTokenizer.from_pretrained(directory)
 

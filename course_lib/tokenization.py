@@ -539,7 +539,7 @@ def train_course_tokenizer(vocab_size: int = COURSE_VOCAB_SIZE, special_tokens: 
     import hashlib
 
     from course_lib import exercises
-    from course_lib.cache import cache_dir, cache_key
+    from course_lib.cache import building, cache_dir, cache_key
     from course_lib.corpus import corpus_cache_path, load_corpus
 
     special_tokens = list(dict.fromkeys(special_tokens))
@@ -549,8 +549,9 @@ def train_course_tokenizer(vocab_size: int = COURSE_VOCAB_SIZE, special_tokens: 
         implementation = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
     key = cache_key(vocab_size, special_tokens, corpus_cache_path(source).name, implementation)
     directory = cache_dir("tokenizers") / f"bpe-{vocab_size}-{key}"
-    if (directory / "special_tokens.json").is_file():
-        return BPETokenizer.load(directory)
-    tokenizer = BPETokenizer.train(load_corpus("train", source), vocab_size, special_tokens)
-    tokenizer.save(directory)
+    with building(directory):
+        if (directory / "special_tokens.json").is_file():
+            return BPETokenizer.load(directory)
+        tokenizer = BPETokenizer.train(load_corpus("train", source), vocab_size, special_tokens)
+        tokenizer.save(directory)
     return tokenizer

@@ -60,7 +60,6 @@ from pathlib import Path
 
 from course_lib import exercises
 from grading import check, intake, sandbox
-from grading.intake import submitted_module_file
 
 ROOT = Path(__file__).resolve().parent.parent
 COURSE_ID = "llm-course"
@@ -106,7 +105,7 @@ def fingerprint(folder: Path, modules: list[str]) -> str:
     """Hash of what is graded: the chapter modules and the notebooks of a submission (regular files
     only: :mod:`grading.intake`)."""
     digest = hashlib.sha256()
-    modules_found = [submitted_module_file(folder, m) for m in modules]
+    modules_found = [intake.submitted_module_file(folder, m) for m in modules]
     notebooks = [intake.regular_file(folder, p.name, max_bytes=MAX_NOTEBOOK_BYTES) for p in sorted(folder.glob("*.ipynb"))]
     for path, limit in [(p, intake.MAX_MODULE_BYTES) for p in modules_found] + [(p, MAX_NOTEBOOK_BYTES) for p in notebooks]:
         if path is not None:
@@ -172,7 +171,7 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         snap = scratch / "submission"
         snap.mkdir()
         for module in modules:
-            found = submitted_module_file(submitted, module)
+            found = intake.submitted_module_file(submitted, module)
             if found is not None:
                 (snap / f"{module}.py").write_bytes(intake.read_regular(found))
         if not any(snap.iterdir()):
@@ -191,7 +190,9 @@ def grade_code(submitted: Path, modules: list[str], limits: sandbox.Limits, log:
         command = [sys.executable, "-I", "-c", check._RUNNER, str(os.getpid()), str(ROOT), *map(str, test_files(modules)),
                    *[a for ex in chapter for a in ("--exercise", ex.id)], *check.trusted_pytest_options(ROOT, snap),
                    "--call-timeout", str(limits.call_timeout), "-p", "grading.results", "--results-file", str(report),
-                   "-q", "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+                   "-q", "--tb=line", "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+        # --tb=line: the scores and the feedback keep each failure's message only, and the log's
+        # tracebacks (each one parses its test file again) cost more than the tests of a stub
         # A wall-clock safety net only: the door times the submission's calls by their own time, so
         # this limit is reached on a machine too busy to grade, and what it stops is graded again.
         limit = (limits.submission_timeout + STARTUP_MARGIN) * limits.load_factor

@@ -172,7 +172,7 @@ def _run_tests(root: Path, folder: Path | None, exercise: str, marker: str | Non
         door = ["--call-timeout", str(CALL_TIMEOUT)] if folder is not None else []
         args = [str(root / "tests"), "--exercise", exercise, *(["-m", marker] if marker else []),
                 *trusted_pytest_options(root, folder), *door,
-                "-q", "--junitxml", str(report), "-o", "junit_family=xunit2"]
+                "-q", "--tb=line", "--junitxml", str(report), "-o", "junit_family=xunit2"]  # messages only
         started = time.monotonic()
         status, output = _run([sys.executable, "-I", "-c", _RUNNER, str(os.getpid()), str(root), *args],
                               cwd=scratch, limit=limit)

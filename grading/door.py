@@ -332,17 +332,17 @@ class SandboxDoor:
             return sandbox.pids(uid=self._slot.uid)
         return sandbox.pids(session=proc.pid)
 
-    def _usage(self, proc: subprocess.Popen) -> sandbox.Usage:
-        """What the sandbox's processes hold and have used; inside bwrap, bwrap's init (the only
-        process of its PID namespace not of the sandbox's uid) reaps the orphans, so what they used
-        is counted through it."""
+    def _usage(self, proc: subprocess.Popen, memory: bool = True) -> sandbox.Usage:
+        """What the sandbox's processes hold (with ``memory``) and have used; inside bwrap, bwrap's
+        init (the only process of its PID namespace not of the sandbox's uid) reaps the orphans, so
+        what they used is counted through it."""
         if self._bwrap and self._reaper is None:
             try:
                 with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
                     self._reaper = int(f.read().split()[0])
             except (OSError, ValueError, IndexError):
                 pass
-        return sandbox.usage(self._sandbox_pids(proc), reaper=self._reaper)
+        return sandbox.usage(self._sandbox_pids(proc), reaper=self._reaper, memory=memory)
 
     def _await(self, limit: float) -> tuple[Any, float]:
         """The child's next message and the seconds charged for waiting on it
@@ -350,7 +350,7 @@ class SandboxDoor:
         ``limit`` seconds are charged, :class:`MachineBusy` after ``limits.load_factor * limit``
         seconds of wall time with less charged (the child is stopped in both cases)."""
         proc = self._proc
-        wall0, before = time.monotonic(), self._usage(proc)
+        wall0, before = time.monotonic(), self._usage(proc, memory=False)  # the watchdog reads the memory
         while True:
             try:
                 item = self._replies.get(timeout=0.25)
@@ -358,7 +358,7 @@ class SandboxDoor:
                 item = None
             wall = time.monotonic() - wall0
             pid, taken, sample = self._sample  # the watchdog's latest reading while waiting; a fresh one to charge
-            now = sample if item is None and pid == proc.pid and taken > wall0 else self._usage(proc)
+            now = sample if item is None and pid == proc.pid and taken > wall0 else self._usage(proc, memory=False)
             waited = min(max(now.waited - before.waited, 0.0), wall)
             charged = sandbox.charged_seconds(max(now.cpu - before.cpu, 0.0), wall, waited)
             if item is not None:

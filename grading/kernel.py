@@ -64,10 +64,10 @@ def write_kernelspec(jupyter_path: Path) -> Path:
 def course_library(target: Path, notebook_dir: Path) -> Path:
     """Write ``target/course_lib``: the trusted package with the chapters before the notebook's one
     (its folder's name, the assignment) completed by the reference and the student's own module of
-    that chapter where the folder holds one (:func:`grading.autograde.submitted_module_file`).
+    that chapter where the folder holds one (:func:`grading.intake.submitted_module_file`).
     Returns ``target``."""
     from course_lib import exercises
-    from grading.autograde import submitted_module_file
+    from grading.intake import submitted_module_file
     from grading.submissions import solved_module
 
     package = target / "course_lib"

@@ -24,6 +24,7 @@ course tree is refused before any conftest is imported.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections import defaultdict
@@ -100,9 +101,22 @@ def pytest_configure(config):
         # The submission runs behind the door; what the tests themselves build here (a tokenizer, a
         # model to send through the door) is the grader's own code: the reference, where there is one.
         exercises.set_mode("solution")
+    if submission or against in ("stubs", "mutants"):
+        _grading_hypothesis_profile()
     config._course_door = (SandboxDoor(submission, call_timeout=config.getoption("call_timeout"))
                            if submission else InProcessDoor())
     config._course_mutants_killed = defaultdict(bool)
+
+
+def _grading_hypothesis_profile() -> None:
+    """Where only pass or fail counts (grading a submission, the stubs and mutants passes), a failing
+    property test stops at its first failing example: Hypothesis's shrinking, which finds the
+    smallest one for a student reading the failure, costs seconds per test and changes no outcome.
+    Loaded before the test files are imported, so their ``settings(...)`` inherit it."""
+    from hypothesis import Phase, settings
+
+    settings.register_profile("course-grading", phases=(Phase.explicit, Phase.reuse, Phase.generate))
+    settings.load_profile("course-grading")
 
 
 def pytest_unconfigure(config):
@@ -143,7 +157,7 @@ def _selected_modules(config) -> set[str] | None:
 def pytest_ignore_collect(collection_path, config):
     """With ``--chapter``/``--exercise``, other chapters' test files are not even imported: faster,
     and a chapter module that does not import cannot get in the way of another chapter's tests.
-    (Graded tests of exercise N.M live in the test files of chapter N: tests/test_exercises.py.)"""
+    (Graded tests of exercise N.M live in the test files of chapter N: tests/grading/test_batch_grading.py.)"""
     selected = _selected_modules(config)
     if selected is None or not collection_path.is_file() or not collection_path.name.startswith("test_"):
         return None
@@ -222,6 +236,10 @@ def pytest_collection_modifyitems(config, items):
                     and (not wanted or (ex is not None and ex.id in wanted))
                     and (against not in ("stubs", "mutants") or ex is not None))
         (keep if selected else drop).append(item)
+        if selected and ex is not None and against is None and config.option.tbstyle == "short":
+            # a student's failure is formatted once, their way (pytest's own traceback, made first
+            # and thrown away, parsed the test file again for every failure)
+            item.repr_failure = functools.partial(_student_view, item)
         if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (marked gpu)"))
     if drop:
@@ -278,9 +296,6 @@ def pytest_runtest_makereport(item, call):
     report = yield
     against = item.config.getoption("against")
     ex = _exercise_of(item)
-    if (report.when == "call" and report.failed and against is None and ex is not None
-            and call.excinfo is not None and item.config.option.tbstyle == "short"):
-        report.longrepr = _student_view(item, call.excinfo)
     if report.when != "call" or against not in ("stubs", "mutants") or ex is None:
         return report
     if against == "stubs":
@@ -320,6 +335,10 @@ def _student_view(item, excinfo) -> str:
     if kept:
         excinfo.traceback = type(excinfo.traceback)(kept)
     message = excinfo.exconly().strip()
+    if excinfo.errisinstance(AssertionError) and not message.startswith("AssertionError: assert "):
+        # A test's own message, then pytest's introspection of the assert expression ("assert ...",
+        # "+  where ..."): the message says what is wrong; the rest names the test's variables.
+        message = message.split("\nassert ", 1)[0]
     where = str(excinfo.getrepr(style="short", funcargs=False, chain=True)).rstrip().splitlines()
     while where and where[-1].startswith("E "):  # the message again: it is already first
         where.pop()

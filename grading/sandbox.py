@@ -587,7 +587,7 @@ def shared_file_bytes(pid_list: list[int]) -> int:
 class Usage:
     """What a sandbox's processes hold and have used so far (read from /proc by the trusted side)."""
 
-    memory: int  # bytes: proportional set sizes plus shared-memory files held open
+    memory: int | None  # bytes: proportional set sizes plus shared-memory files held open (None: not read)
     cpu: float  # seconds of CPU of its live processes and of the ones they (or its reaper) waited for
     waited: float  # seconds its first process was ready to run but waited for a CPU (schedstat)
 
@@ -595,10 +595,12 @@ class Usage:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def usage(pid_list: list[int], reaper: int | None = None) -> Usage:
+def usage(pid_list: list[int], reaper: int | None = None, memory: bool = True) -> Usage:
     """:class:`Usage` of the processes ``pid_list`` (one sandbox's). ``reaper``: a process outside
     that list whose waited-for children were the sandbox's (bubblewrap's init in its PID namespace),
-    so that processes which ended count too. The first process is the oldest of ``pid_list``."""
+    so that processes which ended count too. The first process is the oldest of ``pid_list``.
+    Without ``memory`` the memory is not read (``None``): reading a large process's
+    ``smaps_rollup`` walks its page tables, milliseconds that timing a call does not need."""
     cpu, first = 0, None
     for pid in pid_list:
         try:
@@ -620,7 +622,8 @@ def usage(pid_list: list[int], reaper: int | None = None) -> Usage:
                 waited = int(f.read().split()[1]) / 1e9
         except (OSError, ValueError, IndexError):
             pass
-    return Usage(memory=rss_bytes(pid_list) + shared_file_bytes(pid_list), cpu=cpu / _TICK, waited=waited)
+    held = rss_bytes(pid_list) + shared_file_bytes(pid_list) if memory else None
+    return Usage(memory=held, cpu=cpu / _TICK, waited=waited)
 
 
 def charged_seconds(cpu: float, wall: float, waited: float) -> float:

@@ -10,6 +10,9 @@ dest=build-assets/mathjax
 stamp="$dest/.version"
 prefix=.cache/npm-mathjax
 src="$prefix/node_modules/mathjax/es5"
+# One fetch at a time (CI builds the book while tests that need MathJax run): the others wait here.
+mkdir -p .cache
+if command -v flock >/dev/null; then exec 9>.cache/fetch_mathjax.lock; flock 9; fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$MATHJAX_VERSION" ] && [ -f "$dest/tex-mml-chtml.js" ] &&
    [ -f "$src/tex-svg-full.js" ]; then
   exit 0

@@ -27,6 +27,8 @@ FILES = ["tests/conftest.py", "tests/test_*.py", "tests/hidden/*.py", "course_li
          "benchmarks/*.py", "grading/__init__.py", "grading/pytest_plugin.py", "grading/door.py",
          "grading/codec.py", "grading/expect.py", "grading/sandbox.py"]
 LOCAL = {"course_lib", "solutions", "grading", "tests", "benchmarks"}
+# The book's page helpers (myst-nb's glue and the like): only the book imports them, never a GPU run.
+BOOK_ONLY = {"course_lib/book.py"}
 
 
 def canonical(name: str) -> str:
@@ -50,6 +52,8 @@ def needed() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for pattern in FILES:
         for path in sorted(ROOT.glob(pattern)):
+            if path.relative_to(ROOT).as_posix() in BOOK_ONLY:
+                continue
             for name in imported_names(path):
                 if name in sys.stdlib_module_names or name in LOCAL or name == "__future__":
                     continue

@@ -48,7 +48,7 @@ def mask_tokens(input_ids: torch.Tensor, *, vocab_size: int, mask_token_id: int,
                 special_token_ids: Sequence[int] = (), seed: int, mlm_probability: float = 0.15,
                 mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    ids = input_ids.cpu()
+    ids = input_ids.cpu().long()                                          # both results are torch.long
     shape = ids.shape
     special = torch.isin(ids, torch.tensor(list(special_token_ids), dtype=torch.long))
     probability = torch.full(shape, mlm_probability).masked_fill(special, 0.0)

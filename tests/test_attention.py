@@ -23,8 +23,9 @@ public tests that check it (``test_`` dropped):
   - ``return_weights``: weights sum to 1, shape with the mask's broadcast: sdpa_returns_weights_that_sum_to_one_over_the_keys,
     sdpa_boolean_mask_true_means_attend
   - ``dropout_p``: after the softmax, rescaled, ``output == weights @ value``, global generator, 0 and 1:
-    sdpa_dropout_zeroes_weights_and_rescales_the_rest,
-    sdpa_dropout_draws_from_the_global_generator_and_p_one_drops_everything
+    sdpa_dropout_zeroes_weights_and_rescales_the_rest, sdpa_with_dropout_p_one_drops_every_weight,
+    sdpa_dropout_draws_from_the_global_generator (a local run only: the grading door's process has its
+    own generator)
   - query's dtype (float64, bfloat16, float16), d_v != d_head: sdpa_float64_and_value_width,
     sdpa_half_precision_keeps_the_dtype_and_is_close_to_float32 (and on CUDA, sdpa_bfloat16_on_cuda_...)
   - inputs (query, key, value, masks) unchanged: sdpa_leaves_its_inputs_unchanged
@@ -73,7 +74,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grading.expect import assert_close, assert_unchanged
+from grading.expect import assert_close, assert_unchanged, in_process_only
 
 NEG_INF = float("-inf")
 
@@ -207,8 +208,9 @@ def test_sdpa_is_causal_is_top_left_aligned_like_torch(student, device, q_len, k
     q, k, v = qkv(2, 2, q_len, kv_len, 8, device, seed=9)
     out, weights = student.scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
     assert_close(weights, torch_weights(q, k, is_causal=True), what=f"causal weights (q_len={q_len}, kv_len={kv_len})",
-                 hint="Query i may attend to keys j <= i (the diagonal included): "
-                      "torch.ones(q_len, kv_len, dtype=torch.bool).tril(), aligned top-left as torch's is_causal.")
+                 hint="Query i may attend to keys 0..i, itself included, counted from the top-left corner "
+                      "as torch's is_causal does, also when q_len != kv_len.",
+                 wrong={"weights without the causal mask (is is_causal applied?)": torch_weights(q, k)})
     assert_close(out, torch_sdpa(q, k, v, is_causal=True), what=f"causal output (q_len={q_len}, kv_len={kv_len})")
 
 
@@ -289,13 +291,15 @@ def test_sdpa_works_for_any_number_of_leading_dims(student, device, lead):
     q, k, v = (randn((*lead, n, 8), device, seed=17 + i) for i, n in enumerate((4, 6, 6)))
     out, weights = student.scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
     assert_close(out, torch_sdpa(q, k, v, is_causal=True), what=f"output for query of shape {tuple(q.shape)}",
-                 hint="Transpose the last two dims of key (transpose(-2, -1)), not dims 2 and 3, and index the "
-                      "sequence axes from the end.")
+                 hint="The sequence and feature axes are the last two, whatever comes before them: count "
+                      "them from the end (a 4-D layout written into the code breaks other shapes).",
+                 wrong={"attention without the causal mask (is is_causal applied?)": torch_sdpa(q, k, v)})
     assert_close(weights, torch_weights(q, k, is_causal=True), what=f"weights for query of shape {tuple(q.shape)}")
 
 
 @pytest.mark.exercise("2.1")
-def test_sdpa_dropout_draws_from_the_global_generator_and_p_one_drops_everything(student, device):
+def test_sdpa_dropout_draws_from_the_global_generator(student, device):
+    in_process_only(student, "torch's global generator (the seed set here)")
     q, k, v = qkv(1, 2, 8, 8, 4, device, seed=18)
     draws = []
     for seed in (0, 0, 1):
@@ -304,6 +308,11 @@ def test_sdpa_dropout_draws_from_the_global_generator_and_p_one_drops_everything
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2]), (
         "dropout must draw from torch's global generator: the same torch.manual_seed gives the same weights, "
         "another seed other weights (do not make a generator of your own)")
+
+
+@pytest.mark.exercise("2.1")
+def test_sdpa_with_dropout_p_one_drops_every_weight(student, device):
+    q, k, v = qkv(1, 2, 8, 8, 4, device, seed=18)
     out, weights = student.scaled_dot_product_attention(q, k, v, dropout_p=1.0, return_weights=True)
     assert_close(weights, torch.zeros_like(weights), what="weights with dropout_p=1.0",
                  hint="dropout_p=1 zeroes every weight (no 0/0: nn.Dropout and F.dropout return zeros).")
@@ -322,8 +331,10 @@ def test_sdpa_half_precision_keeps_the_dtype_and_is_close_to_float32(student, de
         f"{dtype} inputs must give {dtype} output and weights, got {out.dtype} and {weights.dtype}: compute the "
         "softmax in float32 if you like, then cast back")
     expected = torch_sdpa(q.float(), k.float(), v.float(), mask.float(), is_causal=True)
-    assert_close(out.float(), expected, rtol=2**-6, atol=0.03, what=f"{dtype} attention with a float mask",
-                 hint="Compute the softmax in float32 and cast back; check the scaling.")
+    assert_close(out.float(), expected, rtol=2**-6, atol=0.03, what=f"{dtype} causal attention with a float mask",
+                 hint="Compute the softmax in float32 and cast back; check the scaling.",
+                 wrong={"attention with the float mask but without the causal mask (is is_causal applied?)":
+                            torch_sdpa(q.float(), k.float(), v.float(), mask.float())})
 
 
 @pytest.mark.exercise("2.1")

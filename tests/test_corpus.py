@@ -40,6 +40,32 @@ def test_write_atomic_replaces_whole_files(cache_root):
     assert path.read_text() == "second" and [p.name for p in path.parent.iterdir()] == ["a.txt"]
 
 
+_BUILDER = """
+import sys, time
+from pathlib import Path
+from course_lib.cache import building, write_atomic
+
+entry, log = Path(sys.argv[1]), Path(sys.argv[2])
+with building(entry):
+    if not entry.is_file():
+        with open(log, "a") as f:
+            f.write("built\\n")
+        time.sleep(2)  # a slow build: the other process asks for the entry meanwhile
+        write_atomic(entry, "artefact")
+print(entry.read_text())
+"""
+
+
+def test_two_processes_that_need_one_cache_entry_build_it_once(tmp_path):
+    entry, log = tmp_path / "entry.txt", tmp_path / "builds.log"
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(entry), str(log)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == ["artefact\n", "artefact\n"]
+    assert log.read_text() == "built\n", "both processes built the entry"
+
+
 def test_cache_key_is_stable_and_distinguishes_values():
     assert cache.cache_key(1, "a", {"b": 2}) == cache.cache_key(1, "a", {"b": 2})
     assert cache.cache_key(1, "a") != cache.cache_key(1, "b")

@@ -108,17 +108,6 @@ def test_bad_input_gets_an_error_naming_the_argument(mode, call, error, names):
         call()
 
 
-def test_graded_tests_of_an_exercise_live_in_the_test_files_of_its_chapter():
-    """``pytest --exercise 2.1`` collects only Chapter 2's test files (grading.pytest_plugin), so no
-    graded test of exercise N.M may sit in another chapter's file."""
-    for path in [*ROOT.glob("tests/test_*.py"), *ROOT.glob("tests/hidden/test_*.py")]:
-        module = path.stem.removeprefix("test_").removesuffix("_hidden")
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and ast.unparse(node.func) == "pytest.mark.exercise"
-                    and node.args and isinstance(node.args[0], ast.Constant)):
-                assert exercises.chapter_of(node.args[0].value) == module, (path.name, node.args[0].value)
-
-
 def test_an_import_error_names_the_file_and_the_line(tmp_path, monkeypatch):
     broken = tmp_path / "broken_chapter.py"
     broken.write_text("import math\n\ndef f(:\n    pass\n")

@@ -7,6 +7,85 @@ processors (``TopKLogitsWarper``, ``TopPLogitsWarper``, ``MinPLogitsWarper``,
 ``RepetitionPenaltyLogitsProcessor``), the processed ``scores`` it reports, and its
 ``StopStringCriteria``. Token ids must match exactly; logits match to float32 rounding, since the
 same model runs the same operations.
+
+Each exercise's contract, clause by clause, with the public tests that check it (``test_`` dropped):
+
+4.1 ``greedy_search``
+  - ``generate()``'s tokens, left-padded prompts, three model families: greedy_search_matches_generate
+  - ``attention_mask=None`` is no padding: greedy_search_without_attention_mask_means_no_padding
+  - a list of EOS ids, finished rows get ``pad_token_id``: greedy_search_finishes_rows_at_eos_and_pads_them
+  - early stop once every row finished, padding defaults to the first EOS:
+    greedy_search_stops_when_every_row_has_finished
+  - one EOS id as an int, padding defaults to it, an EOS inside a prompt finishes nothing:
+    greedy_search_with_one_eos_id_pads_with_it_and_ignores_it_in_prompts
+
+4.2 ``decode_step``
+  - prefill: the model's logits, a list of per-layer ``(key, value)`` tuples:
+    decode_step_prefill_gives_the_models_logits_and_cache
+  - one token per step equals recomputing the prefix (positions under left padding):
+    decode_step_with_a_cache_equals_recomputing_the_prefix
+  - several new tokens in one step: decode_step_runs_several_new_tokens_at_once
+  - a ``Cache`` given comes back a ``Cache`` (in-process only): decode_step_keeps_a_cache_a_cache
+
+4.3 ``cached_greedy_search``
+  - ``generate()``'s tokens, three families: cached_greedy_search_matches_generate
+  - a list of EOS ids with ``pad_token_id``: cached_greedy_search_with_eos
+  - one EOS id as an int, its default padding, an EOS in a prompt:
+    cached_greedy_search_with_one_eos_id_pads_with_it_and_ignores_it_in_prompts
+
+4.4 ``top_k_filter``
+  - ``TopKLogitsWarper`` for top_k 1 to beyond the vocabulary, ``min_tokens_to_keep``, input unchanged:
+    top_k_filter_matches_hugging_face
+  - ties with the k-th kept: top_k_filter_keeps_ties_with_the_kth_logit
+  - bf16 and fp16 stay in their dtype: top_k_filter_keeps_a_low_precision_dtype
+  - ``min_tokens_to_keep`` beyond the vocabulary: top_k_filter_with_min_tokens_above_the_vocabulary_keeps_everything
+
+4.5 ``top_p_filter``
+  - ``TopPLogitsWarper`` for top_p up to 1.0 (off): top_p_filter_matches_hugging_face
+  - the token that crosses the threshold kept: top_p_filter_keeps_the_token_that_crosses_the_threshold
+  - ``min_tokens_to_keep``: top_p_filter_keeps_min_tokens
+  - top_p 0.0 (the lower bound, not "off"): top_p_filter_at_zero_keeps_only_the_most_probable
+  - bf16 and fp16 stay in their dtype, input unchanged: top_p_filter_keeps_a_low_precision_dtype_and_its_input
+
+4.6 ``min_p_filter``
+  - ``MinPLogitsWarper`` for min_p 0 to 0.5, ``min_tokens_to_keep``: min_p_filter_matches_hugging_face
+  - bf16 and fp16 stay in their dtype, input unchanged: min_p_filter_keeps_a_low_precision_dtype_and_its_input
+  - min_p 1.0, a strict ``<`` (ties with the threshold kept): min_p_filter_at_one_keeps_the_tokens_tied_for_the_top
+
+4.7 ``apply_repetition_penalty``
+  - ``RepetitionPenaltyLogitsProcessor``, penalties above and below 1, once per token:
+    repetition_penalty_matches_hugging_face
+  - padding is no occurrence; inputs unchanged: repetition_penalty_ignores_padding_and_leaves_its_inputs_alone
+
+4.8 ``process_logits``
+  - ``generate()``'s processed scores for combinations of every processor: process_logits_equals_generates_scores
+  - temperature before top-p, top-p before min-p: process_logits_applies_temperature_before_top_p,
+    process_logits_applies_top_p_before_min_p
+  - temperature and penalty with no filter; input unchanged:
+    process_logits_without_filters_and_leaves_its_input_alone
+
+4.9 ``sample``
+  - ``generate(do_sample=True)``'s tokens under the same seed, plain and processed, three families:
+    sample_matches_generate_with_the_same_seed
+  - reproducible, another seed other text: sample_is_reproducible_and_depends_on_the_seed
+  - min_p and the repetition penalty, one EOS id as an int, its default padding:
+    sample_with_min_p_the_penalty_and_one_eos_id
+
+4.10 ``beam_search``
+  - ``generate(num_beams=...)``'s sequences and scores for length penalties, every ``early_stopping``,
+    ``num_return_sequences``, with and without EOS: beam_search_matches_generate
+  - one beam is greedy: beam_search_with_one_beam_is_greedy
+  - one EOS id as an int, padding defaults to it: beam_search_with_one_eos_id_pads_with_it
+
+4.11 ``stop_sequence_hit``
+  - the row's end only, longer stops never, no stops, a ``(batch,)`` bool tensor:
+    stop_sequence_hit_checks_the_end_of_each_row
+  - a stop as long as the row: stop_sequence_hit_matches_a_stop_as_long_as_the_row
+
+4.12 ``stop_string_hit``
+  - ``StopStringCriteria`` across token boundaries: stop_string_hit_matches_hugging_face
+  - a stop that occurred earlier and again at the end, several stop strings:
+    stop_string_hit_with_repeats_and_several_stop_strings
 """
 
 from __future__ import annotations
@@ -16,13 +95,13 @@ import os
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import Cache, DynamicCache
 from transformers.generation.logits_process import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
                                                     TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from course_lib import exercises
 from course_lib.generation import random_causal_lm
-from grading.expect import assert_close
+from grading.expect import assert_close, assert_unchanged, in_process_only
 
 VOCAB = 96
 PAD = 0
@@ -183,6 +262,31 @@ def test_greedy_search_stops_when_every_row_has_finished(student, device):
                        "and pad with the first EOS id when pad_token_id is None.")
 
 
+def check_one_int_eos(decode, reference, device, what):
+    """``decode(input_ids, attention_mask, max_new_tokens=, eos_token_id=)`` (the code under test) with
+    one int EOS id and no ``pad_token_id`` against ``reference(...)`` (``generate()`` with the same
+    arguments and ``pad_token_id`` that EOS, the documented default). The EOS is row 0's 3rd new token;
+    row 1's prompt holds it as a real token and row 1 runs all 8 steps."""
+    input_ids, attention_mask = left_padded((4, 6), device, seed=8)
+    eos = int(reference(input_ids, attention_mask, max_new_tokens=3)[0, 8])
+    input_ids[1, 3] = eos
+    expected = reference(input_ids, attention_mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=eos)
+    assert expected.shape[1] == 6 + 8 and (expected[0, 8:] == eos).all() and (expected[1, 6:] != eos).any(), \
+        "the test's setup: row 0 ends after 3 new tokens while row 1 runs the whole 8"
+    result = decode(input_ids, attention_mask, max_new_tokens=8, eos_token_id=eos)
+    assert_tokens(result[0] if isinstance(result, tuple) else result, expected,
+                  what=f"{what}(eos_token_id={eos}, an int; pad_token_id=None) with {eos} in row 1's prompt",
+                  hint="eos_token_id may be one int (not only a list); pad_token_id=None pads with the first EOS id; "
+                       "a row finishes when it *produces* an EOS, not because its prompt holds one.")
+
+
+@pytest.mark.exercise("4.1")
+def test_greedy_search_with_one_eos_id_pads_with_it_and_ignores_it_in_prompts(student, device):
+    model = make_model("llama", device)
+    check_one_int_eos(lambda *args, **options: student.greedy_search(model, *args, **options),
+                      lambda *args, **options: hf_generate(model, *args, **options), device, "greedy_search")
+
+
 # -- 4.2 decode_step ----------------------------------------------------------------------------------
 def _step_inputs(device, seed=5):
     input_ids, attention_mask = left_padded((5, 2, 4), device, seed=seed)
@@ -202,8 +306,11 @@ def test_decode_step_prefill_gives_the_models_logits_and_cache(student, device, 
     with reference_mode(), torch.no_grad():
         reference = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           cache=DynamicCache(), use_cache=True).cache
-    assert isinstance(cache, list) and len(cache) == len(reference.layers), \
+    assert type(cache) is list and len(cache) == len(reference.layers), \
         f"the cache must come back as a list of {len(reference.layers)} (key, value) pairs, got {type(cache).__name__}"
+    assert all(type(layer) is tuple and len(layer) == 2 for layer in cache), \
+        (f"each layer's entry must be a (key, value) tuple, got {[type(layer).__name__ for layer in cache]} "
+         "(cache_to_tuples gives them)")
     for i, ((key, value), layer) in enumerate(zip(cache, reference.layers)):
         assert_close(key, layer.keys, what=f"cached keys of layer {i}", rtol=1e-4, atol=1e-4)
         assert_close(value, layer.values, what=f"cached values of layer {i}", rtol=1e-4, atol=1e-4)
@@ -226,6 +333,41 @@ def test_decode_step_with_a_cache_equals_recomputing_the_prefix(student, device,
                           "(wrong under left padding), gives other logits.")
         assert cache[0][0].shape[2] == input_ids.shape[1], \
             f"after step {step + 1} the cache must hold {input_ids.shape[1]} positions, got {cache[0][0].shape[2]}"
+
+
+def check_prefill_then_one_step(student, model, input_ids, attention_mask, split):
+    """decode_step on the first ``split`` columns (the prefill), then on all the rest in one step."""
+    _, cache = student.decode_step(model, input_ids[:, :split], attention_mask[:, :split], None)
+    logits, cache = student.decode_step(model, input_ids[:, split:], attention_mask, cache)
+    new_len = input_ids.shape[1] - split
+    assert_close(logits, hf_logits(model, input_ids, attention_mask), rtol=1e-4, atol=1e-4,
+                 what=f"logits after a prefill of {split} columns and one step of {new_len} new tokens",
+                 hint="Each new token has its own position: the last new_len columns of cumsum(attention_mask) - 1.")
+    assert [key.shape[2] for key, _ in cache] == [input_ids.shape[1]] * len(cache), \
+        f"the cache must then hold all {input_ids.shape[1]} positions"
+
+
+@pytest.mark.exercise("4.2")
+def test_decode_step_runs_several_new_tokens_at_once(student, device):
+    input_ids, attention_mask = left_padded((7, 5, 4), device, seed=9)
+    check_prefill_then_one_step(student, make_model("llama", device), input_ids, attention_mask, split=4)
+
+
+@pytest.mark.exercise("4.2")
+def test_decode_step_keeps_a_cache_a_cache(student, device):
+    in_process_only(student, "a transformers.Cache")
+    model = make_model("llama", device)
+    input_ids, attention_mask, new = _step_inputs(device)
+    _, cache = student.decode_step(model, input_ids, attention_mask, DynamicCache())
+    assert isinstance(cache, Cache) and cache.get_seq_length() == input_ids.shape[1], \
+        (f"decode_step given a DynamicCache returned {type(cache).__name__}: a Cache in, a Cache out (holding "
+         f"{input_ids.shape[1]} positions); lists of tuples are only for a list given")
+    attention_mask = torch.cat([attention_mask, torch.ones_like(new[:, :1])], -1)
+    logits, cache = student.decode_step(model, new[:, :1], attention_mask, cache)
+    assert isinstance(cache, Cache) and cache.get_seq_length() == input_ids.shape[1] + 1, \
+        f"after a second step decode_step returned {type(cache).__name__} instead of a Cache holding one more position"
+    assert_close(logits, hf_logits(model, torch.cat([input_ids, new[:, :1]], -1), attention_mask), rtol=1e-4,
+                 atol=1e-4, what="logits of a decode step with a DynamicCache")
 
 
 # -- 4.3 cached_greedy_search ---------------------------------------------------------------------------
@@ -251,6 +393,13 @@ def test_cached_greedy_search_with_eos(student, device):
     assert_tokens(student.cached_greedy_search(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos,
                                                pad_token_id=4),
                   expected, what=f"cached_greedy_search with eos_token_id={eos}", hint=EOS_HINT)
+
+
+@pytest.mark.exercise("4.3")
+def test_cached_greedy_search_with_one_eos_id_pads_with_it_and_ignores_it_in_prompts(student, device):
+    model = make_model("llama", device)
+    check_one_int_eos(lambda *args, **options: student.cached_greedy_search(model, *args, **options),
+                      lambda *args, **options: hf_generate(model, *args, **options), device, "cached_greedy_search")
 
 
 # -- 4.4 to 4.7 logits processors --------------------------------------------------------------------------
@@ -290,6 +439,42 @@ def test_top_k_filter_keeps_ties_with_the_kth_logit(student, device):
                     hint="Remove only logits strictly below the k-th highest: tokens tied with it stay.")
 
 
+LOW_PRECISION = [torch.bfloat16, torch.float16]
+
+
+def check_filter_in_low_precision(run, cut, dtype, device, what):
+    """``run(logits)`` (the code under test) against ``cut(logits)`` (a Hugging Face warper) on ``(4, 40)``
+    logits in ``dtype``, chosen so that ``cut`` keeps the same tokens whether it computes in ``dtype`` or
+    in float64 (computing the probabilities in float32 and casting back is as right as staying in
+    ``dtype``); the caller's logits must stay as they were."""
+    for seed in range(100):
+        logits = random_logits(4, 40, device, seed=seed, dtype=dtype)
+        if torch.equal(cut(logits.clone()).isfinite(), cut(logits.double()).isfinite()):
+            break
+    else:
+        raise AssertionError("no seed gave logits away from the cut's thresholds")
+    before = logits.clone()
+    assert_filtered(run(logits), cut(logits.clone()), what=f"{what} on {dtype} logits",
+                    hint="Return the input's dtype: mask the logits you were given, do not cast them.")
+    assert_unchanged(logits, before, what="the caller's logits")
+
+
+@pytest.mark.exercise("4.4")
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_top_k_filter_keeps_a_low_precision_dtype(student, device, dtype):
+    check_filter_in_low_precision(lambda x: student.top_k_filter(x, 6), lambda x: TopKLogitsWarper(6)(None, x),
+                                  dtype, device, "top_k_filter(top_k=6)")
+
+
+@pytest.mark.exercise("4.4")
+def test_top_k_filter_with_min_tokens_above_the_vocabulary_keeps_everything(student, device):
+    logits = random_logits(2, 5, device, seed=9)
+    expected = TopKLogitsWarper(3, min_tokens_to_keep=8)(None, logits.clone())
+    assert_filtered(student.top_k_filter(logits, 3, 8), expected,
+                    what="top_k_filter(top_k=3, min_tokens_to_keep=8) on a vocabulary of 5",
+                    hint="k = min(max(top_k, min_tokens_to_keep), vocab): never more than the vocabulary.")
+
+
 @pytest.mark.exercise("4.5")
 @pytest.mark.parametrize("top_p", [0.3, 0.7, 0.9, 0.95, 1.0])
 def test_top_p_filter_matches_hugging_face(student, device, top_p):
@@ -320,6 +505,24 @@ def test_top_p_filter_keeps_min_tokens(student, device, min_keep):
                     hint="The min_tokens_to_keep most probable tokens always stay.")
 
 
+@pytest.mark.exercise("4.5")
+@pytest.mark.parametrize("min_keep", [1, 3])
+def test_top_p_filter_at_zero_keeps_only_the_most_probable(student, device, min_keep):
+    logits = random_logits(3, 20, device, seed=12)
+    expected = TopPLogitsWarper(0.0, min_tokens_to_keep=min_keep)(None, logits.clone())
+    assert_filtered(student.top_p_filter(logits, 0.0, min_keep), expected,
+                    what=f"top_p_filter(top_p=0.0, min_tokens_to_keep={min_keep})",
+                    hint="top_p=0.0 is not 'off' (that is 1.0): it removes every token but the min_tokens_to_keep "
+                         "most probable.")
+
+
+@pytest.mark.exercise("4.5")
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_top_p_filter_keeps_a_low_precision_dtype_and_its_input(student, device, dtype):
+    check_filter_in_low_precision(lambda x: student.top_p_filter(x, 0.8), lambda x: TopPLogitsWarper(0.8)(None, x),
+                                  dtype, device, "top_p_filter(top_p=0.8)")
+
+
 @pytest.mark.exercise("4.6")
 @pytest.mark.parametrize("min_p, min_keep", [(0.05, 1), (0.2, 1), (0.5, 3), (0.0, 1)])
 def test_min_p_filter_matches_hugging_face(student, device, min_p, min_keep):
@@ -329,6 +532,23 @@ def test_min_p_filter_matches_hugging_face(student, device, min_p, min_keep):
                     what=f"min_p_filter(min_p={min_p}, min_tokens_to_keep={min_keep})",
                     hint="Remove tokens whose probability is below min_p times the row's top probability "
                          "(probabilities, not logits), keeping the min_tokens_to_keep most probable.")
+
+
+@pytest.mark.exercise("4.6")
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_min_p_filter_keeps_a_low_precision_dtype_and_its_input(student, device, dtype):
+    check_filter_in_low_precision(lambda x: student.min_p_filter(x, 0.1), lambda x: MinPLogitsWarper(0.1)(None, x),
+                                  dtype, device, "min_p_filter(min_p=0.1)")
+
+
+@pytest.mark.exercise("4.6")
+def test_min_p_filter_at_one_keeps_the_tokens_tied_for_the_top(student, device):
+    logits = torch.tensor([[2.0, 2.0, 1.0, 0.0], [0.0, 1.0, 3.0, -1.0]], device=device)
+    expected = MinPLogitsWarper(1.0)(None, logits.clone())
+    assert_filtered(student.min_p_filter(logits, 1.0), expected,
+                    what="min_p_filter(min_p=1.0) on [[2, 2, 1, 0], [0, 1, 3, -1]]",
+                    hint="Remove only p < min_p * max(p), strictly: a token exactly at the threshold (here, tied "
+                         "with the top) stays.")
 
 
 def hf_repetition_penalty(logits, input_ids, penalty, attention_mask=None):
@@ -348,13 +568,16 @@ def test_repetition_penalty_matches_hugging_face(student, device, penalty):
 
 
 @pytest.mark.exercise("4.7")
-def test_repetition_penalty_ignores_padding(student, device):
+def test_repetition_penalty_ignores_padding_and_leaves_its_inputs_alone(student, device):
     logits = random_logits(2, 20, device, seed=19)
     input_ids, attention_mask = left_padded((6, 3), device, seed=19, vocab=20)
-    assert_close(student.apply_repetition_penalty(logits, input_ids, 1.5, attention_mask),
-                 hf_repetition_penalty(logits, input_ids, 1.5, attention_mask),
+    inputs = (logits, input_ids, attention_mask)
+    before = tuple(x.clone() for x in inputs)
+    expected = hf_repetition_penalty(logits, input_ids, 1.5, attention_mask)
+    assert_close(student.apply_repetition_penalty(logits, input_ids, 1.5, attention_mask), expected,
                  what="repetition penalty with a left-padded row",
                  hint="Padding (attention_mask == 0) is not an occurrence: the pad id is not penalised for it.")
+    assert_unchanged(inputs, before, what="the caller's logits, input_ids or attention_mask")
 
 
 # -- 4.8 process_logits ---------------------------------------------------------------------------------------
@@ -389,6 +612,23 @@ def test_process_logits_applies_temperature_before_top_p(student, device):
                     what="process_logits(temperature=2.5, top_p=0.7)",
                     hint="Divide by the temperature first: at T = 2.5 the distribution is flatter, so top-p keeps more "
                          "tokens than it would on the raw logits.")
+
+
+@pytest.mark.exercise("4.8")
+@pytest.mark.parametrize("settings", [dict(temperature=0.5), dict(temperature=2.0, repetition_penalty=1.3)],
+                         ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_process_logits_without_filters_and_leaves_its_input_alone(student, device, settings):
+    logits = random_logits(2, 20, device, seed=31)
+    input_ids, attention_mask = left_padded((4, 2), device, seed=31, vocab=20)
+    before = logits.clone()
+    expected = logits.clone()
+    if "repetition_penalty" in settings:
+        expected = hf_repetition_penalty(expected, input_ids, settings["repetition_penalty"], attention_mask)
+    expected = TemperatureLogitsWarper(settings["temperature"])(None, expected)
+    assert_close(student.process_logits(logits, input_ids, attention_mask, **settings), expected,
+                 what=f"process_logits({settings}) with no filter on",
+                 hint="Each processor that is on applies, whether or not a filter follows it.")
+    assert_unchanged(logits, before, what="the caller's logits (`logits / temperature`, not `logits /= temperature`)")
 
 
 @pytest.mark.exercise("4.8")
@@ -430,6 +670,20 @@ def test_sample_is_reproducible_and_depends_on_the_seed(student, device):
     other = student.sample(model, input_ids, attention_mask, max_new_tokens=20, seed=8, temperature=1.5)
     assert_tokens(again, first, what="sample with the same seed twice", hint="Use a torch.Generator seeded with seed.")
     assert not torch.equal(first, other), "sample with seeds 7 and 8 gave the same 40 tokens: is the seed used?"
+
+
+@pytest.mark.exercise("4.9")
+def test_sample_with_min_p_the_penalty_and_one_eos_id(student):
+    device = torch.device("cpu")  # the CPU's generator: generate() draws from torch's global one
+    model = make_model("llama", device)
+    settings = dict(temperature=1.2, min_p=0.05, repetition_penalty=2.0)
+
+    def reference(*args, **options):
+        torch.manual_seed(77)
+        return hf_generate(model, *args, do_sample=True, top_k=0, **settings, **options)
+
+    check_one_int_eos(lambda *args, **options: student.sample(model, *args, seed=77, **settings, **options),
+                      reference, device, f"sample(seed=77, {settings}, ...)")
 
 
 # -- 4.10 beam_search -----------------------------------------------------------------------------------------
@@ -477,6 +731,23 @@ def test_beam_search_with_one_beam_is_greedy(student, device):
     assert_tokens(sequences, expected, what="beam_search(num_beams=1)", hint="One beam keeps the best token: greedy.")
 
 
+@pytest.mark.exercise("4.10")
+def test_beam_search_with_one_eos_id_pads_with_it(student, device):
+    model = make_model("gpt2", device)
+    input_ids, attention_mask = left_padded((5, 3), device, seed=40)
+    settings = dict(num_beams=3, num_return_sequences=3, early_stopping=True, max_new_tokens=8)
+    free, _ = hf_beam(model, input_ids, attention_mask, **settings)
+    eos = int(free[0, 8])                        # the best hypothesis of prompt 0 ends after 4 new tokens
+    expected, scores = hf_beam(model, input_ids, attention_mask, eos_token_id=eos, pad_token_id=eos, **settings)
+    assert (expected[0, 8:] == eos).all() and expected.shape[1] == 5 + 8, \
+        "the test's setup: a hypothesis that ends early is padded beside full-length ones"
+    sequences, got_scores = student.beam_search(model, input_ids, attention_mask, eos_token_id=eos, **settings)
+    what = f"beam_search({settings}, eos_token_id={eos}, an int; pad_token_id=None)"
+    assert_tokens(sequences, expected, what=what,
+                  hint="eos_token_id may be one int (not only a list); pad_token_id=None pads with the first EOS id.")
+    assert_close(got_scores, scores, what=what + ": scores", rtol=1e-5, atol=1e-5)
+
+
 # -- 4.11, 4.12 stop sequences ----------------------------------------------------------------------------------
 @pytest.mark.exercise("4.11")
 def test_stop_sequence_hit_checks_the_end_of_each_row(student, device):
@@ -491,6 +762,15 @@ def test_stop_sequence_hit_checks_the_end_of_each_row(student, device):
          "end of a row counts (an earlier occurrence was caught when it was made), and a stop longer than the row "
          "never matches.")
     assert not student.stop_sequence_hit(input_ids, []).any(), "no stop sequences: no row stops"
+
+
+@pytest.mark.exercise("4.11")
+def test_stop_sequence_hit_matches_a_stop_as_long_as_the_row(student, device):
+    input_ids = torch.tensor([[4, 5, 6], [4, 5, 7]], device=device)
+    hit = student.stop_sequence_hit(input_ids, [[9, 9, 9, 9], [4, 5, 6]])
+    assert isinstance(hit, torch.Tensor) and hit.cpu().tolist() == [True, False], \
+        (f"stop_sequence_hit([[4, 5, 6], [4, 5, 7]], [[9, 9, 9, 9], [4, 5, 6]]) = {hit!r}, expected [True, False]: "
+         "a stop exactly as long as the row matches the whole row (only a longer one never matches)")
 
 
 def word_tokenizer(words):
@@ -528,26 +808,24 @@ def test_stop_string_hit_matches_hugging_face(student, tokens):
          "complete before the last token.")
 
 
+@pytest.mark.exercise("4.12")
+@pytest.mark.parametrize("tokens, stops", [(["stop", "st", "op"], ["stop"]), (["a", "st", "op"], ["pper", "stop"]),
+                                           (["stop", "p"], ["pper", "p"]), (["to", "pper"], ["opera", "stop"])],
+                         ids=lambda v: "+".join(v))
+def test_stop_string_hit_with_repeats_and_several_stop_strings(student, tokens, stops):
+    tokenizer = word_tokenizer(STOP_WORDS + ["o"])
+    expected = hf_stop_string_hit(tokenizer, tokens, stops)
+    assert student.stop_string_hit(tokens, stops) is expected, \
+        (f"stop_string_hit({tokens}, {stops}) should be {expected}: any of the stop strings counts, and an "
+         "occurrence the last token completes counts even when the same stop occurred earlier.")
+
+
 # -- not graded: the helpers built on the exercises (need the reference solutions) ----------------------
 @pytest.fixture
 def solution_mode(monkeypatch):
     pytest.importorskip("solutions.generation", reason="needs the reference solutions")
     monkeypatch.setenv(exercises.MODE_ENV, "solution")
     monkeypatch.setenv(exercises.STUDENT_MODULES_ENV, "")
-
-
-def test_decode_step_keeps_a_dynamic_cache_a_cache(solution_mode):
-    from course_lib.generation import decode_step
-
-    model = make_model("llama", torch.device("cpu"))
-    input_ids, attention_mask, new = _step_inputs(torch.device("cpu"))
-    cache = DynamicCache()
-    _, returned = decode_step(model, input_ids, attention_mask, cache)
-    assert returned is cache and cache.get_seq_length() == input_ids.shape[1]
-    logits, _ = decode_step(model, new[:, :1], torch.cat([attention_mask, torch.ones_like(new[:, :1])], -1), cache)
-    expected = hf_logits(model, torch.cat([input_ids, new[:, :1]], -1),
-                         torch.cat([attention_mask, torch.ones_like(new[:, :1])], -1))
-    assert torch.allclose(logits, expected, atol=1e-4)
 
 
 LETTERS = "abcdefghij"

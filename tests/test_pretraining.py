@@ -12,6 +12,102 @@ float32 (models cross the grading door in float32): they agree to 1e-4 or better
 steps (Adam turns rounding in near-zero gradients into full-size steps), every wrong step tried
 differs by more than 1e-3, and the tolerance is 2e-4.
 
+Each exercise's contract, clause by clause, with the public tests that check it (``test_`` dropped):
+
+5.1 ``pack_blocks``
+  - run_clm's ``group_texts`` with an EOS after every document: pack_blocks_matches_group_texts,
+    pack_blocks_puts_eos_after_each_document
+  - the tail dropped, empty documents add nothing, (0, block_size) long when short:
+    pack_blocks_drops_the_tail_and_skips_empty_documents
+  - the caller's documents unchanged: pack_blocks_leaves_the_documents_unchanged
+
+5.2 ``split_documents``
+  - ``train_test_split``'s rows, ceil of the fraction: split_documents_matches_datasets_train_test_split
+  - a tuple of two lists of Python ints: split_documents_returns_a_tuple_of_two_lists_of_python_ints
+
+5.3 ``batch_order``
+  - ``BatchSampler(RandomSampler)`` with drop_last: batch_order_matches_torch_samplers
+  - its own generator, another seed another order, ``[]`` when short: batch_order_is_reproducible_and_changes_with_the_seed
+  - lists of Python ints: batch_order_returns_lists_of_python_ints
+
+5.4 ``causal_lm_loss``
+  - Hugging Face's loss (shift, token-weighted mean): causal_lm_loss_matches_hugging_face_models,
+    causal_lm_loss_sum_and_token_weighted_mean
+  - padding and ignore_index are no targets: causal_lm_loss_ignores_padding_like_hugging_face
+  - ``ignore_index`` other than -100; float64 stays float64; inputs unchanged:
+    causal_lm_loss_with_another_ignore_index_in_float64_leaves_its_inputs_alone
+  - float32 for bf16 logits: causal_lm_loss_of_bf16_logits_is_float32
+  - no target: "mean" NaN, "sum" 0: causal_lm_loss_without_targets
+
+5.5 ``mask_tokens``
+  - the collator's draws for every probability setting (mask_replace_prob 1 included):
+    mask_tokens_matches_the_hugging_face_collator
+  - 15/80/10/10 statistics, special tokens never picked: mask_tokens_statistics_are_15_80_10_10
+  - input unchanged: mask_tokens_leaves_its_input_alone
+  - a 1-D sequence, int32 input, long results: mask_tokens_on_one_sequence_of_any_integer_dtype
+
+5.6 ``lr_at``
+  - Hugging Face's cosine (with min_lr_ratio), warmup 0 and warmup == total: lr_at_matches_hugging_face_cosine_schedule
+  - the floor after total_steps: lr_at_stays_at_the_floor_after_the_schedule
+  - a Python float: lr_at_returns_a_python_float
+
+5.7 ``weight_decay_groups``
+  - the Trainer's decayed names without embeddings, tied or not, named_parameters order:
+    weight_decay_groups_match_the_trainer_without_embeddings
+  - frozen parameters in no group; an nn.Embedding subclass; a model that is an embedding; >2-D weights:
+    weight_decay_groups_skip_frozen_parameters_and_find_every_embedding
+
+5.8 ``train_steps``
+  - step one's loss and gradient norm, every step's lr and tokens, as Hugging Face (padding, 1-3
+    micro-batches, three families): train_steps_first_step_matches_hugging_face_loss
+  - labels with -100, ``max_grad_norm=None``: train_steps_first_step_honours_labels_and_no_clipping
+  - accumulation equals one big batch: train_steps_with_micro_batches_equals_one_big_batch
+  - bf16 autocast: train_steps_in_bf16_autocast_matches_hugging_face_under_autocast
+  - Python numbers in the history: train_steps_history_holds_python_numbers
+  - the optimizer and scheduler handed in carry the run on (in-process only):
+    train_steps_continues_with_the_optimizer_and_scheduler_it_is_given
+  - any iterable of steps, ``on_step`` stops the loop, training mode (in-process only):
+    train_steps_takes_any_iterable_stops_when_asked_and_leaves_the_model_training
+
+5.9 ``mfu``
+  - 3 x forward FLOPs x tokens/s over the devices' peak: mfu_by_hand, mfu_counts_what_flop_counter_measures_in_training
+  - a Python float, also for int arguments: mfu_is_a_python_float_for_integer_arguments
+
+5.10 ``AdamW.step`` (through ``adamw_steps``, the course's harness, against ``torch.optim.AdamW``)
+  - torch's update step for step, each group's own hyperparameters, defaults, a no-decay group:
+    adamw_matches_torch_adamw_step_for_step
+  - float32 parameters keep float32 state: adamw_in_float32_matches_torch_adamw
+  - bias correction from t = 1: adamw_first_step_moves_every_entry_by_about_lr
+  - the state in ``self.state[p]`` under torch's names, ``step`` a 0-dim tensor, the groups' hyperparameters:
+    adamw_keeps_its_state_under_torchs_names
+  - ``group["lr"]`` read at every step (a scheduler): adamw_reads_each_groups_learning_rate_at_every_step
+  - parameters without a gradient skipped, no state: adamw_skips_parameters_without_gradient
+  - a resumed run from ``state_dict`` continues exactly: adamw_resumed_from_its_state_dict_continues_exactly
+  - the closure called, its loss returned, ``None`` without: adamw_step_calls_the_closure_and_returns_its_loss
+  - ``amsgrad`` (its ``max_exp_avg_sq`` state) and ``maximize``: adamw_amsgrad_and_maximize_match_torch
+
+5.11 ``clip_grad_norm_`` (through ``clipped_gradients``, against ``torch.nn.utils.clip_grad_norm_``)
+  - the total norm before clipping, every gradient scaled together, p = 1, 2, 3 and inf, a generator of
+    parameters: clip_grad_norm_matches_torch
+  - below the limit (``max_norm`` inf included) nothing changes: clip_grad_norm_below_the_limit_changes_nothing
+  - ``.grad`` None skipped; no gradient at all gives 0: clip_grad_norm_skips_parameters_without_gradient
+  - one tensor instead of an iterable; the gradients' dtype: clip_grad_norm_takes_a_single_tensor_and_keeps_float32
+  - ``error_if_nonfinite``, and NaN/inf norms scaled as torch does:
+    clip_grad_norm_with_a_non_finite_norm_does_what_torch_does
+
+5.12 ``save_checkpoint`` (through ``saved_checkpoint``)
+  - model, optimizer, scheduler, step, history and the generators' states:
+    save_checkpoint_holds_what_an_exact_resume_needs
+  - a new folder (and parent) created, one file replaced atomically, its path returned:
+    save_checkpoint_writes_one_file_in_a_new_folder_and_replaces_the_old_one
+  - the folder as a ``str``: save_checkpoint_takes_its_folder_as_a_str
+
+5.13 ``load_checkpoint`` (through ``resumed_from_checkpoint``, from a checkpoint written by the tests)
+  - ``(step, history)`` returned; weights, optimizer and scheduler restored:
+    load_checkpoint_continues_the_run_exactly
+  - torch's and Python's generators restored: load_checkpoint_restores_the_random_generators
+  - the folder as a ``str``: load_checkpoint_takes_its_folder_as_a_str
+
 Not graded (at the end): the course's loop (``pretrain``) lowers the loss, resumes bit-identically
 from a checkpoint, runs as 2 CPU processes through Accelerate (torchrun; slow), and its cached
 pretrained model loads with ``AutoModelForCausalLM`` and ``AutoTokenizer``.
@@ -33,7 +129,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grading.expect import assert_close
+from grading.expect import assert_close, assert_unchanged, in_process_only
 
 F64 = torch.float64
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,6 +356,15 @@ def test_pack_blocks_drops_the_tail_and_skips_empty_documents(student):
                  hint="Return an empty (0, block_size) tensor of dtype torch.long.")
 
 
+@pytest.mark.exercise("5.1")
+def test_pack_blocks_leaves_the_documents_unchanged(student):
+    docs = [[5, 6, 7], [], [8], [9, 10]]
+    before = copy.deepcopy(docs)
+    got = student.pack_blocks(docs, 2, 2)
+    assert_close(got, torch.tensor([[5, 6], [7, 2], [8, 2], [9, 10]]), what="pack_blocks([[5,6,7],[],[8],[9,10]], 2, eos=2)")
+    assert_unchanged(docs, before, what="the caller's documents (append the end-of-text token to a copy)")
+
+
 # -- 5.2 split_documents -------------------------------------------------------------------------------
 @pytest.mark.exercise("5.2")
 @pytest.mark.parametrize("n_documents, fraction, seed", [(10, 0.2, 42), (443, 0.05, 1234), (7, 0.5, 0), (25, 0.33, 3)])
@@ -277,6 +382,16 @@ def test_split_documents_matches_datasets_train_test_split(student, n_documents,
     assert (train, validation) == (expected_train, expected_validation), \
         (f"{what}: not the split of datasets' train_test_split. Use numpy.random.default_rng(seed).permutation(n): "
          "validation = its first n_validation entries, train = the rest, both in permutation order.")
+
+
+@pytest.mark.exercise("5.2")
+def test_split_documents_returns_a_tuple_of_two_lists_of_python_ints(student):
+    result = student.split_documents(12, 0.25, 5)
+    assert type(result) is tuple and len(result) == 2, f"split_documents returned {type(result).__name__}, expected a tuple"
+    for name, part in zip(("train_indices", "validation_indices"), result):
+        assert type(part) is list and all(type(i) is int for i in part), (
+            f"{name} must be a list of Python ints, got {type(part).__name__} of "
+            f"{sorted({type(i).__name__ for i in part})}: numpy's int64 is not an int (use .tolist())")
 
 
 # -- 5.3 batch_order -----------------------------------------------------------------------------------
@@ -298,6 +413,16 @@ def test_batch_order_is_reproducible_and_changes_with_the_seed(student):
     assert student.batch_order(30, 4, 7) == first, "batch_order must depend on its seed only, not on torch's global seed"
     assert student.batch_order(30, 4, 8) != first, "another seed must give another order"
     assert student.batch_order(3, 4, 0) == [], "fewer blocks than one batch give no batch"
+
+
+@pytest.mark.exercise("5.3")
+def test_batch_order_returns_lists_of_python_ints(student):
+    batches = student.batch_order(10, 5, 1)
+    assert type(batches) is list and len(batches) == 2, f"batch_order(10, 5, 1) = {batches!r:.100}: two batches"
+    for batch in batches:
+        assert type(batch) is list and all(type(i) is int for i in batch), (
+            f"a batch must be a list of Python ints, got {type(batch).__name__} of "
+            f"{sorted({type(i).__name__ for i in batch})} (iterating a tensor gives 0-d tensors: use .tolist())")
 
 
 # -- 5.4 causal_lm_loss --------------------------------------------------------------------------------
@@ -361,6 +486,25 @@ def test_causal_lm_loss_without_targets(student, device):
                  what="causal_lm_loss(reduction='sum') of one-token rows (nothing to predict)",
                  hint="A block of seq tokens has seq - 1 targets; with none the sum is 0.")
     assert torch.isnan(student.causal_lm_loss(logits, labels)), "the mean over no targets is NaN (0/0)"
+
+
+@pytest.mark.exercise("5.4")
+def test_causal_lm_loss_with_another_ignore_index_in_float64_leaves_its_inputs_alone(student, device):
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 6, 9, generator=gen, dtype=F64).to(device)
+    labels = torch.randint(0, 9, (3, 6), generator=gen).to(device)
+    labels[0, 2] = -1                                  # ignored with ignore_index=-1
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0], [1] * 6], device=device)
+    inputs, before = [logits, labels, mask], [logits.clone(), labels.clone(), mask.clone()]
+    targets = labels[:, 1:].masked_fill(mask[:, 1:] == 0, -1)
+    for reduction in ("mean", "sum"):
+        expected = F.cross_entropy(logits[:, :-1].reshape(-1, 9), targets.reshape(-1), ignore_index=-1,
+                                   reduction=reduction)
+        got = student.causal_lm_loss(logits, labels, mask, ignore_index=-1, reduction=reduction)
+        assert_close(got, expected, what=f"causal_lm_loss(float64 logits, ignore_index=-1, reduction={reduction!r})",
+                     hint="Padding targets become ignore_index (the argument, not -100); float64 logits give a "
+                          "float64 loss (promote_types(dtype, float32)).")
+    assert_unchanged(inputs, before, what="the caller's logits, labels or attention_mask (mask a copy of the labels)")
 
 
 # -- 5.5 mask_tokens -----------------------------------------------------------------------------------
@@ -444,6 +588,18 @@ def test_mask_tokens_leaves_its_input_alone(student):
     assert torch.equal(ids, before), "mask_tokens changed its input_ids in place: clone them first"
 
 
+@pytest.mark.exercise("5.5")
+@pytest.mark.parametrize("dtype", [torch.int32, torch.long], ids=["int32", "int64"])
+def test_mask_tokens_on_one_sequence_of_any_integer_dtype(student, dtype):
+    ids = mlm_ids(1, 30, 7)[0]                          # (seq,): one sequence
+    expected_inputs, expected_labels = collator_masking(ids[None], 7, mlm_probability=0.4)
+    got_inputs, got_labels = student.mask_tokens(ids.to(dtype), vocab_size=40, mask_token_id=3,
+                                                 special_token_ids=(0, 1, 2), seed=7, mlm_probability=0.4)
+    assert_close(got_labels, expected_labels[0], what=f"labels of mask_tokens on a ({30},) {dtype} sequence",
+                 hint="Both results are torch.long, of input_ids' shape (here one dimension).")
+    assert_close(got_inputs, expected_inputs[0], what=f"masked ids of mask_tokens on a ({30},) {dtype} sequence")
+
+
 # -- 5.6 lr_at -----------------------------------------------------------------------------------------
 @pytest.mark.exercise("5.6")
 @pytest.mark.parametrize("total_steps, warmup_steps, min_lr_ratio", [(10, 2, 0.0), (100, 10, 0.0), (50, 0, 0.0),
@@ -466,6 +622,13 @@ def test_lr_at_stays_at_the_floor_after_the_schedule(student):
         got = student.lr_at(step, peak_lr=1.0, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
         assert math.isclose(got, 0.1, rel_tol=1e-12), \
             f"lr_at({step}) after total_steps=20 is {got}, expected the floor min_lr_ratio * peak_lr = 0.1 (clamp progress at 1)"
+
+
+@pytest.mark.exercise("5.6")
+def test_lr_at_returns_a_python_float(student):
+    for step in (0, 3, 10, 15):
+        got = student.lr_at(step, peak_lr=1e-3, warmup_steps=3, total_steps=10)
+        assert type(got) is float, f"lr_at({step}) returned {type(got).__name__}, expected a Python float"
 
 
 # -- 5.7 weight_decay_groups ---------------------------------------------------------------------------
@@ -495,6 +658,31 @@ def test_weight_decay_groups_match_the_trainer_without_embeddings(student, famil
     model = {"llama": lambda: tiny_llama("cpu"), "llama_untied": lambda: tiny_llama("cpu", tie=False),
              "gpt2": lambda: tiny_gpt2("cpu"), "course": lambda: tiny_course_lm("cpu")}[family]()
     check_groups(student.weight_decay_groups(model, 0.1), model, 0.1, f"weight_decay_groups({family} model, 0.1)")
+
+
+class ScaledEmbedding(nn.Embedding):
+    """An embedding table of a subclass of ``nn.Embedding`` (as some models define their own)."""
+
+    def forward(self, ids):
+        return super().forward(ids) * 2.0
+
+
+@pytest.mark.exercise("5.7")
+def test_weight_decay_groups_skip_frozen_parameters_and_find_every_embedding(student):
+    in_process_only(student, "a hand-built nn.ModuleDict with an embedding class of this file")
+    model = nn.ModuleDict({"wte": ScaledEmbedding(10, 4), "proj": nn.Linear(4, 4), "frozen": nn.Linear(4, 4),
+                           "norm": nn.LayerNorm(4), "conv": nn.Conv1d(4, 4, 3)})
+    model["frozen"].requires_grad_(False)
+    groups = student.weight_decay_groups(model, 0.05)
+    expected = [{"params": ["proj.weight", "conv.weight"], "weight_decay": 0.05},
+                {"params": ["wte.weight", "proj.bias", "norm.weight", "norm.bias", "conv.bias"], "weight_decay": 0.0}]
+    assert groups == expected, (f"weight_decay_groups = {groups}, expected {expected}: frozen parameters "
+                                "(requires_grad=False) are in no group; an nn.Embedding subclass is an embedding "
+                                "(isinstance); a 3-D convolution weight is decayed")
+    bare = nn.Embedding(10, 4)
+    assert student.weight_decay_groups(bare, 0.05) == [{"params": [], "weight_decay": 0.05},
+                                                       {"params": ["weight"], "weight_decay": 0.0}], \
+        "a model that *is* an nn.Embedding: its parameter is called 'weight' (module name ''), and is not decayed"
 
 
 # -- 5.8 train_steps -----------------------------------------------------------------------------------
@@ -575,6 +763,57 @@ def test_train_steps_in_bf16_autocast_matches_hugging_face_under_autocast(studen
                      student=student)
 
 
+@pytest.mark.exercise("5.8")
+def test_train_steps_history_holds_python_numbers(student, device):
+    model = tiny_llama(device, seed=6)
+    history = student.train_steps(model, micro_batches(2, 2, 2, 8, device, seed=11, padded=True), SETTINGS)
+    for key, kind in (("loss", float), ("grad_norm", float), ("lr", float), ("tokens", int)):
+        assert isinstance(history.get(key), list) and all(type(v) is kind for v in history[key]), (
+            f"history[{key!r}] must be a list of Python {kind.__name__}s, got {history.get(key)!r:.120}")
+
+
+@pytest.mark.exercise("5.8")
+def test_train_steps_continues_with_the_optimizer_and_scheduler_it_is_given(student, device):
+    in_process_only(student, "an optimizer and a scheduler")
+    from course_lib.pretraining import make_lr_scheduler, make_optimizer
+
+    steps = micro_batches(4, 1, 2, 10, device, seed=12)
+    settings = SETTINGS | {"warmup_steps": 2, "total_steps": 4}
+    histories, models = [], []
+    for cuts in ((0, 4), (0, 2, 4)):
+        model = tiny_llama(device, seed=7)
+        optimizer = make_optimizer(model, settings)
+        scheduler = make_lr_scheduler(optimizer, settings)
+        history = {"loss": [], "grad_norm": [], "lr": [], "tokens": []}
+        for start, end in zip(cuts, cuts[1:]):
+            part = student.train_steps(model, steps[start:end], settings, optimizer, scheduler)
+            for key in history:
+                history[key] += part[key]
+        histories.append(history)
+        models.append(model)
+    assert_history(histories[1], histories[0], rtol=1e-6,
+                   what="train_steps for 2 steps, then 2 more with the same optimizer and scheduler, against 4 steps")
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert_close(b.detach(), a.detach(), what=f"parameter {name} after the resumed run",
+                     hint="Use the optimizer and scheduler you are given (their state carries the run on); build "
+                          "new ones only when they are None.")
+
+
+@pytest.mark.exercise("5.8")
+def test_train_steps_takes_any_iterable_stops_when_asked_and_leaves_the_model_training(student, device):
+    in_process_only(student, "a generator of steps and an on_step callback")
+    steps = micro_batches(4, 1, 2, 8, device, seed=13)
+    model = tiny_llama(device, seed=8).eval()
+    seen = []
+    history = student.train_steps(model, (step for step in steps), SETTINGS,
+                                  on_step=lambda stats: seen.append(stats) or len(seen) == 2)
+    assert len(history["loss"]) == 2 and len(seen) == 2, (
+        f"on_step returned True after step 2, yet train_steps made {len(history['loss'])} steps (and called on_step "
+        f"{len(seen)} times): stop right there. batches may be a generator: iterate it once.")
+    assert seen[0]["loss"] == history["loss"][0], "on_step gets each step's stats, the same numbers as the history"
+    assert model.training, "train_steps leaves the model in training mode"
+
+
 # -- 5.9 mfu -------------------------------------------------------------------------------------------
 @pytest.mark.exercise("5.9")
 def test_mfu_by_hand(student):
@@ -603,6 +842,13 @@ def test_mfu_counts_what_flop_counter_measures_in_training(student):
     assert math.isclose(got, measured_per_token * 1000.0 / 1e12, rel_tol=0.05), \
         (f"mfu = {got:.3g}, but FlopCounterMode measures {measured_per_token:.4g} FLOPs per token for forward + "
          f"backward, {measured_per_token / fpt:.2f} times flops_per_token")
+
+
+@pytest.mark.exercise("5.9")
+def test_mfu_is_a_python_float_for_integer_arguments(student):
+    got = student.mfu(1000, 2 * 10**6, 10**12, 2)
+    assert type(got) is float and math.isclose(got, 3e-3, rel_tol=1e-12), (
+        f"mfu(1000, 2e6, 1e12, n_devices=2) = {got!r}, expected the Python float 0.003 (true division, even for ints)")
 
 
 # -- the course's loop (not graded) -----------------------------------------------------------------------
@@ -869,6 +1115,9 @@ def test_adamw_keeps_its_state_under_torchs_names(student, device):
         assert isinstance(have, dict) and set(have) == set(want), \
             (f"state of parameter {key}: keys {sorted(have) if isinstance(have, dict) else have}, expected "
              f"{sorted(want)}: keep step, exp_avg and exp_avg_sq in self.state[p], where state_dict() finds them")
+        assert isinstance(have["step"], torch.Tensor) and have["step"].ndim == 0, \
+            (f"state of parameter {key}: step is {have['step']!r}, expected a 0-dim tensor (torch.tensor(0.0), "
+             "counted up in place), as torch keeps it")
         assert float(have["step"]) == float(want["step"]), \
             f"state of parameter {key}: step {float(have['step'])}, expected {float(want['step'])} (one per update)"
         for name in ("exp_avg", "exp_avg_sq"):
@@ -953,8 +1202,12 @@ def test_adamw_amsgrad_and_maximize_match_torch(student, device, flag):
                         "it (bias-corrected by 1 - beta2^t) in place of v in the denominator; v itself keeps its own "
                         "average.",
              "maximize": "With maximize, the update uses g = -p.grad (ascent); the decay still shrinks the weights."}
-    assert_same_run(student.adamw_steps(params, grads, groups), expected, what=f"AdamW with {flag}=True in the first group",
-                    hint=hints[flag])
+    got = student.adamw_steps(params, grads, groups)
+    assert_same_run(got, expected, what=f"AdamW with {flag}=True in the first group", hint=hints[flag])
+    state = got["state"]["state"]["0"]
+    assert set(state) == set(expected["state"]["state"]["0"]), \
+        (f"with {flag}=True the first parameter's state holds {sorted(state)}, expected "
+         f"{sorted(expected['state']['state']['0'])} (torch's names: state_dict() saves them, a resumed run needs them)")
 
 
 # -- 5.11 clip_grad_norm_ ------------------------------------------------------------------------------
@@ -1006,11 +1259,13 @@ def test_clip_grad_norm_matches_torch(student, device, norm_type, max_norm, scal
 
 
 @pytest.mark.exercise("5.11")
-def test_clip_grad_norm_below_the_limit_changes_nothing(student, device):
-    grads = clip_problem(11, scale=1e-3, device=device)
-    expected = torch_clipping(grads, 10.0)
+@pytest.mark.parametrize("max_norm", [10.0, math.inf])
+def test_clip_grad_norm_below_the_limit_changes_nothing(student, device, max_norm):
+    grads = clip_problem(11, scale=1e-3 if max_norm == 10.0 else 1e3, device=device)
+    expected = torch_clipping(grads, max_norm)
     assert all(torch.equal(g, w) for g, w in zip(grads, expected[1]))   # the test itself: nothing to clip
-    check_clipping(student.clipped_gradients(grads, 10.0), expected, what="clip_grad_norm_ of gradients with a small norm")
+    check_clipping(student.clipped_gradients(grads, max_norm), expected,
+                   what=f"clip_grad_norm_(max_norm={max_norm}) of gradients with a norm below it")
 
 
 @pytest.mark.exercise("5.11")
@@ -1159,6 +1414,16 @@ def test_save_checkpoint_writes_one_file_in_a_new_folder_and_replaces_the_old_on
         "the second save must replace the first: the file holds step 4 and its history"
 
 
+@pytest.mark.exercise("5.12")
+def test_save_checkpoint_takes_its_folder_as_a_str(student):
+    got = student.saved_checkpoint(5, 2, 3, {"loss": [1.0, 0.5]}, as_str=True)
+    assert got["path"] == "checkpoint.pt" and got["files"] == ["checkpoint.pt"], \
+        (f"save_checkpoint('<folder as a str>', ...) returned {got['path']!r} and left {got['files']}: directory may be "
+         "a str as well as a Path (Path(directory) / 'checkpoint.pt')")
+    assert_same_data(got["content"], expected_checkpoint(5, 2, 3, {"loss": [1.0, 0.5]}), "checkpoint",
+                     "The same checkpoint whether the folder comes as a str or a Path.")
+
+
 # -- 5.13 load_checkpoint ------------------------------------------------------------------------------
 @pytest.mark.exercise("5.13")
 def test_load_checkpoint_continues_the_run_exactly(student):
@@ -1172,6 +1437,14 @@ def test_load_checkpoint_continues_the_run_exactly(student):
         assert torch.equal(resumed, uninterrupted), \
             (f"parameter {i} after one more step differs from the uninterrupted run's: restore the weights "
              "(model.load_state_dict) and the optimizer's moments and step counts (optimizer.load_state_dict)")
+
+
+@pytest.mark.exercise("5.13")
+def test_load_checkpoint_takes_its_folder_as_a_str(student):
+    got = student.resumed_from_checkpoint(checkpoint_bytes(6, 2, 4, {"loss": [2.0]}), 6, 2, as_str=True)
+    assert got["returned"] == [4, {"loss": [2.0]}] and all(
+        torch.equal(a, b) for a, b in zip(got["params"]["resumed"], got["params"]["uninterrupted"])), \
+        "load_checkpoint('<folder as a str>', ...) must resume as from a Path: Path(directory) / 'checkpoint.pt'"
 
 
 @pytest.mark.exercise("5.13")

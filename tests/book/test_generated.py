@@ -90,3 +90,23 @@ def test_peak_rss_increase_sees_a_large_allocation_and_not_a_small_one():
     small = peak_rss_increase(lambda: torch.ones(1024))
     assert 60 * 2**20 <= big <= 80 * 2**20, f"a 64 MiB tensor raised the peak by {big / 2**20:.1f} MiB"
     assert small < 8 * 2**20, f"a 4 KiB tensor raised the peak by {small / 2**20:.1f} MiB"
+
+
+def test_page_clock_prints_and_glues_the_page_s_wall_and_cpu_time(monkeypatch, capsys):
+    import time
+
+    import myst_nb
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.update({name: (value, display)}))
+    clock = book.PageClock()
+    cpu_before = time.process_time()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass                                               # 0.3 s of CPU work on this page
+    clock.report()
+    wall, cpu = glued["page_seconds"][0], glued["page_cpu_seconds"][0]
+    assert glued["page_seconds"][1] is False and glued["page_cpu_seconds"][1] is False  # glued, not shown
+    assert wall >= 0.3 and cpu >= cpu_before + 0.3, "the CPU time counts the kernel's whole process"
+    assert capsys.readouterr().out == (f"this page executed in {wall:.0f} s of wall-clock time and "
+                                       f"{cpu:.0f} s of CPU time\n")

@@ -140,8 +140,13 @@ def walk(chapter: str, handout: Path, tmp_path: Path) -> dict:
 
     ran = nbformat.from_dict(json.loads(json.dumps(nb)))
     ran.cells = [c for c in ran.cells if c.cell_type == "code" and _grade_id(c) in wanted]
-    NotebookClient(ran, km=_student_kernel(python, tmp_path / "jupyter"), timeout=600, allow_errors=True,
-                   resources={"metadata": {"path": str(folder)}}).execute(env=env)
+    kernel = _student_kernel(python, tmp_path / "jupyter")
+    try:
+        NotebookClient(ran, km=kernel, timeout=600, allow_errors=True,
+                       resources={"metadata": {"path": str(folder)}}).execute(env=env)
+    finally:  # a client given a kernel manager leaves its kernel running
+        if kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
     by_id = {c.id: c for c in ran.cells}
     for cell in nb.cells:  # the student's notebook, with the outputs of what they ran
         if cell.id in by_id:
@@ -150,34 +155,6 @@ def walk(chapter: str, handout: Path, tmp_path: Path) -> dict:
     seen["cells"] = {_grade_id(c): c for c in ran.cells}
     seen["done"], seen["undone"], seen["folder"] = done, undone, folder
     return seen
-
-
-@pytest.fixture(scope="module", params=exercises.CHAPTER_MODULES)
-def graded(request, handout, tmp_path_factory):
-    """One chapter graded: the walk and the two made-up submissions, through the instructor's command."""
-    chapter = request.param
-    if chapter not in PARTLY_WRONG:
-        pytest.fail(f"no partly wrong submission written down for {chapter} (PARTLY_WRONG)")
-    tmp_path = tmp_path_factory.mktemp(f"grading-{chapter}")
-    walked = walk(chapter, handout, tmp_path / "student")
-
-    course = tmp_path / "course"
-    released_course(course, chapter)
-    submit(course, "correct", solved_module(chapter), assignment=chapter)
-    submit(course, "untouched", (ROOT / "course_lib" / f"{chapter}.py").read_text(), assignment=chapter)
-    handed_in = course / "submitted" / "walker" / chapter  # what `nbgrader submit`/`nbgrader collect` store
-    shutil.copytree(walked["folder"], handed_in, symlinks=False)
-    (handed_in / "timestamp.txt").write_text("2026-11-26 12:00:00.000000 UTC")
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
-    env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_UID_BASE=os.environ[sandbox.UID_BASE_ENV],
-               PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
-    proc = subprocess.run([sys.executable, "-m", "grading.autograde", chapter, "--jobs", "2", "--no-progress"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    students = ["correct", "untouched", "walker"]
-    return {"chapter": chapter, "walked": walked, "proc": proc, "course": course,
-            "scores": gradebook_scores(course, students, chapter) if proc.returncode == 0 else None,
-            "no_sandbox_left": not sandbox_processes()}
 
 
 def _autograded_cells(graded, student: str) -> list:
@@ -196,70 +173,108 @@ def test_every_chapter_has_a_partly_wrong_submission_to_grade():
     assert set(PARTLY_WRONG) == set(exercises.CHAPTER_MODULES)
 
 
-def test_the_student_edits_one_file_and_pytest_reads_it(graded):
-    walked = graded["walked"]
-    done, undone = walked["done"], walked["undone"]
-    status, output = walked[f"pytest {done.id}"]
-    assert status == 0 and " passed" in output and "failed" not in output, output[-3000:]
-    status, output = walked[f"pytest {undone.id}"]
-    assert status == 1, output[-3000:]
-    first_failure = output.split("= FAILURES =", 1)[1].split("\n")[2]  # the line under the test's name
-    assert first_failure.startswith(f"NotImplementedError: Exercise {undone.id}"), output[-3000:]
+class ChapterGrading:
+    """One chapter's grading, read by the tests below (one subclass per chapter, made after the class:
+    pytest-xdist's ``--dist loadscope`` keeps a class's tests on one worker, so each chapter is graded
+    once, and different chapters on different workers)."""
+
+    chapter: str
+
+    @pytest.fixture(scope="class")
+    def graded(self, request, handout, tmp_path_factory):
+        """One chapter graded: the walk and the two made-up submissions, through the instructor's command."""
+        chapter = request.cls.chapter
+        if chapter not in PARTLY_WRONG:
+            pytest.fail(f"no partly wrong submission written down for {chapter} (PARTLY_WRONG)")
+        tmp_path = tmp_path_factory.mktemp(f"grading-{chapter}")
+        walked = walk(chapter, handout, tmp_path / "student")
+
+        course = tmp_path / "course"
+        released_course(course, chapter)
+        submit(course, "correct", solved_module(chapter), assignment=chapter)
+        submit(course, "untouched", (ROOT / "course_lib" / f"{chapter}.py").read_text(), assignment=chapter)
+        handed_in = course / "submitted" / "walker" / chapter  # what `nbgrader submit`/`nbgrader collect` store
+        shutil.copytree(walked["folder"], handed_in, symlinks=False)
+        (handed_in / "timestamp.txt").write_text("2026-11-26 12:00:00.000000 UTC")
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_", "PYTEST_", "PYTHON"))}
+        env.update(COURSE_GRADING_DIR=str(course), COURSE_SANDBOX_UID_BASE=os.environ[sandbox.UID_BASE_ENV],
+                   PATH=str(ROOT / ".venv" / "bin") + os.pathsep + env.get("PATH", os.defpath))
+        proc = subprocess.run([sys.executable, "-m", "grading.autograde", chapter, "--jobs", "2", "--no-progress"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+        students = ["correct", "untouched", "walker"]
+        return {"chapter": chapter, "walked": walked, "proc": proc, "course": course,
+                "scores": gradebook_scores(course, students, chapter) if proc.returncode == 0 else None,
+                "no_sandbox_left": not sandbox_processes()}
+
+    def test_the_student_edits_one_file_and_pytest_reads_it(self, graded):
+        walked = graded["walked"]
+        done, undone = walked["done"], walked["undone"]
+        status, output = walked[f"pytest {done.id}"]
+        assert status == 0 and " passed" in output and "failed" not in output, output[-3000:]
+        status, output = walked[f"pytest {undone.id}"]
+        assert status == 1, output[-3000:]
+        first_failure = output.split("= FAILURES =", 1)[1].split("\n")[2]  # the line under the test's name
+        assert first_failure.startswith(f"NotImplementedError: Exercise {undone.id}"), output[-3000:]
 
 
-def test_the_notebook_reads_the_same_file_and_its_test_cells_agree_with_pytest(graded):
-    walked, chapter = graded["walked"], graded["chapter"]
-    cells = walked["cells"]
-    setup = _printed(cells["setup"])
-    assert f"{chapter}.py here is your" in setup and not _errors(cells["setup"]), setup
-    done, undone = walked["done"], walked["undone"]
-    passed = cells[f"test_{done.id.replace('.', '_')}"]
-    assert not _errors(passed) and "passed" in _printed(passed), _printed(passed) + str(_errors(passed))
-    failed = cells[f"test_{undone.id.replace('.', '_')}"]
-    assert any(f"NotImplementedError: Exercise {undone.id}" in e for e in _errors(failed)), _errors(failed)
+    def test_the_notebook_reads_the_same_file_and_its_test_cells_agree_with_pytest(self, graded):
+        walked, chapter = graded["walked"], graded["chapter"]
+        cells = walked["cells"]
+        setup = _printed(cells["setup"])
+        assert f"{chapter}.py here is your" in setup and not _errors(cells["setup"]), setup
+        done, undone = walked["done"], walked["undone"]
+        passed = cells[f"test_{done.id.replace('.', '_')}"]
+        assert not _errors(passed) and "passed" in _printed(passed), _printed(passed) + str(_errors(passed))
+        failed = cells[f"test_{undone.id.replace('.', '_')}"]
+        assert any(f"NotImplementedError: Exercise {undone.id}" in e for e in _errors(failed)), _errors(failed)
 
 
-def test_what_the_student_hands_in_is_graded_exercise_by_exercise(graded):
-    chapter = graded["chapter"]
-    _, losing = PARTLY_WRONG[chapter]
-    points = {e.id: e.points for e in _chapter_exercises(chapter)}
-    assert _scores(graded, "walker") == {ex: 0.0 if ex in losing else p for ex, p in points.items()}
+    def test_what_the_student_hands_in_is_graded_exercise_by_exercise(self, graded):
+        chapter = graded["chapter"]
+        _, losing = PARTLY_WRONG[chapter]
+        points = {e.id: e.points for e in _chapter_exercises(chapter)}
+        assert _scores(graded, "walker") == {ex: 0.0 if ex in losing else p for ex, p in points.items()}
 
 
-def test_correct_and_untouched_submissions_get_their_exact_scores(graded):
-    chapter = graded["chapter"]
-    points = {e.id: e.points for e in _chapter_exercises(chapter)}
-    expected = {"correct": dict(points), "untouched": {ex: 0.0 for ex in points}}
-    for student in ("correct", "untouched", "walker"):
-        if student in expected:
-            assert _scores(graded, student) == expected[student], f"{chapter}, {student}"
-        written = [cell for cell in graded["scores"][student] if not cell.startswith("test_")]
-        assert written, f"{chapter} has no written answer graded by hand"
-        assert all(graded["scores"][student][cell] == (None, None) or graded["scores"][student][cell][0] in (None, 0)
-                   for cell in written)
-    assert graded["no_sandbox_left"]
+    def test_correct_and_untouched_submissions_get_their_exact_scores(self, graded):
+        chapter = graded["chapter"]
+        points = {e.id: e.points for e in _chapter_exercises(chapter)}
+        expected = {"correct": dict(points), "untouched": {ex: 0.0 for ex in points}}
+        for student in ("correct", "untouched", "walker"):
+            if student in expected:
+                assert _scores(graded, student) == expected[student], f"{chapter}, {student}"
+            written = [cell for cell in graded["scores"][student] if not cell.startswith("test_")]
+            assert written, f"{chapter} has no written answer graded by hand"
+            assert all(graded["scores"][student][cell] == (None, None) or graded["scores"][student][cell][0] in (None, 0)
+                       for cell in written)
+        assert graded["no_sandbox_left"]
 
 
-def test_the_experiments_run_to_the_end_on_the_stub_on_a_partly_wrong_module_and_on_the_reference(graded):
-    chapter = graded["chapter"]
-    chapter_index = exercises.CHAPTER_MODULES.index(chapter)
-    first = _chapter_exercises(chapter)[0]
-    for student in ("correct", "untouched", "walker"):
-        cells = _autograded_cells(graded, student)
-        errors = {_grade_id(c): _errors(c) for c in cells if c.cell_type == "code"
-                  and not _grade_id(c).startswith("test_") and _errors(c)}
-        assert not errors, f"{chapter}, {student}: cells that raised: {errors}"
-    untouched = "".join(_printed(c) for c in _autograded_cells(graded, "untouched"))
-    assert f"not done yet: Exercise {first.id}" in untouched, untouched[-2000:]
-    walker = "".join(_printed(c) for c in _autograded_cells(graded, "walker") if not _grade_id(c).startswith("test_"))
-    assert re.search(rf"not done yet: Exercise {chapter_index}\.\d+:", walker), "an unfinished exercise is reported"
-    correct = "".join(_printed(c) for c in _autograded_cells(graded, "correct") if not _grade_id(c).startswith("test_"))
-    assert "not done yet" not in correct and " raised " not in correct and "Error:" not in correct, correct[-3000:]
-    for expected in SOLVED_OUTPUT.get(chapter, []):
-        assert expected in correct, f"{expected!r} not in\n{correct}"
-    if chapter == "tokenization":
-        compression = next(c for c in _autograded_cells(graded, "correct") if _grade_id(c) == "experiment_compression")
-        assert any("image/png" in o.get("data", {}) for o in compression.outputs), "no plot"
+    def test_the_experiments_run_to_the_end_on_the_stub_on_a_partly_wrong_module_and_on_the_reference(self, graded):
+        chapter = graded["chapter"]
+        chapter_index = exercises.CHAPTER_MODULES.index(chapter)
+        first = _chapter_exercises(chapter)[0]
+        for student in ("correct", "untouched", "walker"):
+            cells = _autograded_cells(graded, student)
+            errors = {_grade_id(c): _errors(c) for c in cells if c.cell_type == "code"
+                      and not _grade_id(c).startswith("test_") and _errors(c)}
+            assert not errors, f"{chapter}, {student}: cells that raised: {errors}"
+        untouched = "".join(_printed(c) for c in _autograded_cells(graded, "untouched"))
+        assert f"not done yet: Exercise {first.id}" in untouched, untouched[-2000:]
+        walker = "".join(_printed(c) for c in _autograded_cells(graded, "walker") if not _grade_id(c).startswith("test_"))
+        assert re.search(rf"not done yet: Exercise {chapter_index}\.\d+:", walker), "an unfinished exercise is reported"
+        correct = "".join(_printed(c) for c in _autograded_cells(graded, "correct") if not _grade_id(c).startswith("test_"))
+        assert "not done yet" not in correct and " raised " not in correct and "Error:" not in correct, correct[-3000:]
+        for expected in SOLVED_OUTPUT.get(chapter, []):
+            assert expected in correct, f"{expected!r} not in\n{correct}"
+        if chapter == "tokenization":
+            compression = next(c for c in _autograded_cells(graded, "correct") if _grade_id(c) == "experiment_compression")
+            assert any("image/png" in o.get("data", {}) for o in compression.outputs), "no plot"
+
+
+for _chapter in exercises.CHAPTER_MODULES:
+    globals()[f"TestChapter_{_chapter}"] = type(f"TestChapter_{_chapter}", (ChapterGrading,), {"chapter": _chapter})
 
 
 def test_the_grading_kernel_imports_earlier_chapters_finished_and_the_students_own_module(tmp_path):

@@ -7,9 +7,10 @@ import torch
 from transformers.generation.logits_process import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from grading.expect import assert_close
-from tests.test_generation import (ARCHITECTURES, PAD, STOP_WORDS, VOCAB, assert_filtered, assert_tokens, eos_from,
-                                   hf_beam, hf_generate, hf_logits, hf_repetition_penalty, hf_stop_string_hit,
-                                   left_padded, make_model, random_logits, word_tokenizer)
+from tests.test_generation import (ARCHITECTURES, PAD, STOP_WORDS, VOCAB, assert_filtered, assert_tokens,
+                                   check_prefill_then_one_step, eos_from, hf_beam, hf_generate, hf_logits,
+                                   hf_repetition_penalty, hf_stop_string_hit, left_padded, make_model, random_logits,
+                                   word_tokenizer)
 
 
 # -- 4.1 greedy_search --------------------------------------------------------------------------------------
@@ -45,15 +46,8 @@ def test_hidden_greedy_search_eos_at_the_first_step_and_several_eos_ids(student,
 @pytest.mark.exercise("4.2")
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_hidden_decode_step_several_new_tokens_at_once(student, device, architecture):
-    model = make_model(architecture, device, seed=2)
     input_ids, attention_mask = left_padded((8, 5, 3), device, seed=53)
-    split = 6   # the first 6 columns as a prefill, then 2 tokens in one step
-    _, cache = student.decode_step(model, input_ids[:, :split], attention_mask[:, :split], None)
-    logits, cache = student.decode_step(model, input_ids[:, split:], attention_mask, cache)
-    assert_close(logits, hf_logits(model, input_ids, attention_mask), rtol=1e-4, atol=1e-4,
-                 what="logits after a 2-token step on a cached prefix (rows padded into the cached part)",
-                 hint="The new tokens' positions are the last new_len columns of cumsum(attention_mask) - 1.")
-    assert [k.shape[2] for k, _ in cache] == [8] * len(cache), "the cache must hold all 8 positions"
+    check_prefill_then_one_step(student, make_model(architecture, device, seed=2), input_ids, attention_mask, split=6)
 
 
 @pytest.mark.exercise("4.2")

@@ -336,21 +336,275 @@ def stop_string_anywhere(token_texts, stop_strings):
     return any(stop in "".join(token_texts) for stop in stop_strings)
 
 
+# -- wrong answers written from the contract alone (issue 16): arguments, types, state, inputs --------
+def _eos_list_only(eos_token_id):
+    """What a loop that assumes a list of EOS ids does with a single int: ``for e in eos_token_id``."""
+    return [e for e in eos_token_id] if eos_token_id is not None else None
+
+
+def greedy_assuming_a_list_of_eos_ids(model, input_ids, attention_mask=None, *, max_new_tokens, eos_token_id=None,
+                                      pad_token_id=None):
+    return _decode(model, input_ids, attention_mask, max_new_tokens, _eos_list_only(eos_token_id), pad_token_id)
+
+
+def _decode_finishing_on_prompts(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id,
+                                 forward):
+    """A row counts as finished once it *holds* an EOS anywhere, its prompt included."""
+    eos, pad = eos_and_pad(eos_token_id, pad_token_id)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    cache, new_ids = DynamicCache(), input_ids
+    for step in range(max_new_tokens):
+        finished = (torch.isin(input_ids, torch.tensor(eos, device=input_ids.device)) & (attention_mask == 1)).any(-1) \
+            if eos else torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if eos and finished.all():
+            break
+        logits, cache = forward(model, input_ids, new_ids, attention_mask, cache, step)
+        next_tokens = torch.where(finished, torch.full_like(finished, pad, dtype=torch.long), logits.argmax(-1))
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=-1)
+        new_ids = next_tokens[:, None]
+    return input_ids
+
+
+def greedy_finishing_rows_whose_prompt_holds_an_eos(model, input_ids, attention_mask=None, *, max_new_tokens,
+                                                    eos_token_id=None, pad_token_id=None):
+    return _decode_finishing_on_prompts(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id,
+                                        _full_forward)
+
+
+def decode_step_positioning_later_steps_by_the_last_column(model, input_ids, attention_mask, past_key_values=None):
+    """Right for the prefill and for one token per step; every token of a longer step gets the last position."""
+    last = lambda mask, past, ids: _positions(mask)[:, past:] if past == 0 else \
+        _positions(mask)[:, -1:].expand_as(ids)
+    return _step(model, input_ids, attention_mask, past_key_values, position_ids=last)
+
+
+def decode_step_always_returning_tuples(model, input_ids, attention_mask, past_key_values=None):
+    from course_lib.generation import decode_step
+
+    logits, cache = decode_step(model, input_ids, attention_mask, past_key_values)
+    return logits, cache_to_tuples(as_cache(cache))
+
+
+def decode_step_returning_a_cache_when_given_none(model, input_ids, attention_mask, past_key_values=None):
+    from course_lib.generation import decode_step
+
+    if past_key_values is None:
+        return decode_step(model, input_ids, attention_mask, DynamicCache())
+    return decode_step(model, input_ids, attention_mask, past_key_values)
+
+
+def decode_step_returning_lists_not_tuples(model, input_ids, attention_mask, past_key_values=None):
+    from course_lib.generation import decode_step
+
+    logits, cache = decode_step(model, input_ids, attention_mask, past_key_values)
+    return logits, (cache if isinstance(cache, DynamicCache) else [list(layer) for layer in cache])
+
+
+def cached_greedy_padding_with_zero_by_default(model, input_ids, attention_mask=None, *, max_new_tokens,
+                                               eos_token_id=None, pad_token_id=None):
+    return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id,
+                   0 if pad_token_id is None else pad_token_id, forward=_cached_forward)
+
+
+def cached_greedy_finishing_rows_whose_prompt_holds_an_eos(model, input_ids, attention_mask=None, *, max_new_tokens,
+                                                           eos_token_id=None, pad_token_id=None):
+    return _decode_finishing_on_prompts(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id,
+                                        _full_forward)
+
+
+def cached_greedy_assuming_a_list_of_eos_ids(model, input_ids, attention_mask=None, *, max_new_tokens,
+                                             eos_token_id=None, pad_token_id=None):
+    return _decode(model, input_ids, attention_mask, max_new_tokens, _eos_list_only(eos_token_id), pad_token_id,
+                   forward=_cached_forward)
+
+
+def top_k_in_float32(logits, top_k, min_tokens_to_keep=1):
+    return top_k_filter(logits.float(), top_k, min_tokens_to_keep)
+
+
+def top_k_clamping_to_the_vocabulary_before_min_tokens(logits, top_k, min_tokens_to_keep=1):
+    k = max(min(top_k, logits.shape[-1]), min_tokens_to_keep)
+    return logits.masked_fill(logits < torch.topk(logits, k, dim=-1).values[..., -1:], float("-inf"))
+
+
+def top_p_in_float32(logits, top_p, min_tokens_to_keep=1):
+    return top_p_filter(logits.float(), top_p, min_tokens_to_keep)
+
+
+def top_p_treating_zero_as_off(logits, top_p, min_tokens_to_keep=1):
+    return logits if top_p == 0.0 else top_p_filter(logits, top_p, min_tokens_to_keep)
+
+
+def top_p_filling_the_callers_logits(logits, top_p, min_tokens_to_keep=1):
+    logits.copy_(top_p_filter(logits, top_p, min_tokens_to_keep))
+    return logits
+
+
+def min_p_removing_ties_with_the_threshold(logits, min_p, min_tokens_to_keep=1):
+    probs = logits.softmax(-1)
+    remove = probs <= min_p * probs.amax(-1, keepdim=True)
+    keep = torch.topk(probs, min(min_tokens_to_keep, probs.shape[-1]), dim=-1).indices
+    return logits.masked_fill(remove.scatter(-1, keep, False), float("-inf"))
+
+
+def min_p_filling_the_callers_logits(logits, min_p, min_tokens_to_keep=1):
+    logits.copy_(min_p_filter(logits, min_p, min_tokens_to_keep))
+    return logits
+
+
+def min_p_in_float32(logits, min_p, min_tokens_to_keep=1):
+    return min_p_filter(logits.float(), min_p, min_tokens_to_keep)
+
+
+def repetition_penalty_marking_padding_in_the_callers_ids(logits, input_ids, penalty, attention_mask=None):
+    from course_lib.generation import apply_repetition_penalty
+
+    if attention_mask is not None:
+        input_ids.masked_fill_(attention_mask == 0, logits.shape[-1] - 1)
+    return apply_repetition_penalty(logits, input_ids, penalty)
+
+
+def repetition_penalty_in_place(logits, input_ids, penalty, attention_mask=None):
+    from course_lib.generation import apply_repetition_penalty
+
+    logits.copy_(apply_repetition_penalty(logits, input_ids, penalty, attention_mask))
+    return logits
+
+
+def process_logits_dividing_the_callers_logits(logits, input_ids, attention_mask=None, *, temperature=1.0, top_k=0,
+                                               top_p=1.0, min_p=None, repetition_penalty=1.0):
+    from course_lib.generation import process_logits
+
+    logits /= temperature
+    return process_logits(logits, input_ids, attention_mask, top_k=top_k, top_p=top_p, min_p=min_p,
+                          repetition_penalty=repetition_penalty)
+
+
+def process_logits_with_temperature_only_before_a_filter(logits, input_ids, attention_mask=None, *, temperature=1.0,
+                                                         top_k=0, top_p=1.0, min_p=None, repetition_penalty=1.0):
+    from course_lib.generation import process_logits
+
+    filtering = top_k or top_p < 1.0 or min_p is not None
+    return process_logits(logits, input_ids, attention_mask, temperature=temperature if filtering else 1.0,
+                          top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty)
+
+
+def process_logits_penalising_without_the_mask(logits, input_ids, attention_mask=None, *, temperature=1.0, top_k=0,
+                                               top_p=1.0, min_p=None, repetition_penalty=1.0):
+    return _process(logits, input_ids, None, temperature, top_k, top_p, min_p, repetition_penalty,
+                    order=["penalty", "temperature", "top_k", "top_p", "min_p"])
+
+
+def _sample_with(settings_edit, model, input_ids, attention_mask, max_new_tokens, seed, eos_token_id, pad_token_id,
+                 settings):
+    draw = lambda logits, process, gen: torch.multinomial(process(logits).softmax(-1), 1, generator=gen).squeeze(1)
+    return _sample(model, input_ids, attention_mask, max_new_tokens, seed, settings_edit(settings), eos_token_id,
+                   pad_token_id, draw=draw)
+
+
+def sample_without_the_repetition_penalty(model, input_ids, attention_mask=None, *, max_new_tokens, seed,
+                                          eos_token_id=None, pad_token_id=None, **settings):
+    return _sample_with(lambda s: {k: v for k, v in s.items() if k != "repetition_penalty"}, model, input_ids,
+                        attention_mask, max_new_tokens, seed, eos_token_id, pad_token_id, settings)
+
+
+def sample_without_min_p(model, input_ids, attention_mask=None, *, max_new_tokens, seed, eos_token_id=None,
+                         pad_token_id=None, **settings):
+    return _sample_with(lambda s: {k: v for k, v in s.items() if k != "min_p"}, model, input_ids, attention_mask,
+                        max_new_tokens, seed, eos_token_id, pad_token_id, settings)
+
+
+def sample_assuming_a_list_of_eos_ids(model, input_ids, attention_mask=None, *, max_new_tokens, seed,
+                                      eos_token_id=None, pad_token_id=None, **settings):
+    return _sample_with(lambda s: s, model, input_ids, attention_mask, max_new_tokens, seed,
+                        _eos_list_only(eos_token_id), pad_token_id, settings)
+
+
+def _reference_beam(model, input_ids, attention_mask, **options):
+    from solutions.generation import beam_search
+
+    return beam_search(model, input_ids, attention_mask, **options)
+
+
+def beam_search_padding_with_zero_by_default(model, input_ids, attention_mask=None, *, num_beams, max_new_tokens,
+                                             length_penalty=1.0, early_stopping=False, num_return_sequences=1,
+                                             eos_token_id=None, pad_token_id=None):
+    return _reference_beam(model, input_ids, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                           length_penalty=length_penalty, early_stopping=early_stopping,
+                           num_return_sequences=num_return_sequences, eos_token_id=eos_token_id,
+                           pad_token_id=0 if pad_token_id is None else pad_token_id)
+
+
+def beam_search_assuming_a_list_of_eos_ids(model, input_ids, attention_mask=None, *, num_beams, max_new_tokens,
+                                           length_penalty=1.0, early_stopping=False, num_return_sequences=1,
+                                           eos_token_id=None, pad_token_id=None):
+    return _reference_beam(model, input_ids, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                           length_penalty=length_penalty, early_stopping=early_stopping,
+                           num_return_sequences=num_return_sequences, eos_token_id=_eos_list_only(eos_token_id),
+                           pad_token_id=pad_token_id)
+
+
+def stop_sequence_skipping_stops_as_long_as_the_row(input_ids, stop_sequences):
+    hit = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for stop in stop_sequences:
+        if len(stop) >= input_ids.shape[1]:
+            continue
+        hit |= (input_ids[:, -len(stop):] == torch.tensor(stop, device=input_ids.device)).all(-1)
+    return hit
+
+
+def stop_sequence_as_a_list_of_bools(input_ids, stop_sequences):
+    from course_lib.generation import stop_sequence_hit
+
+    return stop_sequence_hit(input_ids, stop_sequences).tolist()
+
+
+def stop_string_at_its_first_occurrence(token_texts, stop_strings):
+    text, last = "".join(token_texts), len(token_texts[-1]) if token_texts else 0
+    for stop in stop_strings:
+        at = text.find(stop)
+        if at >= 0 and at + len(stop) > len(text) - last:
+            return True
+    return False
+
+
+def stop_string_checking_the_first_stop_only(token_texts, stop_strings):
+    from course_lib.generation import stop_string_hit
+
+    return stop_string_hit(token_texts, stop_strings[:1])
+
+
 MUTANTS = {
     "greedy_search": [greedy_as_in_the_seed, greedy_with_positions_that_count_padding, greedy_that_attends_to_padding,
-                      greedy_that_keeps_decoding_finished_rows],
-    "decode_step": [decode_step_with_positions_off_by_one, decode_step_with_positions_from_the_cache_length],
-    "cached_greedy_search": [cached_greedy_with_cache_positions_off_by_one, cached_greedy_with_a_mask_one_column_short],
-    "top_k_filter": [top_k_that_drops_the_kth, top_k_that_breaks_ties, top_k_without_min_tokens],
-    "top_p_filter": [top_p_that_drops_the_crossing_token, top_p_with_softmax_over_the_batch, top_p_without_min_tokens],
-    "min_p_filter": [min_p_with_an_absolute_threshold, min_p_on_logits, min_p_without_min_tokens],
+                      greedy_that_keeps_decoding_finished_rows, greedy_assuming_a_list_of_eos_ids,
+                      greedy_finishing_rows_whose_prompt_holds_an_eos],
+    "decode_step": [decode_step_with_positions_off_by_one, decode_step_with_positions_from_the_cache_length,
+                    decode_step_always_returning_tuples, decode_step_returning_a_cache_when_given_none,
+                    decode_step_positioning_later_steps_by_the_last_column,
+                    decode_step_returning_lists_not_tuples],
+    "cached_greedy_search": [cached_greedy_with_cache_positions_off_by_one, cached_greedy_with_a_mask_one_column_short,
+                             cached_greedy_padding_with_zero_by_default, cached_greedy_finishing_rows_whose_prompt_holds_an_eos,
+                             cached_greedy_assuming_a_list_of_eos_ids],
+    "top_k_filter": [top_k_that_drops_the_kth, top_k_that_breaks_ties, top_k_without_min_tokens, top_k_in_float32,
+                     top_k_clamping_to_the_vocabulary_before_min_tokens],
+    "top_p_filter": [top_p_that_drops_the_crossing_token, top_p_with_softmax_over_the_batch, top_p_without_min_tokens,
+                     top_p_in_float32, top_p_treating_zero_as_off, top_p_filling_the_callers_logits],
+    "min_p_filter": [min_p_with_an_absolute_threshold, min_p_on_logits, min_p_without_min_tokens,
+                     min_p_removing_ties_with_the_threshold, min_p_filling_the_callers_logits, min_p_in_float32],
     "apply_repetition_penalty": [repetition_penalty_that_divides_negative_logits,
-                                 repetition_penalty_that_counts_padding, repetition_penalty_per_occurrence],
+                                 repetition_penalty_that_counts_padding, repetition_penalty_per_occurrence,
+                                 repetition_penalty_marking_padding_in_the_callers_ids, repetition_penalty_in_place],
     "process_logits": [process_logits_with_temperature_after_the_filters, process_logits_with_min_p_before_top_p,
-                       process_logits_without_the_penalty],
-    "sample": [sample_from_torchs_global_generator, sample_from_the_raw_logits, sample_that_takes_the_argmax],
+                       process_logits_without_the_penalty, process_logits_dividing_the_callers_logits,
+                       process_logits_with_temperature_only_before_a_filter, process_logits_penalising_without_the_mask],
+    "sample": [sample_from_torchs_global_generator, sample_from_the_raw_logits, sample_that_takes_the_argmax,
+               sample_without_the_repetition_penalty, sample_without_min_p, sample_assuming_a_list_of_eos_ids],
     "beam_search": [beam_search_ranked_by_raw_sums, beam_search_returning_unnormalised_scores,
-                    beam_search_that_ignores_early_stopping],
-    "stop_sequence_hit": [stop_sequence_found_anywhere, stop_sequence_by_its_last_token],
-    "stop_string_hit": [stop_string_at_the_very_end, stop_string_anywhere],
+                    beam_search_that_ignores_early_stopping, beam_search_padding_with_zero_by_default,
+                    beam_search_assuming_a_list_of_eos_ids],
+    "stop_sequence_hit": [stop_sequence_found_anywhere, stop_sequence_by_its_last_token,
+                          stop_sequence_skipping_stops_as_long_as_the_row, stop_sequence_as_a_list_of_bools],
+    "stop_string_hit": [stop_string_at_the_very_end, stop_string_anywhere, stop_string_at_its_first_occurrence,
+                        stop_string_checking_the_first_stop_only],
 }

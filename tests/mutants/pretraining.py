@@ -355,22 +355,173 @@ def mfu_ignores_the_devices(tokens_per_second, flops_per_token, peak_flops, n_de
     return 3 * flops_per_token * tokens_per_second / peak_flops
 
 
+# -- wrong answers written from the contract alone (issue 16): types, inputs, arguments, state --------
+def pack_appending_eos_to_the_callers_documents(token_ids_per_doc, block_size, eos_token_id):
+    for doc in token_ids_per_doc:
+        if doc:
+            doc.append(eos_token_id)
+    return _pack(token_ids_per_doc, block_size, eos_token_id, stream=lambda docs, eos: [t for d in docs for t in d])
+
+
+def pack_blocks_in_int32(token_ids_per_doc, block_size, eos_token_id):
+    return _pack(token_ids_per_doc, block_size, eos_token_id).int()
+
+
+def split_with_numpy_ints(n_documents, validation_fraction, seed):
+    permutation = list(np.random.default_rng(seed).permutation(n_documents))
+    n_validation = math.ceil(validation_fraction * n_documents)
+    return permutation[n_validation:], permutation[:n_validation]
+
+
+def split_as_a_list_of_two_lists(n_documents, validation_fraction, seed):
+    permutation = np.random.default_rng(seed).permutation(n_documents).tolist()
+    n_validation = math.ceil(validation_fraction * n_documents)
+    return [permutation[n_validation:], permutation[:n_validation]]
+
+
+def batch_order_of_tensor_elements(n_blocks, batch_size, seed):
+    order = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed))
+    return [list(order[i:i + batch_size]) for i in range(0, n_blocks - batch_size + 1, batch_size)]
+
+
+def batch_order_as_tuples(n_blocks, batch_size, seed):
+    return [tuple(batch) for batch in _batches(torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed))
+                                               .tolist(), batch_size)]
+
+
+def loss_padding_with_minus_100_whatever_ignore_index(logits, labels, attention_mask=None, ignore_index=-100,
+                                                      reduction="mean"):
+    targets = labels[:, 1:]
+    if attention_mask is not None:
+        targets = targets.masked_fill(attention_mask[:, 1:] == 0, -100)
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    return F.cross_entropy(flat, targets.reshape(-1), ignore_index=ignore_index, reduction=reduction)
+
+
+def loss_always_in_float32(logits, labels, attention_mask=None, ignore_index=-100, reduction="mean"):
+    return _lm_loss(logits.float(), labels, attention_mask, ignore_index, reduction)
+
+
+def loss_masking_the_callers_labels(logits, labels, attention_mask=None, ignore_index=-100, reduction="mean"):
+    if attention_mask is not None:
+        labels[attention_mask == 0] = ignore_index
+    return _lm_loss(logits, labels, None, ignore_index, reduction)
+
+
+def mask_drawing_step_3_even_when_everything_is_masked(input_ids, *, vocab_size, mask_token_id,
+                                                       special_token_ids=(), seed, mlm_probability=0.15,
+                                                       mask_replace_prob=0.8, random_replace_prob=0.1):
+    p_random = random_replace_prob / (1 - mask_replace_prob)   # ZeroDivisionError at mask_replace_prob == 1
+    assert p_random >= 0
+    return _mask(input_ids, vocab_size, mask_token_id, special_token_ids, seed, mlm_probability, mask_replace_prob,
+                 random_replace_prob)
+
+
+def mask_in_the_inputs_dtype(input_ids, *, vocab_size, mask_token_id, special_token_ids=(), seed,
+                             mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1):
+    ids, labels = _mask(input_ids.long(), vocab_size, mask_token_id, special_token_ids, seed, mlm_probability,
+                        mask_replace_prob, random_replace_prob)
+    return ids.to(input_ids.dtype), labels.to(input_ids.dtype)
+
+
+def lr_warmup_up_to_and_including_its_last_step(step, *, peak_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
+    if step <= warmup_steps:
+        return peak_lr * step / warmup_steps
+    return _lr(step, peak_lr, warmup_steps, total_steps, min_lr_ratio)
+
+
+def lr_cosine_over_total_minus_warmup(step, *, peak_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return peak_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def lr_as_a_tensor(step, *, peak_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
+    return torch.tensor(_lr(step, peak_lr, warmup_steps, total_steps, min_lr_ratio))
+
+
+def decay_frozen_parameters_too(model, weight_decay):
+    embeddings = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    decay = [n for n, p in model.named_parameters() if p.ndim >= 2 and n not in embeddings]
+    no_decay = [n for n, p in model.named_parameters() if not (p.ndim >= 2 and n not in embeddings)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def decay_embeddings_found_by_exact_type(model, weight_decay):
+    embeddings = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if type(m) is nn.Embedding}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and name not in embeddings else no_decay).append(name)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def decay_embeddings_named_with_a_dot_always(model, weight_decay):
+    embeddings = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and name not in embeddings else no_decay).append(name)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_building_a_new_optimizer_every_call(model, batches, settings, optimizer=None, scheduler=None,
+                                              on_step=None):
+    return _train(model, batches, settings, None, None, on_step)
+
+
+def train_building_a_new_scheduler_every_call(model, batches, settings, optimizer=None, scheduler=None,
+                                              on_step=None):
+    return _train(model, batches, settings, optimizer, None, on_step)
+
+
+def train_ignoring_the_stop_signal(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    return _train(model, batches, settings, optimizer, scheduler,
+                  None if on_step is None else (lambda stats: on_step(stats) and False))
+
+
+def train_counting_the_batches_first(model, batches, settings, optimizer=None, scheduler=None, on_step=None):
+    total = sum(1 for _ in batches)  # a generator is used up here
+    history = _train(model, batches, settings, optimizer, scheduler, on_step)
+    return history if total else history
+
+
+def mfu_in_integer_arithmetic(tokens_per_second, flops_per_token, peak_flops, n_devices=1):
+    return 3 * flops_per_token * tokens_per_second // (peak_flops * n_devices)
+
+
+def mfu_as_a_tensor(tokens_per_second, flops_per_token, peak_flops, n_devices=1):
+    return torch.tensor(3.0 * flops_per_token) * tokens_per_second / (peak_flops * n_devices)
+
+
 MUTANTS = {
     "pack_blocks": [pack_without_eos, pack_eos_only_between_documents, pack_eos_before_each_document,
-                    pack_pads_the_tail, pack_eos_after_empty_documents],
-    "split_documents": [split_with_round, split_with_legacy_numpy_seed, split_train_first, split_sorted],
+                    pack_pads_the_tail, pack_eos_after_empty_documents, pack_appending_eos_to_the_callers_documents,
+                    pack_blocks_in_int32],
+    "split_documents": [split_with_round, split_with_legacy_numpy_seed, split_train_first, split_sorted,
+                        split_with_numpy_ints, split_as_a_list_of_two_lists],
     "batch_order": [batch_order_keeps_the_last_batch, batch_order_from_the_global_seed, batch_order_with_numpy,
-                    batch_order_unshuffled],
+                    batch_order_unshuffled, batch_order_of_tensor_elements, batch_order_as_tuples],
     "causal_lm_loss": [loss_without_shift, loss_counts_padding, loss_masks_the_input_position, loss_mean_of_row_means,
-                       loss_ignores_ignore_index, loss_in_the_logits_dtype],
+                       loss_ignores_ignore_index, loss_in_the_logits_dtype,
+                       loss_padding_with_minus_100_whatever_ignore_index, loss_always_in_float32,
+                       loss_masking_the_callers_labels],
     "mask_tokens": [mask_random_probability_not_conditional, mask_special_tokens_too, mask_labels_every_token,
-                    mask_all_picked_tokens, mask_in_place],
-    "lr_at": [lr_warmup_off_by_one, lr_cosine_counts_the_warmup, lr_floor_by_max, lr_cosine_rises_after_the_end],
-    "weight_decay_groups": [decay_everything, decay_norms_and_biases, decay_embeddings_too, decay_by_name_weight],
+                    mask_all_picked_tokens, mask_in_place, mask_drawing_step_3_even_when_everything_is_masked,
+                    mask_in_the_inputs_dtype],
+    "lr_at": [lr_warmup_off_by_one, lr_cosine_counts_the_warmup, lr_floor_by_max, lr_cosine_rises_after_the_end,
+              lr_warmup_up_to_and_including_its_last_step, lr_cosine_over_total_minus_warmup, lr_as_a_tensor],
+    "weight_decay_groups": [decay_everything, decay_norms_and_biases, decay_embeddings_too, decay_by_name_weight,
+                            decay_frozen_parameters_too, decay_embeddings_found_by_exact_type,
+                            decay_embeddings_named_with_a_dot_always],
     "train_steps": [train_accumulates_without_dividing, train_divides_by_micro_batches,
                     train_clips_after_the_optimizer_step, train_never_clips, train_without_zero_grad,
-                    train_steps_the_scheduler_first, train_reports_the_next_lr, train_ignores_mixed_precision],
-    "mfu": [mfu_forward_only, mfu_six_times_forward_flops, mfu_as_a_percentage, mfu_ignores_the_devices],
+                    train_steps_the_scheduler_first, train_reports_the_next_lr, train_ignores_mixed_precision,
+                    train_building_a_new_optimizer_every_call, train_building_a_new_scheduler_every_call,
+                    train_ignoring_the_stop_signal, train_counting_the_batches_first],
+    "mfu": [mfu_forward_only, mfu_six_times_forward_flops, mfu_as_a_percentage, mfu_ignores_the_devices,
+            mfu_in_integer_arithmetic, mfu_as_a_tensor],
 }
 
 
@@ -379,7 +530,7 @@ MUTANTS = {
 # (adamw_driver below), and grading.submissions splices it into a student's file.
 def _adamw_step(self, closure, *, bias_correction=True, first_t=1, decay="decoupled", decay_from="group",
                 eps_inside_sqrt=False, lr_from="group", state_in="state", skip_missing=True, count="parameter",
-                use_closure=True, maximize=True, amsgrad=True):
+                use_closure=True, maximize=True, amsgrad=True, step_as="tensor", max_name="max_exp_avg_sq"):
     loss = None
     if closure is not None and use_closure:
         with torch.enable_grad():
@@ -399,11 +550,12 @@ def _adamw_step(self, closure, *, bias_correction=True, first_t=1, decay="decoup
             g = -g if group["maximize"] and maximize else g
             state = self.state[p] if state_in == "state" else self.moments.setdefault(p, {})
             if not state:
-                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state.update(step=torch.tensor(0.0) if step_as == "tensor" else 0, exp_avg=torch.zeros_like(p),
+                             exp_avg_sq=torch.zeros_like(p))
                 if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(p)
+                    state[max_name] = torch.zeros_like(p)
             state["step"] += 1
-            t = (state["step"].item() if count == "parameter" else group["updates"]) - 1 + first_t
+            t = (float(state["step"]) if count == "parameter" else group["updates"]) - 1 + first_t
             if decay == "decoupled":
                 p.mul_(1 - lr * weight_decay)
             elif decay == "without_lr":
@@ -414,7 +566,7 @@ def _adamw_step(self, closure, *, bias_correction=True, first_t=1, decay="decoup
             state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
             v = state["exp_avg_sq"]
             if group["amsgrad"] and amsgrad:
-                v = torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+                v = torch.maximum(state[max_name], v, out=state[max_name])
             m_hat = state["exp_avg"] / (1 - beta1**t) if bias_correction else state["exp_avg"]
             v_hat = v / (1 - beta2**t) if bias_correction else v
             denominator = (v_hat + group["eps"]).sqrt() if eps_inside_sqrt else v_hat.sqrt() + group["eps"]
@@ -486,6 +638,14 @@ def adamw_ignores_amsgrad(self, closure=None):
     return _adamw_step(self, closure, amsgrad=False)
 
 
+def adamw_counting_steps_in_a_python_int(self, closure=None):
+    return _adamw_step(self, closure, step_as="int")
+
+
+def adamw_keeping_the_amsgrad_maximum_under_another_name(self, closure=None):
+    return _adamw_step(self, closure, max_name="max_v")
+
+
 def _entry_point(harness, wrong, name):
     """A stand-in for an entry point the tests call (adamw_steps, clipped_gradients): the course's
     ``harness`` run on the ``wrong`` optimizer class or clipping function, named ``name``."""
@@ -509,7 +669,8 @@ ADAMW_MUTANTS = [adamw_without_bias_correction, adamw_bias_correction_from_step_
                  adamw_decay_after_the_update, adamw_decays_the_no_decay_group, adamw_eps_inside_the_square_root,
                  adamw_learning_rate_from_init, adamw_state_outside_self_state, adamw_treats_a_missing_gradient_as_zero,
                  adamw_one_step_count_per_group, adamw_ignores_the_closure, adamw_ignores_maximize,
-                 adamw_ignores_amsgrad]
+                 adamw_ignores_amsgrad, adamw_counting_steps_in_a_python_int,
+                 adamw_keeping_the_amsgrad_maximum_under_another_name]
 
 
 # -- 5.11 clip_grad_norm_ ------------------------------------------------------------------------------
@@ -587,7 +748,8 @@ MUTANTS["clipped_gradients"] = [clipping_driver(m) for m in CLIP_MUTANTS]
 
 
 # -- 5.12 save_checkpoint and 5.13 load_checkpoint -------------------------------------------------------
-def _save(directory, model, optimizer, scheduler, step, history, *, leave_out=(), copy_temporary=False):
+def _save(directory, model, optimizer, scheduler, step, history, *, leave_out=(), copy_temporary=False,
+          path_of=lambda directory: Path(directory) / "checkpoint.pt"):
     import io
     import random
 
@@ -606,7 +768,7 @@ def _save(directory, model, optimizer, scheduler, step, history, *, leave_out=()
         return Path(shutil.copyfile(temporary, Path(directory) / "checkpoint.pt"))
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    return write_atomic(Path(directory) / "checkpoint.pt", buffer.getvalue())
+    return write_atomic(path_of(directory), buffer.getvalue())
 
 
 def save_without_the_optimizer(directory, model, optimizer, scheduler, step, history):
@@ -625,11 +787,11 @@ def save_leaves_its_temporary_file(directory, model, optimizer, scheduler, step,
     return _save(directory, model, optimizer, scheduler, step, history, copy_temporary=True)
 
 
-def _load(directory, model, optimizer, scheduler, *, restore=("model", "optimizer", "scheduler", "torch", "python")):
+def _load(directory, model, optimizer, scheduler, *, restore=("model", "optimizer", "scheduler", "torch", "python"),
+          path_of=lambda directory: Path(directory) / "checkpoint.pt"):
     import random
 
-    state = torch.load(Path(directory) / "checkpoint.pt", map_location=next(model.parameters()).device,
-                       weights_only=True)
+    state = torch.load(path_of(directory), map_location=next(model.parameters()).device, weights_only=True)
     for key, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
         if key in restore:
             target.load_state_dict(state[key])
@@ -656,6 +818,19 @@ def load_only_torchs_generator(directory, model, optimizer, scheduler):
     return _load(directory, model, optimizer, scheduler, restore=("model", "optimizer", "scheduler", "torch"))
 
 
+def save_into_a_path_only(directory, model, optimizer, scheduler, step, history):
+    return _save(directory, model, optimizer, scheduler, step, history, path_of=lambda d: d / "checkpoint.pt")
+
+
+def save_creating_only_the_last_folder(directory, model, optimizer, scheduler, step, history):
+    Path(directory).mkdir(exist_ok=True)
+    return _save(directory, model, optimizer, scheduler, step, history)
+
+
+def load_from_a_str_only(directory, model, optimizer, scheduler):
+    return _load(directory, model, optimizer, scheduler, path_of=lambda d: d + "/checkpoint.pt")
+
+
 def _save_entry(wrong_save):
     from course_lib.pretraining import run_save_checkpoint
 
@@ -669,6 +844,8 @@ def _load_entry(wrong_load):
 
 
 MUTANTS["saved_checkpoint"] = [_save_entry(m) for m in (save_without_the_optimizer, save_without_the_scheduler,
-                                                         save_without_the_generators, save_leaves_its_temporary_file)]
+                                                         save_without_the_generators, save_leaves_its_temporary_file,
+                                                         save_into_a_path_only, save_creating_only_the_last_folder)]
 MUTANTS["resumed_from_checkpoint"] = [_load_entry(m) for m in (load_without_the_optimizer, load_without_the_scheduler,
-                                                               load_without_the_generators, load_only_torchs_generator)]
+                                                               load_without_the_generators, load_only_torchs_generator,
+                                                               load_from_a_str_only)]
