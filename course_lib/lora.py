@@ -53,7 +53,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -427,7 +427,7 @@ def target_matches(name: str, target_modules: str | Sequence[str]) -> bool:
     raise NotImplementedError("Exercise 8.4: implement target_matches in lora.py")
 
 
-@exercise("8.5", points=4, validate=_validate_inject)
+@exercise("8.5", points=4, validate=_validate_inject, entry="lora_injection")
 def inject_lora(model: nn.Module, target_modules: str | Sequence[str], r: int = 8, alpha: float = 8.0,
                 dropout: float = 0.0, use_rslora: bool = False, seed: int | None = None) -> nn.Module:
     """Wrap every target layer of ``model`` in a :class:`LoRALinear` and freeze everything else, in place.
@@ -533,7 +533,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 
 
 # -- 8.7-8.8 adapter files -----------------------------------------------------------------------------
-@exercise("8.7", points=2, validate=_validate_model)
+@exercise("8.7", points=2, validate=_validate_model, entry="adapter_weights")
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter of ``model`` alone, named as ``peft`` saves it: what ``adapter_model.safetensors`` holds.
 
@@ -556,7 +556,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     raise NotImplementedError("Exercise 8.7: implement adapter_state_dict in lora.py")
 
 
-@exercise("8.8", points=2, validate=_validate_load_adapter)
+@exercise("8.8", points=2, validate=_validate_load_adapter, entry="loaded_adapter")
 def load_adapter_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy a saved adapter (names as :func:`adapter_state_dict` and ``peft`` write them) into ``model``.
 
@@ -1000,18 +1000,19 @@ def run_lora_linear(layer_class: type, weight: torch.Tensor, bias: torch.Tensor 
     frozen one) and the scale."""
     from transformers.pytorch_utils import Conv1D
 
-    if conv1d:
-        base = Conv1D(weight.shape[1], weight.shape[0]).to(device=weight.device, dtype=weight.dtype)
-    else:
-        base = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                         dtype=weight.dtype)
-    with torch.no_grad():
-        base.weight.copy_(weight)
-        if bias is not None:
-            base.bias.copy_(bias)
-        elif conv1d:
-            base.bias.zero_()
-    layer = layer_class(base, r=lora_A.shape[0], alpha=alpha, dropout=dropout, use_rslora=use_rslora, seed=0)
+    with torch.random.fork_rng(devices=[]):     # building draws nothing from the global generator (dropout does)
+        if conv1d:
+            base = Conv1D(weight.shape[1], weight.shape[0]).to(device=weight.device, dtype=weight.dtype)
+        else:
+            base = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                             dtype=weight.dtype)
+        with torch.no_grad():
+            base.weight.copy_(weight)
+            if bias is not None:
+                base.bias.copy_(bias)
+            elif conv1d:
+                base.bias.zero_()
+        layer = layer_class(base, r=lora_A.shape[0], alpha=alpha, dropout=dropout, use_rslora=use_rslora, seed=0)
     with torch.no_grad():
         layer.lora_A.weight.data = lora_A.detach().clone()
         layer.lora_B.weight.data = lora_B.detach().clone()
@@ -1046,22 +1047,22 @@ def set_adapters(model: nn.Module, lora_weights: dict[str, dict[str, torch.Tenso
 
 def wrap_modules(model: nn.Module, names: Iterable[str], r: int = 8, alpha: float = 8.0, **settings) -> nn.Module:
     """Wrap the modules ``names`` of ``model`` in :class:`LoRALinear` (no matching, no freezing): how the
-    tests of 8.6-8.8 build an adapted model without your :func:`inject_lora`."""
+    tests of 8.7 and 8.8 build an adapted model without your :func:`inject_lora`."""
     for name in names:
         replace_module(model, name, LoRALinear(model.get_submodule(name), r, alpha, seed=0, **settings))
     return model
 
 
-def lora_injection(model: nn.Module, target_modules: str | Sequence[str], r: int = 8, alpha: float = 8.0, *,
-                   dropout: float = 0.0, use_rslora: bool = False, seed: int | None = 0,
-                   lora_weights: dict[str, dict[str, torch.Tensor]] | None = None,
-                   input_ids: torch.Tensor | None = None) -> dict:
-    """How the tests run your :func:`inject_lora` (8.5): inject into ``model``; set the adapters to
+def run_lora_injection(inject: Callable, model: nn.Module, target_modules: str | Sequence[str], r: int = 8,
+                       alpha: float = 8.0, *, dropout: float = 0.0, use_rslora: bool = False, seed: int | None = 0,
+                       lora_weights: dict[str, dict[str, torch.Tensor]] | None = None,
+                       input_ids: torch.Tensor | None = None) -> dict:
+    """Inject adapters into ``model`` with ``inject`` (:func:`inject_lora` or a variant); set them to
     ``lora_weights`` when given; with ``input_ids``, run the model with ``labels=input_ids`` and
     backward. Returns the names and classes of the wrapped modules' bases, the trainable parameters
     (name -> shape), the counts (:func:`count_parameters`), the adapters' weights, the loss, the logits
     and the gradients of the trainable parameters."""
-    model = inject_lora(model, target_modules, r, alpha, dropout, use_rslora, seed)
+    model = inject(model, target_modules, r, alpha, dropout, use_rslora, seed)
     layers = lora_layers(model)
     if lora_weights:
         set_adapters(model, lora_weights)
@@ -1080,47 +1081,38 @@ def lora_injection(model: nn.Module, target_modules: str | Sequence[str], r: int
     return out
 
 
-def merged_weights(model: nn.Module, lora_weights: dict[str, dict[str, torch.Tensor]], r: int, alpha: float, *,
-                   use_rslora: bool = False, unmerge: bool = False, input_ids: torch.Tensor | None = None) -> dict:
-    """How the tests run your :func:`lora_delta_weight` (8.6): wrap the modules of ``lora_weights``, set
-    their adapters, then merge (and, with ``unmerge``, unmerge again). Returns the base weights of the
-    wrapped modules by name (and with ``input_ids`` the logits before merging and after, computed with
-    the layers merged)."""
-    wrap_modules(model, list(lora_weights), r, alpha, use_rslora=use_rslora)
-    set_adapters(model, lora_weights)
-    out = {}
-    if input_ids is not None:
-        with torch.no_grad():
-            out["logits_adapted"] = model(input_ids=input_ids).logits
-    layers = lora_layers(model)
-    for layer in layers.values():
-        layer.merge()
-        if unmerge:
-            layer.unmerge()
-    if input_ids is not None:
-        with torch.no_grad():
-            out["logits_merged"] = model(input_ids=input_ids).logits
-    out["weights"] = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
-    return out
+def lora_injection(model: nn.Module, target_modules: str | Sequence[str], r: int = 8, alpha: float = 8.0, *,
+                   dropout: float = 0.0, use_rslora: bool = False, seed: int | None = 0,
+                   lora_weights: dict[str, dict[str, torch.Tensor]] | None = None,
+                   input_ids: torch.Tensor | None = None) -> dict:
+    """How the tests run your :func:`inject_lora` (8.5): :func:`run_lora_injection` of it."""
+    return run_lora_injection(inject_lora, model, target_modules, r, alpha, dropout=dropout, use_rslora=use_rslora,
+                              seed=seed, lora_weights=lora_weights, input_ids=input_ids)
 
 
-def adapter_weights(model: nn.Module, lora_weights: dict[str, dict[str, torch.Tensor]], r: int, alpha: float) -> dict:
-    """How the tests run your :func:`adapter_state_dict` (8.7): the adapter of ``model`` with the
-    modules of ``lora_weights`` wrapped and set. Returns what :func:`adapter_state_dict` returns, and
-    the parameters afterwards (to check nothing changed)."""
+def run_adapter_weights(state_dict_of: Callable, model: nn.Module, lora_weights: dict[str, dict[str, torch.Tensor]],
+                        r: int, alpha: float) -> dict:
+    """``state_dict_of`` (:func:`adapter_state_dict` or a variant) of ``model`` with the modules of
+    ``lora_weights`` wrapped and set. Returns the state dict, and the model's parameters afterwards
+    (to check that nothing changed)."""
     wrap_modules(model, list(lora_weights), r, alpha)
     set_adapters(model, lora_weights)
-    state = adapter_state_dict(model)
+    state = state_dict_of(model)
     return {"state_dict": state, "parameters": {n: p.detach().clone() for n, p in model.named_parameters()}}
 
 
-def loaded_adapter(model: nn.Module, modules: Sequence[str], state_dict: dict[str, torch.Tensor], r: int,
-                   alpha: float, input_ids: torch.Tensor | None = None) -> dict:
-    """How the tests run your :func:`load_adapter_state_dict` (8.8): wrap ``modules`` of ``model`` (fresh
-    adapters), load ``state_dict`` into them. Returns the adapters' weights and ``requires_grad`` by
-    module name and, with ``input_ids``, the logits."""
+def adapter_weights(model: nn.Module, lora_weights: dict[str, dict[str, torch.Tensor]], r: int, alpha: float) -> dict:
+    """How the tests run your :func:`adapter_state_dict` (8.7): :func:`run_adapter_weights` of it."""
+    return run_adapter_weights(adapter_state_dict, model, lora_weights, r, alpha)
+
+
+def run_loaded_adapter(load: Callable, model: nn.Module, modules: Sequence[str], state_dict: dict[str, torch.Tensor],
+                       r: int, alpha: float, input_ids: torch.Tensor | None = None) -> dict:
+    """Wrap ``modules`` of ``model`` (fresh adapters) and ``load`` (:func:`load_adapter_state_dict` or a
+    variant) ``state_dict`` into them. Returns the adapters' weights and ``requires_grad`` by module
+    name and, with ``input_ids``, the logits."""
     wrap_modules(model, modules, r, alpha)
-    load_adapter_state_dict(model, state_dict)
+    load(model, state_dict)
     layers = lora_layers(model)
     out = {"lora_A": {n: m.lora_A.weight.detach().clone() for n, m in layers.items()},
            "lora_B": {n: m.lora_B.weight.detach().clone() for n, m in layers.items()},
@@ -1129,6 +1121,12 @@ def loaded_adapter(model: nn.Module, modules: Sequence[str], state_dict: dict[st
         with torch.no_grad():
             out["logits"] = model(input_ids=input_ids).logits
     return out
+
+
+def loaded_adapter(model: nn.Module, modules: Sequence[str], state_dict: dict[str, torch.Tensor], r: int,
+                   alpha: float, input_ids: torch.Tensor | None = None) -> dict:
+    """How the tests run your :func:`load_adapter_state_dict` (8.8): :func:`run_loaded_adapter` of it."""
+    return run_loaded_adapter(load_adapter_state_dict, model, modules, state_dict, r, alpha, input_ids)
 
 
 def run_nf4_linear(layer_class: type, buffers: dict[str, torch.Tensor], in_features: int, out_features: int,
