@@ -131,10 +131,10 @@ def check_dict_close(got, expected, what, hint, **tolerance):
 @pytest.mark.exercise("8.1")
 @pytest.mark.parametrize("in_features, out_features, r, seed", [(32, 16, 4, 0), (7, 5, 1, 3), (12, 40, 8, 11)])
 def test_init_lora_weights_draws_what_peft_draws(student, in_features, out_features, r, seed):
+    got = student.init_lora_weights(in_features, out_features, r, seed)
     layer = peft_layer(torch.nn.Linear(in_features, out_features), r, 2 * r)
     torch.manual_seed(seed)
     layer.reset_lora_parameters("default", init_lora_weights=True)
-    got = student.init_lora_weights(in_features, out_features, r, seed)
     assert isinstance(got, tuple) and len(got) == 2, "init_lora_weights returns the pair (lora_A, lora_B)"
     lora_A, lora_B = got
     bound = 1 / math.sqrt(in_features)
@@ -179,8 +179,8 @@ def test_init_lora_weights_without_a_seed_draws_from_the_global_generator(studen
 @pytest.mark.parametrize("alpha, r, use_rslora", [(16, 4, False), (8, 8, False), (1, 2, False), (16, 4, True),
                                                   (32, 64, True), (5, 1, True)])
 def test_lora_scaling_is_peft_scaling(student, alpha, r, use_rslora):
-    expected = peft_layer(torch.nn.Linear(8, 8), r, alpha, use_rslora=use_rslora).scaling["default"]
     got = student.lora_scaling(alpha, r, use_rslora)
+    expected = peft_layer(torch.nn.Linear(8, 8), r, alpha, use_rslora=use_rslora).scaling["default"]
     assert isinstance(got, float), f"lora_scaling returns a Python float, got {type(got).__name__}"
     assert math.isclose(got, expected, rel_tol=1e-12), (
         f"lora_scaling(alpha={alpha}, r={r}, use_rslora={use_rslora}) = {got}, peft uses {expected}: "
@@ -393,7 +393,7 @@ def test_inject_lora_matches_get_peft_model(student, family, targets, r, alpha, 
     assert (got["n_trainable"], got["n_total"]) == (trainable, total), (
         f"{what}: {got['n_trainable']} trainable of {got['n_total']} parameters; peft's print_trainable_parameters "
         f"says {trainable_line(peft)!r}")
-    loss, logits, grads = peft_run(peft, ids)
+    loss, logits, grads = memo(("peft run", family, str(targets), r, alpha, str(settings)), lambda: peft_run(peft, ids))
     hint = "with the same A and B, the adapted model computes what peft's does"
     assert_close(got["logits"], logits, what=f"{what}: logits", hint=hint, rtol=1e-5, atol=1e-5)
     assert_close(got["loss"], loss, what=f"{what}: loss", hint=hint, rtol=1e-5, atol=1e-6)
@@ -403,10 +403,14 @@ def test_inject_lora_matches_get_peft_model(student, family, targets, r, alpha, 
 @pytest.mark.exercise("8.5")
 @pytest.mark.parametrize("family, targets", [("llama", ["q_proj", "down_proj"]), ("gpt2", ["c_fc"])])
 def test_inject_lora_starts_as_the_pretrained_model(student, family, targets):
-    model = tiny_model(family, 2)
     ids = input_ids(2)
-    with reference_mode(), torch.no_grad():
-        before = model(input_ids=ids).logits
+
+    def make():
+        model = tiny_model(family, 2)
+        with reference_mode(), torch.no_grad():
+            return model, model(input_ids=ids).logits
+
+    model, before = memo(("pretrained logits", family), make)
     got = student.lora_injection(copy.deepcopy(model), targets, 4, 8, seed=7, input_ids=ids)
     assert_close(got["logits"], before, what=f"logits of the freshly injected {family}",
                  hint="every adapter starts with B = 0 (init_lora_weights), so the model is unchanged at first")
@@ -430,8 +434,8 @@ def test_inject_lora_freezes_every_bias_of_gpt2(student):
 
 
 @pytest.mark.exercise("8.5")
-@pytest.mark.parametrize("targets, needle", [(["nothing_here"], "nothing_here"), (["input_layernorm"], "RMSNorm"),
-                                             (r".*\.self_attn", "self_attn")])
+@pytest.mark.parametrize("targets, needle", [(["nothing_here"], "nothing_here"), (["proj"], "proj"),
+                                             (["input_layernorm"], "RMSNorm"), (r".*\.self_attn", "self_attn")])
 def test_inject_lora_refuses_targets_it_cannot_adapt(student, targets, needle):
     with pytest.raises(ValueError, match=needle):
         student.lora_injection(tiny_model("llama", 0), targets, 2, 2)
@@ -848,26 +852,35 @@ def measured_memory(model, ids):
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]   # what QLoRA quantizes
 
 
-def memory_model(method, dtype, double_quant, targets, r, tmp_path):
-    """A tiny Llama (hidden 40: weights whose sizes are no multiple of 64) adapted by ``method``; QLoRA
-    quantizes every linear layer of the blocks (``BitsAndBytesConfig`` leaves only ``lm_head``)."""
-    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+def memory_model(dtype):
+    """A tiny Llama (hidden 40: weights whose sizes are no multiple of 64)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).to(dtype)
+    return LlamaForCausalLM(config).to(dtype)
+
+
+def memory_sizes(model, targets):
+    """The shapes of the weights of ``targets`` and the number of every other parameter."""
     shapes = [tuple(m.weight.shape) for n, m in model.named_modules()
               if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets]
-    other = sum(p.numel() for p in model.parameters()) - sum(o * i for o, i in shapes)
+    return shapes, sum(p.numel() for p in model.parameters()) - sum(o * i for o, i in shapes)
+
+
+def adapted_memory_model(model, method, dtype, double_quant, targets, r, tmp_path):
+    """``model`` adapted by ``method``: itself (full), peft's LoRA, or peft's LoRA on the model loaded
+    in 4 bits by transformers (QLoRA quantizes every linear layer of the blocks: ``BitsAndBytesConfig``
+    leaves only ``lm_head``)."""
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+
     if method == "qlora":
         model.save_pretrained(str(tmp_path))
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                                           bnb_4bit_use_double_quant=double_quant)
         model = LlamaForCausalLM.from_pretrained(str(tmp_path), quantization_config=quantization, dtype=dtype)
-    if method != "full":
-        model = peft_model(model, targets, r, r, autocast_adapter_dtype=False)
-    return model, shapes, other
+    return model if method == "full" else peft_model(model, targets, r, r, autocast_adapter_dtype=False)
 
 
 @pytest.mark.exercise("8.16")
@@ -876,10 +889,12 @@ def memory_model(method, dtype, double_quant, targets, r, tmp_path):
     ("lora", torch.bfloat16, True, ["k_proj", "up_proj", "down_proj"], 2),
     ("qlora", torch.float32, True, ALL_LINEAR, 4), ("qlora", torch.float32, False, ALL_LINEAR, 8)], ids=str)
 def test_training_memory_is_what_the_tensors_take(student, method, dtype, double_quant, targets, r, tmp_path):
-    model, shapes, other = memory_model(method, dtype, double_quant, targets, r, tmp_path)
-    measured = measured_memory(model, input_ids(6))
+    model = memory_model(dtype)
+    shapes, other = memory_sizes(model, targets)
     got = student.training_memory(shapes, other, method, r=r, param_bytes=torch.finfo(dtype).bits // 8,
                                   double_quant=double_quant)
+    measured = memo(("memory", method, str(dtype), double_quant, str(targets), r), lambda: measured_memory(
+        adapted_memory_model(model, method, dtype, double_quant, targets, r, tmp_path), input_ids(6)))
     assert isinstance(got, dict) and set(got) == {"weights", "gradients", "optimizer", "total"}, (
         f"training_memory returns {{'weights', 'gradients', 'optimizer', 'total'}}, got {got!r}")
     what = f"training_memory({method}, {dtype}, double_quant={double_quant}, r={r}, {len(shapes)} adapted weights)"
