@@ -65,6 +65,10 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
                  {"6.1", "6.5", "6.7", "6.12"}),
     # Chapter 7's exercises do not call each other
     "sft": ({"7.2": None, "7.3": "sft_loss_mean_of_example_means"}, {"7.2", "7.3"}),
+    # every LoRALinear draws its adapter with the student's init_lora_weights (8.1): with B random, the
+    # model their inject_lora (8.5) adapts no longer starts as the pretrained one
+    "lora": ({"8.1": "init_b_random", "8.12": "pack_nibbles_first_in_the_low_bits", "8.16": None},
+             {"8.1", "8.5", "8.12", "8.16"}),
 }
 
 # What each chapter's experiments print when every exercise is right.
