@@ -74,8 +74,10 @@ METHODS = ("full", "lora", "qlora")
 
 # -- argument checks (run before your code; they are not part of the exercises) -------------------
 def _check_number(name: str, value, minimum: float | None = None, maximum: float | None = None) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must lie in [{minimum}, {maximum}], got {value}")
     return float(value)

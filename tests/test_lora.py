@@ -908,6 +908,34 @@ def test_training_memory_is_what_the_tensors_take(student, method, dtype, double
     assert got["total"] == sum(measured.values()), f"{what}['total'] is not the sum of the other three"
 
 
+# -- not graded: bad input is refused before your code runs, with the argument's name ---------------------
+@pytest.mark.parametrize("call, error, name", [
+    (lambda lo: lo.init_lora_weights(8, 4, 0), ValueError, "r"),
+    (lambda lo: lo.lora_scaling(float("nan"), 4), ValueError, "alpha"),
+    (lambda lo: lo.target_matches("q_proj", []), TypeError, "target_modules"),
+    (lambda lo: lo.target_matches("q_proj", "(unclosed"), ValueError, "target_modules"),
+    (lambda lo: lo.inject_lora(torch.nn.Linear(2, 2), ["x"], dropout=1.5), ValueError, "dropout"),
+    (lambda lo: lo.lora_delta_weight(torch.zeros(2, 4), torch.zeros(3, 5), 1.0), ValueError, "lora_A"),
+    (lambda lo: lo.quantize_blockwise(torch.zeros(4), torch.tensor([1.0, -1.0])), ValueError, "code"),
+    (lambda lo: lo.quantize_blockwise(torch.tensor([1.0, float("inf")]), torch.tensor([-1.0, 1.0])), ValueError, "x"),
+    (lambda lo: lo.dequantize_blockwise(torch.zeros(4, dtype=torch.uint8), torch.ones(2), torch.tensor([-1.0, 1.0]),
+                                        64, (4,)), ValueError, "absmax"),
+    (lambda lo: lo.pack_nibbles(torch.zeros(3, dtype=torch.uint8)), ValueError, "indices"),
+    (lambda lo: lo.pack_nibbles(torch.full((2,), 16, dtype=torch.uint8)), ValueError, "indices"),
+    (lambda lo: lo.unpack_nibbles(torch.zeros(2, dtype=torch.uint8), 5), ValueError, "n"),
+    (lambda lo: lo.double_quantize(torch.ones(2, 2), torch.tensor([-1.0, 1.0])), ValueError, "absmax"),
+    (lambda lo: lo.training_memory([(4, 0)], 0, "full"), ValueError, "linear_shapes"),
+    (lambda lo: lo.training_memory([(4, 4)], 0, "adapter"), ValueError, "method"),
+    (lambda lo: lo.LoRALinear(torch.nn.Linear(4, 4))(torch.zeros(2, 3)), ValueError, "x"),
+    (lambda lo: lo.LoRALinear(torch.nn.Embedding(4, 4)), ValueError, "Embedding"),
+])
+def test_bad_input_gets_an_error_naming_the_argument(solution_mode, call, error, name):
+    from course_lib import lora
+
+    with pytest.raises(error, match=name):
+        call(lora)
+
+
 # -- not graded: QLoRA end to end, adapter files through peft, merging a model ------------------------------------------
 def test_qlora_layer_matches_peft_lora_on_bitsandbytes_linear4bit(solution_mode):
     from course_lib.lora import LoRALinear, NF4Linear
