@@ -80,6 +80,19 @@ def small_gpt2(seed=0):
                                       bos_token_id=0, eos_token_id=0))
 
 
+def train_adapters(model, steps=30, lr=3e-2):
+    """AdamW on the trainable parameters only, memorising `batch`; the loss of every step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 batch = torch.randint(0, 128, (4, 24), generator=torch.Generator().manual_seed(0))
 print("a small Llama:", sum(p.numel() for p in small_llama().parameters()), "parameters; a small GPT-2:",
       sum(p.numel() for p in small_gpt2().parameters()))
@@ -153,14 +166,7 @@ def inject():
         print(f"{name}: yours {trainable:,} trainable of {total:,}; peft:", end=" ")
         theirs.print_trainable_parameters()
     model = lora.inject_lora(small_llama(), ["q_proj", "v_proj"], r=4, alpha=8, seed=0)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-    losses = []
-    for step in range(30):
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_adapters(model)
     print(f"training the adapters only: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     with torch.no_grad():
         adapted = model(input_ids=batch).logits
@@ -250,14 +256,7 @@ def qlora():
         print(f"logits gap, 4-bit against 32-bit: {max_gap(model(input_ids=batch).logits, original(input_ids=batch).logits):.3f}")
     lora.inject_lora(model, ALL, r=4, alpha=8, seed=0)
     trainable, total = lora.count_parameters(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-    losses = []
-    for step in range(30):
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_adapters(model)
     print(f"QLoRA: {trainable:,} trainable of {total:,}; loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 
 
