@@ -125,8 +125,8 @@ class SandboxDoor:
     time raises :class:`MachineBusy` (the grader's fault). A stopped child is replaced by a new one
     at the next call, but not for the entry point whose call was stopped (it ran past its time, ended
     the process, used too much memory or sent back what the door refuses): its later calls fail at
-    once, since an exercise scores only when all its tests pass. ``require`` lists the layers (:data:`grading.sandbox.LAYERS`) that must apply,
-    default :func:`required_layers`. After a :class:`GraderFault` every later call raises it again.
+    once, since an exercise scores only when all its tests pass. ``require`` lists the layers
+    (:data:`grading.sandbox.LAYERS`) that must apply, default :func:`required_layers`. After a :class:`GraderFault` every later call raises it again.
     """
 
     def __init__(self, submission: Path | str, call_timeout: float | None = None,
@@ -453,7 +453,7 @@ class SandboxDoor:
         except SubmissionTimeout:
             charged = limit
             self.stopped[name] = f"ran longer than {limit:g} s and was stopped"
-            raise SubmissionTimeout(f"{name} ran longer than {limit:g} s and was stopped") from None
+            raise SubmissionTimeout(f"{name} {self.stopped[name]}") from None
         except MachineBusy as err:
             self.fault = err
             raise
