@@ -12,6 +12,45 @@ Not graded (at the end): best-fit-decreasing bins against TRL's ``pack_dataset``
 packed rows, the loop (``finetune``) against TRL's ``SFTTrainer`` step for step, NEFTune in the loop,
 the Accelerate configuration files and the TRL command line, 2 CPU processes (DDP, FSDP; slow) and the
 cached fine-tuned model.
+
+Each exercise's contract (its docstring), clause by clause, with the public tests that check it
+(``test_`` dropped):
+
+7.1 ``collate_chat``
+  - TRL's assistant-only batch (its labels, then its collator): collate_chat_matches_trl_assistant_only_batch
+  - right padding with ``pad_token_id``, attention mask 1/0, ``-100`` on prompt, markup and padding, torch.long,
+    the input not modified: collate_chat_pads_on_the_right_with_the_given_id
+  - the ``<|im_end|>`` closing each assistant turn is trained: collate_chat_trains_the_token_that_ends_each_assistant_turn
+  - ``all_turns`` True and False (the last run of 1s only): collate_chat_trains_only_the_last_turn_when_asked
+  - an example without a trained token is a row of ``-100``: collate_chat_of_a_conversation_without_assistant_tokens
+
+7.2 ``pack_examples``
+  - TRL's padding-free collator: pack_examples_matches_trl_padding_free_collator
+  - positions restart per example, each example's first label ``-100``, one row ``(1, total)`` of torch.long, a
+    one-token example, the input not modified: pack_examples_of_hand_made_examples
+  - every example keeps the loss it has alone (Llama and the course model): packed_examples_keep_the_loss_they_have_alone
+
+7.3 ``sft_loss``
+  - ``"mean"``: Hugging Face's loss with ``num_items_in_batch`` over padded or packed micro-batches, not a mean of
+    means: sft_loss_matches_hugging_face_with_num_items_in_batch, sft_loss_matches_trl_compute_loss
+  - ``"none"`` per example (padded rows, packed examples by their positions) and ``"sum"``, in a mix:
+    sft_loss_per_example_and_sum
+  - a target counts only where the attention mask is 1: sft_loss_skips_padding_by_the_attention_mask
+  - no target: NaN mean, 0 sum, NaN for that example: sft_loss_without_trained_targets
+  - cross-entropy in float32, a float32 scalar for a bfloat16 model: sft_loss_of_a_bfloat16_model_is_computed_in_float32
+  - the loss keeps its graph: sft_loss_keeps_the_graph_for_backward (a local run only: a graph cannot cross the
+    grading door)
+
+7.4 ``neftune_noise``
+  - Hugging Face's hook after ``torch.manual_seed(seed)``, ``m = alpha / sqrt(seq * d_model)``, any shape:
+    neftune_noise_matches_hugging_face_hook
+  - dtype and shape kept, input unchanged, global random state untouched, same seed same noise, alpha 0 adds
+    nothing, noise within ``[-m, m]``: neftune_noise_keeps_dtype_input_and_global_random_state
+
+7.5 ``greedy_answers``
+  - each answer what greedy ``generate`` gives for the prompt alone, cut before the first end id, prompts of
+    different lengths, a list of end ids: greedy_answers_match_generate_one_prompt_at_a_time
+  - one end id as an int, another pad id, ``max_new_tokens=1``: greedy_answers_with_one_end_id_and_one_token
 """
 
 from __future__ import annotations
@@ -28,7 +67,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grading.expect import assert_close
+from grading.expect import assert_close, in_process_only
 from tests.test_generation import reference_mode
 
 F64 = torch.float64
@@ -413,6 +452,32 @@ def test_sft_loss_per_example_and_sum(student, trl_sft, device):
     counts = torch.tensor([sum(t != IGNORE for t in rows[i]["labels"][1:]) for i in order], dtype=F64)
     assert_close(total, (alone * counts).sum().float(), rtol=1e-5, what="sft_loss(reduction='sum')",
                  hint="the sum of the losses of every trained target")
+
+
+@pytest.mark.exercise("7.3")
+def test_sft_loss_of_a_bfloat16_model_is_computed_in_float32(student, trl_sft, device):
+    model, micro_batches = step_case(trl_sft, device, "llama", False)
+    model = memo(("bf16 model", str(device)), lambda: copy.deepcopy(model).to(torch.bfloat16))
+    got = student.sft_loss(model, micro_batches)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.dim() == 0, (
+        f"sft_loss of a bfloat16 model returned {getattr(got, 'dtype', type(got))} of shape "
+        f"{tuple(getattr(got, 'shape', ()))}: a float32 scalar")
+    expected = memo(("bf16 loss", str(device)), lambda: hf_step_loss(model, micro_batches).float())
+    assert_close(got.detach(), expected, rtol=1e-5, what="sft_loss of a bfloat16 model's 3 padded micro-batches",
+                 hint="Compute each target's cross-entropy in float32 (logits.float() first), as Hugging Face does.")
+
+
+@pytest.mark.exercise("7.3")
+def test_sft_loss_keeps_the_graph_for_backward(student, trl_sft, device):
+    in_process_only(student, "a loss with its autograd graph")
+    model, micro_batches = step_case(trl_sft, device, "llama", False)
+    model = copy.deepcopy(model)
+    loss = student.sft_loss(model, micro_batches)
+    assert isinstance(loss, torch.Tensor) and loss.requires_grad, \
+        "sft_loss must return the loss with its graph (no .item(), no torch.no_grad(), no .detach())"
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"after sft_loss(...).backward() these parameters have no gradient: {missing[:5]}"
 
 
 @pytest.mark.exercise("7.3")
