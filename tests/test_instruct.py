@@ -94,7 +94,7 @@ Each exercise's contract (its docstring), clause by clause, with the public test
   - nearest: most similar last, ties to the lower index: select_shots_nearest_puts_the_most_similar_last
   - a shot that does not fit is skipped and the next tried; at most ``k``:
     select_shots_skips_what_does_not_fit_and_goes_on
-  - nothing fits, ``k`` 0, exactly one of seed and scores: select_shots_edge_cases
+  - nothing fits, ``k`` 0, an empty pool, ``k`` above the pool, empty shots in a zero budget: select_shots_edge_cases
 
 6.12 ``few_shot_prompt``
   - zero-shot: ``"Question: ...\nAnswer:"`` with no trailing space: few_shot_prompt_zero_shot
