@@ -47,11 +47,8 @@ def _trainer(config, model, data, tokenizer, device) -> tuple[list[float], list[
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from course_lib.instruction_data import FAMILIES, instruction_dataset
-
     timer = trainer_step_timer(device)
-    conversations = [row["messages"] for family in FAMILIES       # the rows prepare_sft_data rendered
-                     for row in instruction_dataset("train", family).select(range(config.train_examples))]
+    conversations = [row["messages"] for row in sft.training_rows(config)]  # the rows prepare_sft_data rendered
     with tempfile.TemporaryDirectory() as output_dir:
         args = SFTConfig(
             output_dir=output_dir, assistant_only_loss=True, packing=config.packing, padding_free=config.packing,

@@ -964,7 +964,7 @@ def test_instruction_dataset_is_split_by_item_and_checkable():
 
 
 def test_instruction_data_is_deterministic_and_checks_answers_strictly():
-    from course_lib.instruction_data import check_answer, raw_examples
+    from course_lib.instruction_data import check_answer, raw_examples, stdlib_records
 
     assert raw_examples("arithmetic", 50, seed=3) == raw_examples("arithmetic", 50, seed=3)
     assert raw_examples("sorting", 50, seed=3) != raw_examples("sorting", 50, seed=4)
@@ -972,6 +972,11 @@ def test_instruction_data_is_deterministic_and_checks_answers_strictly():
     assert check_answer("sorting", sort, "7,19 ,42") and not check_answer("sorting", sort, "7, 42, 19")
     assert check_answer("arithmetic", {"output": "82"}, "+82") and not check_answer("arithmetic", {"output": "82"}, "182")
     assert not check_answer("string", {"output": "RESRAP"}, "resrap"), "case matters for a string transform"
+    kinds = {record["name"]: record["kind"] for record in stdlib_records()}
+    for example in raw_examples("naming", 100, seed=1):
+        name = example["group"].removeprefix("naming:")
+        assert f"`{name}`" in example["instruction"]
+        assert example["output"] == ("class" if kinds[name] == "class" else "function")
     for example in raw_examples("arithmetic", 200, seed=1):
         a, op, b = re.fullmatch(r"arithmetic:(\d+)([-+*])(\d+)", example["group"]).groups()
         expected = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]

@@ -67,6 +67,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from course_lib.instruction_data import FAMILIES
 from grading.expect import assert_close, in_process_only
 from tests.test_generation import reference_mode
 
@@ -725,6 +726,17 @@ def test_the_loop_matches_trl_sft_trainer_step_for_step(reference_loop, trl_sft,
     assert history["grad_norm"] == pytest.approx(norms, rel=1e-4), (history["grad_norm"], norms)
 
 
+def test_training_rows_take_what_train_examples_gives_each_family():
+    from course_lib.sft import preset, training_rows
+
+    rows = training_rows(preset("tiny", train_examples={"naming": 3, "sorting": 2}))
+    assert [row["family"] for row in rows] == ["sorting"] * 2 + ["naming"] * 3   # FAMILIES order, others left out
+    assert [row["family"] for row in training_rows(preset("tiny", train_examples=2))] == [
+        family for family in FAMILIES for _ in range(2)]
+    with pytest.raises(ValueError, match="poetry"):
+        training_rows(preset("tiny", train_examples={"poetry": 1}))
+
+
 def test_finetune_lowers_the_validation_loss_and_records_accuracy(reference_loop):
     from course_lib.sft import finetune, preset
 
@@ -734,7 +746,7 @@ def test_finetune_lowers_the_validation_loss_and_records_accuracy(reference_loop
     assert history["step"] == list(range(1, config.total_steps + 1))
     assert history["eval_step"] == [0, 3, 6]
     assert history["eval_loss"][-1] < history["eval_loss"][0] - 0.2
-    assert all(set(a) == {"arithmetic", "string", "sorting", "stdlib"} and all(0 <= v <= 1 for v in a.values())
+    assert all(set(a) == set(FAMILIES) and all(0 <= v <= 1 for v in a.values())
                for a in history["eval_accuracy"])
     assert result.padding_share == 0.0 and result.tokens_per_second > 0    # packed: no padding at all
     padded = finetune(preset("tiny", packing=False, total_steps=2, eval_every=2), progress=False)
@@ -833,9 +845,8 @@ def test_fine_tuned_model_loads_with_auto_classes_and_chats(reference_loop):
     out = again.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert out.shape[1] <= prompt["input_ids"].shape[1] + 4
     record = json.loads((directory / "training.json").read_text())
-    assert set(record["test"]["fine_tuned"]) == set(record["test"]["few_shot_base"]) == {
-        "arithmetic", "string", "sorting", "stdlib"}
-    assert record["test"]["examples"] == 4 * preset("cpu").test_examples
+    assert set(record["test"]["fine_tuned"]) == set(record["test"]["few_shot_base"]) == set(FAMILIES)
+    assert record["test"]["examples"] == len(FAMILIES) * preset("cpu").test_examples
 
 
 def test_bad_input_gets_an_error_naming_the_argument():
