@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import time
 from statistics import median
 
 import torch
 
-from benchmarks.timing import Row, trainer_step_timer
+from benchmarks.timing import Row, loop_step_timer, trainer_step_timer
 from course_lib import pretraining
 
 STEPS = 6  # the first is a warm-up (and compiles)
@@ -41,13 +40,7 @@ def _setup(device: torch.device) -> tuple[pretraining.PretrainConfig, object, to
 def _course_step_seconds(config, model, blocks, device) -> list[float]:
     wrapped = torch.compile(model) if config.compile else model
     steps = list(pretraining.step_batches(blocks, dataclasses.replace(config, total_steps=STEPS), device=device))
-    times, clock = [], [time.perf_counter()]
-
-    def on_step(stats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - clock[0])
-        clock[0] = time.perf_counter()
+    times, on_step = loop_step_timer(device)
 
     pretraining.train_steps(wrapped, steps, config.settings(), on_step=on_step)
     return times

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import time
 from statistics import median
 
 import torch
 
-from benchmarks.timing import Row, trainer_step_timer
+from benchmarks.timing import Row, loop_step_timer, trainer_step_timer
 from course_lib import pretraining, sft
 
 STEPS = 6  # the first is a warm-up
@@ -38,13 +37,7 @@ def _config(device: torch.device, packing: bool) -> sft.FinetuneConfig:
 
 def _course(config, model, data, tokenizer, device) -> tuple[list[float], list[int]]:
     steps = list(sft.sft_step_batches(data, data.units(config), config, tokenizer.pad_token_id, device=device))
-    times, clock = [], [time.perf_counter()]
-
-    def on_step(stats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - clock[0])
-        clock[0] = time.perf_counter()
+    times, on_step = loop_step_timer(device)
 
     history = pretraining.train_steps(model, steps, config.settings(), on_step=on_step)
     return times, history["tokens"]
@@ -54,11 +47,8 @@ def _trainer(config, model, data, tokenizer, device) -> tuple[list[float], list[
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from course_lib.instruction_data import FAMILIES, instruction_dataset
-
     timer = trainer_step_timer(device)
-    conversations = [row["messages"] for family in FAMILIES       # the rows prepare_sft_data rendered
-                     for row in instruction_dataset("train", family).select(range(config.train_examples))]
+    conversations = [row["messages"] for row in sft.training_rows(config)]  # the rows prepare_sft_data rendered
     with tempfile.TemporaryDirectory() as output_dir:
         args = SFTConfig(
             output_dir=output_dir, assistant_only_loss=True, packing=config.packing, padding_free=config.packing,

@@ -83,3 +83,18 @@ def trainer_step_timer(device: torch.device):
             self.times.append(time.perf_counter() - self.start)
 
     return StepTimer()
+
+
+def loop_step_timer(device: torch.device):
+    """``(times, on_step)``: an ``on_step`` callback for Chapter 5's ``train_steps`` that appends to
+    ``times`` the wall time of every optimizer step since the previous one (or since this call),
+    synchronising CUDA first."""
+    times, clock = [], [time.perf_counter()]
+
+    def on_step(stats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - clock[0])
+        clock[0] = time.perf_counter()
+
+    return times, on_step

@@ -1,4 +1,4 @@
-"""The course instruction data set: four task families with verifiable answers, built offline.
+"""The course instruction data set: five task families with verifiable answers, built offline.
 
 Chapters 7-10 fine-tune, align and evaluate the course model on it, so it is made the way the course
 corpus is made (:mod:`course_lib.corpus`): by code, deterministically, without downloads, cached under
@@ -20,6 +20,12 @@ paraphrase *templates*:
   exactly one module of the course corpus defines (read from the standard library's source with
   :mod:`ast`, as the corpus is); "Which standard library module documents `urlsplit`?" ->
   ``urllib.parse``.
+- ``naming``: whether such a name is a class or a function; "Is `HTTPServer` a class or a function?"
+  -> ``class``. The one family the CPU course model learns in a few minutes (Chapter 7): PEP 8's
+  naming convention (CapWords for classes) answers 94 % of it from the name's spelling alone, a rule
+  that needs no arithmetic and no memory of the item, where the other families need skills a 4M
+  model does not reach on a CPU budget. (Copying from the prompt is not such a skill: the
+  pretrained course model shows no in-context copying yet.)
 
 Every example also carries a short worked ``rationale`` (for chain-of-thought prompts) and its
 ``group``: the item, written canonically (``37+45`` and ``45+37`` are one group; so are the numbers
@@ -65,7 +71,7 @@ from typing import Sequence
 
 from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
 
-FAMILIES = ("arithmetic", "string", "sorting", "stdlib")
+FAMILIES = ("arithmetic", "string", "sorting", "stdlib", "naming")
 SPLITS = ("train", "validation", "test")
 TEST_SIZE = 200        # groups (= examples) per family in the test split
 VALIDATION_SIZE = 100  # groups per family in the validation split
@@ -75,7 +81,7 @@ MINHASH_PERM = 128
 SHINGLE_SIZE = 3
 DECONTAMINATION_THRESHOLD = 0.8
 # Bump when what the generators write or how the data is cleaned changes: cached copies are rebuilt.
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: the naming family
 
 
 # -- text normalisation and shingles (also used by the exercises of Chapter 6) -----------------------
@@ -135,6 +141,10 @@ STDLIB_TEMPLATES = ["Which standard library module documents `{name}`?",
                     "In which module of the Python standard library is `{name}` defined?",
                     "Which module do you import to use `{name}`?",
                     "`{name}` belongs to which standard library module?"]
+NAMING_TEMPLATES = ["Is `{name}` a class or a function?",
+                    "In the Python standard library, is `{name}` a function or a class?",
+                    "Does `{name}` name a class or a function?",
+                    "`{name}`: class or function?"]
 
 
 def _spelled(word: str) -> str:
@@ -193,14 +203,17 @@ def _sorting(rng: random.Random) -> dict:
             "rationale": f"The {first} is {ordered[0]}, then " + ", then ".join(map(str, ordered[1:])) + "."}
 
 
-def _stdlib(rng: random.Random, records: list[dict]) -> dict:
+def _name_question(rng: random.Random, records: list[dict], family: str) -> dict:
+    """A question about a standard-library name: which module defines it (``stdlib``), or whether it is
+    a class or a function (``naming``)."""
     record = rng.choice(records)
-    template = rng.randrange(len(STDLIB_TEMPLATES))
+    templates = STDLIB_TEMPLATES if family == "stdlib" else NAMING_TEMPLATES
+    template = rng.randrange(len(templates))
+    name, module = record["name"], record["module"]
     kind = "class" if record["kind"] == "class" else "function"
-    return {"group": f"stdlib:{record['name']}", "template": template,
-            "instruction": STDLIB_TEMPLATES[template].format(name=record["name"]), "input": "",
-            "output": record["module"],
-            "rationale": f"`{record['name']}` is a {kind} defined in the module {record['module']}."}
+    return {"group": f"{family}:{name}", "template": template, "instruction": templates[template].format(name=name),
+            "input": "", "output": module if family == "stdlib" else kind,
+            "rationale": f"`{name}` is a {kind} defined in the module {module}."}
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,7 +279,7 @@ def raw_examples(family: str, n: int = RAW_SIZE, seed: int = SEED, source: str |
         words = corpus_words(source=source)
         return [_string(rng, words) for _ in range(n)]
     records = stdlib_records()
-    return [_stdlib(rng, records) for _ in range(n)]
+    return [_name_question(rng, records, family) for _ in range(n)]
 
 
 def example_text(example: dict) -> str:
@@ -384,7 +397,8 @@ def build_instruction_data(source: str | None = None) -> dict:
                          "string": "reverse, capitalise, count the letters of, or give the first letter of a word "
                                    "of the course corpus",
                          "sorting": "sort 3-6 integers below 100 up or down (the numbers are the Alpaca input)",
-                         "stdlib": "name the standard-library module that defines a function or class"},
+                         "stdlib": "name the standard-library module that defines a function or class",
+                         "naming": "say whether a standard-library name is a class or a function"},
             "counts": counts,
             "sizes": {name: len(rows) for name, rows in splits.items()},
             "settings": {"seed": SEED, "raw_per_family": RAW_SIZE, "test_per_family": TEST_SIZE,

@@ -123,8 +123,10 @@ class SandboxDoor:
     ``limits.exercise_timeout`` seconds, or the submission ``limits.submission_timeout`` seconds in
     all, fails; a call starved by the machine past ``limits.load_factor`` times its limit in wall
     time raises :class:`MachineBusy` (the grader's fault). A stopped child is replaced by a new one
-    at the next call. ``require`` lists the layers (:data:`grading.sandbox.LAYERS`) that must apply,
-    default :func:`required_layers`. After a :class:`GraderFault` every later call raises it again.
+    at the next call, but not for the entry point whose call was stopped (it ran past its time, ended
+    the process, used too much memory or sent back what the door refuses): its later calls fail at
+    once, since an exercise scores only when all its tests pass. ``require`` lists the layers
+    (:data:`grading.sandbox.LAYERS`) that must apply, default :func:`required_layers`. After a :class:`GraderFault` every later call raises it again.
     """
 
     def __init__(self, submission: Path | str, call_timeout: float | None = None,
@@ -138,6 +140,7 @@ class SandboxDoor:
         self.require = tuple(required_layers() if require is None else require)
         self.spent = 0.0  # seconds charged to calls into this submission so far
         self.spent_on: dict[str, float] = {}  # the same per entry point
+        self.stopped: dict[str, str] = {}  # entry point -> how one of its calls was stopped
         self.confinement: dict | None = None  # what the last child reported having applied
         self.fault: GraderFault | None = None  # the grader's failure that stops every later call
         self._proc: subprocess.Popen | None = None
@@ -423,6 +426,8 @@ class SandboxDoor:
         """Run entry point ``name`` in the child; return its result or raise its error here."""
         request = {"name": name, "args": list(args), "kwargs": kwargs}
         message = codec.encode(request)  # fail on the trusted side if the test sends bad data
+        if name in self.stopped:
+            raise SubmissionError(f"{name} was not run again: an earlier call {self.stopped[name]}")
         left = self.limits.submission_timeout - self.spent
         if left <= 0:
             raise SubmissionTimeout(f"{name} was not run: the submission used up its total time "
@@ -447,7 +452,8 @@ class SandboxDoor:
             reply, charged = self._await(limit)
         except SubmissionTimeout:
             charged = limit
-            raise SubmissionTimeout(f"{name} ran longer than {limit:g} s and was stopped") from None
+            self.stopped[name] = f"ran longer than {limit:g} s and was stopped"
+            raise SubmissionTimeout(f"{name} {self.stopped[name]}") from None
         except MachineBusy as err:
             self.fault = err
             raise
@@ -459,14 +465,17 @@ class SandboxDoor:
                 status = self._proc.wait(timeout=2) if self._proc is not None else None
             except subprocess.TimeoutExpired:
                 self._stop_child()
+                self.stopped[name] = "sent back an invalid reply"
                 raise SubmissionError(f"{name} sent back an invalid reply ({reply})") from None
             why = self._stopped_because or _describe_exit(status) or str(reply)
             self._stop_child()
+            self.stopped[name] = f"ended the submission's process ({why})"
             raise SubmissionError(f"the submission's process ended during {name} ({why})")
         try:
             result = codec.decode(reply)
         except Exception as err:
             self._stop_child()
+            self.stopped[name] = "sent back malformed data"
             raise SubmissionError(f"{name} sent back malformed data ({err})") from None
         if not isinstance(result, dict) or "ok" not in result:
             raise SubmissionError(f"{name} sent back malformed data")

@@ -53,7 +53,8 @@ def assert_close(actual, expected: torch.Tensor, *, what: str, hint: str = "",
                 hint = f"Your result is {mistake}."
                 break
         bad = (~ok).nonzero()[0].tolist()
-        diff = (actual - expected).abs().nan_to_num(posinf=float("inf"))[~ok].max().item()
+        a, e = (actual.int(), expected.int()) if expected.dtype == torch.bool else (actual, expected)  # bool: no "-"
+        diff = (a - e).abs().nan_to_num(posinf=float("inf"))[~ok].max().item()
         raise AssertionError(
             f"{what} is wrong at {int((~ok).sum())} of {ok.numel()} entries (first at index {bad}: "
             f"got {actual[tuple(bad)].item():.6g}, expected {expected[tuple(bad)].item():.6g}; "

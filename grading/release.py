@@ -259,8 +259,9 @@ def build_handout(out: Path | str, *, force: bool = False, root: Path = ROOT) ->
         elif not path.name.endswith(JUNK_SUFFIXES):
             shutil.copy2(path, tests / path.name)
 
-    if (root / "book").is_dir():
-        _copytree(root / "book", out / "book")
+    for folder in ("book", "configs"):  # the chapters' pages; launch configurations (Chapter 7's Accelerate files)
+        if (root / folder).is_dir():
+            _copytree(root / folder, out / folder)
     for name in ("_config.yml", "_toc.yml", ".gitignore", "LICENSE"):
         if (root / name).is_file():
             shutil.copy2(root / name, out / name)

@@ -8,7 +8,7 @@
 # device does not change: CI runs them.
 #
 # Runs with the machine's own python (no venv, no registry): the packages that machine lacks come as
-# wheels in .gpu-wheels/ (../shared/gpu/wheels.sh), installed first into /tmp/course-site.
+# wheels in .gpu-wheels/ (EXTRA=datasketch bash ../shared/gpu/wheels.sh), installed first into /tmp/course-site.
 #   bash scripts/gpu_check.sh              on the GPU machine (or ./course gpu-check)
 #   bash scripts/gpu_check.sh --dry-run    anywhere: what it would run, each step's time limit, and
 #                                          whether every import it needs is on that machine or a wheel

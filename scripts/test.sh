@@ -25,6 +25,10 @@ pass() {  # pass NAME TITLE PYTEST-ARGS...: pytest's exit status; a failure sets
 # The solution pass on $COURSE_TEST_WORKERS processes (default 2, both cores of a small machine; 0: one
 # process): pytest-xdist, one test file (or class) per worker at a time (see tests/conftest.py).
 workers=${COURSE_TEST_WORKERS:-2}
+# One torch thread per process: the passes run two processes at a time (two workers, then stubs beside
+# mutants), so more threads than that only wait for each other (an OpenMP team whose threads share two
+# cores with other work spins at every barrier). Set OMP_NUM_THREADS yourself to change it.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 parallel=()
 if [ "$workers" -gt 0 ] && python -c "import xdist" 2>/dev/null; then
   parallel=(-n "$workers" --dist loadscope --no-loadscope-reorder)

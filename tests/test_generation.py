@@ -115,7 +115,10 @@ def reference_mode():
     so that the course LM's forward pass does not depend on the code under test."""
     try:
         import solutions  # noqa: F401  (absent from the student handout)
+        have_solutions = True
     except ImportError:
+        have_solutions = False
+    if not have_solutions:  # yielded outside the handler, so an error of the body is not chained to it
         yield
         return
     saved = {k: os.environ.get(k) for k in (exercises.MODE_ENV, exercises.STUDENT_MODULES_ENV)}
@@ -496,6 +499,16 @@ def test_top_p_filter_keeps_the_token_that_crosses_the_threshold(student, device
 
 
 @pytest.mark.exercise("4.5")
+def test_top_p_filter_removes_tokens_whose_ascending_sum_reaches_exactly_one_minus_top_p(student, device):
+    logits = torch.tensor([[4.0, 2.0, 1.0, 1.0]], device=device).log()   # probabilities 1/2, 1/4, 1/8, 1/8: exact
+    expected = TopPLogitsWarper(0.75)(None, logits.clone())               # 1/8 + 1/8 == 1 - 0.75: both go
+    assert_filtered(student.top_p_filter(logits, 0.75), expected,
+                    what="top_p_filter(top_p=0.75) on probabilities [1/2, 1/4, 1/8, 1/8]",
+                    hint="The two smallest add up to exactly 1 - top_p = 0.25: a cumulative sum equal to 1 - top_p is "
+                         "removed too (<=, not <), so [1/2, 1/4] stay, which reach exactly top_p.")
+
+
+@pytest.mark.exercise("4.5")
 @pytest.mark.parametrize("min_keep", [1, 3])
 def test_top_p_filter_keeps_min_tokens(student, device, min_keep):
     logits = random_logits(3, 30, device, seed=11, std=6.0)
@@ -686,6 +699,40 @@ def test_sample_with_min_p_the_penalty_and_one_eos_id(student):
                       reference, device, f"sample(seed=77, {settings}, ...)")
 
 
+@pytest.mark.exercise("4.9")
+def test_sample_ignores_what_the_padding_holds_even_with_a_repetition_penalty(student):
+    device = torch.device("cpu")
+    model = make_model("llama", device)
+    input_ids, attention_mask = left_padded((2, 7, 4), device, seed=47)
+    width = input_ids.shape[1]
+    prompt = set(input_ids[0, attention_mask[0] == 1].tolist())
+    ranked = hf_logits(model, input_ids, attention_mask)[0].argsort(descending=True).tolist()
+    favoured = next(t for t in ranked if t not in prompt and t != PAD)   # row 0's likeliest next token, not yet seen
+    filled = input_ids.masked_fill(attention_mask == 0, favoured)
+    settings = dict(max_new_tokens=12, repetition_penalty=5.0, top_k=3, pad_token_id=PAD)
+    for seed in (3, 4, 5):
+        padded = student.sample(model, input_ids, attention_mask, seed=seed, **settings)
+        refilled = student.sample(model, filled, attention_mask, seed=seed, **settings)
+        assert_tokens(refilled[:, width:], padded[:, width:],
+                      what=f"sample(seed={seed}, {settings}) with the padding holding token {favoured} (the model's "
+                           f"favourite for row 0) instead of {PAD}",
+                      hint="Padding (attention_mask 0) is not an occurrence: pass the attention mask to the repetition "
+                           "penalty, so what the padded positions hold changes nothing.")
+
+
+@pytest.mark.exercise("4.9")
+def test_sample_leaves_torchs_global_generator_alone(student):
+    in_process_only(student, "torch's global random state")
+    model = make_model("gpt2", torch.device("cpu"))
+    input_ids, attention_mask = left_padded((3, 3), torch.device("cpu"), seed=53)
+    torch.manual_seed(2024)
+    state = torch.random.get_rng_state()
+    student.sample(model, input_ids, attention_mask, max_new_tokens=6, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state), \
+        ("sample changed torch's global random state: draw from a torch.Generator of its own seeded with `seed` "
+         "(torch.manual_seed would reset every other user of the global generator)")
+
+
 # -- 4.10 beam_search -----------------------------------------------------------------------------------------
 BEAM_SETTINGS = [dict(num_beams=3, length_penalty=1.0, early_stopping=False, num_return_sequences=1),
                  dict(num_beams=4, length_penalty=0.5, early_stopping=True, num_return_sequences=2),
@@ -767,10 +814,12 @@ def test_stop_sequence_hit_checks_the_end_of_each_row(student, device):
 @pytest.mark.exercise("4.11")
 def test_stop_sequence_hit_matches_a_stop_as_long_as_the_row(student, device):
     input_ids = torch.tensor([[4, 5, 6], [4, 5, 7]], device=device)
-    hit = student.stop_sequence_hit(input_ids, [[9, 9, 9, 9], [4, 5, 6]])
+    stops = [[9, 9, 9, 9], [4, 5, 6], [3, 4, 5, 7]]
+    hit = student.stop_sequence_hit(input_ids, stops)
     assert isinstance(hit, torch.Tensor) and hit.cpu().tolist() == [True, False], \
-        (f"stop_sequence_hit([[4, 5, 6], [4, 5, 7]], [[9, 9, 9, 9], [4, 5, 6]]) = {hit!r}, expected [True, False]: "
-         "a stop exactly as long as the row matches the whole row (only a longer one never matches)")
+        (f"stop_sequence_hit([[4, 5, 6], [4, 5, 7]], {stops}) = {hit!r}, expected [True, False]: a stop exactly as "
+         "long as the row matches the whole row; a longer one never matches, even when its end is the whole row "
+         "([3, 4, 5, 7] ends with [4, 5, 7])")
 
 
 def word_tokenizer(words):

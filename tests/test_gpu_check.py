@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # What ../shared/gpu/wheels.sh downloads without EXTRA (the developers' GPU kit).
 KIT = ["bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl", "trl-1.16.0-py3-none-any.whl",
        "datasets-5.2.0-py3-none-any.whl", "dill-0.4.1-py3-none-any.whl",
-       "multiprocess-0.70.19-py312-none-any.whl", "gguf-0.19.0-py3-none-any.whl"]
+       "multiprocess-0.70.19-py312-none-any.whl", "gguf-0.19.0-py3-none-any.whl",
+       "datasketch-2.0.0-py3-none-any.whl"]  # EXTRA=datasketch for wheels.sh (Chapter 6's MinHash)
 
 
 def gpu_imports(wheels: Path) -> subprocess.CompletedProcess:

@@ -12,6 +12,101 @@ whole pipeline and calls 6.5 and 6.6 through your code).
 
 Not graded (at the end): the course's chat tokenizer passes TRL's checks, and the course instruction
 data set is deterministic, split by item, cleaned as its data card says, and checkable.
+
+Each exercise's contract (its docstring), clause by clause, with the public tests that check it
+(``test_`` dropped):
+
+6.1 ``alpaca_to_messages``
+  - user turn = instruction, or instruction + blank line + input unless the input is missing or blank:
+    alpaca_to_messages_puts_instruction_and_input_in_the_user_turn
+  - the record's own non-empty system prompt wins over ``system``; none without either:
+    alpaca_to_messages_system_prompt_of_the_record_wins_over_the_argument
+  - texts copied unchanged, records not modified: alpaca_to_messages_copies_texts_unchanged_and_leaves_records_alone
+  - a malformed record or field refused naming both; a non-dict record refused:
+    alpaca_to_messages_rejects_a_malformed_record_naming_it_and_the_field, alpaca_to_messages_rejects_a_record_that_is_not_a_dict
+  - what it makes renders with the chat template: alpaca_to_messages_renders_with_the_chat_template
+
+6.2 ``messages_to_alpaca``
+  - instruction = the user turn, ``input`` empty, output, system when present:
+    messages_to_alpaca_gives_instruction_input_and_output
+  - conversations not modified: messages_to_alpaca_leaves_conversations_alone
+  - every malformed conversation refused naming the record, the message and the field:
+    messages_to_alpaca_rejects_a_malformed_conversation_naming_record_and_field
+
+6.3 ``render_chat``
+  - text, ids and assistant mask equal ``apply_chat_template`` (fixed and random conversations):
+    render_chat_matches_transformers_apply_chat_template, render_chat_random_conversations_match_transformers
+  - multi-turn: exactly the assistant turns (and their ``<|im_end|>``) masked:
+    render_chat_masks_exactly_the_assistant_turns_in_a_multi_turn_chat
+  - the generation prompt appended once and not in the mask: render_chat_generation_prompt_is_appended_once_and_not_trained
+  - messages not modified; plain lists of Python ints: render_chat_leaves_the_messages_alone_and_returns_plain_lists
+
+6.4 ``exact_dedup``
+  - the first of each normalised text (case, whitespace, NFKC), increasing; ``[]`` for no texts:
+    exact_dedup_keeps_the_first_of_each_normalised_text, exact_dedup_agrees_with_a_set_of_hashes
+  - texts not modified: exact_dedup_leaves_the_texts_alone
+
+6.5 ``minhash_signatures``
+  - every row equals ``datasketch.MinHash`` (any num_perm, seed, ngram), int64 ``(n, num_perm)``:
+    minhash_signatures_equal_datasketch
+  - a text without shingles is all ``2**32 - 1``: minhash_signature_of_an_empty_text_is_all_maximal
+  - the estimate of every pair's Jaccard within the bound: minhash_estimates_every_pairs_jaccard_within_the_bound
+  - texts not modified: minhash_signatures_leave_the_texts_alone
+
+6.6 ``lsh_candidate_pairs``
+  - the pairs ``datasketch.MinHashLSH(params=(bands, rows))`` finds: lsh_candidate_pairs_equal_datasketch_minhash_lsh
+  - one equal band suffices, equal values in different bands do not:
+    lsh_a_single_equal_band_makes_a_candidate_and_scattered_equal_values_do_not
+  - columns beyond ``bands * rows`` unused; each pair once, ``i < j``, sorted:
+    lsh_ignores_columns_beyond_the_bands_and_lists_each_pair_once
+
+6.7 ``near_dedup``
+  - a streaming LSH index of the kept texts (datasketch): near_dedup_matches_datasketch_streaming_dedup
+  - the estimate against the threshold, duplicates as ``(i, j, float)``:
+    near_dedup_removes_what_the_exact_jaccard_calls_duplicates
+  - only kept texts remove others: near_dedup_only_kept_texts_remove_others
+  - texts not modified: near_dedup_leaves_the_texts_alone
+
+6.8 ``find_contaminated``
+  - any ``n``-gram of an evaluation text, as brute force finds it: find_contaminated_agrees_with_brute_force_containment
+  - short evaluation texts count whole; words compared whole; no evaluation texts, none contaminated:
+    find_contaminated_counts_short_evaluation_texts_whole_and_words_whole
+  - ``n`` defaults to 13: find_contaminated_default_is_gpt3_thirteen_grams
+  - texts not modified: find_contaminated_leaves_the_texts_alone
+
+6.9 ``grouped_split``
+  - one row per group: ``datasets.Dataset.train_test_split``: grouped_split_of_single_row_groups_is_datasets_train_test_split
+  - groups kept together (where a row split leaks): grouped_split_keeps_groups_together_where_a_row_split_leaks
+  - groups numbered by first appearance, test then validation from the permutation:
+    grouped_split_draws_groups_in_order_of_first_appearance
+  - seeded: grouped_split_is_seeded
+  - no training group: ValueError: grouped_split_refuses_to_leave_no_training_group
+  - groups not modified: grouped_split_leaves_the_groups_alone
+
+6.10 ``fill_template``
+  - ``str.format`` of the slots, braces, repeated slots; values not modified: fill_template_equals_str_format
+  - a missing slot, a value without a slot, a wrong declared type (bool never a number), a malformed template
+    refused: fill_template_fails_on_a_missing_slot_instead_of_leaving_it, fill_template_fails_on_a_value_without_a_slot,
+    fill_template_checks_the_declared_types, fill_template_rejects_a_malformed_template
+
+6.11 ``select_shots``
+  - random: the order of ``torch.randperm`` with the seed: select_shots_random_follows_torch_randperm
+  - nearest: most similar last, ties to the lower index: select_shots_nearest_puts_the_most_similar_last
+  - a shot that does not fit is skipped and the next tried; at most ``k``:
+    select_shots_skips_what_does_not_fit_and_goes_on
+  - nothing fits, ``k`` 0, an empty pool, ``k`` above the pool, empty shots in a zero budget: select_shots_edge_cases
+
+6.12 ``few_shot_prompt``
+  - zero-shot: ``"Question: ...\nAnswer:"`` with no trailing space: few_shot_prompt_zero_shot
+  - shots first, in order, blank lines between blocks: few_shot_prompt_puts_shots_first_in_order
+  - chain of thought: the rationale before "So the answer is": few_shot_prompt_chain_of_thought
+  - an incomplete shot refused naming it: few_shot_prompt_rejects_an_incomplete_shot_naming_it
+
+6.13 ``sample_instructions``
+  - distinct (record, template) pairs drawn in the seeded order: sample_instructions_draws_distinct_pairs_in_the_seeded_order
+  - question and answer filled from one record: sample_instructions_fills_question_and_answer_from_one_record
+  - more pairs than exist, or a slot the record lacks, refused naming them: sample_instructions_refuses_impossible_requests
+  - seeded, inputs not modified: sample_instructions_is_seeded_and_leaves_inputs_alone
 """
 
 from __future__ import annotations
@@ -372,6 +467,14 @@ MINHASH_TEXTS = ["What is 37 plus 45?", "what is 37  PLUS 45 ?", "Sort these num
                  "one", "two words", "日本語 の テキスト です"]
 
 
+@pytest.mark.exercise("6.4")
+def test_exact_dedup_leaves_the_texts_alone(student):
+    texts = ["Sort these.", "sort  these.", " A\tb "]
+    before = list(texts)
+    student.exact_dedup(texts)
+    assert texts == before, f"exact_dedup changed the caller's texts to {texts}: compare normalised copies"
+
+
 @pytest.mark.exercise("6.5")
 @pytest.mark.parametrize("num_perm, seed, ngram", [(128, 1, 3), (64, 7, 2), (16, 0, 1)])
 def test_minhash_signatures_equal_datasketch(student, num_perm, seed, ngram):
@@ -504,6 +607,14 @@ def test_near_dedup_only_kept_texts_remove_others(student):
 
 
 # -- 6.8 find_contaminated ----------------------------------------------------------------------------
+@pytest.mark.exercise("6.7")
+def test_near_dedup_leaves_the_texts_alone(student):
+    texts = ["What is 37 plus 45?", "what is 37 plus  45?", "Reverse the word parser."]
+    before = list(texts)
+    student.near_dedup(texts, threshold=0.5, num_perm=64, bands=16, rows=4)
+    assert texts == before, f"near_dedup changed the caller's texts to {texts}"
+
+
 @pytest.mark.exercise("6.8")
 def test_find_contaminated_agrees_with_brute_force_containment(student):
     rng = random.Random(6)
@@ -540,6 +651,14 @@ def test_find_contaminated_default_is_gpt3_thirteen_grams(student):
 
 
 # -- 6.9 grouped_split --------------------------------------------------------------------------------
+@pytest.mark.exercise("6.8")
+def test_find_contaminated_leaves_the_texts_alone(student):
+    train, evaluation = ["The Answer is 82.", "Sort  these numbers"], ["the answer is 82."]
+    before = (list(train), list(evaluation))
+    student.find_contaminated(train, evaluation, n=3)
+    assert (train, evaluation) == before, f"find_contaminated changed the caller's texts to {(train, evaluation)}"
+
+
 @pytest.mark.exercise("6.9")
 @pytest.mark.parametrize("n, test_size, seed", [(10, 0.2, 42), (37, 0.25, 0), (101, 0.1, 7), (5, 0.5, 3)])
 def test_grouped_split_of_single_row_groups_is_datasets_train_test_split(student, n, test_size, seed):
@@ -593,6 +712,14 @@ def test_grouped_split_refuses_to_leave_no_training_group(student):
 
 
 # -- 6.10 fill_template -------------------------------------------------------------------------------
+@pytest.mark.exercise("6.9")
+def test_grouped_split_leaves_the_groups_alone(student):
+    groups = ["b", "a", "b", 7, "c", 7]
+    before = list(groups)
+    student.grouped_split(groups, test_size=0.25, seed=3)
+    assert groups == before, f"grouped_split changed the caller's groups to {groups}: number them in a copy"
+
+
 @pytest.mark.exercise("6.10")
 @pytest.mark.parametrize("template, values", [
     ("What is {a} plus {b}?", {"a": 37, "b": 45}),
@@ -837,7 +964,7 @@ def test_instruction_dataset_is_split_by_item_and_checkable():
 
 
 def test_instruction_data_is_deterministic_and_checks_answers_strictly():
-    from course_lib.instruction_data import check_answer, raw_examples
+    from course_lib.instruction_data import check_answer, raw_examples, stdlib_records
 
     assert raw_examples("arithmetic", 50, seed=3) == raw_examples("arithmetic", 50, seed=3)
     assert raw_examples("sorting", 50, seed=3) != raw_examples("sorting", 50, seed=4)
@@ -845,6 +972,11 @@ def test_instruction_data_is_deterministic_and_checks_answers_strictly():
     assert check_answer("sorting", sort, "7,19 ,42") and not check_answer("sorting", sort, "7, 42, 19")
     assert check_answer("arithmetic", {"output": "82"}, "+82") and not check_answer("arithmetic", {"output": "82"}, "182")
     assert not check_answer("string", {"output": "RESRAP"}, "resrap"), "case matters for a string transform"
+    kinds = {record["name"]: record["kind"] for record in stdlib_records()}
+    for example in raw_examples("naming", 100, seed=1):
+        name = example["group"].removeprefix("naming:")
+        assert f"`{name}`" in example["instruction"]
+        assert example["output"] == ("class" if kinds[name] == "class" else "function")
     for example in raw_examples("arithmetic", 200, seed=1):
         a, op, b = re.fullmatch(r"arithmetic:(\d+)([-+*])(\d+)", example["group"]).groups()
         expected = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]

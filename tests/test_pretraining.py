@@ -416,6 +416,17 @@ def test_batch_order_is_reproducible_and_changes_with_the_seed(student):
 
 
 @pytest.mark.exercise("5.3")
+def test_batch_order_leaves_torchs_global_generator_alone(student):
+    in_process_only(student, "torch's global random state")
+    torch.manual_seed(2024)
+    state = torch.random.get_rng_state()
+    student.batch_order(30, 4, 7)
+    assert torch.equal(torch.random.get_rng_state(), state), \
+        ("batch_order changed torch's global random state: draw from a torch.Generator of its own "
+         "(torch.manual_seed(seed) would reset the global generator for everything else that draws from it)")
+
+
+@pytest.mark.exercise("5.3")
 def test_batch_order_returns_lists_of_python_ints(student):
     batches = student.batch_order(10, 5, 1)
     assert type(batches) is list and len(batches) == 2, f"batch_order(10, 5, 1) = {batches!r:.100}: two batches"
@@ -686,17 +697,25 @@ def test_weight_decay_groups_skip_frozen_parameters_and_find_every_embedding(stu
 
 
 # -- 5.8 train_steps -----------------------------------------------------------------------------------
-def first_step_by_hugging_face(model, micro_batches_of_step, autocast=False):
-    """Step one's loss and gradient norm as Hugging Face computes them: ``.loss`` of the whole step as one
-    batch (labels -100 at padding and wherever the micro-batches' labels say so), and the total norm of its
-    gradient; under bf16 autocast if ``autocast``. Leaves ``model`` unchanged."""
+def hugging_face_gradients(model, micro_batches_of_step, autocast=False):
+    """``(loss, {name: gradient})`` of one step as Hugging Face computes it: ``.loss`` of the whole step as
+    one batch (labels -100 at padding and wherever the micro-batches' labels say so), under bf16 autocast
+    if ``autocast``. Leaves ``model`` unchanged."""
     model = copy.deepcopy(model)
     batch = whole_step(micro_batches_of_step)
     batch["labels"] = hf_labels(batch["labels"], batch["attention_mask"])
     with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=autocast):
         output = model(**batch)
-    gradients = torch.autograd.grad(output.loss, [p for p in model.parameters() if p.requires_grad])
-    return output.loss.item(), torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients])).item()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    gradients = torch.autograd.grad(output.loss, [p for _, p in named])
+    return output.loss.item(), {n: g for (n, _), g in zip(named, gradients)}
+
+
+def first_step_by_hugging_face(model, micro_batches_of_step, autocast=False):
+    """Step one's loss and the total norm of its gradient as Hugging Face computes them
+    (:func:`hugging_face_gradients`)."""
+    loss, gradients = hugging_face_gradients(model, micro_batches_of_step, autocast)
+    return loss, torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients.values()])).item()
 
 
 def first_step_expected(model, steps, settings, autocast=False):
@@ -797,6 +816,43 @@ def test_train_steps_continues_with_the_optimizer_and_scheduler_it_is_given(stud
         assert_close(b.detach(), a.detach(), what=f"parameter {name} after the resumed run",
                      hint="Use the optimizer and scheduler you are given (their state carries the run on); build "
                           "new ones only when they are None.")
+
+
+def constant_lr(optimizer):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+@pytest.mark.exercise("5.8")
+def test_train_steps_steps_the_optimizer_on_the_clipped_gradient(student, device):
+    in_process_only(student, "an optimizer and a scheduler")
+    model = tiny_llama(device, seed=9)
+    steps = micro_batches(1, 2, 2, 10, device, seed=14, padded=True)
+    _, gradients = hugging_face_gradients(model, steps[0])
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients.values()])).item()
+    max_norm, lr = 0.05, 0.1
+    assert norm > 10 * max_norm   # the test itself: clipping scales this gradient down
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)        # plain SGD: the update is -lr * gradient
+    student.train_steps(model, steps, SETTINGS | {"max_grad_norm": max_norm}, optimizer, constant_lr(optimizer))
+    scale = max_norm / (norm + 1e-6)                              # clip_grad_norm_'s factor
+    for name, p in model.named_parameters():
+        assert_close(p.detach() - before[name], -lr * scale * gradients[name], rtol=1e-4, atol=1e-7,
+                     what=f"the SGD(lr={lr}) update of {name} with max_grad_norm={max_norm}",
+                     hint="Clip the gradient (clip_grad_norm_) after backward and before optimizer.step(): the "
+                          "optimizer must step on the clipped gradient.")
+
+
+@pytest.mark.exercise("5.8")
+def test_train_steps_starts_every_step_from_a_zero_gradient(student, device):
+    in_process_only(student, "an optimizer and a scheduler")
+    model = tiny_llama(device, seed=10)
+    step = micro_batches(1, 2, 2, 10, device, seed=15, padded=True)[0]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)       # the model stays as it is: every step is the same
+    history = student.train_steps(model, [step, step, step], SETTINGS | NO_CLIPPING, optimizer, constant_lr(optimizer))
+    assert_close(torch.tensor(history["grad_norm"]), torch.tensor(history["grad_norm"][:1] * 3), rtol=1e-5,
+                 what="the gradient norms of three identical steps of a model that does not change",
+                 hint="Zero the gradients after each optimizer step (optimizer.zero_grad()): else the next step's "
+                      "backward adds to the last one's gradient.")
 
 
 @pytest.mark.exercise("5.8")

@@ -112,11 +112,23 @@ def sandbox_processes() -> list[int]:
 
 
 @contextlib.contextmanager
-def busy_machine(workers: int | None = None, seconds: float = 900.0):
+def busy_machine(workers: int | None = None, seconds: float = 900.0, runnable: int | None = None):
     """Keep the machine busy on purpose while the block runs: ``workers`` processes (default two per
     core) spinning at the grader's own priority, each stopping by itself after ``seconds`` at most
-    and killed when the block ends."""
-    spin = f"import time\nend = time.monotonic() + {float(seconds)}\nwhile time.monotonic() < end:\n    pass\n"
+    and killed when the block ends.
+
+    With ``runnable``, the load is topped up rather than added: a spinner spins while fewer than
+    ``runnable`` other tasks are runnable on the machine (``/proc/loadavg``, read every 0.2 s) and
+    sleeps while other work already makes that load, so a machine kept busy by other work (a
+    second test worker, a book build) is not charged for the spinners as well."""
+    top_up = "" if runnable is None else (
+        "    with open('/proc/loadavg') as f:\n"
+        "        others = int(f.read().split()[3].split('/')[0]) - 1\n"
+        f"    if others >= {int(runnable)}:\n"
+        "        time.sleep(0.2)\n"
+        "        continue\n")
+    spin = (f"import time\nend = time.monotonic() + {float(seconds)}\nwhile time.monotonic() < end:\n{top_up}"
+            "    burst = time.monotonic() + 0.2\n    while time.monotonic() < burst:\n        pass\n")
     procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(workers or 2 * (os.cpu_count() or 1))]
     try:
         yield procs

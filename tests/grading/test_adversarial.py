@@ -306,6 +306,14 @@ ATTACKS = [
 
 LINKED = {"links to a classmate, the solutions, a FIFO"}  # made by _linked_submission after submit()
 
+# Attacks on the code grader's verdict alone: their notebook is the released one, and in the notebook's
+# kernel the module has no verdict to forge (check() leaves scoring to the sandbox), so they are graded
+# without running their notebooks. Attacks on files, the network, processes or memory are graded with
+# their notebooks: the kernel, which imports the module for the experiments, is a second way in.
+CODE_ONLY = {"patch torch.allclose/isclose/equal/testing", "patch builtins and numpy", "object with a lying __eq__",
+             "tensor subclass with a lying __eq__", "sys.exit(0)", "atexit handlers + sys.exit",
+             "printing fake results", "syntax error", "missing function", "wrong signature", "no module handed in"}
+
 
 def _student(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:40]
@@ -365,7 +373,12 @@ def graded(tmp_path_factory):
         limits = sandbox.Limits(call_timeout=5.0, exercise_timeout=20.0, submission_timeout=120.0, memory_bytes=3 << 29, processes=64,
                                 cpu_seconds=120)
         started = time.monotonic()
-        records = grade_assignment(ASSIGNMENT, jobs=2, limits=limits, course=course, progress=False, cell_timeout=30)
+        assert CODE_ONLY <= {name for name, *_ in ATTACKS}, CODE_ONLY - {name for name, *_ in ATTACKS}
+        code_only = [_student(name) for name in CODE_ONLY]
+        records = grade_assignment(ASSIGNMENT, jobs=2, limits=limits, course=course, progress=False, students=code_only,
+                                   notebooks=False)
+        records.update(grade_assignment(ASSIGNMENT, jobs=2, limits=limits, course=course, progress=False, cell_timeout=30,
+                                        students=[s for s in expected if s not in code_only]))
         elapsed = time.monotonic() - started
         reached = []
         for label, sock, receive in (("TCP", listener, lambda s: s.accept()), ("UDP", udp, lambda s: s.recv(64)),

@@ -27,3 +27,10 @@ def test_shape_dtype_and_nan_problems_come_before_the_values():
         assert_close(torch.zeros(3, dtype=torch.float64), torch.zeros(3), what="x")
     with pytest.raises(AssertionError, match=r"has NaN where the answer has none \(1 entries\)"):
         assert_close(torch.tensor([0.0, float("nan")]), torch.zeros(2), what="x")
+
+
+def test_a_wrong_bool_mask_gets_the_message_not_a_torch_error():
+    with pytest.raises(AssertionError, match=r"mask is wrong at 1 of 4 entries \(first at index \[0, 1\]: got 1, "
+                                             r"expected 0; max abs diff 1"):
+        assert_close(torch.tensor([[True, True], [True, True]]), torch.tensor([[True, False], [True, True]]),
+                     what="mask", hint="Check the causal part.")

@@ -7,6 +7,7 @@ the door cannot hurt the machine.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -280,18 +281,39 @@ def test_a_memory_bomb_is_stopped(probing):
     assert probing.stable_softmax  # the door still works for the next call
 
 
+def slow_softmax(logits, dim=-1):
+    """Right, after 1 s of CPU time."""
+    started = time.process_time()
+    while time.process_time() - started < 1.0:
+        pass
+    return torch.softmax(logits, dim=dim)
+
+
 def test_per_exercise_and_per_submission_time_budgets(tmp_path):
-    (tmp_path / "numerics.py").write_text(module_with("numerics", {"stable_softmax": hostile_loop}))
-    door = SandboxDoor(tmp_path, limits=sandbox.Limits(call_timeout=2, exercise_timeout=3, submission_timeout=60))
-    try:
-        door.start()
-        # 2 s, then the 1 s left of the exercise's 3 s, then refused without a call
-        for why in ("longer than 2 s", "longer than 1 s", "not run: its calls used up the exercise's time"):
-            with pytest.raises(SubmissionTimeout, match=why):
+    (tmp_path / "numerics.py").write_text(module_with("numerics", {"stable_softmax": slow_softmax}))
+    for budget in ("exercise_timeout", "submission_timeout"):
+        door = SandboxDoor(tmp_path, limits=sandbox.Limits(call_timeout=5, exercise_timeout=60, submission_timeout=60))
+        try:
+            door.start()
+            door.logsumexp(torch.zeros(2, 3))  # the child's first call loads what the later ones reuse
+            door.limits = dataclasses.replace(door.limits, **{budget: 1.5 + (door.spent if budget == "submission_timeout" else 0)})
+            # about 1 s of the 1.5 s budget: a right answer
+            torch.testing.assert_close(door.stable_softmax(torch.zeros(2, 3)), torch.softmax(torch.zeros(2, 3), -1))
+            # the next call gets what is left of the budget (under a second) and is stopped there
+            with pytest.raises(SubmissionTimeout, match=r"longer than 0\.\d+ s"):
                 door.stable_softmax(torch.zeros(2, 3))
-        torch.testing.assert_close(door.logsumexp(torch.zeros(2, 3)), reference.logsumexp(torch.zeros(2, 3)))
-    finally:
-        door.close()
+            # a stopped call ends its exercise (it can no longer score): its later calls are refused unrun
+            with pytest.raises(SubmissionError, match="not run again: an earlier call ran longer than"):
+                door.stable_softmax(torch.zeros(2, 3))
+            if budget == "exercise_timeout":  # the other exercises still run (in a new child, whose start
+                # is charged to the call that needs it: a budget of their own for that)
+                door.limits = dataclasses.replace(door.limits, exercise_timeout=60)
+                torch.testing.assert_close(door.logsumexp(torch.zeros(2, 3)), reference.logsumexp(torch.zeros(2, 3)))
+            else:  # a spent submission refuses every call
+                with pytest.raises(SubmissionTimeout, match="not run: the submission used up its total time"):
+                    door.logsumexp(torch.zeros(2, 3))
+        finally:
+            door.close()
 
 
 def hostile_gpu_hoard(logits, dim=-1):

@@ -521,6 +521,43 @@ def sample_assuming_a_list_of_eos_ids(model, input_ids, attention_mask=None, *, 
                         _eos_list_only(eos_token_id), pad_token_id, settings)
 
 
+def sample_counting_padding_in_the_penalty(model, input_ids, attention_mask=None, *, max_new_tokens, seed,
+                                           eos_token_id=None, pad_token_id=None, **settings):
+    from course_lib.generation import process_logits
+
+    generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+
+    def choose(logits, sequence, mask):   # the mask is not passed on: padding counts as an occurrence
+        return torch.multinomial(process_logits(logits, sequence, None, **settings).softmax(-1), 1,
+                                 generator=generator).squeeze(1)
+
+    return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id,
+                   forward=_cached_forward, choose=choose)
+
+
+def sample_reseeding_torchs_global_generator(model, input_ids, attention_mask=None, *, max_new_tokens, seed,
+                                             eos_token_id=None, pad_token_id=None, **settings):
+    torch.manual_seed(seed)   # the same draws as a generator of its own on a CPU, and everyone else's reset
+    draw = lambda logits, process, gen: torch.multinomial(process(logits).softmax(-1), 1).squeeze(1)
+    return _sample(model, input_ids, attention_mask, max_new_tokens, seed, settings, eos_token_id, pad_token_id,
+                   draw=draw)
+
+
+def top_p_keeping_a_tail_that_sums_exactly_to_one_minus_top_p(logits, top_p, min_tokens_to_keep=1):
+    ascending, order = logits.sort(dim=-1)
+    remove = ascending.softmax(-1).cumsum(-1) < 1 - top_p     # < where the contract says <=
+    remove[..., -min_tokens_to_keep:] = False
+    return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+
+
+def stop_sequence_matching_the_end_of_a_stop_longer_than_the_row(input_ids, stop_sequences):
+    hit = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for stop in stop_sequences:
+        stop = stop[-input_ids.shape[1]:]
+        hit |= (input_ids[:, -len(stop):] == torch.tensor(stop, device=input_ids.device)).all(-1)
+    return hit
+
+
 def _reference_beam(model, input_ids, attention_mask, **options):
     from solutions.generation import beam_search
 
@@ -589,7 +626,8 @@ MUTANTS = {
     "top_k_filter": [top_k_that_drops_the_kth, top_k_that_breaks_ties, top_k_without_min_tokens, top_k_in_float32,
                      top_k_clamping_to_the_vocabulary_before_min_tokens],
     "top_p_filter": [top_p_that_drops_the_crossing_token, top_p_with_softmax_over_the_batch, top_p_without_min_tokens,
-                     top_p_in_float32, top_p_treating_zero_as_off, top_p_filling_the_callers_logits],
+                     top_p_in_float32, top_p_treating_zero_as_off, top_p_filling_the_callers_logits,
+                     top_p_keeping_a_tail_that_sums_exactly_to_one_minus_top_p],
     "min_p_filter": [min_p_with_an_absolute_threshold, min_p_on_logits, min_p_without_min_tokens,
                      min_p_removing_ties_with_the_threshold, min_p_filling_the_callers_logits, min_p_in_float32],
     "apply_repetition_penalty": [repetition_penalty_that_divides_negative_logits,
@@ -599,12 +637,14 @@ MUTANTS = {
                        process_logits_without_the_penalty, process_logits_dividing_the_callers_logits,
                        process_logits_with_temperature_only_before_a_filter, process_logits_penalising_without_the_mask],
     "sample": [sample_from_torchs_global_generator, sample_from_the_raw_logits, sample_that_takes_the_argmax,
-               sample_without_the_repetition_penalty, sample_without_min_p, sample_assuming_a_list_of_eos_ids],
+               sample_without_the_repetition_penalty, sample_without_min_p, sample_assuming_a_list_of_eos_ids,
+               sample_counting_padding_in_the_penalty, sample_reseeding_torchs_global_generator],
     "beam_search": [beam_search_ranked_by_raw_sums, beam_search_returning_unnormalised_scores,
                     beam_search_that_ignores_early_stopping, beam_search_padding_with_zero_by_default,
                     beam_search_assuming_a_list_of_eos_ids],
     "stop_sequence_hit": [stop_sequence_found_anywhere, stop_sequence_by_its_last_token,
-                          stop_sequence_skipping_stops_as_long_as_the_row, stop_sequence_as_a_list_of_bools],
+                          stop_sequence_skipping_stops_as_long_as_the_row, stop_sequence_as_a_list_of_bools,
+                          stop_sequence_matching_the_end_of_a_stop_longer_than_the_row],
     "stop_string_hit": [stop_string_at_the_very_end, stop_string_anywhere, stop_string_at_its_first_occurrence,
                         stop_string_checking_the_first_stop_only],
 }

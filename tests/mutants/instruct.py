@@ -142,6 +142,27 @@ def render_chat_mask_with_the_newline(tokenizer_json, messages, add_generation_p
 
 
 # -- 6.4 exact_dedup -----------------------------------------------------------------------------------
+def exact_dedup_normalising_the_callers_texts(texts):
+    texts[:] = [normalize_text(t) for t in texts]
+    return I.exact_dedup(texts)
+
+
+def near_dedup_normalising_the_callers_texts(texts, threshold=0.8, num_perm=128, bands=32, rows=4, seed=1, ngram=3):
+    texts[:] = [normalize_text(t) for t in texts]
+    return I.near_dedup(texts, threshold, num_perm, bands, rows, seed, ngram)
+
+
+def contaminated_normalising_the_callers_texts(train_texts, eval_texts, n=13):
+    train_texts[:] = [normalize_text(t) for t in train_texts]
+    return I.find_contaminated(train_texts, eval_texts, n)
+
+
+def grouped_split_numbering_the_callers_groups(groups, test_size, validation_size=0.0, seed=0):
+    first = {}
+    groups[:] = [first.setdefault(g, len(first)) for g in groups]
+    return I.grouped_split(groups, test_size, validation_size, seed)
+
+
 def exact_dedup_of_raw_text(texts):
     seen, keep = set(), []
     for i, text in enumerate(texts):
@@ -491,16 +512,16 @@ MUTANTS = {
     "render_chat": [render_chat_mask_covering_the_prompt, render_chat_mask_with_the_assistant_header,
                     render_chat_mask_without_im_end, render_chat_mask_of_the_last_assistant_turn_only,
                     render_chat_generation_prompt_appended_twice, render_chat_mask_with_the_newline],
-    "exact_dedup": [exact_dedup_of_raw_text, exact_dedup_keeping_the_last, exact_dedup_lowercase_only],
+    "exact_dedup": [exact_dedup_normalising_the_callers_texts, exact_dedup_of_raw_text, exact_dedup_keeping_the_last, exact_dedup_lowercase_only],
     "minhash_signatures": [minhash_max_instead_of_min, minhash_of_sha1_without_mixing, minhash_of_character_shingles,
                            minhash_empty_text_gives_zeros],
     "lsh_candidate_pairs": [lsh_comparing_whole_signatures, lsh_strided_bands, lsh_missing_the_last_band,
                             lsh_one_band_of_all_rows],
-    "near_dedup": [near_dedup_removing_near_copies_of_removed_texts, near_dedup_removing_every_candidate,
+    "near_dedup": [near_dedup_normalising_the_callers_texts, near_dedup_removing_near_copies_of_removed_texts, near_dedup_removing_every_candidate,
                    near_dedup_estimating_on_the_banded_values, near_dedup_ignoring_the_seed],
-    "find_contaminated": [contaminated_by_character_substring, contaminated_ignoring_short_eval_texts,
+    "find_contaminated": [contaminated_normalising_the_callers_texts, contaminated_by_character_substring, contaminated_ignoring_short_eval_texts,
                           contaminated_without_normalising, contaminated_with_n_plus_one_grams],
-    "grouped_split": [grouped_split_unseeded, grouped_split_by_row, grouped_split_rounding_down,
+    "grouped_split": [grouped_split_numbering_the_callers_groups, grouped_split_unseeded, grouped_split_by_row, grouped_split_rounding_down,
                       grouped_split_of_sorted_groups, grouped_split_with_random_shuffle],
     "fill_template": [fill_template_by_replace_like_the_seed, fill_template_accepting_unknown_values,
                       fill_template_with_bool_as_int, fill_template_without_type_checks, fill_template_with_format_map],

@@ -88,6 +88,11 @@ def batch_order_from_the_global_seed(n_blocks, batch_size, seed):
     return _batches(torch.randperm(n_blocks).tolist(), batch_size)
 
 
+def batch_order_reseeding_torchs_global_generator(n_blocks, batch_size, seed):
+    torch.manual_seed(seed)   # the same order as a generator of its own, and everyone else's draws reset
+    return _batches(torch.randperm(n_blocks).tolist(), batch_size)
+
+
 def batch_order_with_numpy(n_blocks, batch_size, seed):
     return _batches(np.random.default_rng(seed).permutation(n_blocks).tolist(), batch_size)
 
@@ -502,7 +507,8 @@ MUTANTS = {
     "split_documents": [split_with_round, split_with_legacy_numpy_seed, split_train_first, split_sorted,
                         split_with_numpy_ints, split_as_a_list_of_two_lists],
     "batch_order": [batch_order_keeps_the_last_batch, batch_order_from_the_global_seed, batch_order_with_numpy,
-                    batch_order_unshuffled, batch_order_of_tensor_elements, batch_order_as_tuples],
+                    batch_order_unshuffled, batch_order_of_tensor_elements, batch_order_as_tuples,
+                    batch_order_reseeding_torchs_global_generator],
     "causal_lm_loss": [loss_without_shift, loss_counts_padding, loss_masks_the_input_position, loss_mean_of_row_means,
                        loss_ignores_ignore_index, loss_in_the_logits_dtype,
                        loss_padding_with_minus_100_whatever_ignore_index, loss_always_in_float32,

@@ -119,12 +119,13 @@ def pack_trains_every_token(examples):
 
 
 # -- 7.3 sft_loss ------------------------------------------------------------------------------------------------
-def _token_losses(model, mb, *, pass_positions=True, shift=1):
+def _token_losses(model, mb, *, pass_positions=True, shift=1, upcast=True):
     """Per-target losses ``(batch, seq - shift)`` (0 where not counted), the counted mask, example ids."""
     inputs = {k: mb[k] for k in ("input_ids", "attention_mask") if k in mb}
     if pass_positions and "position_ids" in mb:
         inputs["position_ids"] = mb["position_ids"]
-    logits = model(**inputs, use_cache=False).logits.float()
+    logits = model(**inputs, use_cache=False).logits
+    logits = logits.float() if upcast else logits
     seq = logits.shape[1]
     targets = mb["labels"][:, shift:].clone()
     if "attention_mask" in mb:
@@ -144,8 +145,9 @@ def _per_example(losses, counted, example):
     return sums, counts
 
 
-def _sft_loss(model, micro_batches, reduction, *, combine="tokens", pass_positions=True, shift=1, per_row=False):
-    parts = [_token_losses(model, mb, pass_positions=pass_positions, shift=shift) for mb in micro_batches]
+def _sft_loss(model, micro_batches, reduction, *, combine="tokens", pass_positions=True, shift=1, per_row=False,
+              upcast=True):
+    parts = [_token_losses(model, mb, pass_positions=pass_positions, shift=shift, upcast=upcast) for mb in micro_batches]
     if reduction == "none":
         out = []
         for losses, counted, example in parts:
@@ -183,6 +185,15 @@ def sft_loss_without_shift(model, micro_batches, reduction="mean"):
 
 def sft_loss_one_example_per_packed_row(model, micro_batches, reduction="mean"):
     return _sft_loss(model, micro_batches, reduction, per_row=True)
+
+
+def sft_loss_in_the_models_dtype(model, micro_batches, reduction="mean"):
+    return _sft_loss(model, micro_batches, reduction, upcast=False).float()   # bf16 cross-entropy, cast at the end
+
+
+def sft_loss_without_the_graph(model, micro_batches, reduction="mean"):
+    with torch.no_grad():
+        return _sft_loss(model, micro_batches, reduction)
 
 
 def sft_loss_ignores_the_attention_mask(model, micro_batches, reduction="mean"):
@@ -284,7 +295,8 @@ MUTANTS = {
     "pack_examples": [pack_positions_not_restarting, pack_positions_from_one, pack_without_masking_first_tokens,
                       pack_trains_every_token],
     "sft_loss": [sft_loss_mean_of_example_means, sft_loss_mean_of_micro_batch_means, sft_loss_without_position_ids,
-                 sft_loss_without_shift, sft_loss_one_example_per_packed_row, sft_loss_ignores_the_attention_mask],
+                 sft_loss_without_shift, sft_loss_one_example_per_packed_row, sft_loss_ignores_the_attention_mask,
+                 sft_loss_in_the_models_dtype, sft_loss_without_the_graph],
     "neftune_noise": [neftune_without_d_model, neftune_over_the_whole_batch, neftune_divides_by_l_times_d,
                       neftune_only_positive_noise, neftune_gaussian, neftune_from_the_global_generator,
                       neftune_in_place],
