@@ -60,6 +60,12 @@ def _cell(kind: str, grade_id: str, source: str, *, grade: bool = False, solutio
 
 
 EXPERIMENT_HELPERS = '''
+try:  # figures are optional: without matplotlib (plt None) the experiments print their numbers only
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+
+
 def attempt(label, fn, *args, **kwargs):
     """Run one step of an experiment; an unfinished or failing exercise gives None and a message."""
     try:
@@ -170,8 +176,8 @@ check_hand_in({self.module})  # {self.module}.py beside this notebook must be th
         return _cell("code", grade_id, head + source)
 
     def helpers(self):
-        """The helpers every assignment's experiments share: ``attempt`` and ``max_gap``. Put it
-        before the setup cell; it imports nothing."""
+        """What every assignment's experiments share: ``plt`` (``matplotlib.pyplot``, or ``None`` where
+        matplotlib is not installed), ``attempt`` and ``max_gap``. Put it before the setup cell."""
         return _cell("code", "helpers", EXPERIMENT_HELPERS)
 
     def written_answer(self, grade_id: str, model_answer: str, points: float):

@@ -50,11 +50,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
 """),
         kit.markdown("about_experiment_sdpa", """
 ## Experiment 1: your attention against PyTorch's

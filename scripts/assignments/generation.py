@@ -65,11 +65,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging
 
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-
 logging.set_verbosity_error()  # generate() explains its defaults on stderr; the cells below set them all
 
 # A tokenizer whose 96 tokens are syllables, letters and punctuation ("▁" is a space), so that the

@@ -60,11 +60,6 @@ import torch
 
 from course_lib.instruction_data import jaccard, normalize_text, raw_examples, user_content, word_shingles
 
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-
 # Raw output of two of the course's generators (items drawn with replacement: repeats included).
 raw = raw_examples("arithmetic", 600, seed=1) + raw_examples("sorting", 600, seed=1)
 texts = [user_content(r["instruction"], r["input"]) + "\n" + r["output"] for r in raw]

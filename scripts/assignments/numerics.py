@@ -61,10 +61,6 @@ for scale in scales:
     gap = (yours - torch.softmax(logits, dim=-1)).abs().max().item()
     print(f"{{scale:>6}} {{naive_rate[-1]:>15.1%}} {{yours_rate[-1]:>15.1%}} {{gap:>20.2e}}")
 
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
 if plt is not None and yours_rate:
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.semilogx(scales[:len(naive_rate)], naive_rate, "o-", label="naive exp / sum")

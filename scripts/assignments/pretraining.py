@@ -73,11 +73,6 @@ from transformers.utils import logging
 
 from course_lib.corpus import load_corpus
 
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-
 logging.set_verbosity_error()
 
 # The course corpus (Python's documentation, one text per document): its training split.

@@ -64,11 +64,6 @@ from transformers.utils import logging
 from course_lib.instruct import chat_tokenizer
 from course_lib.instruction_data import FAMILIES, instruction_dataset
 
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-
 logging.set_verbosity_error()
 pylogging.getLogger("bitsandbytes").setLevel(pylogging.ERROR)  # optional CPU kernels it looks for on import
 torch.set_num_threads(1)  # small models: a second thread costs more in synchronisation than it saves

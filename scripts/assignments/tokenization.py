@@ -134,11 +134,6 @@ if words:
     distinct = attempt("word_tokenize", lambda: len({w for doc in train_docs for w in tokenization.word_tokenize(doc)}))
     print(f"word_tokenize: {heldout_bytes / len(words):.2f} bytes per word, "
           f"with {distinct} distinct words in the training slice alone")
-
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
 if plt is not None and ratios:
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(sizes, ratios, "o-", label="your BPE")

@@ -66,11 +66,6 @@ import torch.nn.functional as F
 from course_lib import attention as chapter2
 from course_lib.tasks import SymbolTask
 
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-
 
 def torch_multi_head_attention(weights, x, context=None, attention_mask=None, attn_mask=None, is_causal=False,
                                dropout_p=0.0, return_weights=False, *, n_heads):
