@@ -49,9 +49,11 @@ Conventions used by every exercise of this chapter:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -983,6 +985,187 @@ def training_memory(linear_shapes: Sequence[tuple[int, int]], other_params: int,
         sum per matrix, not over the total.
     """
     raise NotImplementedError("Exercise 8.16: implement training_memory in lora.py")
+
+
+# -- the course's adapted models: Chapter 7's run with adapters ------------------------------------------------
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every linear layer
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+# Bump when the adaptation or its report changes in a way that should rebuild cached adapters.
+ADAPT_VERSION = 1
+_ADAPT_MODULES = ("numerics", "attention", "transformer", "generation", "pretraining", "instruct", "sft", "lora")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """A parameter-efficient fine-tune: Chapter 7's run (:func:`course_lib.sft.finetune` with the
+    ``finetune`` preset: its data, batches, schedule and evaluation, at learning rate ``lr`` and for
+    ``total_steps``) on Chapter 5's pretrained course model, with LoRA adapters of rank ``r`` on
+    ``target_modules`` and everything else frozen; ``method="qlora"`` stores the adapted weights in NF4
+    first (:func:`quantize_model`)."""
+
+    method: str = "lora"                               # "lora" or "qlora"
+    r: int = 8
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = PROJECTIONS
+    dropout: float = 0.0
+    finetune: str = "cpu"                              # the course_lib.sft preset of the run
+    lr: float = 1e-2                                   # adapters start at zero and want a larger step than full SFT
+    total_steps: int | None = None                     # None: the finetune preset's
+    seed: int = 0                                      # the adapters' A (inject_lora's seed)
+
+    def finetune_config(self):
+        """The :class:`~course_lib.sft.FinetuneConfig` of the run."""
+        from course_lib.sft import preset
+
+        return preset(self.finetune, lr=self.lr, **({"total_steps": self.total_steps} if self.total_steps else {}))
+
+
+ADAPT_PRESETS: dict[str, AdaptConfig] = {
+    # On a CPU: Chapter 7's "cpu" run (200 steps) with adapters of rank 8 on every projection.
+    "lora-cpu": AdaptConfig(),
+    "qlora-cpu": AdaptConfig(method="qlora"),
+    # On one GPU: Chapter 7's "gpu" run (the 100M-parameter model, bf16) with rank-16 adapters.
+    "lora-gpu": AdaptConfig(r=16, alpha=32.0, finetune="gpu", lr=1e-3),
+    "qlora-gpu": AdaptConfig(method="qlora", r=16, alpha=32.0, finetune="gpu", lr=1e-3),
+}
+# The measured sweep of the book: rank on every projection, and the attention projections alone, in
+# shorter runs (100 steps) than the presets.
+SWEEP_STEPS = 100
+SWEEP: tuple[AdaptConfig, ...] = tuple(
+    [AdaptConfig(r=r, alpha=2.0 * r, total_steps=SWEEP_STEPS) for r in (1, 4, 16)]
+    + [AdaptConfig(r=4, alpha=8.0, target_modules=ATTENTION, total_steps=SWEEP_STEPS)])
+
+
+def adapt_preset(method: str = "lora", size: str = "cpu") -> AdaptConfig:
+    """:data:`ADAPT_PRESETS` ``[f"{method}-{size}"]``."""
+    name = f"{method}-{size}"
+    if name not in ADAPT_PRESETS:
+        raise ValueError(f"no preset {name!r}: method is 'lora' or 'qlora', size 'cpu' or 'gpu'")
+    return ADAPT_PRESETS[name]
+
+
+def adapter_model(config: AdaptConfig, model: nn.Module) -> nn.Module:
+    """``model`` made ready for ``config``'s training, in place: with QLoRA its target layers in NF4
+    (:func:`quantize_model`), then LoRA adapters on them (:func:`inject_lora`, seeded); only the
+    adapters train."""
+    if config.method not in ("lora", "qlora"):
+        raise ValueError(f"method must be 'lora' or 'qlora', got {config.method!r}")
+    if config.method == "qlora":
+        model = quantize_model(model, list(config.target_modules))
+    return inject_lora(model, list(config.target_modules), r=config.r, alpha=config.alpha, dropout=config.dropout,
+                       seed=config.seed)
+
+
+def adapt(config: AdaptConfig, progress: bool = False):
+    """Run ``config``: the pretrained course model of its fine-tuning preset's ``base``, adapted
+    (:func:`adapter_model`), trained by :func:`course_lib.sft.finetune`. Returns its
+    :class:`~course_lib.sft.FinetuneResult`; ``result.model`` holds the trained adapters."""
+    from course_lib.pretraining import pretrained_course_lm
+    from course_lib.sft import finetune
+
+    run = config.finetune_config()
+    model, tokenizer = pretrained_course_lm(run.base, run.source, progress=progress)
+    return finetune(run, model=adapter_model(config, model), tokenizer=tokenizer, progress=progress)
+
+
+def adapter_report(config: AdaptConfig, result) -> dict:
+    """What the book compares: held-out accuracy per family on :func:`course_lib.sft.test_rows`,
+    trainable and total parameters, the training's seconds and tokens per second, and the bytes of
+    weights, gradients and AdamW's states (:func:`training_memory`) next to the model's measured
+    tensor bytes; the peak of GPU memory when it ran on one."""
+    from course_lib.sft import task_accuracy, test_rows
+
+    run = config.finetune_config()
+    model = result.model
+    accuracy, _ = task_accuracy(model, result.tokenizer, test_rows(run), run.max_new_tokens)
+    trainable, total = count_parameters(model)
+    shapes = [(m.base_layer.out_features, m.base_layer.in_features) for m in lora_layers(model).values()]
+    adapted = sum(o * i for o, i in shapes)
+    stored = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+    return {"config": dataclasses.asdict(config), "test": accuracy, "test_examples": len(test_rows(run)),
+            "trainable_parameters": trainable, "parameters": total, "train_seconds": result.train_seconds,
+            "tokens_per_second": result.tokens_per_second, "history": result.history,
+            "memory": training_memory(shapes, total - trainable - adapted, config.method, r=config.r),
+            "measured_weight_bytes": sum(stored.values()),
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None}
+
+
+def adapted_model_dir(method: str = "lora", size: str = "cpu") -> Path:
+    """The cache folder of the course's adapter of ``method`` and ``size`` (built or not)."""
+    from course_lib.cache import cache_dir, cache_key
+    from course_lib.instruction_data import instruction_data_path
+    from course_lib.pretraining import implementation_key, pretrained_model_dir
+
+    config = adapt_preset(method, size)
+    run = config.finetune_config()
+    key = cache_key(ADAPT_VERSION, dataclasses.asdict(config), dataclasses.asdict(run),
+                    pretrained_model_dir(run.base).name, instruction_data_path().name,
+                    implementation_key(_ADAPT_MODULES))
+    return cache_dir("models") / f"course-{method}-{size}-{key}"
+
+
+def adapted_course_lm(method: str = "lora", size: str = "cpu", progress: bool = True):
+    """The course's adapted chat model and its tokenizer: ``(model, tokenizer)``.
+
+    Loaded from the course cache; on first use preset ``f"{method}-{size}"`` (:data:`ADAPT_PRESETS`)
+    is trained (:func:`adapt`: Chapter 7's run with adapters, a minute or two on a CPU for ``"cpu"``),
+    reported (:func:`adapter_report`, in ``training.json``) and saved as ``peft`` saves an adapter
+    (:func:`save_adapter`) with the tokenizer and its chat template. The model is Chapter 5's
+    pretrained model with the adapter loaded (:func:`load_adapter`; with QLoRA on its NF4 base), the
+    adapters unmerged. In solution mode the reference solutions build it; in student mode your code
+    does, keyed by your files."""
+    from transformers import AutoTokenizer
+
+    from course_lib.cache import building, stage_directory
+    from course_lib.pretraining import pretrained_course_lm, pretrained_model_dir
+
+    config = adapt_preset(method, size)
+    run = config.finetune_config()
+    if run.base == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("the 'gpu' presets need a CUDA GPU; use size='cpu' here")
+    directory = adapted_model_dir(method, size)
+    with building(directory):  # one builder at a time (the book and the tests run side by side)
+        if not (directory / ADAPTER_CONFIG).is_file():
+            result = adapt(config, progress)
+            result.model.to("cpu")
+            report = adapter_report(config, result)
+            with stage_directory(directory) as staging:
+                save_adapter(result.model, staging, str(pretrained_model_dir(run.base)))
+                result.tokenizer.save_pretrained(staging)
+                (staging / "training.json").write_text(json.dumps(report, default=str))
+    model, _ = pretrained_course_lm(run.base, progress=progress)
+    if config.method == "qlora":
+        model = quantize_model(model, list(config.target_modules))
+    return load_adapter(model, directory).eval(), AutoTokenizer.from_pretrained(directory)
+
+
+def adapted_training_record(method: str = "lora", size: str = "cpu") -> dict:
+    """``training.json`` of the cached adapter (built if missing): :func:`adapter_report`."""
+    adapted_course_lm(method, size, progress=False)
+    return json.loads((adapted_model_dir(method, size) / "training.json").read_text())
+
+
+def rank_sweep(progress: bool = False) -> list[dict]:
+    """:func:`adapter_report` of every run of :data:`SWEEP` (without its history), built once and
+    cached in one file keyed like the adapters."""
+    from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
+    from course_lib.instruction_data import instruction_data_path
+    from course_lib.pretraining import implementation_key, pretrained_model_dir
+
+    key = cache_key(ADAPT_VERSION, [dataclasses.asdict(c) for c in SWEEP],
+                    [dataclasses.asdict(c.finetune_config()) for c in SWEEP], pretrained_model_dir("cpu").name,
+                    instruction_data_path().name, implementation_key(_ADAPT_MODULES))
+    path = cache_dir("models") / f"course-lora-sweep-{key}.json"
+    with building(path):
+        cached = read_json(path)
+        if cached is not None:
+            return cached
+        reports = []
+        for config in SWEEP:
+            report = adapter_report(config, adapt(config, progress))
+            reports.append({k: v for k, v in report.items() if k != "history"})
+        write_atomic(path, json.dumps(reports, default=str))
+        return reports
 
 
 # -- the functions the tests call: plain data in, plain data out ---------------------------------------------

@@ -632,7 +632,7 @@ PRESETS: dict[str, FinetuneConfig] = {
     # Seconds on a CPU: the loop's tests (Chapter 5's tiny pretrained model, 50 examples per family).
     "tiny": FinetuneConfig(base="tiny", train_examples=50, pack_length=128, micro_batch_size=2,
                            accumulation_steps=2, total_steps=6, warmup_steps=1, lr=3e-3, eval_every=3,
-                           eval_examples=4, validation_examples=32, max_new_tokens=8),
+                           eval_examples=4, validation_examples=32, test_examples=8, max_new_tokens=8),
     # The course's chat model on a CPU (Chapter 5's "cpu" model): about 90 s of one CPU thread in all
     # (200 steps of up to 512 tokens, 70 s; three evaluations; the test report on 100 questions per
     # family). Mostly the naming family, the one skill this 4M model learns in minutes (80 % of held-out
@@ -823,17 +823,25 @@ def sft_model_dir(size: str = "cpu", source: str | None = None) -> Path:
     return cache_dir("models") / f"course-sft-{size}-{key}"
 
 
-def test_report(model: nn.Module, tokenizer, base_model: nn.Module, base_tokenizer, config: FinetuneConfig) -> dict:
-    """Held-out accuracy per family on the test split (``config.test_examples`` questions per family,
-    or all): the fine-tuned model asked with the chat template, and the pretrained model it started from
-    asked with :data:`TEST_SHOTS`-shot prompts (shots from the training split), each with a few answers
-    to show."""
+def test_rows(config: FinetuneConfig) -> list[dict]:
+    """The held-out questions a run is reported on: the first ``config.test_examples`` rows of each
+    family's test split (or all), in :data:`~course_lib.instruction_data.FAMILIES` order."""
     from course_lib.instruction_data import FAMILIES, instruction_dataset
 
     rows = []
     for family in FAMILIES:
         family_rows = instruction_dataset("test", family, config.source)
         rows += list(family_rows.select(range(min(len(family_rows), config.test_examples or len(family_rows)))))
+    return rows
+
+
+def test_report(model: nn.Module, tokenizer, base_model: nn.Module, base_tokenizer, config: FinetuneConfig) -> dict:
+    """Held-out accuracy per family on :func:`test_rows`: the fine-tuned model asked with the chat
+    template, and the pretrained model it started from asked with :data:`TEST_SHOTS`-shot prompts
+    (shots from the training split), each with a few answers to show."""
+    from course_lib.instruction_data import instruction_dataset
+
+    rows = test_rows(config)
     shots = list(instruction_dataset("train", None, config.source))
     tuned, tuned_answers = task_accuracy(model, tokenizer, rows, config.max_new_tokens)
     base, base_answers = few_shot_accuracy(base_model, base_tokenizer, rows, shots, TEST_SHOTS, config.max_new_tokens,

@@ -1021,6 +1021,50 @@ def test_qlora_trains_the_course_model_adapters_only(solution_mode):
     assert sum(isinstance(m, NF4Linear) for m in model.modules()) == 2 * len(targets)
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapt_runs_chapter_7s_loop_on_the_adapters_alone(solution_mode, method):
+    from course_lib.lora import AdaptConfig, LoRALinear, NF4Linear, adapt, adapter_report
+    from course_lib.pretraining import pretrained_course_lm
+
+    config = AdaptConfig(method=method, r=4, alpha=8.0, finetune="tiny", total_steps=4)
+    base, _ = pretrained_course_lm("tiny", progress=False)
+    result = adapt(config)
+    assert result.history["step"] == [1, 2, 3, 4]
+    model = result.model
+    adapters = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert len(adapters) == 7 * base.config.num_hidden_layers
+    assert all(m.lora_B.weight.abs().sum() > 0 for m in adapters), "every adapter trained"
+    assert all(isinstance(m.base_layer, NF4Linear) == (method == "qlora") for m in adapters)
+    trained = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+    for name, value in base.state_dict().items():
+        if name in trained:  # NF4 layers store other tensors: their names are not the base's
+            assert torch.equal(value, trained[name]), f"{name} changed: only the adapters may train"
+    report = adapter_report(config, result)
+    assert report["memory"]["weights"] == report["measured_weight_bytes"]
+    assert report["trainable_parameters"] == sum(m.lora_A.weight.numel() + m.lora_B.weight.numel() for m in adapters)
+    assert report["test_examples"] == 8 * len(report["test"])
+
+
+@pytest.mark.slow
+def test_the_course_adapter_is_a_peft_adapter_of_the_pretrained_model(solution_mode):
+    from peft import PeftModel
+
+    from course_lib.lora import adapted_course_lm, adapted_model_dir, adapted_training_record
+    from course_lib.pretraining import pretrained_course_lm
+
+    model, tokenizer = adapted_course_lm("lora", "cpu", progress=False)
+    base, _ = pretrained_course_lm("cpu", progress=False)
+    peft_model = PeftModel.from_pretrained(base, adapted_model_dir("lora", "cpu")).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Is `TextWrapper` a class or a function?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        assert_close(model(**prompt).logits, peft_model(**prompt).logits, rtol=1e-5, atol=1e-5,
+                     what="the cached adapter in the course's layers and in peft's")
+    record = adapted_training_record("lora", "cpu")
+    assert record["trainable_parameters"] < record["parameters"] // 10
+    assert set(record["test"]) == {"arithmetic", "string", "sorting", "stdlib", "naming"}
+
+
 def merged_copy(model, adapters, r, alpha, **settings):
     """``model`` with the modules of ``adapters`` wrapped by the course's LoRALinear and set."""
     from course_lib.lora import set_adapters, wrap_modules
