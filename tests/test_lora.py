@@ -14,6 +14,130 @@ The models are tiny ``transformers`` Llamas and GPT-2s and the course's model, b
 Not graded (at the end): a QLoRA layer of the course against ``peft``'s LoRA on ``bitsandbytes``'
 ``Linear4bit``, adapter files round-tripped through ``peft``, merging (and unmerging) a whole model
 against ``peft``'s ``merge_and_unload``, and a few steps of QLoRA training of the course model.
+
+Each exercise's contract (its docstring), clause by clause, with the public tests that check it
+(``test_`` dropped). "Local run only": the test is skipped behind the grading door, which an object, the
+global generator or the autograd graph cannot cross; the tests that an input is left alone run
+everywhere but can see a change only in a local run (the door sends copies).
+
+8.1 ``init_lora_weights``
+  - the pair ``(lora_A, lora_B)``: ``A`` float32 ``(r, in_features)`` drawn by ``kaiming_uniform_(a=sqrt(5))``
+    as ``peft`` draws it, ``B`` float32 zeros ``(out_features, r)``: init_lora_weights_draws_what_peft_draws
+  - an int seed: its own generator, the global one untouched, the same seed the same ``A``, another seed another:
+    init_lora_weights_with_a_seed_leaves_the_global_generator_alone
+  - ``seed=None``: torch's global generator, as ``peft``: init_lora_weights_without_a_seed_draws_from_the_global_generator
+    (local run only)
+
+8.2 ``lora_scaling``
+  - ``alpha / r``, with rsLoRA ``alpha / sqrt(r)``, ``peft``'s ``scaling["default"]``, a Python float:
+    lora_scaling_is_peft_scaling
+
+8.3 ``LoRALinear.forward``
+  - ``base_layer(x) + lora_B(lora_A(x)) * scaling`` (LoRA and rsLoRA, with and without bias): ``peft``'s output and
+    gradients, none for the frozen base: lora_linear_matches_peft_outputs_and_gradients
+  - around GPT-2's ``Conv1D``: lora_linear_around_gpt2_conv1d
+  - dropout on the LoRA path's input only, none in eval mode: lora_linear_dropout_acts_on_the_lora_path_only; the
+    draws ``peft`` makes: lora_linear_dropout_draws_what_peft_draws (local run only)
+  - merged: the base layer's output alone: merged_lora_linear_does_not_add_the_adapter_twice
+  - ``x`` cast to the adapter's dtype, the sum in the base output's dtype (a bfloat16 base, a float32 adapter):
+    lora_linear_on_a_bfloat16_base_keeps_a_float32_adapter
+  - ``x`` of shape ``(..., in_features)``, one vector or four dimensions: lora_linear_takes_any_leading_dimensions
+
+8.4 ``target_matches``
+  - a list (or a tuple): a name equal to an entry or ending in ``"." + entry``; a str: ``re.fullmatch``; a bool,
+    ``peft``'s ``check_target_module_exists``: target_matches_is_peft_rule
+
+8.5 ``inject_lora``
+  - ``get_peft_model``'s adapted layers, trainable parameters (the adapters alone: embeddings, norms, weights and
+    biases frozen), counts (``print_trainable_parameters``), outputs and gradients, for a Llama, GPT-2's ``Conv1D``
+    layers, a regular expression and the course model, with ``r``, ``alpha`` and rsLoRA:
+    inject_lora_matches_get_peft_model
+  - every bias frozen, the wrapped layers' too: inject_lora_freezes_every_bias_of_gpt2
+  - the model starts unchanged; an int seed gives adapter ``i`` the seed ``seed + i``:
+    inject_lora_starts_as_the_pretrained_model
+  - ``seed=None``: the global generator, adapter after adapter in ``named_modules()`` order:
+    inject_lora_without_a_seed_draws_from_the_global_generator_in_order (local run only)
+  - the dropout given reaches every adapter: inject_lora_gives_every_adapter_its_dropout
+  - in place: the model's own layers become the ``base_layer`` of its ``LoRALinear`` modules:
+    inject_lora_wraps_the_models_own_layers_in_place (local run only)
+  - ValueError naming ``target_modules`` when nothing matches, naming the module and its type when a match cannot
+    be wrapped: inject_lora_refuses_targets_it_cannot_adapt
+
+8.6 ``lora_delta_weight``
+  - ``scaling * B @ A``, transposed for ``fan_in_fan_out``, in ``A``'s dtype (bfloat16 multiplied in float32),
+    ``peft``'s ``get_delta_weight``: lora_delta_weight_is_peft_get_delta_weight (rounding once rather than twice
+    in bfloat16 lies within bfloat16's tolerance: no test tells them apart)
+  - a plain tensor outside the autograd graph, also of trainable Parameters:
+    lora_delta_weight_of_trainable_weights_is_outside_the_graph (local run only)
+
+8.7 ``adapter_state_dict``
+  - ``peft``'s names in ``named_modules()`` order and nothing else, the adapters' values, a file ``peft`` loads:
+    adapter_state_dict_is_what_peft_saves
+  - the model not modified, the tensors detached: adapter_state_dict_leaves_the_model_alone
+  - copies, not views of the model's weights: adapter_state_dict_holds_copies_not_views (local run only)
+  - each weight's dtype kept (float64): adapter_state_dict_keeps_the_adapters_dtype
+  - (contiguous and on the weight's device: ``LoRALinear``'s weights are contiguous and the tests run on the CPU,
+    so no test can tell)
+
+8.8 ``load_adapter_state_dict``
+  - every adapter holds the saved ``A`` and ``B`` of a file ``peft`` wrote, still trainable, the logits ``peft``'s:
+    load_adapter_state_dict_reads_peft_files
+  - copied into the existing weights, which keep their dtype (a float32 file into a float64 model):
+    load_adapter_state_dict_keeps_the_adapters_dtype
+  - ``state_dict`` not modified: load_adapter_state_dict_leaves_the_state_dict_alone
+  - KeyError for a missing or a foreign entry, ValueError for another rank:
+    load_adapter_state_dict_refuses_a_partial_or_foreign_adapter
+  - the error names the entry: load_adapter_state_dict_names_the_entry_it_refuses
+
+8.9 ``nf4_code``
+  - ``bitsandbytes``' ``get_4bit_type("nf4")`` (8 positive and 7 negative quantiles and 0, not an even grid, not
+    mirrored): nf4_code_is_bitsandbytes_code_book
+  - float32 ``(16,)``, ascending, an exact 0 at index 7, from exactly -1 to exactly 1:
+    nf4_code_has_an_exact_zero_and_ends_at_one
+
+8.10 ``quantize_blockwise``
+  - ``quantize_4bit``'s indices (uint8 ``(numel,)``) and absmax (float32 ``(n_blocks,)``) for float32, bfloat16 and
+    float16 weights, blocks of 32 to 128, a shorter last block: quantize_blockwise_gives_bitsandbytes_indices_and_absmax
+  - one absmax per block, an outlier's damage local: an_outlier_only_coarsens_its_own_block
+  - any code book (256 values, blocks of 256): quantize_blockwise_to_a_256_value_code
+  - a tie to the lower index; a block of zeros: absmax 0 and the index of 0: quantize_blockwise_ties_and_zero_blocks
+  - ``x`` and ``code`` not modified: quantize_blockwise_leaves_x_and_the_code_alone
+
+8.11 ``dequantize_blockwise``
+  - ``code[indices[i]] * absmax[i // blocksize]`` in float32 and ``shape``, ``dequantize_4bit``'s (blocks of 32 to
+    128, a shorter last block): dequantize_blockwise_is_bitsandbytes_dequantize_4bit
+  - any code book (``bitsandbytes``' 8-bit dynamic code): dequantize_blockwise_of_an_8_bit_code
+
+8.12 ``pack_nibbles``
+  - ``quantize_4bit``'s bytes, ``16 * indices[2j] + indices[2j + 1]``, uint8 ``(n // 2,)``:
+    pack_nibbles_gives_bitsandbytes_bytes, pack_nibbles_of_every_pair
+  - ``indices`` not modified: pack_nibbles_leaves_the_indices_alone
+
+8.13 ``unpack_nibbles``
+  - the high half first, uint8 ``(n,)``, ``n`` even or odd (the last low half dropped):
+    unpack_nibbles_reads_bitsandbytes_bytes, unpack_nibbles_inverts_packing
+  - ``packed`` not modified: unpack_nibbles_leaves_the_bytes_alone
+
+8.14 ``double_quantize``
+  - ``quantize_4bit(compress_statistics=True)``'s offset (the mean, 0-dim), second-level absmax and 8-bit scales, as
+    a tuple of three (the scales come back within half a code step because each is the nearest code):
+    double_quantize_is_bitsandbytes_compressed_statistics
+  - second-level blocks of the ``blocksize`` given (64, and 1000 for 700 scales), ``bitsandbytes``'
+    ``quantize_blockwise`` of the centred scales: double_quantize_in_second_level_blocks_of_any_size
+  - ``absmax`` and ``code`` not modified: double_quantize_leaves_the_scales_alone
+
+8.15 ``NF4Linear.forward``
+  - ``bitsandbytes``' ``Linear4bit``: output and gradient of ``x`` in float32, bfloat16 and float16 compute dtypes,
+    float32 and bfloat16 inputs (the output in ``x``'s dtype), with and without double quantization and bias, no
+    gradient for anything else: nf4_linear_is_bitsandbytes_linear4bit
+  - ``x`` of shape ``(..., in_features)``, one vector or four dimensions: nf4_linear_takes_any_leading_dimensions
+
+8.16 ``training_memory``
+  - the bytes of a real fine-tune's tensors, full, LoRA and QLoRA (with and without double quantization), float32
+    and bfloat16; the four keys, ``total`` their sum: training_memory_is_what_the_tensors_take
+  - Python ints; ``ceil(n / 2)`` packed bytes for an odd ``n``, blocks counted per matrix, ``blocksize`` and
+    ``absmax_blocksize`` as given (against ``bitsandbytes``' tensors):
+    training_memory_counts_whole_bytes_of_odd_matrices_in_any_blocks
 """
 
 from __future__ import annotations
@@ -28,7 +152,7 @@ import math
 import pytest
 import torch
 
-from grading.expect import assert_close, in_process_only
+from grading.expect import assert_close, assert_unchanged, in_process_only
 from tests.test_generation import reference_mode, solution_mode  # noqa: F401  (a fixture)
 from tests.test_sft import memo, tiny_course_lm, tiny_llama
 
@@ -188,16 +312,16 @@ def test_lora_scaling_is_peft_scaling(student, alpha, r, use_rslora):
 
 
 # -- 8.3 LoRALinear.forward -----------------------------------------------------------------------------------------
-def layer_case(seed, in_features=16, out_features=12, r=4, dtype=F64, bias=True, conv1d=False):
-    """Random base weights, non-zero A and B, an input and an output gradient."""
+def layer_case(seed, in_features=16, out_features=12, r=4, dtype=F64, bias=True, conv1d=False, lead=(2, 3)):
+    """Random base weights, non-zero A and B, an input ``(*lead, in_features)`` and an output gradient."""
     gen = torch.Generator().manual_seed(seed)
     shape = (in_features, out_features) if conv1d else (out_features, in_features)
     return {"weight": torch.randn(shape, generator=gen).to(dtype) / 4,
             "bias": torch.randn(out_features, generator=gen).to(dtype) if bias else None,
             "lora_A": torch.randn(r, in_features, generator=gen).to(dtype) / 4,
             "lora_B": torch.randn(out_features, r, generator=gen).to(dtype) / 4,
-            "x": torch.randn(2, 3, in_features, generator=gen).to(dtype),
-            "grad_output": torch.randn(2, 3, out_features, generator=gen).to(dtype)}
+            "x": torch.randn(*lead, in_features, generator=gen).to(dtype),
+            "grad_output": torch.randn(*lead, out_features, generator=gen).to(dtype)}
 
 
 def peft_layer_run(case, alpha, *, use_rslora=False, dropout=0.0, training=False, conv1d=False, merged=False,
@@ -320,13 +444,23 @@ def test_lora_linear_on_a_bfloat16_base_keeps_a_float32_adapter(student):
     check_layer_against_peft(got, expected, "LoRALinear on a bfloat16 base with a float32 adapter")
 
 
+@pytest.mark.exercise("8.3")
+@pytest.mark.parametrize("lead", [(), (2, 2, 3)], ids=["one vector", "4-d batch"])
+def test_lora_linear_takes_any_leading_dimensions(student, lead):
+    case = layer_case(8, lead=lead)
+    got = run_student_layer(student, case, 8)
+    check_layer_against_peft(got, peft_layer_run(case, 8),
+                             f"LoRALinear of an input {(*lead, 16)} (x is (..., in_features): any leading dimensions)")
+
+
 # -- 8.4 target_matches ------------------------------------------------------------------------------------------------
 NAMES = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.1.self_attn.q_proj",
          "model.layers.0.mlp.up_proj", "model.layers.10.self_attn.q_proj", "q_proj", "lm_head", "model.embed_tokens",
          "model.layers.0.self_attn.xq_proj", "model.layers.0.self_attn.q_proj.lora_A", "transformer.h.0.attn.c_attn",
          "model.layers.0.self_attn", "model.layers.0", ""]
 TARGETS = [["q_proj", "v_proj"], ["proj"], ["self_attn.q_proj"], ["c_attn", "lm_head"], ["layers.0"],
-           r".*\.(q|v)_proj", r"model\.layers\.0", r"model\.layers\.1\..*", "q_proj", r".*attn.*"]
+           r".*\.(q|v)_proj", r"model\.layers\.0", r"model\.layers\.1\..*", "q_proj", r".*attn.*",
+           ("q_proj", "v_proj"), ("self_attn.q_proj", "lm_head")]      # a tuple is names too, as a list is
 
 
 @pytest.mark.exercise("8.4")
@@ -340,10 +474,9 @@ def test_target_matches_is_peft_rule(student, targets):
         expected = bool(check_target_module_exists(config, name))
         got = student.target_matches(name, targets)
         assert got is expected, (
-            f"target_matches({name!r}, {targets!r}) is {got}, peft says {expected}: a list matches a name that "
-            "equals one of its entries or ends with '.' + the entry; a str is a regular expression that must "
-            "match the whole name (re.fullmatch)")
-
+            f"target_matches({name!r}, {targets!r}) is {got}, peft says {expected}: a list (or a tuple) matches a "
+            "name that equals one of its entries or ends with '.' + the entry; only a str is a regular expression, "
+            "which must match the whole name (re.fullmatch)")
 
 # -- 8.5 inject_lora --------------------------------------------------------------------------------------------------
 def injection_case(family, targets, r, alpha, seed=0, **settings):
@@ -441,6 +574,54 @@ def test_inject_lora_refuses_targets_it_cannot_adapt(student, targets, needle):
         student.lora_injection(tiny_model("llama", 0), targets, 2, 2)
 
 
+@pytest.mark.exercise("8.5")
+def test_inject_lora_wraps_the_models_own_layers_in_place(student):
+    in_process_only(student, "the caller's model object")
+    model = tiny_model("llama", 1)
+    targets = ["k_proj", "up_proj"]
+    originals = {name: module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in targets}
+    student.lora_injection(model, targets, 2, 4)
+    for name, module in originals.items():
+        wrapped = model.get_submodule(name)
+        assert getattr(wrapped, "base_layer", None) is module, (
+            f"after inject_lora(model, {targets}), model.{name} is {type(wrapped).__name__}"
+            + (" whose base_layer is another object" if hasattr(wrapped, "base_layer") else "") + ": inject_lora "
+            "changes the model it is given, in place, and wraps that model's own layers (no copies: a copy "
+            "doubles the memory and leaves the caller's model without adapters)")
+
+
+@pytest.mark.exercise("8.5")
+def test_inject_lora_without_a_seed_draws_from_the_global_generator_in_order(student):
+    in_process_only(student, "torch's global generator (the seed set here)")
+    model = tiny_model("llama", 1)
+    targets = ["q_proj", "down_proj"]
+    sizes = {name: m.in_features for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in targets}
+    torch.manual_seed(13)
+    got = student.lora_injection(model, targets, 3, 6, seed=None)
+    torch.manual_seed(13)
+    for i, (name, in_features) in enumerate(sizes.items()):
+        expected = torch.nn.init.kaiming_uniform_(torch.empty(3, in_features), a=math.sqrt(5))
+        assert_close(got["lora_A"][name], expected, what=f"lora_A of adapter {i} ({name}) with seed=None after "
+                     "torch.manual_seed(13)",
+                     hint="without a seed, every adapter draws its A from torch's global generator, one after the "
+                          "other in named_modules() order (peft draws from it too)")
+
+
+@pytest.mark.exercise("8.5")
+def test_inject_lora_gives_every_adapter_its_dropout(student):
+    targets = ["q_proj", "up_proj"]
+    model, peft, adapters = injection_case("llama", targets, 2, 4, lora_dropout=1.0)
+    ids = input_ids(10)
+    got = student.lora_injection(copy.deepcopy(model).train(), targets, 2, 4, dropout=1.0, lora_weights=adapters,
+                                 input_ids=ids)
+    loss, logits, grads = memo(("peft run in training mode", "dropout 1"), lambda: peft_run(peft.train(), ids))
+    what = f"inject_lora(llama, {targets}, dropout=1.0) in training mode"
+    hint = ("dropout 1.0 zeroes every adapter's input in training mode, so the model computes what the pretrained "
+            "one does and the adapters get zero gradients: each LoRALinear gets the dropout it is given")
+    assert_close(got["logits"], logits, what=f"{what}: logits", hint=hint, rtol=1e-5, atol=1e-5)
+    check_dict_close(got["grads"], grads, f"{what}: gradients", hint, rtol=1e-4, atol=1e-6)
+
+
 # -- 8.6 lora_delta_weight ---------------------------------------------------------------------------------------------
 @pytest.mark.exercise("8.6")
 @pytest.mark.parametrize("seed, in_features, out_features, r, alpha, fan_in_fan_out, dtype", [
@@ -464,6 +645,21 @@ def test_lora_delta_weight_is_peft_get_delta_weight(student, seed, in_features, 
                  hint="the change is scaling * B @ A, transposed for a (in, out) weight, in A's dtype",
                  wrong={"without the scaling": expected / layer.scaling["default"]})
     assert not got.requires_grad, "lora_delta_weight returns a plain tensor outside the autograd graph"
+
+
+@pytest.mark.exercise("8.6")
+def test_lora_delta_weight_of_trainable_weights_is_outside_the_graph(student):
+    in_process_only(student, "the autograd graph")
+    gen = torch.Generator().manual_seed(4)
+    lora_A = torch.nn.Parameter(torch.randn(2, 6, generator=gen))
+    lora_B = torch.nn.Parameter(torch.randn(5, 2, generator=gen))
+    got = student.lora_delta_weight(lora_A, lora_B, 1.5)
+    assert type(got) is torch.Tensor and not got.requires_grad and got.grad_fn is None, (
+        f"lora_delta_weight of the adapter's Parameters returned a {type(got).__name__} with requires_grad="
+        f"{getattr(got, 'requires_grad', None)}: the change is computed under torch.no_grad() (as peft merges), a "
+        "plain tensor that keeps no graph of lora_A and lora_B")
+    assert_close(got, 1.5 * lora_B.detach() @ lora_A.detach(), what="lora_delta_weight of Parameters",
+                 hint="scaling * B @ A")
 
 
 # -- 8.7-8.8 adapter files ----------------------------------------------------------------------------------------------
@@ -504,6 +700,33 @@ def test_adapter_state_dict_leaves_the_model_alone(student):
     assert all(not v.requires_grad for v in got["state_dict"].values()), "the saved tensors are detached copies"
 
 
+@pytest.mark.exercise("8.7")
+def test_adapter_state_dict_holds_copies_not_views(student):
+    in_process_only(student, "the model's own weights")
+    model, _, adapters = injection_case("llama", ["q_proj", "v_proj"], 4, 8)
+    model = copy.deepcopy(model)
+    state = student.adapter_weights(model, adapters, 4, 8)["state_dict"]
+    for tensor in state.values():
+        tensor.add_(1.0)            # whoever holds the saved adapter may change it
+    for name, pair in adapters.items():
+        for part in ("lora_A", "lora_B"):
+            assert_close(getattr(model.get_submodule(name), part).weight.detach(), pair[part],
+                         what=f"the model's {name}.{part}.weight after the saved tensors were changed",
+                         hint="adapter_state_dict returns copies (.detach().clone()): a detached view shares the "
+                              "model's memory, so changing the saved adapter changes the model")
+
+
+@pytest.mark.exercise("8.7")
+def test_adapter_state_dict_keeps_the_adapters_dtype(student):
+    from peft import get_peft_model_state_dict
+
+    model, peft, adapters = injection_case("llama", ["q_proj", "v_proj"], 2, 4)
+    got = student.adapter_weights(copy.deepcopy(model).double(), adapters, 2, 4)
+    expected = {k: v.double() for k, v in get_peft_model_state_dict(peft).items()}
+    check_dict_close(got["state_dict"], expected, "adapter_state_dict of a float64 model",
+                     "each saved weight keeps its adapter's dtype (float64 here) and device")
+
+
 def peft_saved(peft, tmp_path):
     """The adapter file peft's ``save_pretrained`` writes, read back."""
     from safetensors.torch import load_file
@@ -533,15 +756,42 @@ def test_load_adapter_state_dict_reads_peft_files(student, family, targets, tmp_
 
 
 @pytest.mark.exercise("8.8")
-def test_load_adapter_state_dict_refuses_a_partial_or_foreign_adapter(student, tmp_path):
+def test_load_adapter_state_dict_keeps_the_adapters_dtype(student, tmp_path):
+    model, peft, adapters = injection_case("llama", ["q_proj", "v_proj"], 2, 4)
+    got = student.loaded_adapter(copy.deepcopy(model).double(), list(adapters), peft_saved(peft, tmp_path), 2, 4)
+    for name, pair in adapters.items():
+        for part in ("lora_A", "lora_B"):
+            assert_close(got[part][name], pair[part].double(), what=f"{name}.{part} of a float64 model after loading "
+                         "a float32 adapter file", hint="the saved values are copied into the existing weights, "
+                         "which keep their dtype (as peft's load_state_dict does)")
+        assert got["requires_grad"][name] == [True, True], f"{name}: the loaded adapter no longer trains"
+
+
+@pytest.mark.exercise("8.8")
+def test_load_adapter_state_dict_leaves_the_state_dict_alone(student, tmp_path):
     model, peft, adapters = injection_case("llama", ["q_proj", "v_proj"], 2, 4)
     state = peft_saved(peft, tmp_path)
+    before = {k: v.clone() for k, v in state.items()}
+    student.loaded_adapter(copy.deepcopy(model), list(adapters), state, 2, 4)
+    assert_unchanged(state, before, what="the caller's state_dict (its entries or their tensors)")
+
+
+def bad_adapter_files(state):
+    """``(state_dict, error, what, culprits)``: ``state`` (rank 2, q_proj and v_proj of the tiny Llama) made
+    partial, foreign or of another rank; ``culprits`` are the entries an error may name."""
     first = next(iter(state))
-    cases = [({k: v for k, v in state.items() if k != first}, KeyError, f"without {first}"),
-             (state | {ADAPTER + "model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2, 32)}, KeyError,
-              "with an entry for a module that has no adapter"),
-             ({k: v[:1] if "lora_A" in k else v[:, :1] for k, v in state.items()}, ValueError, "of rank 1 (the model's is 2)")]
-    for bad, error, what in cases:
+    foreign = ADAPTER + "model.layers.0.mlp.up_proj.lora_A.weight"
+    return [({k: v for k, v in state.items() if k != first}, KeyError, f"without {first}", [first]),
+            (state | {foreign: torch.zeros(2, 32)}, KeyError, "with an entry for a module that has no adapter",
+             [foreign]),
+            ({k: v[:1] if "lora_A" in k else v[:, :1] for k, v in state.items()}, ValueError,
+             "of rank 1 (the model's is 2)", list(state))]
+
+
+@pytest.mark.exercise("8.8")
+def test_load_adapter_state_dict_refuses_a_partial_or_foreign_adapter(student, tmp_path):
+    model, peft, adapters = injection_case("llama", ["q_proj", "v_proj"], 2, 4)
+    for bad, error, what, _ in bad_adapter_files(peft_saved(peft, tmp_path)):
         try:
             student.loaded_adapter(copy.deepcopy(model), list(adapters), bad, 2, 4)
         except error:
@@ -553,6 +803,18 @@ def test_load_adapter_state_dict_refuses_a_partial_or_foreign_adapter(student, t
                                  f"{err}; expected {error.__name__}") from None
         raise AssertionError(f"load_adapter_state_dict accepted an adapter {what}: raise {error.__name__} (a "
                              "half-loaded adapter runs silently with fresh weights)")
+
+
+@pytest.mark.exercise("8.8")
+def test_load_adapter_state_dict_names_the_entry_it_refuses(student, tmp_path):
+    model, peft, adapters = injection_case("llama", ["q_proj", "v_proj"], 2, 4)
+    for bad, error, what, culprits in bad_adapter_files(peft_saved(peft, tmp_path)):
+        with pytest.raises(error) as refused:
+            student.loaded_adapter(copy.deepcopy(model), list(adapters), bad, 2, 4)
+        message = str(refused.value)
+        assert any(key[len(ADAPTER):] in message for key in culprits), (
+            f"load_adapter_state_dict refused an adapter {what} with {error.__name__}: {message!r}; name the entry "
+            f"(such as {culprits[0]!r}), so that the user knows which weight is wrong")
 
 
 # -- 8.9 nf4_code ----------------------------------------------------------------------------------------------------------
@@ -674,6 +936,14 @@ def test_quantize_blockwise_ties_and_zero_blocks(student):
                       "every value of an all-zero block, is code 7, the exact 0 (no division by an absmax of 0)")
 
 
+@pytest.mark.exercise("8.10")
+def test_quantize_blockwise_leaves_x_and_the_code_alone(student):
+    x, code = weights(8, (4, 96)), bnb_nf4_code()      # float32: x.reshape(-1).float() is x's own memory
+    before = [x.clone(), code.clone()]
+    student.quantize_blockwise(x, code, 64)
+    assert_unchanged([x, code], before, what="the caller's x or code (scale a copy: `x / absmax`, not `x /= absmax`)")
+
+
 @pytest.mark.exercise("8.11")
 @pytest.mark.parametrize("seed, shape, dtype, blocksize", QUANT_CASES)
 def test_dequantize_blockwise_is_bitsandbytes_dequantize_4bit(student, seed, shape, dtype, blocksize):
@@ -720,6 +990,15 @@ def test_pack_nibbles_of_every_pair(student):
                  hint="the pair (a, b) is the byte 16 * a + b")
 
 
+@pytest.mark.exercise("8.12")
+def test_pack_nibbles_leaves_the_indices_alone(student):
+    indices = torch.randint(0, 16, (64,), generator=torch.Generator().manual_seed(9)).to(torch.uint8)
+    before = indices.clone()
+    student.pack_nibbles(indices)
+    assert_unchanged(indices, before, what="the caller's indices (indices[0::2] is a view: shift a copy, "
+                     "`indices[0::2] << 4`, not `<<=`)")
+
+
 @pytest.mark.exercise("8.13")
 @pytest.mark.parametrize("seed, shape", [(0, (64, 128)), (1, (3, 7)), (2, (1, 1))])
 def test_unpack_nibbles_reads_bitsandbytes_bytes(student, seed, shape):
@@ -737,6 +1016,14 @@ def test_unpack_nibbles_inverts_packing(student):
     pairs = torch.cartesian_prod(torch.arange(16), torch.arange(16)).to(torch.uint8).flatten()
     assert_close(student.unpack_nibbles(torch.arange(256, dtype=torch.uint8), 512), pairs,
                  what="unpack_nibbles of the bytes 0..255", hint="byte 16 * a + b holds a, then b")
+
+
+@pytest.mark.exercise("8.13")
+def test_unpack_nibbles_leaves_the_bytes_alone(student):
+    packed = torch.arange(256, dtype=torch.uint8)
+    student.unpack_nibbles(packed, 511)
+    assert_unchanged(packed, torch.arange(256, dtype=torch.uint8), what="the caller's packed bytes (`packed & 0xF`, "
+                     "not `&=`)")
 
 
 # -- 8.14 double_quantize -------------------------------------------------------------------------------------------------
@@ -764,6 +1051,46 @@ def test_double_quantize_is_bitsandbytes_compressed_statistics(student, seed, sh
     assert differ <= max(2, absmax.numel() // 500), f"the test's nearest codes differ from bitsandbytes' in {differ}"
     assert_close(absmax_q, expected, what=f"{what}: 8-bit scales",
                  hint="the nearest of the 256 dynamic code values to (absmax - offset) / absmax2 of its block")
+
+
+def block_scales(seed, n):
+    """``n`` first-level scales: absmax of blocks of 64 normal weights, so positive and near 0.1."""
+    return weights(seed, (n, 64)).abs().amax(dim=1)
+
+
+@pytest.mark.exercise("8.14")
+@pytest.mark.parametrize("blocksize", [64, 1000])
+def test_double_quantize_in_second_level_blocks_of_any_size(student, blocksize):
+    import bitsandbytes.functional as bnbf
+
+    from course_lib.lora import dynamic_code
+
+    absmax, code = block_scales(10, 700), dynamic_code()
+    got = student.double_quantize(absmax.clone(), code, blocksize)    # (absmax left alone: the test below)
+    assert isinstance(got, tuple) and len(got) == 3, "double_quantize returns (absmax_q, absmax2, offset)"
+    absmax_q, absmax2, offset = got
+    centred = absmax - absmax.mean()
+    q, state = bnbf.quantize_blockwise(centred, code=code, blocksize=blocksize)
+    what = f"double_quantize of 700 scales in second-level blocks of {blocksize}"
+    assert_close(offset, absmax.mean(), what=f"{what}: offset", hint="the offset is the mean of the scales")
+    assert_close(absmax2, state.absmax, what=f"{what}: second-level absmax",
+                 hint=f"one absmax per block of blocksize={blocksize} centred scales (the argument, not 256)")
+    expected = nearest(centred / state.absmax.repeat_interleave(blocksize)[:700], code)
+    differ = (expected != q).sum().item()
+    assert differ <= 2, f"the test's nearest codes differ from bitsandbytes' quantize_blockwise in {differ}"
+    assert_close(absmax_q, expected, what=f"{what}: 8-bit scales",
+                 hint="the nearest dynamic code value to each centred scale divided by its block's absmax")
+
+
+@pytest.mark.exercise("8.14")
+def test_double_quantize_leaves_the_scales_alone(student):
+    from course_lib.lora import dynamic_code
+
+    absmax, code = block_scales(11, 300), dynamic_code()
+    before = [absmax.clone(), code.clone()]
+    student.double_quantize(absmax, code, 256)
+    assert_unchanged([absmax, code], before, what="the caller's absmax or code (centre a copy: `absmax - offset`, "
+                     "not `absmax -= offset`)")
 
 
 # -- 8.15 NF4Linear.forward -------------------------------------------------------------------------------------------------
@@ -814,6 +1141,22 @@ def test_nf4_linear_is_bitsandbytes_linear4bit(student, seed, in_features, out_f
                  hint="the gradient must flow back to x through the dequantized weight (adapters before this layer "
                       "need it)")
     assert all(g is None for g in got["grads"].values()), "NF4Linear's bias is frozen: it gets no gradient"
+
+
+@pytest.mark.exercise("8.15")
+@pytest.mark.parametrize("lead", [(), (2, 2, 3)], ids=["one vector", "4-d batch"])
+def test_nf4_linear_takes_any_leading_dimensions(student, lead):
+    w, b = weights(12, (24, 64)), weights(13, (24,))
+    layer, buffers = bnb_linear4bit(w, b, torch.float32, False)
+    x = torch.randn(*lead, 64, generator=torch.Generator().manual_seed(14))
+    x_ref = x.clone().requires_grad_(True)
+    expected = layer(x_ref)
+    expected.backward(torch.ones_like(expected))
+    got = student.nf4_linear_outputs(buffers, 64, 24, x, bias=b)
+    what = f"NF4Linear of an input {(*lead, 64)} (x is (..., in_features): any leading dimensions)"
+    hint = "F.linear takes any leading dimensions; nothing needs (batch, seq)"
+    assert_close(got["output"], expected.detach(), what=f"{what}: output", hint=hint)
+    assert_close(got["grad_x"], x_ref.grad, what=f"{what}: gradient of x", hint=hint)
 
 
 # -- 8.16 training_memory -----------------------------------------------------------------------------------------------------
@@ -906,6 +1249,39 @@ def test_training_memory_is_what_the_tensors_take(student, method, dtype, double
                "gradients": "(one gradient per trainable value)",
                "optimizer": "(AdamW keeps two moments per trainable value)"}[key])
     assert got["total"] == sum(measured.values()), f"{what}['total'] is not the sum of the other three"
+
+
+def bnb_nf4_bytes(shape, blocksize, double_quant, absmax_blocksize):
+    """Bytes of one weight of ``shape`` quantized to NF4 by bitsandbytes: its packed indices and its scales;
+    with double quantization, the scales centred and quantized to 8 bits in blocks of ``absmax_blocksize``
+    (``quantize_4bit(compress_statistics=True)`` does this with 256), their absmax and the offset."""
+    import bitsandbytes.functional as bnbf
+
+    packed, state = bnbf.quantize_4bit(weights(0, shape), blocksize=blocksize, quant_type="nf4")
+    scales = [state.absmax]
+    if double_quant:
+        offset = state.absmax.mean()
+        absmax_q, state2 = bnbf.quantize_blockwise(state.absmax - offset, blocksize=absmax_blocksize)
+        scales = [absmax_q, state2.absmax, offset]
+    return tensor_bytes([packed] + scales)
+
+
+@pytest.mark.exercise("8.16")
+@pytest.mark.parametrize("blocksize, double_quant, absmax_blocksize", [(128, False, 256), (32, True, 8)])
+def test_training_memory_counts_whole_bytes_of_odd_matrices_in_any_blocks(student, blocksize, double_quant,
+                                                                          absmax_blocksize):
+    shapes, other, r = [(7, 9), (5, 13), (33, 41)], 1000, 3     # 63, 65 and 1353 values: odd counts
+    blocks = {"blocksize": blocksize, "double_quant": double_quant, "absmax_blocksize": absmax_blocksize}
+    for method in ("full", "lora", "qlora"):
+        got = student.training_memory(shapes, other, method, r=r, param_bytes=2, **blocks)
+        assert isinstance(got, dict) and all(type(v) is int for v in got.values()), (
+            f"training_memory(..., {method!r}) returns {got!r}: a count of bytes is a Python int")
+    quantized = sum(bnb_nf4_bytes(shape, **blocks) for shape in shapes)
+    expected = (other + sum(r * (o + i) for o, i in shapes)) * 2 + quantized
+    assert got["weights"] == expected, (
+        f"training_memory(qlora, {blocks}) weights = {got['weights']} bytes; bitsandbytes' tensors take {expected}: "
+        f"{other} other parameters and the adapters, 2 bytes each, and per 4-bit matrix ceil(n / 2) bytes of packed "
+        "indices (an odd count pads the last byte) plus its scales, in blocks of the sizes given")
 
 
 # -- not graded: bad input is refused before your code runs, with the argument's name ---------------------

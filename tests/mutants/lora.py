@@ -78,14 +78,19 @@ def scaling_as_a_tensor(alpha, r, use_rslora=False):
 
 
 # -- 8.3 LoRALinear.forward -----------------------------------------------------------------------------------------
-def _forward(self, x, *, scale=True, dropout_everywhere=False, skip_when_merged=True, cast_back=True):
+def _forward(self, x, *, scale=True, dropout_everywhere=False, skip_when_merged=True, cast_back=True,
+             any_shape=True):
     if dropout_everywhere:
         x = self.lora_dropout(x)
     result = self.base_layer(x)
     if self.merged and skip_when_merged:
         return result
-    h = x if dropout_everywhere else self.lora_dropout(x)
-    lora = self.lora_B(self.lora_A(h.to(self.lora_A.weight.dtype)))
+    h = (x if dropout_everywhere else self.lora_dropout(x)).to(self.lora_A.weight.dtype)
+    if any_shape:
+        lora = self.lora_B(self.lora_A(h))
+    else:                        # (batch, seq, in_features) flattened to rows and back: other shapes fail
+        batch, seq, _ = h.shape
+        lora = self.lora_B(self.lora_A(h.reshape(batch * seq, -1))).view(batch, seq, -1)
     out = result + (lora * self.scaling if scale else lora)
     return out.to(result.dtype) if cast_back else out
 
@@ -104,6 +109,10 @@ def lora_forward_adds_the_adapter_when_merged(self, x):
 
 def lora_forward_returns_the_adapter_dtype(self, x):
     return _forward(self, x, cast_back=False)
+
+
+def lora_forward_for_batches_of_sequences_only(self, x):
+    return _forward(self, x, any_shape=False)
 
 
 def lora_forward_scales_the_base_too(self, x):
@@ -153,14 +162,24 @@ def target_matches_a_str_as_a_name(name, target_modules):
     return _matches(name, [target_modules] if isinstance(target_modules, str) else target_modules)
 
 
+def target_matches_only_a_list_as_names(name, target_modules):
+    if not isinstance(target_modules, list):        # a tuple of names is taken for a regular expression
+        return re.fullmatch(target_modules, name) is not None
+    return _matches(name, target_modules)
+
+
 # -- 8.5 inject_lora -----------------------------------------------------------------------------------------------------
 def _inject(model, target_modules, r, alpha, dropout, use_rslora, seed, *, freeze="all", conv1d=True, check=True,
-            one_seed=False, match=None):
+            one_seed=False, match=None, pass_dropout=True, no_seed_as_zero=False, copy_model=False, copy_layers=False):
+    import copy
+
     from transformers.pytorch_utils import Conv1D
 
     from course_lib.lora import LoRALinear, replace_module, target_matches
 
     match = match or target_matches
+    if copy_model:               # the caller's model is left as it was; the adapted copy is returned
+        model = copy.deepcopy(model)
     kinds = (nn.Linear, Conv1D) if conv1d else (nn.Linear,)
     found = [(n, m) for n, m in model.named_modules() if match(n, target_modules)]
     if check:
@@ -174,7 +193,11 @@ def _inject(model, target_modules, r, alpha, dropout, use_rslora, seed, *, freez
         model.requires_grad_(False)
     for i, (name, module) in enumerate(found):
         layer_seed = None if seed is None else seed + (0 if one_seed else i)
-        replace_module(model, name, LoRALinear(module, r, alpha, dropout, use_rslora, layer_seed))
+        if seed is None and no_seed_as_zero:
+            layer_seed = i
+        base = copy.deepcopy(module) if copy_layers else module
+        layer_dropout = dropout if pass_dropout else 0.0
+        replace_module(model, name, LoRALinear(base, r, alpha, layer_dropout, use_rslora, layer_seed))
     if freeze == "weights":      # every weight frozen, every bias left as it was: trainable
         for pname, p in model.named_parameters():
             if "lora_" not in pname and not pname.endswith("bias"):
@@ -207,6 +230,24 @@ def inject_matching_substrings(model, target_modules, r=8, alpha=8.0, dropout=0.
     return _inject(model, target_modules, r, alpha, dropout, use_rslora, seed, match=target_matches_substring)
 
 
+def inject_without_the_dropout(model, target_modules, r=8, alpha=8.0, dropout=0.0, use_rslora=False, seed=None):
+    return _inject(model, target_modules, r, alpha, dropout, use_rslora, seed, pass_dropout=False)
+
+
+def inject_without_a_seed_seeds_from_zero(model, target_modules, r=8, alpha=8.0, dropout=0.0, use_rslora=False,
+                                          seed=None):
+    return _inject(model, target_modules, r, alpha, dropout, use_rslora, seed, no_seed_as_zero=True)
+
+
+def inject_into_a_copy(model, target_modules, r=8, alpha=8.0, dropout=0.0, use_rslora=False, seed=None):
+    return _inject(model, target_modules, r, alpha, dropout, use_rslora, seed, copy_model=True)
+
+
+def inject_wrapping_copies_of_the_layers(model, target_modules, r=8, alpha=8.0, dropout=0.0, use_rslora=False,
+                                         seed=None):
+    return _inject(model, target_modules, r, alpha, dropout, use_rslora, seed, copy_layers=True)
+
+
 def injection_driver(wrong_inject):
     from course_lib.lora import run_lora_injection
 
@@ -214,12 +255,13 @@ def injection_driver(wrong_inject):
 
 
 # -- 8.6 lora_delta_weight ------------------------------------------------------------------------------------------------
-def _delta(lora_A, lora_B, scaling, fan_in_fan_out, *, scale=True, transpose=True, dtype=True):
-    low = lora_A.dtype in (torch.float16, torch.bfloat16)
-    A, B = (lora_A.float(), lora_B.float()) if low else (lora_A, lora_B)
-    delta = B @ A * (scaling if scale else 1.0)
-    delta = delta.T if fan_in_fan_out and transpose else delta
-    return delta.to(lora_A.dtype) if dtype else delta
+def _delta(lora_A, lora_B, scaling, fan_in_fan_out, *, scale=True, transpose=True, dtype=True, graph=False):
+    with torch.set_grad_enabled(graph):
+        low = lora_A.dtype in (torch.float16, torch.bfloat16)
+        A, B = (lora_A.float(), lora_B.float()) if low else (lora_A, lora_B)
+        delta = B @ A * (scaling if scale else 1.0)
+        delta = delta.T if fan_in_fan_out and transpose else delta
+        return delta.to(lora_A.dtype) if dtype else delta
 
 
 def delta_without_scaling(lora_A, lora_B, scaling, fan_in_fan_out=False):
@@ -238,8 +280,12 @@ def delta_scaled_twice(lora_A, lora_B, scaling, fan_in_fan_out=False):
     return _delta(lora_A * scaling, lora_B, scaling, fan_in_fan_out)
 
 
+def delta_in_the_autograd_graph(lora_A, lora_B, scaling, fan_in_fan_out=False):
+    return _delta(lora_A, lora_B, scaling, fan_in_fan_out, graph=True)
+
+
 # -- 8.7 adapter_state_dict ------------------------------------------------------------------------------------------------
-def _state_dict(model, *, prefix=ADAPTER_PREFIX, suffix="", everything=False):
+def _state_dict(model, *, prefix=ADAPTER_PREFIX, suffix="", everything=False, copy=True, dtype=None):
     from course_lib.lora import lora_layers
 
     state = {}
@@ -247,7 +293,8 @@ def _state_dict(model, *, prefix=ADAPTER_PREFIX, suffix="", everything=False):
         for pname, p in layer.named_parameters():
             if everything or pname.startswith("lora_"):
                 part, _, leaf = pname.rpartition(".")
-                state[f"{prefix}{name}.{part}{suffix}.{leaf}"] = p.detach().clone()
+                weight = p.detach().clone() if copy else p.detach()
+                state[f"{prefix}{name}.{part}{suffix}.{leaf}"] = weight if dtype is None else weight.to(dtype)
     return state
 
 
@@ -263,6 +310,14 @@ def adapter_state_dict_with_the_frozen_layers(model):
     return _state_dict(model, everything=True)
 
 
+def adapter_state_dict_sharing_the_model_weights(model):
+    return _state_dict(model, copy=False)
+
+
+def adapter_state_dict_in_float32(model):
+    return _state_dict(model, dtype=torch.float32)
+
+
 def adapter_state_dict_driver(wrong):
     from course_lib.lora import run_adapter_weights
 
@@ -270,26 +325,27 @@ def adapter_state_dict_driver(wrong):
 
 
 # -- 8.8 load_adapter_state_dict ----------------------------------------------------------------------------------------------
-def _load(model, state_dict, *, strict_unknown=True, strict_missing=True, replace=False):
+def _load(model, state_dict, *, strict_unknown=True, strict_missing=True, replace=None, pop=False, name_it=True):
     from course_lib.lora import lora_layers
 
     targets = {f"{ADAPTER_PREFIX}{name}.{part}.weight": (layer, part)
                for name, layer in lora_layers(model).items() for part in ("lora_A", "lora_B")}
     if strict_unknown and set(state_dict) - set(targets):
-        raise KeyError(f"unknown entries {sorted(set(state_dict) - set(targets))}")
+        raise KeyError(f"unknown entries {sorted(set(state_dict) - set(targets))}" if name_it else "unknown entries")
     if strict_missing and set(targets) - set(state_dict):
-        raise KeyError(f"missing entries {sorted(set(targets) - set(state_dict))}")
+        raise KeyError(f"missing entries {sorted(set(targets) - set(state_dict))}" if name_it else "missing entries")
     for key, (layer, part) in targets.items():
         if key not in state_dict:
             continue
         module = getattr(layer, part)
         if state_dict[key].shape != module.weight.shape:
-            raise ValueError(f"{key}: shape {tuple(state_dict[key].shape)}")
-        if replace:
-            module.weight = nn.Parameter(state_dict[key].clone(), requires_grad=False)
+            raise ValueError(f"{key}: shape {tuple(state_dict[key].shape)}" if name_it else "a saved shape differs")
+        saved = state_dict.pop(key) if pop else state_dict[key]   # popping empties the caller's dict
+        if replace is not None:     # a new Parameter: the saved tensor's dtype, and an optimizer holds the old one
+            module.weight = nn.Parameter(saved.clone(), requires_grad=replace == "trainable")
         else:
             with torch.no_grad():
-                module.weight.copy_(state_dict[key])
+                module.weight.copy_(saved)
 
 
 def load_adapter_ignoring_unknown_entries(model, state_dict):
@@ -301,7 +357,19 @@ def load_adapter_ignoring_missing_entries(model, state_dict):
 
 
 def load_adapter_replacing_the_parameters(model, state_dict):
-    _load(model, state_dict, replace=True)
+    _load(model, state_dict, replace="frozen")
+
+
+def load_adapter_replacing_them_with_trainable_copies(model, state_dict):
+    _load(model, state_dict, replace="trainable")
+
+
+def load_adapter_popping_the_entries(model, state_dict):
+    _load(model, state_dict, pop=True)
+
+
+def load_adapter_refusing_without_naming_the_entry(model, state_dict):
+    _load(model, state_dict, name_it=False)
 
 
 def load_adapter_driver(wrong):
@@ -386,6 +454,16 @@ def quantize_by_the_signed_maximum(x, code, blocksize=64):
     return _quantize(x, code, blocksize, signed=True)
 
 
+def quantize_scaling_x_in_place(x, code, blocksize=64):
+    flat = x.reshape(-1).float()            # for a float32 x: the caller's tensor itself, not a copy
+    n = flat.numel()
+    n_blocks = -(-n // blocksize)
+    absmax = F.pad(flat.abs(), (0, n_blocks * blocksize - n)).view(n_blocks, blocksize).amax(dim=1)
+    flat /= absmax.clamp(min=1e-38).repeat_interleave(blocksize)[:n]
+    code = code.float()
+    return torch.bucketize(flat.clamp(-1, 1), (code[1:] + code[:-1]) / 2).to(torch.uint8), absmax
+
+
 # -- 8.11 dequantize_blockwise ----------------------------------------------------------------------------------------------
 def dequantize_without_the_absmax(indices, absmax, code, blocksize, shape):
     return code.float()[indices.long()].reshape(tuple(shape))
@@ -417,6 +495,12 @@ def pack_nibbles_as_int64(indices):
     return (indices[0::2].long() << 4) | indices[1::2].long()
 
 
+def pack_nibbles_shifting_in_place(indices):
+    high = indices[0::2]                    # a view: shifting it in place shifts the caller's indices
+    high <<= 4
+    return high | indices[1::2]
+
+
 def unpack_nibbles_low_bits_first(packed, n):
     return torch.stack([packed & 0xF, packed >> 4], dim=1).flatten()[:n]
 
@@ -427,6 +511,13 @@ def unpack_nibbles_keeping_the_padding(packed, n):
 
 def unpack_nibbles_as_int64(packed, n):
     return torch.stack([packed >> 4, packed & 0xF], dim=1).flatten()[:n].long()
+
+
+def unpack_nibbles_masking_in_place(packed, n):
+    high = packed >> 4
+    low = packed                            # the caller's bytes, masked in place
+    low &= 0xF
+    return torch.stack([high, low], dim=1).flatten()[:n]
 
 
 # -- 8.14 double_quantize -------------------------------------------------------------------------------------------------------
@@ -449,6 +540,19 @@ def double_quantize_in_one_block(absmax, code, blocksize=256):
     return _double(absmax, code, absmax.numel(), absmax.mean())
 
 
+def double_quantize_in_blocks_of_256(absmax, code, blocksize=256):
+    return _double(absmax, code, 256, absmax.mean())
+
+
+def double_quantize_centring_in_place(absmax, code, blocksize=256):
+    from course_lib.lora import quantize_blockwise
+
+    offset = absmax.mean()
+    absmax -= offset                        # the caller's scales are centred too
+    absmax_q, absmax2 = quantize_blockwise(absmax, code, blocksize)
+    return absmax_q, absmax2, offset
+
+
 # -- 8.15 NF4Linear.forward -------------------------------------------------------------------------------------------------------
 def nf4_forward_without_casting_back(self, x):
     bias = None if self.bias is None else self.bias.to(self.compute_dtype)
@@ -464,6 +568,13 @@ def nf4_forward_without_the_bias(self, x):
     return F.linear(x.to(self.compute_dtype), self.dequantized_weight()).to(x.dtype)
 
 
+def nf4_forward_for_batches_of_sequences_only(self, x):
+    batch, seq, _ = x.shape                 # (batch, seq, in_features) flattened to rows and back
+    bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+    rows = F.linear(x.reshape(batch * seq, -1).to(self.compute_dtype), self.dequantized_weight(), bias)
+    return rows.view(batch, seq, -1).to(x.dtype)
+
+
 def nf4_linear_driver(wrong_forward):
     from course_lib.lora import NF4Linear, run_nf4_linear
 
@@ -473,7 +584,7 @@ def nf4_linear_driver(wrong_forward):
 
 # -- 8.16 training_memory --------------------------------------------------------------------------------------------------------
 def _memory(linear_shapes, other_params, method, r, param_bytes, blocksize, double_quant, absmax_blocksize, *,
-            states=2, per_matrix=True, lora_in_qlora=True, count_double_quant=True):
+            states=2, per_matrix=True, lora_in_qlora=True, count_double_quant=True, packed_round_up=True, bits=False):
     adapted = sum(o * i for o, i in linear_shapes)
     lora = sum(r * (o + i) for o, i in linear_shapes)
     if method == "full":
@@ -486,10 +597,13 @@ def _memory(linear_shapes, other_params, method, r, param_bytes, blocksize, doub
         for n in sizes:
             blocks = -(-n // blocksize)
             double = double_quant and count_double_quant
-            quantized += -(-n // 2) + (blocks + 4 * -(-blocks // absmax_blocksize) + 4 if double else 4 * blocks)
+            packed = -(-n // 2) if packed_round_up else n // 2
+            quantized += packed + (blocks + 4 * -(-blocks // absmax_blocksize) + 4 if double else 4 * blocks)
         trainable = lora
         weights = (other_params + (lora if lora_in_qlora else 0)) * param_bytes + quantized
     memory = {"weights": weights, "gradients": trainable * param_bytes, "optimizer": states * trainable * param_bytes}
+    if bits:        # counted in bits and divided by 8: the same numbers, as floats
+        memory = {k: v * 8 / 8 for k, v in memory.items()}
     return memory | {"total": sum(memory.values())}
 
 
@@ -517,37 +631,67 @@ def memory_ignores_double_quantization(linear_shapes, other_params, method, *, r
                    count_double_quant=False)
 
 
+def memory_packing_odd_matrices_rounded_down(linear_shapes, other_params, method, *, r=8, param_bytes=4, blocksize=64,
+                                             double_quant=True, absmax_blocksize=256):
+    return _memory(linear_shapes, other_params, method, r, param_bytes, blocksize, double_quant, absmax_blocksize,
+                   packed_round_up=False)
+
+
+def memory_with_the_default_block_sizes(linear_shapes, other_params, method, *, r=8, param_bytes=4, blocksize=64,
+                                        double_quant=True, absmax_blocksize=256):
+    return _memory(linear_shapes, other_params, method, r, param_bytes, 64, double_quant, 256)
+
+
+def memory_in_float_bytes(linear_shapes, other_params, method, *, r=8, param_bytes=4, blocksize=64, double_quant=True,
+                          absmax_blocksize=256):
+    return _memory(linear_shapes, other_params, method, r, param_bytes, blocksize, double_quant, absmax_blocksize,
+                   bits=True)
+
+
 MUTANTS = {
     "init_lora_weights": [init_b_random, init_a_with_kaiming_default_gain, init_both_zero, init_ignores_the_seed,
                           init_a_transposed],
     "lora_scaling": [scaling_r_over_alpha, scaling_ignores_rslora, scaling_rslora_by_r_squared, scaling_as_a_tensor],
     "lora_linear_outputs": [lora_linear_driver(m) for m in (
         lora_forward_without_scaling, lora_forward_dropout_on_the_base_too, lora_forward_adds_the_adapter_when_merged,
-        lora_forward_returns_the_adapter_dtype, lora_forward_scales_the_base_too)],
+        lora_forward_returns_the_adapter_dtype, lora_forward_scales_the_base_too,
+        lora_forward_for_batches_of_sequences_only)],
     "target_matches": [target_matches_substring, target_matches_endswith_without_the_dot, target_matches_regex_search,
-                       target_matches_regex_prefix, target_matches_a_str_as_a_name],
+                       target_matches_regex_prefix, target_matches_a_str_as_a_name,
+                       target_matches_only_a_list_as_names],
     "lora_injection": [injection_driver(m) for m in (
         inject_leaves_the_biases_trainable, inject_freezes_nothing, inject_skips_conv1d, inject_skips_what_it_cannot_wrap,
-        inject_with_one_seed_for_every_adapter, inject_matching_substrings)],
-    "lora_delta_weight": [delta_without_scaling, delta_never_transposed, delta_kept_in_float32, delta_scaled_twice],
+        inject_with_one_seed_for_every_adapter, inject_matching_substrings, inject_without_the_dropout,
+        inject_without_a_seed_seeds_from_zero, inject_into_a_copy, inject_wrapping_copies_of_the_layers)],
+    "lora_delta_weight": [delta_without_scaling, delta_never_transposed, delta_kept_in_float32, delta_scaled_twice,
+                          delta_in_the_autograd_graph],
     "adapter_weights": [adapter_state_dict_driver(m) for m in (
         adapter_state_dict_with_the_adapter_name, adapter_state_dict_without_the_prefix,
-        adapter_state_dict_with_the_frozen_layers)],
+        adapter_state_dict_with_the_frozen_layers, adapter_state_dict_sharing_the_model_weights,
+        adapter_state_dict_in_float32)],
     "loaded_adapter": [load_adapter_driver(m) for m in (
         load_adapter_ignoring_unknown_entries, load_adapter_ignoring_missing_entries,
-        load_adapter_replacing_the_parameters)],
+        load_adapter_replacing_the_parameters, load_adapter_replacing_them_with_trainable_copies,
+        load_adapter_popping_the_entries, load_adapter_refusing_without_naming_the_entry)],
     "nf4_code": [nf4_code_uniform_grid, nf4_code_symmetric_quantiles_without_zero, nf4_code_not_normalised,
                  nf4_code_mirrored, nf4_code_with_offset_one_half_step],
     "quantize_blockwise": [quantize_absmax_over_the_whole_tensor, quantize_absmax_per_row, quantize_rounds_down_to_a_code,
-                           quantize_ties_to_the_upper_code, quantize_by_the_signed_maximum],
+                           quantize_ties_to_the_upper_code, quantize_by_the_signed_maximum,
+                           quantize_scaling_x_in_place],
     "dequantize_blockwise": [dequantize_without_the_absmax, dequantize_blocks_restarting_each_row,
                              dequantize_repeats_instead_of_interleaving],
-    "pack_nibbles": [pack_nibbles_first_in_the_low_bits, pack_nibbles_adding_without_shifting, pack_nibbles_as_int64],
-    "unpack_nibbles": [unpack_nibbles_low_bits_first, unpack_nibbles_keeping_the_padding, unpack_nibbles_as_int64],
+    "pack_nibbles": [pack_nibbles_first_in_the_low_bits, pack_nibbles_adding_without_shifting, pack_nibbles_as_int64,
+                     pack_nibbles_shifting_in_place],
+    "unpack_nibbles": [unpack_nibbles_low_bits_first, unpack_nibbles_keeping_the_padding, unpack_nibbles_as_int64,
+                       unpack_nibbles_masking_in_place],
     "double_quantize": [double_quantize_without_centring, double_quantize_centred_on_the_median,
-                        double_quantize_in_one_block],
+                        double_quantize_in_one_block, double_quantize_in_blocks_of_256,
+                        double_quantize_centring_in_place],
     "nf4_linear_outputs": [nf4_linear_driver(m) for m in (
-        nf4_forward_without_casting_back, nf4_forward_in_the_input_dtype, nf4_forward_without_the_bias)],
+        nf4_forward_without_casting_back, nf4_forward_in_the_input_dtype, nf4_forward_without_the_bias,
+        nf4_forward_for_batches_of_sequences_only)],
     "training_memory": [memory_with_one_optimizer_state, memory_with_blocks_over_all_matrices,
-                        memory_qlora_without_the_adapters, memory_ignores_double_quantization],
+                        memory_qlora_without_the_adapters, memory_ignores_double_quantization,
+                        memory_packing_odd_matrices_rounded_down, memory_with_the_default_block_sizes,
+                        memory_in_float_bytes],
 }
