@@ -1402,7 +1402,7 @@ def test_adapt_runs_chapter_7s_loop_on_the_adapters_alone(solution_mode, method)
     from course_lib.lora import AdaptConfig, LoRALinear, NF4Linear, adapt, adapter_report
     from course_lib.pretraining import pretrained_course_lm
 
-    config = AdaptConfig(method=method, r=4, alpha=8.0, finetune="tiny", total_steps=4)
+    config = AdaptConfig(method=method, r=4, alpha=8.0, modules_to_save=(), finetune="tiny", total_steps=4)
     base, _ = pretrained_course_lm("tiny", progress=False)
     result = adapt(config)
     assert result.history["step"] == [1, 2, 3, 4]
@@ -1421,6 +1421,31 @@ def test_adapt_runs_chapter_7s_loop_on_the_adapters_alone(solution_mode, method)
     assert report["test_examples"] == 8 * len(report["test"])
 
 
+def test_an_adapter_with_a_trained_embedding_travels_to_peft_and_back(solution_mode, tmp_path):
+    from peft import PeftModel
+
+    from course_lib.lora import AdaptConfig, adapt, adapter_report, load_adapter, save_adapter
+    from course_lib.pretraining import pretrained_course_lm
+
+    config = AdaptConfig(r=4, alpha=8.0, finetune="tiny", total_steps=2)       # modules_to_save: the embedding
+    result = adapt(config)
+    base, _ = pretrained_course_lm("tiny", progress=False)
+    embedding = result.model.get_input_embeddings().weight
+    assert not torch.equal(embedding, base.get_input_embeddings().weight), "the embedding trained"
+    assert result.model.get_output_embeddings().weight is embedding, "the output layer stays tied to it"
+    report = adapter_report(config, result)
+    assert report["trained_in_full"] == embedding.numel()
+    assert report["memory"]["weights"] == report["measured_weight_bytes"]
+    save_adapter(result.model, tmp_path, None, config.modules_to_save)
+    ours = load_adapter(pretrained_course_lm("tiny", progress=False)[0], tmp_path).eval()
+    theirs = PeftModel.from_pretrained(pretrained_course_lm("tiny", progress=False)[0], tmp_path).eval()
+    ids = torch.tensor([[1, 5, 9, 200, 7]])
+    with torch.no_grad():
+        trained = result.model.eval()(input_ids=ids).logits
+        assert_close(ours(input_ids=ids).logits, trained, rtol=0, atol=0, what="the adapter loaded back")
+        assert_close(theirs(input_ids=ids).logits, trained, rtol=1e-5, atol=1e-5, what="the adapter loaded by peft")
+
+
 @pytest.mark.slow
 def test_the_course_adapter_is_a_peft_adapter_of_the_pretrained_model(solution_mode):
     from peft import PeftModel
@@ -1437,7 +1462,7 @@ def test_the_course_adapter_is_a_peft_adapter_of_the_pretrained_model(solution_m
         assert_close(model(**prompt).logits, peft_model(**prompt).logits, rtol=1e-5, atol=1e-5,
                      what="the cached adapter in the course's layers and in peft's")
     record = adapted_training_record("lora", "cpu")
-    assert record["trainable_parameters"] < record["parameters"] // 10
+    assert record["trainable_parameters"] - record["trained_in_full"] < record["parameters"] // 10
     assert set(record["test"]) == {"arithmetic", "string", "sorting", "stdlib", "naming"}
 
 
