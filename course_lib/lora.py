@@ -1017,7 +1017,7 @@ def training_memory(linear_shapes: Sequence[tuple[int, int]], other_params: int,
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every linear layer
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 # Bump when the adaptation or its report changes in a way that should rebuild cached adapters.
-ADAPT_VERSION = 1
+ADAPT_VERSION = 2  # 2: the embedding trained (modules_to_save), the validation loss in the report
 _ADAPT_MODULES = ("numerics", "attention", "transformer", "generation", "pretraining", "instruct", "sft", "lora")
 
 
@@ -1105,8 +1105,8 @@ def adapt(config: AdaptConfig, progress: bool = False):
 
 
 def adapter_report(config: AdaptConfig, result) -> dict:
-    """What the book compares: held-out accuracy per family on :func:`course_lib.sft.test_rows`,
-    trainable and total parameters, the training's seconds and tokens per second, and the bytes of
+    """What the book compares: held-out accuracy per family on :func:`course_lib.sft.test_rows`, the
+    final validation loss, trainable and total parameters, the training's seconds and tokens per second, and the bytes of
     weights, gradients and AdamW's states (:func:`training_memory`) next to the model's measured
     tensor bytes (the bill counts the ``modules_to_save`` among the trained parameters: their gradients
     and AdamW's moments); the peak of GPU memory when it ran on one."""
@@ -1127,6 +1127,7 @@ def adapter_report(config: AdaptConfig, result) -> dict:
     return {"config": dataclasses.asdict(config), "test": accuracy, "test_examples": len(test_rows(run)),
             "trainable_parameters": trainable, "parameters": total, "train_seconds": result.train_seconds,
             "tokens_per_second": result.tokens_per_second, "history": result.history,
+            "validation_loss": result.history["eval_loss"][-1],
             "trained_in_full": in_full, "memory": memory,
             "measured_weight_bytes": sum(stored.values()),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None}

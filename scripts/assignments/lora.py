@@ -58,11 +58,6 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging
 
-try:
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-
 logging.set_verbosity_error()
 pylogging.getLogger("bitsandbytes").setLevel(pylogging.ERROR)  # optional CPU kernels it looks for on import
 torch.set_num_threads(1)  # small models: a second thread costs more in synchronisation than it saves
