@@ -1016,11 +1016,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="override total_steps")
     parser.add_argument("--packing", choices=("yes", "no"), default=None, help="override packing")
     parser.add_argument("--neftune", type=float, default=None, help="NEFTune alpha (e.g. 5)")
+    parser.add_argument("--base-model", default=None,
+                        help="folder of a pretrained model to start from (python -m course_lib.pretraining "
+                             "--output DIR writes DIR/model) instead of the preset's cached course model")
     parser.add_argument("--source", default=None, help="corpus source (file, folder or HF dataset name)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.cached:
-        if args.output or args.steps or args.packing or args.neftune:
+        if args.output or args.steps or args.packing or args.neftune or args.base_model:
             parser.error("--cached takes only --preset, --source and --no-progress (the cache is keyed by the preset)")
         sft_course_lm(args.preset, args.source, progress=not args.no_progress)
         summary = {"directory": str(sft_model_dir(args.preset, args.source))}
@@ -1030,7 +1033,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  "packing": None if args.packing is None else args.packing == "yes"}
     config = preset(args.preset, source=args.source, **{k: v for k, v in overrides.items() if v is not None})
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    result = finetune(config, progress=not args.no_progress, accelerator=accelerator)
+    model = tokenizer = None
+    if args.base_model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(args.base_model), AutoTokenizer.from_pretrained(args.base_model)
+    result = finetune(config, model=model, tokenizer=tokenizer, progress=not args.no_progress, accelerator=accelerator)
     summary = result.summary() | {"processes": accelerator.num_processes,
                                   "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
                                   "sharded": any(type(p).__name__ == "DTensor" for p in result.model.parameters()),
