@@ -21,12 +21,12 @@ dry=0
 
 # Test processes: 8 of the machine's 16 cores when pytest-xdist is there (it is in the image).
 workers=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8")
-# name, time limit (s), command: the steps in order (limits add up to 8.5 minutes).
+# name, time limit (s), command: the steps in order (limits add up to 8 minutes).
 steps=(
   "graded-tests|270|$PY -m pytest -q -p no:cacheprovider $workers --against solution -m 'not slow' tests/test_*.py tests/hidden"
   "benchmarks|60|$PY -m benchmarks"
   "pretrain-gpu|120|env COURSE_LIB_MODE=solution $PY -m course_lib.pretraining --preset gpu --steps ${GPU_PRETRAIN_STEPS:-300} --eval-every 25 --no-progress --output $out/pretrain-gpu"
-  "sft-gpu|60|env COURSE_LIB_MODE=solution $PY -m course_lib.sft --preset gpu --steps ${GPU_SFT_STEPS:-100} --base-model $out/pretrain-gpu/model --no-progress"
+  "sft-gpu|30|env COURSE_LIB_MODE=solution $PY -m course_lib.sft --preset gpu --steps ${GPU_SFT_STEPS:-50} --base-model $out/pretrain-gpu/model --no-progress"
 )
 
 if [ $dry -eq 1 ]; then
@@ -69,7 +69,7 @@ r = json.loads(sys.stdin.read())
 print("gpu preset: validation %.3f (unigram %.3f), %.0f tokens/s, MFU %.1f%%, %.0f s of training" % (
     r["validation_loss"], r["unigram_loss"], r["tokens_per_second"], 100 * r["mfu"], r["train_seconds"]))
 print("  validation loss by step:", list(zip(r["eval_step"], [round(x, 3) for x in r["eval_loss"]])))'
-# Chapter 7's "gpu" preset for a few steps from that model: the answers' validation loss, tokens/s, and
+# Chapter 7's "gpu" preset for 50 steps from that model: the answers' validation loss, tokens/s, and
 # the validation accuracy per family.
 grep '^{' "$out/sft-gpu.log" | $PY -c 'import json, sys
 r = json.loads(sys.stdin.read())
