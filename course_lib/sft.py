@@ -623,9 +623,9 @@ class FinetuneConfig:
 
     def settings(self) -> dict:
         """The optimisation settings as the dict Chapter 5's ``train_steps`` takes."""
-        return {"lr": self.lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "min_lr_ratio": self.min_lr_ratio, "weight_decay": self.weight_decay, "betas": list(self.betas),
-                "eps": self.eps, "max_grad_norm": self.max_grad_norm, "mixed_precision": self.mixed_precision}
+        from course_lib.pretraining import loop_settings
+
+        return loop_settings(self)
 
 
 PRESETS: dict[str, FinetuneConfig] = {
