@@ -431,6 +431,9 @@ def training_rows(config: "FinetuneConfig") -> list[dict]:
     wanted = config.train_examples
     if isinstance(wanted, dict) and not set(wanted) <= set(FAMILIES):
         raise ValueError(f"train_examples names unknown families: {sorted(set(wanted) - set(FAMILIES))}")
+    for limit in (wanted.values() if isinstance(wanted, dict) else [wanted]):
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"train_examples must give a non-negative int of rows (or None), got {limit!r}")
     out = []
     for family in FAMILIES:
         limit = wanted.get(family, 0) if isinstance(wanted, dict) else wanted
