@@ -904,6 +904,18 @@ def clipped_gradients(grads: list[torch.Tensor | None], max_norm: float, norm_ty
 
 
 # -- run configurations --------------------------------------------------------------------------------
+LOOP_SETTINGS = ("lr", "warmup_steps", "total_steps", "min_lr_ratio", "weight_decay", "betas", "eps",
+                 "max_grad_norm", "mixed_precision", "fused_optimizer")
+
+
+def loop_settings(config) -> dict:
+    """The optimisation settings of a run configuration (:class:`PretrainConfig`, Chapter 7's
+    ``FinetuneConfig``: any object with the attributes of :data:`LOOP_SETTINGS`; ``fused_optimizer``
+    may be missing, meaning False) as the plain dict :func:`train_steps` takes."""
+    settings = {name: getattr(config, name) for name in LOOP_SETTINGS if name != "fused_optimizer"}
+    return dict(settings, betas=list(settings["betas"]), fused_optimizer=getattr(config, "fused_optimizer", False))
+
+
 @dataclass
 class PretrainConfig:
     """One pre-training run: the model, the data, the optimizer and the loop's bookkeeping.
@@ -938,10 +950,7 @@ class PretrainConfig:
 
     def settings(self) -> dict:
         """The optimisation settings as the plain dict that :func:`train_steps` takes."""
-        return {"lr": self.lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "min_lr_ratio": self.min_lr_ratio, "weight_decay": self.weight_decay, "betas": list(self.betas),
-                "eps": self.eps, "max_grad_norm": self.max_grad_norm, "mixed_precision": self.mixed_precision,
-                "fused_optimizer": self.fused_optimizer}
+        return loop_settings(self)
 
     def tokens_per_step(self, n_processes: int = 1) -> int:
         return self.block_size * self.micro_batch_size * self.accumulation_steps * n_processes

@@ -431,6 +431,9 @@ def training_rows(config: "FinetuneConfig") -> list[dict]:
     wanted = config.train_examples
     if isinstance(wanted, dict) and not set(wanted) <= set(FAMILIES):
         raise ValueError(f"train_examples names unknown families: {sorted(set(wanted) - set(FAMILIES))}")
+    for limit in (wanted.values() if isinstance(wanted, dict) else [wanted]):
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"train_examples must give a non-negative int of rows (or None), got {limit!r}")
     out = []
     for family in FAMILIES:
         limit = wanted.get(family, 0) if isinstance(wanted, dict) else wanted
@@ -623,9 +626,9 @@ class FinetuneConfig:
 
     def settings(self) -> dict:
         """The optimisation settings as the dict Chapter 5's ``train_steps`` takes."""
-        return {"lr": self.lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "min_lr_ratio": self.min_lr_ratio, "weight_decay": self.weight_decay, "betas": list(self.betas),
-                "eps": self.eps, "max_grad_norm": self.max_grad_norm, "mixed_precision": self.mixed_precision}
+        from course_lib.pretraining import loop_settings
+
+        return loop_settings(self)
 
 
 PRESETS: dict[str, FinetuneConfig] = {
@@ -1024,11 +1027,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="override total_steps")
     parser.add_argument("--packing", choices=("yes", "no"), default=None, help="override packing")
     parser.add_argument("--neftune", type=float, default=None, help="NEFTune alpha (e.g. 5)")
+    parser.add_argument("--base-model", default=None,
+                        help="folder of a pretrained model to start from (python -m course_lib.pretraining "
+                             "--output DIR writes DIR/model) instead of the preset's cached course model")
     parser.add_argument("--source", default=None, help="corpus source (file, folder or HF dataset name)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.cached:
-        if args.output or args.steps or args.packing or args.neftune:
+        if args.output or args.steps or args.packing or args.neftune or args.base_model:
             parser.error("--cached takes only --preset, --source and --no-progress (the cache is keyed by the preset)")
         sft_course_lm(args.preset, args.source, progress=not args.no_progress)
         summary = {"directory": str(sft_model_dir(args.preset, args.source))}
@@ -1038,7 +1044,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  "packing": None if args.packing is None else args.packing == "yes"}
     config = preset(args.preset, source=args.source, **{k: v for k, v in overrides.items() if v is not None})
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    result = finetune(config, progress=not args.no_progress, accelerator=accelerator)
+    model = tokenizer = None
+    if args.base_model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(args.base_model), AutoTokenizer.from_pretrained(args.base_model)
+    result = finetune(config, model=model, tokenizer=tokenizer, progress=not args.no_progress, accelerator=accelerator)
     summary = result.summary() | {"processes": accelerator.num_processes,
                                   "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
                                   "sharded": any(type(p).__name__ == "DTensor" for p in result.model.parameters()),

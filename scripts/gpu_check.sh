@@ -2,8 +2,8 @@
 # GPU check, sized for one lent GPU session (15 minutes of device time in all, the machine's start
 # included, so this script must end in about 8 minutes): the graded tests of every chapter, public and
 # hidden, in solution mode on CUDA (the `gpu`-marked ones run there instead of being skipped), the
-# benchmarks, and a short run of Chapter 5's "gpu" pre-training preset with its curve, tokens/s and MFU;
-# then a summary table. Not the grading infrastructure (sandbox, nbgrader, handout, book): it is
+# benchmarks, a short run of Chapter 5's "gpu" pre-training preset with its curve, tokens/s and MFU, and
+# Chapter 7's "gpu" fine-tuning preset for a few steps from that model; then a summary table. Not the grading infrastructure (sandbox, nbgrader, handout, book): it is
 # CPU-only and CI runs it. The stub and wrong-variant passes check the tests themselves, which a
 # device does not change: CI runs them.
 #
@@ -21,11 +21,12 @@ dry=0
 
 # Test processes: 8 of the machine's 16 cores when pytest-xdist is there (it is in the image).
 workers=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8")
-# name, time limit (s), command: the steps in order (limits add up to 7.5 minutes).
+# name, time limit (s), command: the steps in order (limits add up to 8 minutes).
 steps=(
   "graded-tests|270|$PY -m pytest -q -p no:cacheprovider $workers --against solution -m 'not slow' tests/test_*.py tests/hidden"
   "benchmarks|60|$PY -m benchmarks"
   "pretrain-gpu|120|env COURSE_LIB_MODE=solution $PY -m course_lib.pretraining --preset gpu --steps ${GPU_PRETRAIN_STEPS:-300} --eval-every 25 --no-progress --output $out/pretrain-gpu"
+  "sft-gpu|30|env COURSE_LIB_MODE=solution $PY -m course_lib.sft --preset gpu --steps ${GPU_SFT_STEPS:-50} --base-model $out/pretrain-gpu/model --no-progress"
 )
 
 if [ $dry -eq 1 ]; then
@@ -68,6 +69,13 @@ r = json.loads(sys.stdin.read())
 print("gpu preset: validation %.3f (unigram %.3f), %.0f tokens/s, MFU %.1f%%, %.0f s of training" % (
     r["validation_loss"], r["unigram_loss"], r["tokens_per_second"], 100 * r["mfu"], r["train_seconds"]))
 print("  validation loss by step:", list(zip(r["eval_step"], [round(x, 3) for x in r["eval_loss"]])))'
+# Chapter 7's "gpu" preset for 50 steps from that model: the answers' validation loss, tokens/s, and
+# the validation accuracy per family.
+grep '^{' "$out/sft-gpu.log" | $PY -c 'import json, sys
+r = json.loads(sys.stdin.read())
+print("sft gpu preset: validation loss %.3f -> %.3f, %.0f tokens/s, %.0f s of training" % (
+    r["eval_loss"][0], r["eval_loss"][-1], r["tokens_per_second"], r["train_seconds"]))
+print("  validation accuracy:", {f: round(a, 2) for f, a in r["validation_accuracy"].items()})'
 echo; echo "GPU check summary"
 for step in "${steps[@]}"; do IFS='|' read -r name _ <<<"$step"; printf '  %-13s %s\n' "$name" "${result[$name]}"; done
 grep -E "passed|failed" "$out/graded-tests.log" | tail -n 1

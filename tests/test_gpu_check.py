@@ -38,5 +38,5 @@ def test_the_dry_run_lists_the_steps_and_their_time_limits_within_a_gpu_session(
                           text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
     limits = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("  ") and " s  " in line]
     assert [line.split()[0] for line in proc.stdout.splitlines() if " s  " in line] == [
-        "graded-tests", "benchmarks", "pretrain-gpu"]
+        "graded-tests", "benchmarks", "pretrain-gpu", "sft-gpu"]
     assert sum(limits) <= 8 * 60, "a lent GPU session has 15 minutes, the machine's start included"

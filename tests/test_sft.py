@@ -735,6 +735,9 @@ def test_training_rows_take_what_train_examples_gives_each_family():
         family for family in FAMILIES for _ in range(2)]
     with pytest.raises(ValueError, match="poetry"):
         training_rows(preset("tiny", train_examples={"poetry": 1}))
+    for bad in (-1, 2.5, {"naming": -3}):
+        with pytest.raises(ValueError, match="train_examples"):
+            training_rows(preset("tiny", train_examples=bad))
 
 
 def test_finetune_lowers_the_validation_loss_and_records_accuracy(reference_loop):
