@@ -63,6 +63,7 @@ from torch import nn
 
 from course_lib.checks import check_tensor
 from course_lib.exercises import exercise
+from course_lib.memory import saved_tensor_bytes
 from course_lib.sft import _check_int
 
 ADAPTER_PREFIX = "base_model.model."       # how peft names a saved adapter's weights
@@ -926,10 +927,16 @@ class NF4Linear(nn.Module):
         last bit. The gradient flows to ``x`` (adapters in earlier layers need it) and to nothing else:
         the 4-bit weight is frozen.
 
+        The dequantized weight lives only for the duration of the call: autograd keeps no copy of it for
+        the backward pass, which computes ``x``'s gradient ``grad_output @ W`` from a weight dequantized
+        again (``bitsandbytes``' ``MatMul4Bit`` does the same). A plain ``F.linear`` would keep the
+        16- or 32-bit weight until the backward pass, in every layer at once: the memory QLoRA saves.
+
         Hint:
             Two casts: ``x`` to the compute dtype on the way in, the output to ``x.dtype`` on the way
-            out. Only the dequantized copy of the weight, never the packed one, is ever in 16 or 32 bits,
-            and only for the duration of the call: that is where QLoRA's memory saving comes from.
+            out. Between them, a ``torch.autograd.Function`` whose ``forward(ctx, x, layer, bias)`` keeps
+            the layer (``ctx.layer = layer``: nothing is saved) and whose ``backward`` dequantizes again;
+            inside ``forward`` autograd records nothing.
         """
         raise NotImplementedError("Exercise 8.15: implement NF4Linear.forward in lora.py")
 
@@ -1362,8 +1369,10 @@ def run_nf4_linear(layer_class: type, buffers: dict[str, torch.Tensor], in_featu
                    blocksize: int = NF4_BLOCKSIZE) -> dict:
     """Build ``layer_class`` (:class:`NF4Linear` or a variant) from its quantized state ``buffers``
     (double quantization when they hold ``absmax_q``) with ``compute_dtype`` (a name: ``"bfloat16"``),
-    run ``x`` forward and backward (ones). Returns the output, ``x``'s gradient and the gradients of
-    the layer's parameters (``None``: all frozen)."""
+    run ``x`` forward and backward (ones). Returns the output, ``x``'s gradient, the gradients of
+    the layer's parameters (``None``: all frozen) and ``saved_bytes``, what autograd kept from the
+    forward pass for the backward (:func:`~course_lib.memory.saved_tensor_bytes`, leaving out ``x`` and
+    the layer's own tensors)."""
     layer = layer_class(in_features, out_features, bias is not None, blocksize=blocksize,
                         double_quant="absmax_q" in buffers, compute_dtype=getattr(torch, compute_dtype)).to(x.device)
     layer.load_buffers(buffers)
@@ -1371,9 +1380,11 @@ def run_nf4_linear(layer_class: type, buffers: dict[str, torch.Tensor], in_featu
         with torch.no_grad():
             layer.bias.copy_(bias)
     x = x.detach().clone().requires_grad_(True)
-    output = layer(x)
+    outputs = []
+    saved = saved_tensor_bytes(lambda: outputs.append(layer(x)), exclude=[x, *layer.parameters(), *layer.buffers()])
+    output = outputs.pop()
     output.backward(torch.ones_like(output))
-    return {"output": output.detach(), "grad_x": x.grad, "grads": _grads(layer)}
+    return {"output": output.detach(), "grad_x": x.grad, "grads": _grads(layer), "saved_bytes": saved}
 
 
 def nf4_linear_outputs(buffers: dict[str, torch.Tensor], in_features: int, out_features: int, x: torch.Tensor, *,

@@ -142,12 +142,26 @@ def double_quantize(absmax: torch.Tensor, code: torch.Tensor, blocksize: int = A
     return absmax_q, absmax2, offset
 
 
+class _NF4Matmul(torch.autograd.Function):
+    """``F.linear(x, W, bias)`` with ``W`` the layer's NF4 weight dequantized, keeping only the layer for
+    the backward pass, which dequantizes ``W`` again for ``x``'s gradient (weight and bias are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: lora.NF4Linear, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.dequantized_weight(), bias)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return grad_output @ ctx.layer.dequantized_weight(grad_output.dtype), None, None
+
+
 class NF4Linear(lora.NF4Linear):
     """The reference of :meth:`course_lib.lora.NF4Linear.forward`; the class supplies the rest."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        return F.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias).to(x.dtype)
+        return _NF4Matmul.apply(x.to(self.compute_dtype), self, bias).to(x.dtype)
 
 
 def training_memory(linear_shapes: Sequence[tuple[int, int]], other_params: int, method: str, *, r: int = 8,

@@ -130,6 +130,8 @@ everywhere but can see a change only in a local run (the door sends copies).
   - ``bitsandbytes``' ``Linear4bit``: output and gradient of ``x`` in float32, bfloat16 and float16 compute dtypes,
     float32 and bfloat16 inputs (the output in ``x``'s dtype), with and without double quantization and bias, no
     gradient for anything else: nf4_linear_is_bitsandbytes_linear4bit
+  - no dequantized copy of the weight kept for the backward pass (``MatMul4Bit``'s recomputation), the gradient
+    still ``bitsandbytes``': nf4_linear_keeps_no_copy_of_the_weight_for_the_backward_pass
   - ``x`` of shape ``(..., in_features)``, one vector or four dimensions: nf4_linear_takes_any_leading_dimensions
 
 8.16 ``training_memory``
@@ -1141,6 +1143,26 @@ def test_nf4_linear_is_bitsandbytes_linear4bit(student, seed, in_features, out_f
                  hint="the gradient must flow back to x through the dequantized weight (adapters before this layer "
                       "need it)")
     assert all(g is None for g in got["grads"].values()), "NF4Linear's bias is frozen: it gets no gradient"
+
+
+@pytest.mark.exercise("8.15")
+@pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16], ids=str)
+def test_nf4_linear_keeps_no_copy_of_the_weight_for_the_backward_pass(student, compute):
+    w, b = weights(15, (96, 128)), weights(16, (96,))
+    layer, buffers = bnb_linear4bit(w, b, compute, True)
+    x = torch.randn(4, 128, generator=torch.Generator().manual_seed(17))
+    x_ref = x.clone().requires_grad_(True)
+    expected = layer(x_ref)
+    expected.backward(torch.ones_like(expected))
+    got = student.nf4_linear_outputs(buffers, 128, 96, x, bias=b, compute_dtype=str(compute)[6:])
+    assert_close(got["grad_x"], x_ref.grad, what=f"NF4Linear (compute {compute}): gradient of x",
+                 rtol=2e-2 if compute != torch.float32 else None, atol=1e-2 if compute != torch.float32 else None)
+    weight_bytes = w.numel() * torch.finfo(compute).bits // 8
+    assert got["saved_bytes"] < weight_bytes // 2, (
+        f"NF4Linear's forward left {got['saved_bytes']} bytes for the backward pass; the dequantized weight takes "
+        f"{weight_bytes}: a plain F.linear keeps it until the backward pass (in every layer at once, which undoes "
+        "QLoRA's saving). Compute x's gradient in a torch.autograd.Function whose backward dequantizes again, as "
+        "bitsandbytes' MatMul4Bit does")
 
 
 @pytest.mark.exercise("8.15")

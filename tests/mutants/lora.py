@@ -554,6 +554,11 @@ def double_quantize_centring_in_place(absmax, code, blocksize=256):
 
 
 # -- 8.15 NF4Linear.forward -------------------------------------------------------------------------------------------------------
+def nf4_forward_keeps_the_dequantized_weight(self, x):
+    bias = None if self.bias is None else self.bias.to(self.compute_dtype)   # F.linear saves W for x's gradient
+    return F.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias).to(x.dtype)
+
+
 def nf4_forward_without_casting_back(self, x):
     bias = None if self.bias is None else self.bias.to(self.compute_dtype)
     return F.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
@@ -688,7 +693,8 @@ MUTANTS = {
                         double_quantize_in_one_block, double_quantize_in_blocks_of_256,
                         double_quantize_centring_in_place],
     "nf4_linear_outputs": [nf4_linear_driver(m) for m in (
-        nf4_forward_without_casting_back, nf4_forward_in_the_input_dtype, nf4_forward_without_the_bias,
+        nf4_forward_keeps_the_dequantized_weight, nf4_forward_without_casting_back, nf4_forward_in_the_input_dtype,
+        nf4_forward_without_the_bias,
         nf4_forward_for_batches_of_sequences_only)],
     "training_memory": [memory_with_one_optimizer_state, memory_with_blocks_over_all_matrices,
                         memory_qlora_without_the_adapters, memory_ignores_double_quantization,
