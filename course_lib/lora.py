@@ -252,6 +252,27 @@ def _validate_training_memory(linear_shapes, other_params, method, *, r=8, param
     _check_int("absmax_blocksize", absmax_blocksize, 1)
 
 
+ACTIVATION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "num_key_value_heads", "head_dim", "vocab_size")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def _validate_activation_memory(config, batch_size, seq_len, method="full", *, r=8, attn_implementation="sdpa") -> None:
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict of the architecture, got {type(config).__name__}")
+    for key in ACTIVATION_KEYS:
+        if key not in config:
+            raise ValueError(f"config needs {key!r} (the keys: {ACTIVATION_KEYS})")
+        _check_int(f"config[{key!r}]", config[key], 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seq_len", seq_len, 1)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_int("r", r, 1)
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+
+
 # -- 8.1-8.2 initialisation and scale --------------------------------------------------------------
 @exercise("8.1", points=1, validate=_validate_init)
 def init_lora_weights(in_features: int, out_features: int, r: int, seed: int | None = None
@@ -1018,6 +1039,57 @@ def training_memory(linear_shapes: Sequence[tuple[int, int]], other_params: int,
         sum per matrix, not over the total.
     """
     raise NotImplementedError("Exercise 8.16: implement training_memory in lora.py")
+
+
+@exercise("8.17", points=3, validate=_validate_activation_memory)
+def activation_memory(config: dict, batch_size: int, seq_len: int, method: str = "full", *, r: int = 8,
+                      attn_implementation: str = "sdpa") -> int:
+    """The bytes of the activations a float32 Llama-style model keeps for the backward pass of one
+    training step: what autograd saves during the forward pass of ``batch_size`` sequences of
+    ``seq_len`` tokens with labels.
+
+    Args:
+        config: the architecture (:data:`ACTIVATION_KEYS`: ``hidden_size`` ``d``, ``intermediate_size``
+            ``f``, ``num_hidden_layers`` ``L``, ``num_attention_heads`` ``h``, ``num_key_value_heads``
+            ``k``, ``head_dim`` ``e``, ``vocab_size`` ``V``) of a decoder with RMSNorm, rotary
+            positions, a SwiGLU MLP and ``transformers``' causal-LM loss (Llama, the course model).
+        method: ``"full"`` (every parameter trains), ``"lora"`` or ``"qlora"`` (everything frozen but
+            an adapter of rank ``r`` on each of the seven projections of every block, no dropout;
+            QLoRA's 4-bit layers keep no weight for the backward pass, so the two keep the same).
+        attn_implementation: ``"sdpa"`` (a memory-efficient kernel) or ``"eager"`` (the softmax
+            materialised).
+
+    Returns:
+        An int of bytes: ``batch_size * seq_len`` tokens times the bytes per token below, 4 per float32
+        value. Left out: what does not grow with the batch (the rotary tables, the loss's count).
+
+        Per token and per block:
+
+        - each RMSNorm whose input needs a gradient: its input (``d``) and the reciprocal RMS (1); with
+          its weight trained (``"full"``), the normalised input too (``d``). With adapters the first
+          block's first norm keeps nothing: its input, the frozen embedding's output, needs no gradient.
+        - the inputs of the linear layers (every one trains or has an adapter): the normalised state
+          before attention (``d``, shared by ``q``/``k``/``v``), the attention output before ``o_proj``
+          (``h * e``), the normalised state before the MLP (``d``, shared by ``gate``/``up``), the
+          product before ``down_proj`` (``f``).
+        - attention, ``"sdpa"``: the rotated queries (``h * e``), the rotated keys and the values
+          (``k * e`` each) and the log-sum-exp of each head (``h``). ``"eager"``: the queries, the keys
+          and values repeated to ``h`` heads (``h * e`` each) and the attention probabilities
+          (``h * seq_len``). With ``"sdpa"`` the kernel's saved output is ``o_proj``'s input (one tensor).
+        - the MLP: the gate projection's output, its SiLU and the up projection's output (``f`` each).
+        - each adapter: ``A``'s output (``r``).
+
+        Once per token: the final norm (as a block's; ``lm_head``'s input ``d`` too when it trains, in
+        ``"full"``), the loss's log-probabilities (``V``), the label (8 bytes: int64) and, in
+        ``"full"``, the input id that the embedding's gradient needs (8 bytes).
+
+    Hint:
+        Autograd keeps a tensor only where a gradient needs it: the input of a product by a trained
+        weight, the output of a softmax or log-softmax. Measure your count on a real model with
+        ``torch.autograd.graph.saved_tensors_hooks`` (:func:`course_lib.memory.saved_tensor_bytes`):
+        its batch-2 result minus its batch-1 result is one sequence's bytes.
+    """
+    raise NotImplementedError("Exercise 8.17: implement activation_memory in lora.py")
 
 
 # -- the course's adapted models: Chapter 7's run with adapters ------------------------------------------------

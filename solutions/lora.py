@@ -183,3 +183,19 @@ def training_memory(linear_shapes: Sequence[tuple[int, int]], other_params: int,
         trainable, weights = lora_params, (other_params + lora_params) * param_bytes + quantized
     memory = {"weights": weights, "gradients": trainable * param_bytes, "optimizer": 2 * trainable * param_bytes}
     return memory | {"total": sum(memory.values())}
+
+
+def activation_memory(config: dict, batch_size: int, seq_len: int, method: str = "full", *, r: int = 8,
+                      attn_implementation: str = "sdpa") -> int:
+    d, f, n_layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    h, k, e, vocab = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"], config["vocab_size"]
+    full = method == "full"
+    norm = d + 1 + (d if full else 0)
+    inputs = 2 * d + h * e + f
+    if attn_implementation == "sdpa":
+        attention = h * e + 2 * k * e + h
+    else:
+        attention = 3 * h * e + h * seq_len
+    block = 2 * norm + inputs + attention + 3 * f + (0 if full else 7 * r)
+    values = n_layers * block - (0 if full else norm) + norm + (d if full else 0) + vocab
+    return batch_size * seq_len * (4 * values + 8 + (8 if full else 0))

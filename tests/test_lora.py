@@ -140,6 +140,12 @@ everywhere but can see a change only in a local run (the door sends copies).
   - Python ints; ``ceil(n / 2)`` packed bytes for an odd ``n``, blocks counted per matrix, ``blocksize`` and
     ``absmax_blocksize`` as given (against ``bitsandbytes``' tensors):
     training_memory_counts_whole_bytes_of_odd_matrices_in_any_blocks
+
+8.17 ``activation_memory``
+  - the bytes autograd saves per sequence in a ``transformers`` Llama (float32): full fine-tune, ``peft`` LoRA on
+    every projection, ``peft`` on a ``bitsandbytes`` 4-bit model; ``sdpa`` and ``eager`` attention; grouped
+    queries and a ``head_dim`` other than ``hidden_size / heads``; any rank and sequence length; a Python int
+    times the batch: activation_memory_is_what_autograd_saves
 """
 
 from __future__ import annotations
@@ -1304,6 +1310,82 @@ def test_training_memory_counts_whole_bytes_of_odd_matrices_in_any_blocks(studen
         f"training_memory(qlora, {blocks}) weights = {got['weights']} bytes; bitsandbytes' tensors take {expected}: "
         f"{other} other parameters and the adapters, 2 bytes each, and per 4-bit matrix ceil(n / 2) bytes of packed "
         "indices (an odd count pads the last byte) plus its scales, in blocks of the sizes given")
+
+
+# -- 8.17 activation_memory ---------------------------------------------------------------------------------------------------
+ACTIVATION_ARCHITECTURES = {
+    "grouped queries": dict(vocab_size=VOCAB, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2),
+    "one kv head, wide heads": dict(vocab_size=300, hidden_size=48, intermediate_size=100, num_hidden_layers=3,
+                                    num_attention_heads=6, num_key_value_heads=1, head_dim=12),
+}
+
+
+def saved_bytes(model, ids):
+    """Bytes of the distinct storages autograd saves in a forward pass with labels, the model's own tensors
+    left out."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in own:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=ids, labels=ids)
+    return sum(saved.values())
+
+
+def activations_per_sequence(architecture, method, attn, seq_len, r, tmp_path):
+    """What one more sequence adds to the saved bytes: batch 3 minus batch 2 (at batch 1 a slice of the labels
+    is a view where a bigger batch copies it), in float32, the adapters on every projection."""
+    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**architecture, attn_implementation=attn))
+    if method == "qlora":
+        model.save_pretrained(str(tmp_path))
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_compute_dtype=torch.float32)
+        model = LlamaForCausalLM.from_pretrained(str(tmp_path), quantization_config=quantization, dtype=torch.float32,
+                                                 attn_implementation=attn)
+    if method != "full":
+        model = peft_model(model, ALL_LINEAR, r, r, autocast_adapter_dtype=False)
+    model.train()
+    vocab = architecture["vocab_size"]
+    two, three = (saved_bytes(model, torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(batch)))
+                  for batch in (2, 3))
+    return three - two
+
+
+def activation_architecture(architecture):
+    from transformers import LlamaConfig
+
+    from course_lib.lora import ACTIVATION_KEYS
+
+    config = LlamaConfig(**architecture)
+    return {key: getattr(config, key) for key in ACTIVATION_KEYS}
+
+
+@pytest.mark.exercise("8.17")
+@pytest.mark.parametrize("name, method, attn, seq_len, r", [
+    ("grouped queries", "full", "sdpa", 16, 4), ("grouped queries", "full", "eager", 24, 4),
+    ("grouped queries", "lora", "sdpa", 24, 2), ("one kv head, wide heads", "lora", "eager", 16, 8),
+    ("one kv head, wide heads", "full", "eager", 20, 4), ("grouped queries", "qlora", "sdpa", 16, 4)], ids=str)
+def test_activation_memory_is_what_autograd_saves(student, name, method, attn, seq_len, r, tmp_path):
+    architecture = ACTIVATION_ARCHITECTURES[name]
+    measured = memo(("activations", name, method, attn, seq_len, r),
+                    lambda: activations_per_sequence(architecture, method, attn, seq_len, r, tmp_path))
+    config = activation_architecture(architecture)
+    for batch in (1, 3):
+        got = student.activation_memory(config, batch, seq_len, method, r=r, attn_implementation=attn)
+        assert type(got) is int, f"activation_memory returns a Python int of bytes, got {type(got).__name__}"
+        assert got == batch * measured, (
+            f"activation_memory({name}, batch {batch}, seq_len {seq_len}, {method!r}, r={r}, {attn!r}) = {got} bytes; "
+            f"autograd saves {batch * measured} ({measured} per sequence; off by {got - batch * measured}): count what "
+            "the backward pass needs, only where a gradient is needed (frozen norms keep no normalised input, the "
+            "first norm nothing under adapters), 4 bytes per float32 value and 8 per int64 id")
 
 
 # -- not graded: bad input is refused before your code runs, with the argument's name ---------------------

@@ -262,7 +262,8 @@ attempt("QLoRA (8.15)", qlora)
 
 Your `training_memory` (8.16) for the course's two models and for a 7B Llama (32 layers of width 4096,
 MLP 11008, vocabulary 32000) with adapters of rank 16 on every projection, in bfloat16 (2 bytes per
-value) as such models are trained.
+value) as such models are trained; then your `activation_memory` (8.17) for one sequence of 512 and of
+4096 tokens in float32, with the memory-efficient attention kernel and with the softmax materialised.
 """),
         kit.code("experiment_memory", r'''
 from course_lib.language_model import CourseLMForCausalLM, course_lm_config
@@ -272,6 +273,10 @@ def shapes_of(model):
     targets = [m.weight.shape for n, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ALL]
     return [tuple(s) for s in targets], sum(p.numel() for p in model.parameters()) - sum(o * i for o, i in targets)
+
+
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, head_dim=128, vocab_size=32000)
 
 
 def llama_7b():
@@ -289,7 +294,18 @@ def memory():
         print(f"{name:>10}: " + ", ".join(f"{m} {b / 2**20:,.1f} MiB" for m, b in row.items()))
 
 
+def activations():
+    for name, config in (("course cpu", course_lm_config("cpu").architecture()),
+                         ("course gpu", course_lm_config("gpu").architecture()), ("Llama 7B", LLAMA_7B)):
+        for seq_len in (512, 4096):
+            row = {(m, attn): lora.activation_memory(config, 1, seq_len, m, r=16, attn_implementation=attn)
+                   for m in ("full", "lora") for attn in ("sdpa", "eager")}
+            print(f"{name:>10}, {seq_len:>4} tokens: " + ", ".join(f"{m} {attn} {b / 2**20:,.0f} MiB"
+                                                              for (m, attn), b in row.items()))
+
+
 attempt("training_memory (8.16)", memory)
+attempt("activation_memory (8.17)", activations)
 '''),
         kit.markdown("question_init", f"""
 ## Written answer 1 ({kit.points(INIT_POINTS)}, graded by hand)

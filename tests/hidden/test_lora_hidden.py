@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from grading.expect import assert_close
-from tests.test_lora import (ADAPTER, ALL_LINEAR, QUANT_CASES, adapted_memory_model, bnb_linear4bit,  # noqa: F401
+from tests.test_lora import (ACTIVATION_ARCHITECTURES, ADAPTER, ALL_LINEAR, QUANT_CASES,  # noqa: F401
+                             activation_architecture, activations_per_sequence, adapted_memory_model, bnb_linear4bit,
                              bnb_nf4_code, bnb_quantize, check_dict_close, check_layer_against_peft, injection_case,
                              input_ids, layer_case, measured_memory, memo, memory_model, memory_sizes, nearest,
                              peft_layer, peft_layer_run, peft_lora_layers, peft_run, peft_saved, run_student_layer,
@@ -196,3 +197,13 @@ def test_hidden_training_memory_more_settings(student, method, dtype, targets, r
     got = student.training_memory(shapes, other, method, r=r, param_bytes=torch.finfo(dtype).bits // 8)
     measured = measured_memory(adapted_memory_model(model, method, dtype, True, targets, r, tmp_path), input_ids(12))
     assert {k: got[k] for k in measured} == measured
+
+
+@pytest.mark.exercise("8.17")
+@pytest.mark.parametrize("name, method, attn, seq_len, r", [("one kv head, wide heads", "lora", "sdpa", 12, 16),
+                                                            ("grouped queries", "qlora", "eager", 20, 1)], ids=str)
+def test_hidden_activation_memory_more_settings(student, name, method, attn, seq_len, r, tmp_path):
+    measured = activations_per_sequence(ACTIVATION_ARCHITECTURES[name], method, attn, seq_len, r, tmp_path)
+    got = student.activation_memory(activation_architecture(ACTIVATION_ARCHITECTURES[name]), 2, seq_len, method, r=r,
+                                    attn_implementation=attn)
+    assert got == 2 * measured

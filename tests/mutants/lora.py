@@ -653,6 +653,69 @@ def memory_in_float_bytes(linear_shapes, other_params, method, *, r=8, param_byt
                    bits=True)
 
 
+# -- 8.17 activation_memory ------------------------------------------------------------------------------------------------------
+def _activations(config, batch_size, seq_len, method, r, attn_implementation, *, frozen_norms_keep=False,
+                 first_norm_under_adapters=False, adapters=True, probabilities_in_sdpa=False, eager_probabilities=True,
+                 repeated_kv=True, loss=True, value_bytes=4, ids=True):
+    d, f, n_layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    h, k, e, vocab = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"], config["vocab_size"]
+    full = method == "full"
+    norm = d + 1 + (d if full or frozen_norms_keep else 0)
+    if attn_implementation == "sdpa":
+        attention = h * e + 2 * k * e + h + (h * seq_len if probabilities_in_sdpa else 0)
+    else:
+        attention = h * e + 2 * (h if repeated_kv else k) * e + (h * seq_len if eager_probabilities else 0)
+    block = 2 * norm + 2 * d + h * e + f + attention + 3 * f + (7 * r if adapters and not full else 0)
+    first = 0 if full or first_norm_under_adapters else norm
+    values = n_layers * block - first + norm + (d if full else 0) + (vocab if loss else 0)
+    return batch_size * seq_len * (value_bytes * values + (8 + (8 if full else 0) if ids else 0))
+
+
+def activations_keeping_frozen_norms_inputs(config, batch_size, seq_len, method="full", *, r=8, attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, frozen_norms_keep=True)
+
+
+def activations_counting_the_first_norm_under_adapters(config, batch_size, seq_len, method="full", *, r=8,
+                                                       attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, first_norm_under_adapters=True)
+
+
+def activations_without_the_adapters(config, batch_size, seq_len, method="full", *, r=8, attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, adapters=False)
+
+
+def activations_with_probabilities_under_sdpa(config, batch_size, seq_len, method="full", *, r=8,
+                                              attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, probabilities_in_sdpa=True)
+
+
+def activations_eager_without_the_probabilities(config, batch_size, seq_len, method="full", *, r=8,
+                                                attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, eager_probabilities=False)
+
+
+def activations_eager_with_keys_not_repeated(config, batch_size, seq_len, method="full", *, r=8,
+                                             attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, repeated_kv=False)
+
+
+def activations_without_the_loss(config, batch_size, seq_len, method="full", *, r=8, attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, loss=False)
+
+
+def activations_in_bfloat16_bytes(config, batch_size, seq_len, method="full", *, r=8, attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, value_bytes=2)
+
+
+def activations_without_the_ids(config, batch_size, seq_len, method="full", *, r=8, attn_implementation="sdpa"):
+    return _activations(config, batch_size, seq_len, method, r, attn_implementation, ids=False)
+
+
+def activations_per_sequence_whatever_the_batch(config, batch_size, seq_len, method="full", *, r=8,
+                                                attn_implementation="sdpa"):
+    return _activations(config, 1, seq_len, method, r, attn_implementation)
+
+
 MUTANTS = {
     "init_lora_weights": [init_b_random, init_a_with_kaiming_default_gain, init_both_zero, init_ignores_the_seed,
                           init_a_transposed],
@@ -700,4 +763,9 @@ MUTANTS = {
                         memory_qlora_without_the_adapters, memory_ignores_double_quantization,
                         memory_packing_odd_matrices_rounded_down, memory_with_the_default_block_sizes,
                         memory_in_float_bytes],
+    "activation_memory": [activations_keeping_frozen_norms_inputs, activations_counting_the_first_norm_under_adapters,
+                          activations_without_the_adapters, activations_with_probabilities_under_sdpa,
+                          activations_eager_without_the_probabilities, activations_eager_with_keys_not_repeated,
+                          activations_without_the_loss, activations_in_bfloat16_bytes, activations_without_the_ids,
+                          activations_per_sequence_whatever_the_batch],
 }
