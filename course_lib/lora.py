@@ -1096,7 +1096,7 @@ def activation_memory(config: dict, batch_size: int, seq_len: int, method: str =
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every linear layer
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 # Bump when the adaptation or its report changes in a way that should rebuild cached adapters.
-ADAPT_VERSION = 2  # 2: the embedding trained (modules_to_save), the validation loss in the report
+ADAPT_VERSION = 3  # 2: the embedding trained (modules_to_save), the validation loss in the report; 3: NF4Linear recomputes its weight in the backward pass
 _ADAPT_MODULES = ("numerics", "attention", "transformer", "generation", "pretraining", "instruct", "sft", "lora")
 
 
@@ -1141,7 +1141,7 @@ ADAPT_PRESETS: dict[str, AdaptConfig] = {
 }
 # The measured sweep of the book: rank on every projection, and the attention projections alone, in
 # shorter runs (100 steps) than the presets.
-SWEEP_STEPS = 100
+SWEEP_STEPS = 50
 SWEEP: tuple[AdaptConfig, ...] = tuple(
     [AdaptConfig(r=r, alpha=2.0 * r, total_steps=SWEEP_STEPS) for r in (1, 4, 16)]
     + [AdaptConfig(r=4, alpha=8.0, target_modules=ATTENTION, total_steps=SWEEP_STEPS)])
