@@ -1388,6 +1388,50 @@ def test_activation_memory_is_what_autograd_saves(student, name, method, attn, s
             "first norm nothing under adapters), 4 bytes per float32 value and 8 per int64 id")
 
 
+# -- not graded: the accounting against the CUDA allocator (the reference's 8.16 and 8.17) -----------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_memory_bill_and_activations_match_the_cuda_peak_of_a_training_step(solution_mode, method):
+    """On a GPU, the peak that ``torch.cuda.max_memory_allocated`` sees in one training step (forward,
+    backward, AdamW) of a float32 Llama lies close to ``training_memory`` plus ``activation_memory``: above
+    it by the allocator's temporaries (the logits and their gradient, matmul workspaces), and below it by the
+    activations a backward pass frees before the last gradients exist."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from course_lib import lora
+
+    architecture = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**architecture, attn_implementation="sdpa"))
+    shapes, other = memory_sizes(model, ALL_LINEAR)
+    model = model.to("cuda")
+    if method == "lora":
+        model = peft_model(model, ALL_LINEAR, 8, 8, autocast_adapter_dtype=False)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batch, seq_len = 8, 256
+    ids = torch.randint(0, 4096, (batch, seq_len), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+
+    def step():
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()                                   # AdamW's moments exist from here on
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    bill = lora.training_memory(shapes, other, method, r=8)["total"]
+    activations = lora.activation_memory(activation_architecture(architecture), batch, seq_len, method, r=8)
+    predicted = bill + activations
+    assert 0.8 * predicted <= peak <= 1.4 * predicted, (
+        f"{method}: CUDA peak {peak / 2**20:.1f} MiB against {predicted / 2**20:.1f} MiB predicted "
+        f"({bill / 2**20:.1f} MiB of weights, gradients and AdamW states, {activations / 2**20:.1f} MiB of activations)")
+
+
 # -- not graded: bad input is refused before your code runs, with the argument's name ---------------------
 @pytest.mark.parametrize("call, error, name", [
     (lambda lo: lo.init_lora_weights(8, 4, 0), ValueError, "r"),
