@@ -96,7 +96,7 @@ import torch
 import torch.nn.functional as F
 
 from grading.expect import assert_close, assert_unchanged
-from tests.test_generation import reference_mode
+from tests.test_generation import reference_mode, solution_mode  # noqa: F401  (a fixture)
 from tests.test_sft import ROOT, chat_tokenizer, memo, tiny_llama  # noqa: F401  (chat_tokenizer: a fixture)
 
 F64 = torch.float64
@@ -693,3 +693,45 @@ def test_grpo_loss_gradient_on_policy(student):
     expected = torch.tensor([[-1 / 3, -1 / 3, -1 / 3], [1.0, 1.0, 0.0]]) / 2
     assert_close(got["grads"]["logprobs"], expected, atol=1e-6, what="the gradient of grpo_loss to logprobs on policy",
                  hint="the ratio is 1 but it depends on logprobs: keep exp(logprobs - old_logprobs) in the graph")
+
+
+# -- not graded: bad input is refused before your code runs, with the argument's name ---------------------
+@pytest.mark.parametrize("call, error, name", [
+    (lambda al: al.per_token_log_probs(torch.zeros(2, 5), torch.zeros(2, 4, dtype=torch.long)), ValueError, "labels"),
+    (lambda al: al.per_token_log_probs(torch.zeros(2, 5), torch.full((2,), 5)), ValueError, "labels"),
+    (lambda al: al.per_token_log_probs(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), 0.0), ValueError,
+     "temperature"),
+    (lambda al: al.sequence_log_probs(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.long),
+                                      torch.tensor([[1, 1, 0]])), ValueError, "completion_mask"),
+    (lambda al: al.sequence_log_probs(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.long),
+                                      torch.tensor([[0, 0, 0]])), ValueError, "completion_mask"),
+    (lambda al: al.last_token_rewards(torch.zeros(2, 3), torch.tensor([[1, 1, 0], [0, 0, 0]])), ValueError,
+     "attention_mask"),
+    (lambda al: al.reward_loss(torch.zeros(3), torch.zeros(2)), ValueError, "rejected_rewards"),
+    (lambda al: al.dpo_loss(*torch.zeros(4, 2), loss_type="kto"), ValueError, "loss_type"),
+    (lambda al: al.dpo_loss(*torch.zeros(4, 2), loss_type="ipo"), ValueError, "chosen_lengths"),
+    (lambda al: al.dpo_loss(*torch.zeros(4, 2), beta=0.0), ValueError, "beta"),
+    (lambda al: al.dpo_loss(*torch.zeros(4, 2), loss_type="hinge", label_smoothing=0.1), ValueError,
+     "label_smoothing"),
+    (lambda al: al.masked_whiten(torch.zeros(3), torch.tensor([0, 1, 0])), ValueError, "mask"),
+    (lambda al: al.gae(torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 1.0]])), ValueError, "mask"),
+    (lambda al: al.gae(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3), gamma=1.5), ValueError, "gamma"),
+    (lambda al: al.kl_penalized_rewards(torch.zeros(2), torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3)),
+     ValueError, "scores"),
+    (lambda al: al.ppo_policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 2), torch.ones(1, 3)),
+     ValueError, "advantages"),
+    (lambda al: al.ppo_value_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3),
+                                  clip_range_value=-1.0), ValueError, "clip_range_value"),
+    (lambda al: al.masked_entropy(torch.zeros(2, 3), torch.ones(2)), ValueError, "logits"),
+    (lambda al: al.grpo_advantages(torch.zeros(6), 4), ValueError, "group_size"),
+    (lambda al: al.grpo_advantages(torch.zeros(6), 3, scale="std"), ValueError, "scale"),
+    (lambda al: al.grpo_loss(torch.zeros(2, 3), torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), beta=0.1),
+     ValueError, "ref_logprobs"),
+    (lambda al: al.grpo_loss(torch.zeros(2, 3), torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3),
+                             loss_type="dr_grpo"), ValueError, "max_completion_length"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_input_gets_an_error_naming_the_argument(solution_mode, call, error, name):
+    from course_lib import alignment
+
+    with pytest.raises(error, match=name):
+        call(alignment)
