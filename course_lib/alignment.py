@@ -40,7 +40,11 @@ Conventions used by every exercise of this chapter:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -663,3 +667,434 @@ def grpo_loss_outputs(*args, **kwargs) -> dict:
     """How the tests run your :func:`grpo_loss` (9.13): :func:`run_with_gradients`, the loss's gradient
     to ``logprobs``."""
     return run_with_gradients(grpo_loss, ("logprobs",), "loss", None, *args, **kwargs)
+
+
+# -- rollouts and preference pairs: the data of the course's aligned models ---------------------------------
+def sample_completions(model: torch.nn.Module, prompts: Sequence[list[int]], *, k: int, max_new_tokens: int,
+                       stop_ids: Sequence[int], pad_token_id: int, seed: int, temperature: float = 1.0,
+                       batch_size: int = 64) -> list[list[list[int]]]:
+    """``k`` completions of each prompt (token ids) drawn by Chapter 4's :func:`~course_lib.generation.sample`
+    (a KV cache, left-padded batches of ``batch_size`` sequences): for prompt ``i``, ``k`` lists of the new
+    token ids, each ending with the first id of ``stop_ids`` it produced (kept: the policy learns to stop)
+    or cut at ``max_new_tokens``. Seeded per batch, so the same arguments draw the same completions."""
+    from course_lib.generation import sample
+    from course_lib.tasks import pad_batch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    stops = set(stop_ids)
+    flat = [list(p) for p in prompts for _ in range(k)]
+    completions = []
+    for start in range(0, len(flat), batch_size):
+        input_ids, attention_mask = pad_batch(flat[start:start + batch_size], pad_token_id, left=True)
+        out = sample(model, input_ids.to(device), attention_mask.to(device), max_new_tokens=max_new_tokens,
+                     seed=seed + start, temperature=temperature, eos_token_id=list(stop_ids), pad_token_id=pad_token_id)
+        for row in out[:, input_ids.shape[1]:].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            completions.append(row[:end])
+    model.train(was_training)
+    return [completions[i * k:(i + 1) * k] for i in range(len(prompts))]
+
+
+def completion_batch(prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_token_id: int
+                     ) -> dict[str, torch.Tensor]:
+    """Prompt-then-completion rows padded on the right: ``{"input_ids", "attention_mask",
+    "completion_mask"}``, each ``(n, longest)`` int64, as the exercises take them."""
+    from course_lib.tasks import pad_batch
+
+    rows = [list(p) + list(c) for p, c in zip(prompts, completions)]
+    input_ids, attention_mask = pad_batch(rows, pad_token_id)
+    completion_mask = torch.zeros_like(input_ids)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        completion_mask[i, len(p):len(p) + len(c)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def batch_log_probs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`sequence_log_probs` (sums) of a :func:`completion_batch` under ``model``: ``(n,)`` float32, with
+    gradients when they are enabled."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_log_probs(logits, batch["input_ids"], batch["completion_mask"])
+
+
+def gold_completion(example: dict, stop_ids: Sequence[int]) -> list[int]:
+    """The data set's own answer to a rendered example (:func:`~course_lib.sft.render_examples`): the tokens
+    after its prompt, up to and including the token that ends the assistant's turn."""
+    answer = example["input_ids"][len(example["prompt_ids"]):]
+    end = next((i + 1 for i, t in enumerate(answer) if t in set(stop_ids)), len(answer))
+    return answer[:end]
+
+
+def preference_pairs(model: torch.nn.Module, tokenizer, rows: Sequence[dict], samples: int = 4,
+                     max_new_tokens: int = 12, seed: int = 0) -> list[dict]:
+    """Preference pairs from the model's own answers, judged by Chapter 6's checkers
+    (:func:`~course_lib.instruction_data.check_answer`).
+
+    ``samples`` answers are drawn for each row's question (:func:`sample_completions`). A row with at
+    least one wrong answer gives one pair: ``rejected`` its first wrong answer, ``chosen`` its first right
+    answer when it has one (``"chosen_source": "sample"``, on-policy) and otherwise the data set's answer
+    (``"gold"``). Rows the model always answers right teach no preference and give none. Each pair:
+    ``{"id", "family", "prompt_ids", "chosen_ids", "rejected_ids", "chosen", "rejected", "chosen_source"}``."""
+    from course_lib.instruction_data import check_answer
+    from course_lib.sft import end_token_ids, render_examples
+
+    stops = end_token_ids(tokenizer)
+    examples = render_examples(rows, tokenizer)
+    drawn = sample_completions(model, [e["prompt_ids"] for e in examples], k=samples, max_new_tokens=max_new_tokens,
+                               stop_ids=stops, pad_token_id=tokenizer.pad_token_id, seed=seed)
+    pairs = []
+    for row, example, completions in zip(rows, examples, drawn):
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        right = [check_answer(row["family"], row, t) for t in texts]
+        if all(right):
+            continue
+        rejected = right.index(False)
+        if any(right):
+            chosen_ids, source = completions[right.index(True)], "sample"
+        else:
+            chosen_ids, source = gold_completion(example, stops), "gold"
+        pairs.append({"id": row["id"], "family": row["family"], "prompt_ids": example["prompt_ids"],
+                      "chosen_ids": chosen_ids, "rejected_ids": completions[rejected],
+                      "chosen": tokenizer.decode(chosen_ids, skip_special_tokens=True), "rejected": texts[rejected],
+                      "chosen_source": source})
+    return pairs
+
+
+def pair_batch(pairs: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """:func:`completion_batch` of the pairs' chosen completions followed by their rejected ones (TRL's
+    layout: rows ``0 .. n-1`` chosen, ``n .. 2n-1`` rejected), with ``"lengths"`` ``(2n,)``: each
+    completion's token count."""
+    prompts = [p["prompt_ids"] for p in pairs] * 2
+    completions = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
+    batch = completion_batch(prompts, completions, pad_token_id)
+    return batch | {"lengths": torch.tensor([len(c) for c in completions])}
+
+
+# -- the course's aligned models: Chapter 7's chat model taught to prefer right answers ---------------------
+ALIGN_VERSION = 1  # bump when an aligned model or its report changes in a way that should rebuild the cache
+_ALIGN_MODULES = ("numerics", "attention", "transformer", "generation", "pretraining", "instruct", "sft", "alignment")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """One alignment run from Chapter 7's chat model (``sft_course_lm(base)``).
+
+    ``"dpo"``: preference pairs from the model's own answers to ``train_examples`` questions per family
+    (:func:`preference_pairs`, ``samples`` answers each), then ``total_steps`` steps of ``batch_size``
+    pairs on :func:`dpo_loss` against the frozen starting model. ``"grpo"``: each step draws
+    ``group_size`` answers to each of ``prompts_per_step`` questions, scores them with Chapter 6's
+    checkers (1 right, 0 wrong) and takes one step on :func:`grpo_loss`. Chapter 5's optimizer,
+    schedule and clipping (:func:`~course_lib.pretraining.make_optimizer`, ...) run both.
+    """
+
+    method: str = "dpo"
+    base: str = "cpu"                       # the sft_course_lm preset to start from
+    families: tuple[str, ...] = ("naming",)
+    train_examples: int | None = None       # training questions per family (None: all)
+    samples: int = 4                        # answers drawn per question for the pairs (dpo)
+    beta: float = 0.1                       # dpo: the KL constraint; grpo: the KL term's weight
+    loss_type: str = "sigmoid"              # dpo_loss's or grpo_loss's loss_type
+    batch_size: int = 16                    # dpo: pairs per step
+    group_size: int = 8                     # grpo: answers per question
+    prompts_per_step: int = 8               # grpo: questions per step
+    temperature: float = 1.0                # sampling temperature of the answers
+    epsilon: float = 0.2                    # grpo's clip range
+    total_steps: int = 150
+    warmup_steps: int = 10
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    max_new_tokens: int = 12
+    test_examples: int = 100                # held-out questions per family in the report
+    seed: int = 0
+
+    def settings(self) -> dict:
+        """The optimisation settings as Chapter 5's loop takes them."""
+        from course_lib.pretraining import loop_settings
+
+        return loop_settings(self)
+
+
+ALIGN_PRESETS: dict[str, AlignConfig] = {
+    "dpo-cpu": AlignConfig(method="dpo"),
+    "grpo-cpu": AlignConfig(method="grpo", loss_type="grpo", beta=0.04, lr=1e-4, total_steps=60),
+}
+
+
+def align_preset(method: str = "dpo", size: str = "cpu") -> AlignConfig:
+    """:data:`ALIGN_PRESETS` ``[f"{method}-{size}"]``."""
+    name = f"{method}-{size}"
+    if name not in ALIGN_PRESETS:
+        raise ValueError(f"no preset {name!r}: method is 'dpo' or 'grpo', size 'cpu'")
+    return ALIGN_PRESETS[name]
+
+
+def training_questions(config: AlignConfig) -> list[dict]:
+    """The first ``train_examples`` rows of each of ``config.families`` in Chapter 6's training split."""
+    from course_lib.instruction_data import instruction_dataset
+
+    rows = []
+    for family in config.families:
+        split = instruction_dataset("train", family)
+        rows += list(split.select(range(min(len(split), config.train_examples or len(split)))))
+    return rows
+
+
+def _optimization(model: torch.nn.Module, config: AlignConfig):
+    from course_lib.pretraining import make_lr_scheduler, make_optimizer
+
+    settings = config.settings()
+    optimizer = make_optimizer(model, settings)
+    return optimizer, make_lr_scheduler(optimizer, settings)
+
+
+def _step(model: torch.nn.Module, loss: torch.Tensor, optimizer, scheduler, config: AlignConfig) -> float:
+    """Chapter 5's update: backward, clip, step, schedule, zero. Returns the gradient norm before clipping."""
+    from course_lib.pretraining import clip_gradients
+
+    loss.backward()
+    grad_norm = clip_gradients(model.parameters(), config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return float(grad_norm)
+
+
+def train_dpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer,
+              pairs: Sequence[dict], on_step: Callable[[dict], None] | None = None) -> dict[str, list]:
+    """``config.total_steps`` DPO steps on ``policy`` (in place) over ``pairs`` (:func:`preference_pairs`),
+    shuffled once and cycled, against ``reference`` (its log-probabilities computed once, before the
+    first step). Returns the history: per step the loss, the reward accuracy and margin, the mean
+    chosen and rejected rewards, the gradient norm and the learning rate."""
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        reference_logps = torch.cat([batch_log_probs(reference, pair_batch(pairs[i:i + 64], pad)).view(2, -1).T
+                                     for i in range(0, len(pairs), 64)])           # (n_pairs, 2): chosen, rejected
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    optimizer, scheduler = _optimization(policy, config)
+    history = {k: [] for k in ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "grad_norm", "lr")}
+    policy.train()
+    for step in range(config.total_steps):
+        chosen = [order[(step * config.batch_size + j) % len(order)] for j in range(config.batch_size)]
+        batch = pair_batch([pairs[i] for i in chosen], pad)
+        policy_chosen, policy_rejected = batch_log_probs(policy, batch).chunk(2)
+        lengths = batch["lengths"].chunk(2)
+        out = dpo_loss(policy_chosen, policy_rejected, reference_logps[chosen, 0], reference_logps[chosen, 1],
+                       beta=config.beta, loss_type=config.loss_type, chosen_lengths=lengths[0],
+                       rejected_lengths=lengths[1])
+        loss = out["losses"].mean()
+        lr = optimizer.param_groups[0]["lr"]
+        grad_norm = _step(policy, loss, optimizer, scheduler, config)
+        stats = {"loss": float(loss), "accuracy": float(out["accuracy"]),
+                 "margin": float((out["chosen_rewards"] - out["rejected_rewards"]).mean()),
+                 "chosen_reward": float(out["chosen_rewards"].mean()),
+                 "rejected_reward": float(out["rejected_rewards"].mean()), "grad_norm": grad_norm, "lr": lr}
+        for key, value in stats.items():
+            history[key].append(value)
+        if on_step is not None:
+            on_step(stats)
+    policy.eval()
+    return history
+
+
+def completion_token_log_probs(model: torch.nn.Module, prompts: Sequence[list[int]], completions: Sequence[list[int]],
+                               pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of each completion after its prompt, in the RL layout: prompts padded on
+    the left and completions on the right, so that every completion starts in the same column, and
+    positions counted from each row's first real token (as generation counts them). Returns
+    ``(logprobs, mask)``, each ``(n, T)`` for the longest completion's ``T`` tokens (:func:`per_token_log_probs`,
+    float32, with gradients when enabled; ``mask`` float32, 1 on each completion's tokens)."""
+    from course_lib.tasks import pad_batch
+
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = pad_batch(prompts, pad_token_id, left=True)
+    completion_ids, mask = pad_batch(completions, pad_token_id)
+    input_ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
+    attention_mask = torch.cat([prompt_mask, mask], 1).to(device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    width = prompt_ids.shape[1]
+    logprobs = per_token_log_probs(logits[:, width - 1:-1], input_ids[:, width:])
+    return logprobs, mask.to(device=device, dtype=torch.float32)
+
+
+def train_grpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer,
+               rows: Sequence[dict], on_step: Callable[[dict], None] | None = None) -> dict[str, list]:
+    """``config.total_steps`` GRPO steps on ``policy`` (in place). Each step takes the next
+    ``prompts_per_step`` questions of ``rows`` (shuffled once, cycled), draws ``group_size`` answers to
+    each at ``temperature`` (:func:`sample_completions`), rewards each 1 if Chapter 6's checker accepts it
+    and 0 otherwise, and updates once on :func:`grpo_loss` with :func:`grpo_advantages` (so the old
+    policy is the current one: ``old_logprobs`` are its log-probabilities, detached). Returns the
+    history: per step the loss, the mean reward (the share of right answers drawn), the KL to
+    ``reference`` (the loss's ``k3`` mean), the share of groups whose rewards differ (the only ones
+    that teach), the mean answer length, the gradient norm and the learning rate."""
+    from course_lib.instruction_data import check_answer
+    from course_lib.sft import end_token_ids, render_examples
+
+    pad, stops = tokenizer.pad_token_id, end_token_ids(tokenizer)
+    examples = render_examples(rows, tokenizer)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    optimizer, scheduler = _optimization(policy, config)
+    history = {k: [] for k in ("loss", "reward", "kl", "signal", "length", "grad_norm", "lr")}
+    for step in range(config.total_steps):
+        picked = [order[(step * config.prompts_per_step + j) % len(order)] for j in range(config.prompts_per_step)]
+        prompts = [examples[i]["prompt_ids"] for i in picked]
+        drawn = sample_completions(policy, prompts, k=config.group_size, max_new_tokens=config.max_new_tokens,
+                                   stop_ids=stops, pad_token_id=pad, seed=config.seed + 1000 * step,
+                                   temperature=config.temperature)
+        completions = [c for group in drawn for c in group]
+        rewards = torch.tensor([float(check_answer(rows[i]["family"], rows[i], tokenizer.decode(c, skip_special_tokens=True)))
+                                for i, group in zip(picked, drawn) for c in group])
+        advantages = grpo_advantages(rewards, config.group_size)
+        repeated = [p for p in prompts for _ in range(config.group_size)]
+        policy.train()
+        logprobs, mask = completion_token_log_probs(policy, repeated, completions, pad)
+        reference_logprobs = None
+        if config.beta:
+            with torch.no_grad():
+                reference_logprobs, _ = completion_token_log_probs(reference, repeated, completions, pad)
+        out = grpo_loss(logprobs, logprobs.detach(), reference_logprobs, advantages.to(logprobs.device), mask,
+                        beta=config.beta, epsilon=config.epsilon, loss_type=config.loss_type,
+                        max_completion_length=config.max_new_tokens)
+        lr = optimizer.param_groups[0]["lr"]
+        grad_norm = _step(policy, out["loss"], optimizer, scheduler, config)
+        groups = rewards.view(-1, config.group_size)
+        stats = {"loss": float(out["loss"]), "reward": float(rewards.mean()), "kl": float(out["kl"]),
+                 "signal": float((groups.std(1) > 0).float().mean()), "length": float(mask.sum(1).mean()),
+                 "grad_norm": grad_norm, "lr": lr}
+        for key, value in stats.items():
+            history[key].append(value)
+        if on_step is not None:
+            on_step(stats)
+    policy.eval()
+    return history
+
+
+@torch.no_grad()
+def kl_to_reference(policy: torch.nn.Module, reference: torch.nn.Module, tokenizer, rows: Sequence[dict],
+                    max_new_tokens: int = 12, seed: int = 0) -> float:
+    """A Monte Carlo estimate of ``KL(policy || reference)`` per answer, in nats: one answer drawn from
+    ``policy`` for each row's question, and the mean over answers of ``sum_t log policy - log reference``
+    over its tokens (the ``k1`` estimator, unbiased for samples of the policy)."""
+    from course_lib.sft import end_token_ids, render_examples
+
+    prompts = [e["prompt_ids"] for e in render_examples(rows, tokenizer)]
+    completions = [group[0] for group in sample_completions(
+        policy, prompts, k=1, max_new_tokens=max_new_tokens, stop_ids=end_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id, seed=seed)]
+    total = 0.0
+    for start in range(0, len(prompts), 64):
+        chunk = slice(start, start + 64)
+        policy_logps, mask = completion_token_log_probs(policy, prompts[chunk], completions[chunk], tokenizer.pad_token_id)
+        reference_logps, _ = completion_token_log_probs(reference, prompts[chunk], completions[chunk],
+                                                        tokenizer.pad_token_id)
+        total += float(((policy_logps - reference_logps) * mask).sum())
+    return total / len(prompts)
+
+
+def align_report(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer) -> dict:
+    """What the book compares: held-out accuracy per family (Chapter 7's :func:`~course_lib.sft.task_accuracy`
+    on the first ``config.test_examples`` test questions of each family), the KL to the starting model
+    on the trained families' test questions (:func:`kl_to_reference`), and a few answers of both."""
+    from course_lib.sft import preset as sft_preset
+    from course_lib.sft import task_accuracy, test_rows
+
+    rows = test_rows(sft_preset(config.base, test_examples=config.test_examples))
+    accuracy, answers = task_accuracy(policy, tokenizer, rows, config.max_new_tokens)
+    _, reference_answers = task_accuracy(reference, tokenizer, rows, config.max_new_tokens)
+    trained = [r for r in rows if r["family"] in config.families]
+    samples = [{"family": r["family"], "question": r["messages"][0]["content"], "expected": r["output"],
+                "aligned": a, "sft": b}
+               for r, a, b in zip(rows, answers, reference_answers) if a != b][:12]
+    return {"test": accuracy, "test_examples": config.test_examples,
+            "kl": kl_to_reference(policy, reference, tokenizer, trained, config.max_new_tokens, config.seed),
+            "changed_answers": sum(a != b for a, b in zip(answers, reference_answers)), "samples": samples}
+
+
+def align(config: AlignConfig, progress: bool = False) -> dict:
+    """Run ``config`` from Chapter 7's cached chat model: ``{"model", "tokenizer", "history",
+    "train_seconds", "pairs"}`` (``pairs``: the DPO pairs; for GRPO an empty list)."""
+    import copy
+    import time
+
+    from course_lib.sft import sft_course_lm
+
+    policy, tokenizer = sft_course_lm(config.base, progress=progress)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    rows = training_questions(config)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=config.total_steps, desc=f"{config.method} ({config.base})")
+
+    def on_step(stats: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k in ("loss", "accuracy", "reward", "kl")})
+
+    start = time.process_time()
+    pairs: list[dict] = []
+    if config.method == "dpo":
+        pairs = preference_pairs(policy, tokenizer, rows, config.samples, config.max_new_tokens, config.seed)
+        history = train_dpo(config, policy, reference, tokenizer, pairs, on_step)
+    else:
+        history = train_grpo(config, policy, reference, tokenizer, rows, on_step)
+    if bar is not None:
+        bar.close()
+    return {"model": policy, "reference": reference, "tokenizer": tokenizer, "history": history, "pairs": pairs,
+            "train_seconds": time.process_time() - start}
+
+
+def aligned_model_dir(method: str = "dpo", size: str = "cpu") -> Path:
+    """The cache folder of the course's aligned model of ``method`` and ``size`` (built or not)."""
+    from course_lib.cache import cache_dir, cache_key
+    from course_lib.pretraining import implementation_key
+    from course_lib.sft import sft_model_dir
+
+    config = align_preset(method, size)
+    key = cache_key(ALIGN_VERSION, dataclasses.asdict(config), sft_model_dir(config.base).name,
+                    implementation_key(_ALIGN_MODULES))
+    return cache_dir("models") / f"course-{method}-{size}-{key}"
+
+
+def aligned_course_lm(method: str = "dpo", size: str = "cpu", progress: bool = True):
+    """The course's aligned chat model and its tokenizer: ``(model, tokenizer)``, built on first use from
+    Chapter 7's model (:func:`align` with :func:`align_preset`), reported (:func:`align_report`) and
+    cached in the ``transformers`` format; ``training.json`` holds the history, the report and the pairs'
+    counts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
+    from course_lib.cache import building, stage_directory
+
+    directory = aligned_model_dir(method, size)
+    with building(directory):
+        if not (directory / "config.json").is_file():
+            config = align_preset(method, size)
+            result = align(config, progress)
+            report = align_report(config, result["model"], result["reference"], result["tokenizer"])
+            pairs = result["pairs"]
+            record = {"config": dataclasses.asdict(config), "history": result["history"],
+                      "train_seconds": result["train_seconds"], "report": report,
+                      "pairs": {"count": len(pairs), "questions": len(training_questions(config)),
+                                "chosen_from_samples": sum(p["chosen_source"] == "sample" for p in pairs),
+                                "examples": [{k: p[k] for k in ("family", "chosen", "rejected", "chosen_source")}
+                                             for p in pairs[:8]]}}
+            with stage_directory(directory) as staging:
+                result["model"].save_pretrained(staging)
+                result["tokenizer"].save_pretrained(staging)
+                (staging / "training.json").write_text(json.dumps(record, default=str))
+    return AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+
+
+def aligned_training_record(method: str = "dpo", size: str = "cpu") -> dict:
+    """``training.json`` of the cached aligned model (built if missing)."""
+    aligned_course_lm(method, size, progress=False)
+    return json.loads((aligned_model_dir(method, size) / "training.json").read_text())
