@@ -892,7 +892,7 @@ def train_dpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.
         loss = out["losses"].mean()
         lr = optimizer.param_groups[0]["lr"]
         grad_norm = _step(policy, loss, optimizer, scheduler, config)
-        stats = {"loss": float(loss), "accuracy": float(out["accuracy"]),
+        stats = {"loss": float(loss.detach()), "accuracy": float(out["accuracy"]),
                  "margin": float((out["chosen_rewards"] - out["rejected_rewards"]).mean()),
                  "chosen_reward": float(out["chosen_rewards"].mean()),
                  "rejected_reward": float(out["rejected_rewards"].mean()), "grad_norm": grad_norm, "lr": lr}
@@ -966,7 +966,7 @@ def train_grpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn
         lr = optimizer.param_groups[0]["lr"]
         grad_norm = _step(policy, out["loss"], optimizer, scheduler, config)
         groups = rewards.view(-1, config.group_size)
-        stats = {"loss": float(out["loss"]), "reward": float(rewards.mean()), "kl": float(out["kl"]),
+        stats = {"loss": float(out["loss"].detach()), "reward": float(rewards.mean()), "kl": float(out["kl"]),
                  "signal": float((groups.std(1) > 0).float().mean()), "length": float(mask.sum(1).mean()),
                  "grad_norm": grad_norm, "lr": lr}
         for key, value in stats.items():
@@ -999,10 +999,31 @@ def kl_to_reference(policy: torch.nn.Module, reference: torch.nn.Module, tokeniz
     return total / len(prompts)
 
 
+@torch.no_grad()
+def sampled_accuracy(model: torch.nn.Module, tokenizer, rows: Sequence[dict], k: int = 4, max_new_tokens: int = 12,
+                     temperature: float = 1.0, seed: int = 0) -> dict[str, float]:
+    """The share of right answers among ``k`` answers drawn at ``temperature`` for each row's question, per
+    family: what a policy gradient raises (greedy accuracy asks only about each question's most likely
+    answer)."""
+    from course_lib.instruction_data import check_answer
+    from course_lib.sft import end_token_ids, render_examples
+
+    prompts = [e["prompt_ids"] for e in render_examples(rows, tokenizer)]
+    drawn = sample_completions(model, prompts, k=k, max_new_tokens=max_new_tokens, stop_ids=end_token_ids(tokenizer),
+                               pad_token_id=tokenizer.pad_token_id, seed=seed, temperature=temperature)
+    right: dict[str, list[float]] = {}
+    for row, group in zip(rows, drawn):
+        right.setdefault(row["family"], []).extend(
+            float(check_answer(row["family"], row, tokenizer.decode(c, skip_special_tokens=True))) for c in group)
+    return {family: sum(v) / len(v) for family, v in right.items()}
+
+
 def align_report(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer) -> dict:
     """What the book compares: held-out accuracy per family (Chapter 7's :func:`~course_lib.sft.task_accuracy`
-    on the first ``config.test_examples`` test questions of each family), the KL to the starting model
-    on the trained families' test questions (:func:`kl_to_reference`), and a few answers of both."""
+    on the first ``config.test_examples`` test questions of each family), the accuracy of answers drawn
+    at the training temperature on the trained families' test questions (:func:`sampled_accuracy`, four
+    per question) before and after, the KL to the starting model on those questions
+    (:func:`kl_to_reference`), and a few answers of both."""
     from course_lib.sft import preset as sft_preset
     from course_lib.sft import task_accuracy, test_rows
 
@@ -1014,6 +1035,10 @@ def align_report(config: AlignConfig, policy: torch.nn.Module, reference: torch.
                 "aligned": a, "sft": b}
                for r, a, b in zip(rows, answers, reference_answers) if a != b][:12]
     return {"test": accuracy, "test_examples": config.test_examples,
+            "sampled": sampled_accuracy(policy, tokenizer, trained, 4, config.max_new_tokens, config.temperature,
+                                        config.seed),
+            "sampled_before": sampled_accuracy(reference, tokenizer, trained, 4, config.max_new_tokens,
+                                               config.temperature, config.seed),
             "kl": kl_to_reference(policy, reference, tokenizer, trained, config.max_new_tokens, config.seed),
             "changed_answers": sum(a != b for a, b in zip(answers, reference_answers)), "samples": samples}
 
