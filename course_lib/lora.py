@@ -362,22 +362,46 @@ class LoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
                  use_rslora: bool = False, seed: int | None = None):
         super().__init__()
-        self.in_features, self.out_features, self.fan_in_fan_out = linear_features(base_layer)
+        in_features, out_features, _ = linear_features(base_layer)
         _validate_lora_settings(r, alpha, dropout, use_rslora, seed)
+        self._build(base_layer, r, alpha, dropout, use_rslora, lora_scaling(alpha, r, use_rslora),
+                    *init_lora_weights(in_features, out_features, r, seed))
+
+    @classmethod
+    def from_adapter(cls, base_layer: nn.Module, lora_A: torch.Tensor, lora_B: torch.Tensor, alpha: float, *,
+                     scaling: float, dropout: float = 0.0, use_rslora: bool = False) -> "LoRALinear":
+        """A layer around ``base_layer`` with the adapter ``lora_A`` ``(r, in_features)`` and ``lora_B``
+        ``(out_features, r)`` and the scale ``scaling`` given, instead of drawn and computed by your 8.1
+        and 8.2: how the tests build the layers that 8.3, 8.7 and 8.8 run, so that each exercise is
+        graded on its own."""
+        in_features, out_features, _ = linear_features(base_layer)
+        r = lora_A.shape[0]
+        _validate_lora_settings(r, alpha, dropout, use_rslora, None)
+        _check_lora_pair(lora_A, lora_B)
+        if lora_A.shape[1] != in_features or lora_B.shape[0] != out_features:
+            raise ValueError(f"lora_A {tuple(lora_A.shape)} and lora_B {tuple(lora_B.shape)} do not fit a layer "
+                             f"{in_features} -> {out_features}")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._build(base_layer, r, alpha, dropout, use_rslora, scaling, lora_A.detach(), lora_B.detach())
+        return layer
+
+    def _build(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool, scaling: float,
+               lora_A: torch.Tensor, lora_B: torch.Tensor) -> None:
+        self.in_features, self.out_features, self.fan_in_fan_out = linear_features(base_layer)
         self.base_layer = base_layer
         for p in base_layer.parameters():
             p.requires_grad_(False)
         self.r, self.alpha, self.use_rslora, self.dropout = r, float(alpha), use_rslora, float(dropout)
-        self.scaling = lora_scaling(alpha, r, use_rslora)
+        self.scaling = scaling
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         weight = next(iter(base_layer.parameters()), None) if not isinstance(base_layer, NF4Linear) else None
         device = base_layer.weight_packed.device if weight is None else weight.device
         dtype = weight.dtype if weight is not None and weight.dtype in (torch.float32, torch.float64) else torch.float32
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device="meta")
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device="meta")
-        lora_A, lora_B = init_lora_weights(self.in_features, self.out_features, r, seed)
-        self.lora_A.weight = nn.Parameter(lora_A.to(device, dtype))
-        self.lora_B.weight = nn.Parameter(lora_B.to(device, dtype))
+        self.lora_A.weight = nn.Parameter(lora_A.to(device, dtype).clone())
+        self.lora_B.weight = nn.Parameter(lora_B.to(device, dtype).clone())
         self.merged = False
 
     @exercise("8.3", points=3, validate=_validate_forward, entry="lora_linear_outputs")
@@ -1319,8 +1343,10 @@ def run_lora_linear(layer_class: type, weight: torch.Tensor, bias: torch.Tensor 
                 base.bias.copy_(bias)
             elif conv1d:
                 base.bias.zero_()
-        layer = layer_class(base, r=lora_A.shape[0], alpha=alpha, dropout=dropout, use_rslora=use_rslora, seed=0)
-    with torch.no_grad():
+        r = lora_A.shape[0]
+        layer = layer_class.from_adapter(base, lora_A, lora_B, alpha, scaling=alpha / (math.sqrt(r) if use_rslora else r),
+                                         dropout=dropout, use_rslora=use_rslora)
+    with torch.no_grad():   # in the adapter's own dtype, whatever the base's
         layer.lora_A.weight.data = lora_A.detach().clone()
         layer.lora_B.weight.data = lora_B.detach().clone()
     layer.train(training)
@@ -1352,11 +1378,18 @@ def set_adapters(model: nn.Module, lora_weights: dict[str, dict[str, torch.Tenso
                 getattr(layers[name], part).weight.copy_(pair[part])
 
 
-def wrap_modules(model: nn.Module, names: Iterable[str], r: int = 8, alpha: float = 8.0, **settings) -> nn.Module:
-    """Wrap the modules ``names`` of ``model`` in :class:`LoRALinear` (no matching, no freezing): how the
-    tests of 8.7 and 8.8 build an adapted model without your :func:`inject_lora`."""
+def wrap_modules(model: nn.Module, names: Iterable[str], r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
+                 use_rslora: bool = False) -> nn.Module:
+    """Wrap the modules ``names`` of ``model`` in :class:`LoRALinear` with zero adapters of rank ``r`` and
+    the scale ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), no matching, no freezing
+    (:meth:`LoRALinear.from_adapter`): how the tests of 8.7 and 8.8 build an adapted model without your
+    :func:`inject_lora`, :func:`init_lora_weights` and :func:`lora_scaling`."""
+    scaling = alpha / (math.sqrt(r) if use_rslora else r)
     for name in names:
-        replace_module(model, name, LoRALinear(model.get_submodule(name), r, alpha, seed=0, **settings))
+        base = model.get_submodule(name)
+        in_features, out_features, _ = linear_features(base)
+        replace_module(model, name, LoRALinear.from_adapter(base, torch.zeros(r, in_features), torch.zeros(out_features, r),
+                                                            alpha, scaling=scaling, dropout=dropout, use_rslora=use_rslora))
     return model
 
 
