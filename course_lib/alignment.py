@@ -1123,3 +1123,148 @@ def aligned_training_record(method: str = "dpo", size: str = "cpu") -> dict:
     """``training.json`` of the cached aligned model (built if missing)."""
     aligned_course_lm(method, size, progress=False)
     return json.loads((aligned_model_dir(method, size) / "training.json").read_text())
+
+
+# -- a reward model, and PPO with a value head ----------------------------------------------------------------
+class RewardModel(torch.nn.Module):
+    """A causal LM's body with a scalar head instead of its vocabulary head: the reward of a sequence is
+    the head's score at its last real token (your :func:`last_token_rewards`), as ``transformers``'
+    ``...ForSequenceClassification`` with one label computes it.
+
+    ``lm``: a ``...ForCausalLM`` whose body is ``lm.model`` (the course model, Llama); the body is used
+    (and trained) in place. The head starts at zero, so every sequence starts with reward 0."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.body = lm.model
+        self.score = torch.nn.Linear(lm.config.hidden_size, 1, bias=False)
+        torch.nn.init.zeros_(self.score.weight)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(batch, seq)`` right-padded rows -> ``(batch,)`` rewards."""
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return last_token_rewards(self.score(hidden).squeeze(-1), attention_mask)
+
+
+def train_reward_model(config: AlignConfig, reward_model: RewardModel, pairs: Sequence[dict], pad_token_id: int,
+                       on_step: Callable[[dict], None] | None = None) -> dict[str, list]:
+    """``config.total_steps`` steps of :func:`reward_loss` on ``pairs`` (:func:`preference_pairs`; shuffled
+    once, cycled, ``config.batch_size`` per step) with Chapter 5's optimizer. Returns the history: per
+    step the loss, the accuracy, the mean margin ``chosen - rejected``, the gradient norm and the
+    learning rate."""
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    optimizer, scheduler = _optimization(reward_model, config)
+    device = next(reward_model.parameters()).device
+    history = {k: [] for k in ("loss", "accuracy", "margin", "grad_norm", "lr")}
+    reward_model.train()
+    for step in range(config.total_steps):
+        chosen = [order[(step * config.batch_size + j) % len(order)] for j in range(config.batch_size)]
+        batch = pair_batch([pairs[i] for i in chosen], pad_token_id)
+        rewards = reward_model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        chosen_rewards, rejected_rewards = rewards.chunk(2)
+        out = reward_loss(chosen_rewards, rejected_rewards)
+        lr = optimizer.param_groups[0]["lr"]
+        grad_norm = _step(reward_model, out["loss"], optimizer, scheduler, config)
+        stats = {"loss": float(out["loss"].detach()), "accuracy": float(out["accuracy"]),
+                 "margin": float((chosen_rewards - rejected_rewards).mean().detach()), "grad_norm": grad_norm, "lr": lr}
+        for key, value in stats.items():
+            history[key].append(value)
+        if on_step is not None:
+            on_step(stats)
+    reward_model.eval()
+    return history
+
+
+@torch.no_grad()
+def reward_accuracy(reward_model: RewardModel, pairs: Sequence[dict], pad_token_id: int, batch_size: int = 64) -> float:
+    """The share of ``pairs`` whose chosen completion the reward model scores strictly higher."""
+    device = next(reward_model.parameters()).device
+    right = 0
+    for start in range(0, len(pairs), batch_size):
+        batch = pair_batch(pairs[start:start + batch_size], pad_token_id)
+        chosen, rejected = reward_model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).chunk(2)
+        right += int((chosen > rejected).sum())
+    return right / len(pairs)
+
+
+def policy_values_and_log_probs(policy: torch.nn.Module, value_head: torch.nn.Module, prompts: Sequence[list[int]],
+                                completions: Sequence[list[int]], pad_token_id: int
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass of the policy's body for PPO, in the layout of :func:`completion_token_log_probs`:
+    ``(logprobs, values, mask, logits)``: each completion token's log-probability, the value head's
+    estimate of the state *before* that token (read at the position that predicts it) and the
+    completion mask, each ``(n, T)``, and the logits that predicted the tokens ``(n, T, vocab)``."""
+    from course_lib.tasks import pad_batch
+
+    device = next(policy.parameters()).device
+    prompt_ids, prompt_mask = pad_batch(prompts, pad_token_id, left=True)
+    completion_ids, mask = pad_batch(completions, pad_token_id)
+    input_ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
+    attention_mask = torch.cat([prompt_mask, mask], 1).to(device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = policy.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    width = prompt_ids.shape[1]
+    states = hidden[:, width - 1:-1]                                          # (n, T, d): before each token
+    logits = policy.lm_head(states)
+    logprobs = per_token_log_probs(logits, input_ids[:, width:])
+    values = value_head(states).squeeze(-1).float()
+    return logprobs, values, mask.to(device=device, dtype=torch.float32), logits
+
+
+def train_ppo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer,
+              rows: Sequence[dict], score: Callable[[list[dict], list[str]], torch.Tensor],
+              kl_coef: float = 0.05, ppo_epochs: int = 2, vf_coef: float = 0.1,
+              on_step: Callable[[dict], None] | None = None) -> dict[str, list]:
+    """``config.total_steps`` rounds of PPO on ``policy`` (in place) with a value head of its own. Each
+    round draws one answer (at ``temperature``) to each of the next ``prompts_per_step * group_size``
+    questions of ``rows``, scores them with ``score(rows, answers)`` (``(n,)`` float: a checker, or a
+    reward model), turns the scores into per-token rewards with the KL penalty against ``reference``
+    (:func:`kl_penalized_rewards`), estimates advantages and returns (:func:`gae`, ``gamma`` 1,
+    ``lam`` 0.95) and whitens the advantages (:func:`masked_whiten`), then takes ``ppo_epochs`` steps on
+    ``ppo_policy_loss + vf_coef * ppo_value_loss`` over the whole batch. Returns the history: per round
+    the mean score, the mean KL per answer, the policy and value losses, the clip fraction, the
+    entropy of the sampled tokens' distributions and the learning rate."""
+    from course_lib.sft import end_token_ids, render_examples
+
+    pad, stops = tokenizer.pad_token_id, end_token_ids(tokenizer)
+    examples = render_examples(rows, tokenizer)
+    value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(next(policy.parameters()).device)
+    torch.nn.init.zeros_(value_head.weight)
+    torch.nn.init.zeros_(value_head.bias)
+    actor_critic = torch.nn.ModuleDict({"policy": policy, "value_head": value_head})
+    optimizer, scheduler = _optimization(actor_critic, dataclasses.replace(
+        config, total_steps=config.total_steps * ppo_epochs))
+    per_round = config.prompts_per_step * config.group_size
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    history = {k: [] for k in ("score", "kl", "policy_loss", "value_loss", "clip_fraction", "entropy", "lr")}
+    for step in range(config.total_steps):
+        picked = [order[(step * per_round + j) % len(order)] for j in range(per_round)]
+        prompts = [examples[i]["prompt_ids"] for i in picked]
+        completions = [g[0] for g in sample_completions(policy, prompts, k=1, max_new_tokens=config.max_new_tokens,
+                                                        stop_ids=stops, pad_token_id=pad, seed=config.seed + 1000 * step,
+                                                        temperature=config.temperature)]
+        answers = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        scores = score([rows[i] for i in picked], answers).float()
+        with torch.no_grad():
+            old_logprobs, old_values, mask, _ = policy_values_and_log_probs(policy, value_head, prompts, completions, pad)
+            reference_logprobs, _ = completion_token_log_probs(reference, prompts, completions, pad)
+        penalised = kl_penalized_rewards(scores.to(mask.device), old_logprobs, reference_logprobs, mask, kl_coef)
+        advantages, returns = gae(penalised["rewards"], old_values, mask, gamma=1.0, lam=0.95)
+        advantages = masked_whiten(advantages, mask)
+        policy.train()
+        for _ in range(ppo_epochs):
+            logprobs, values, _, logits = policy_values_and_log_probs(policy, value_head, prompts, completions, pad)
+            policy_out = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, config.epsilon)
+            value_out = ppo_value_loss(values, old_values, returns, mask)
+            lr = optimizer.param_groups[0]["lr"]
+            _step(actor_critic, policy_out["loss"] + vf_coef * value_out["loss"], optimizer, scheduler, config)
+        stats = {"score": float(scores.mean()), "kl": float(penalised["kl"].sum(1).mean()),
+                 "policy_loss": float(policy_out["loss"].detach()), "value_loss": float(value_out["loss"].detach()),
+                 "clip_fraction": float(policy_out["clip_fraction"]),
+                 "entropy": float(masked_entropy(logits.detach(), mask)), "lr": lr}
+        for key, value in stats.items():
+            history[key].append(value)
+        if on_step is not None:
+            on_step(stats)
+    policy.eval()
+    return history
