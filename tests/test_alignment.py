@@ -89,6 +89,7 @@ reports which outputs carry a gradient and the gradients themselves.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -735,3 +736,104 @@ def test_bad_input_gets_an_error_naming_the_argument(solution_mode, call, error,
 
     with pytest.raises(error, match=name):
         call(alignment)
+
+
+# -- not graded: the course's alignment runs on a tiny model ------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_alignment(chat_tokenizer):
+    """A tiny course model of the chat tokenizer's vocabulary (the policy; a frozen copy as the reference),
+    eight training questions and their preference pairs, all by the reference solutions."""
+    from course_lib.alignment import preference_pairs
+    from course_lib.instruction_data import instruction_dataset
+    from tests.test_sft import tiny_course_lm
+
+    def make():
+        with reference_mode():
+            policy = tiny_course_lm("cpu", len(chat_tokenizer), seed=0)
+            rows = (list(instruction_dataset("train", "naming").select(range(6)))
+                    + list(instruction_dataset("train", "arithmetic").select(range(2))))
+            pairs = preference_pairs(policy, chat_tokenizer, rows, samples=2, max_new_tokens=4, seed=0)
+        return {"policy": policy, "rows": rows, "pairs": pairs}
+
+    return memo("tiny alignment", make)
+
+
+def tiny_config(method, **overrides):
+    from course_lib.alignment import align_preset
+
+    return dataclasses.replace(align_preset(method), warmup_steps=1, max_new_tokens=4, **overrides)
+
+
+def test_preference_pairs_prefer_a_right_answer_to_the_models_wrong_one(solution_mode, chat_tokenizer, tiny_alignment):
+    from course_lib.instruction_data import check_answer
+
+    rows = {r["id"]: r for r in tiny_alignment["rows"]}
+    assert tiny_alignment["pairs"], "a random model answers wrong: every question gives a pair"
+    for pair in tiny_alignment["pairs"]:
+        row = rows[pair["id"]]
+        assert check_answer(row["family"], row, pair["chosen"]) and not check_answer(row["family"], row, pair["rejected"])
+        assert pair["chosen_ids"][-1] in (chat_tokenizer.convert_tokens_to_ids("<|im_end|>"), chat_tokenizer.eos_token_id)
+        assert pair["prompt_ids"][-3:] == chat_tokenizer("<|im_start|>assistant\n")["input_ids"][-3:]
+
+
+def test_dpo_training_orders_the_pairs(solution_mode, chat_tokenizer, tiny_alignment):
+    from course_lib.alignment import train_dpo
+
+    policy = copy.deepcopy(tiny_alignment["policy"])
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    history = train_dpo(tiny_config("dpo", total_steps=12, batch_size=len(tiny_alignment["pairs"]), lr=3e-3),
+                        policy, reference, chat_tokenizer, tiny_alignment["pairs"])
+    assert history["loss"][0] == pytest.approx(math.log(2), abs=1e-6), "the policy starts as the reference: h = 0"
+    assert history["loss"][-1] < 0.5 and history["accuracy"][-1] == 1.0, history["loss"]
+
+
+def test_reward_model_is_llama_for_sequence_classification(solution_mode):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from course_lib.alignment import RewardModel
+    from tests.test_sft import tiny_llama
+
+    lm = tiny_llama("cpu", 40, seed=2)
+    reward_model = RewardModel(lm)
+    with torch.no_grad():
+        reward_model.score.weight.normal_()
+    config = LlamaConfig(**{**lm.config.to_dict(), "num_labels": 1})
+    reference = LlamaForSequenceClassification(config).eval()
+    reference.model.load_state_dict(lm.model.state_dict())
+    reference.score.weight.data.copy_(reward_model.score.weight)
+    attention_mask = prefix_mask([5, 3], 5).long()
+    input_ids = torch.randint(1, 40, (2, 5), generator=torch.Generator().manual_seed(0)) * attention_mask
+    with torch.no_grad():
+        assert_close(reward_model(input_ids, attention_mask), reference(input_ids, attention_mask=attention_mask).logits[:, 0],
+                     what="RewardModel against LlamaForSequenceClassification", atol=1e-6)
+
+
+def test_reward_model_learns_the_pairs(solution_mode, chat_tokenizer, tiny_alignment):
+    from course_lib.alignment import RewardModel, reward_accuracy, train_reward_model
+
+    reward_model = RewardModel(copy.deepcopy(tiny_alignment["policy"]))
+    pairs = tiny_alignment["pairs"]
+    history = train_reward_model(tiny_config("dpo", total_steps=10, batch_size=len(pairs), lr=3e-3), reward_model, pairs,
+                                 chat_tokenizer.pad_token_id)
+    assert history["loss"][0] == pytest.approx(math.log(2), abs=1e-6), "the head starts at zero: every reward is 0"
+    assert history["loss"][-1] < history["loss"][0] and reward_accuracy(reward_model, pairs, chat_tokenizer.pad_token_id) == 1.0
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_rl_loops_run_and_report(solution_mode, chat_tokenizer, tiny_alignment, method):
+    from course_lib.alignment import train_grpo, train_ppo
+    from course_lib.instruction_data import check_answer
+
+    policy = copy.deepcopy(tiny_alignment["policy"])
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    config = tiny_config("grpo", total_steps=2, prompts_per_step=2, group_size=4)
+    if method == "grpo":
+        history = train_grpo(config, policy, reference, chat_tokenizer, tiny_alignment["rows"])
+        assert set(history) == {"loss", "reward", "kl", "signal", "length", "grad_norm", "lr"}
+    else:
+        def score(rows, answers):
+            return torch.tensor([float(check_answer(r["family"], r, a)) for r, a in zip(rows, answers)])
+
+        history = train_ppo(config, policy, reference, chat_tokenizer, tiny_alignment["rows"], score)
+        assert set(history) == {"score", "kl", "policy_loss", "value_loss", "clip_fraction", "entropy", "lr"}
+    assert all(len(v) == 2 and all(math.isfinite(x) for x in v) for v in history.values()), history
