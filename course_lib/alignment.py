@@ -867,6 +867,18 @@ def _step(model: torch.nn.Module, loss: torch.Tensor, optimizer, scheduler, conf
     return float(grad_norm)
 
 
+def _cycled(order: Sequence[int], step: int, n: int) -> list[int]:
+    """The ``n`` indices of step ``step`` when ``order`` is read in turn, starting again at its end."""
+    return [order[(step * n + j) % len(order)] for j in range(n)]
+
+
+def _record(history: dict[str, list], stats: dict[str, float], on_step: Callable[[dict], None] | None) -> None:
+    for key, value in stats.items():
+        history[key].append(value)
+    if on_step is not None:
+        on_step(stats)
+
+
 def train_dpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer,
               pairs: Sequence[dict], on_step: Callable[[dict], None] | None = None) -> dict[str, list]:
     """``config.total_steps`` DPO steps on ``policy`` (in place) over ``pairs`` (:func:`preference_pairs`),
@@ -882,7 +894,7 @@ def train_dpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.
     history = {k: [] for k in ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "grad_norm", "lr")}
     policy.train()
     for step in range(config.total_steps):
-        chosen = [order[(step * config.batch_size + j) % len(order)] for j in range(config.batch_size)]
+        chosen = _cycled(order, step, config.batch_size)
         batch = pair_batch([pairs[i] for i in chosen], pad)
         policy_chosen, policy_rejected = batch_log_probs(policy, batch).chunk(2)
         lengths = batch["lengths"].chunk(2)
@@ -896,10 +908,7 @@ def train_dpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.
                  "margin": float((out["chosen_rewards"] - out["rejected_rewards"]).mean()),
                  "chosen_reward": float(out["chosen_rewards"].mean()),
                  "rejected_reward": float(out["rejected_rewards"].mean()), "grad_norm": grad_norm, "lr": lr}
-        for key, value in stats.items():
-            history[key].append(value)
-        if on_step is not None:
-            on_step(stats)
+        _record(history, stats, on_step)
     policy.eval()
     return history
 
@@ -944,7 +953,7 @@ def train_grpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn
     optimizer, scheduler = _optimization(policy, config)
     history = {k: [] for k in ("loss", "reward", "kl", "signal", "length", "grad_norm", "lr")}
     for step in range(config.total_steps):
-        picked = [order[(step * config.prompts_per_step + j) % len(order)] for j in range(config.prompts_per_step)]
+        picked = _cycled(order, step, config.prompts_per_step)
         prompts = [examples[i]["prompt_ids"] for i in picked]
         drawn = sample_completions(policy, prompts, k=config.group_size, max_new_tokens=config.max_new_tokens,
                                    stop_ids=stops, pad_token_id=pad, seed=config.seed + 1000 * step,
@@ -969,10 +978,7 @@ def train_grpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn
         stats = {"loss": float(out["loss"].detach()), "reward": float(rewards.mean()), "kl": float(out["kl"]),
                  "signal": float((groups.std(1) > 0).float().mean()), "length": float(mask.sum(1).mean()),
                  "grad_norm": grad_norm, "lr": lr}
-        for key, value in stats.items():
-            history[key].append(value)
-        if on_step is not None:
-            on_step(stats)
+        _record(history, stats, on_step)
     policy.eval()
     return history
 
@@ -1158,7 +1164,7 @@ def train_reward_model(config: AlignConfig, reward_model: RewardModel, pairs: Se
     history = {k: [] for k in ("loss", "accuracy", "margin", "grad_norm", "lr")}
     reward_model.train()
     for step in range(config.total_steps):
-        chosen = [order[(step * config.batch_size + j) % len(order)] for j in range(config.batch_size)]
+        chosen = _cycled(order, step, config.batch_size)
         batch = pair_batch([pairs[i] for i in chosen], pad_token_id)
         rewards = reward_model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         chosen_rewards, rejected_rewards = rewards.chunk(2)
@@ -1167,10 +1173,7 @@ def train_reward_model(config: AlignConfig, reward_model: RewardModel, pairs: Se
         grad_norm = _step(reward_model, out["loss"], optimizer, scheduler, config)
         stats = {"loss": float(out["loss"].detach()), "accuracy": float(out["accuracy"]),
                  "margin": float((chosen_rewards - rejected_rewards).mean().detach()), "grad_norm": grad_norm, "lr": lr}
-        for key, value in stats.items():
-            history[key].append(value)
-        if on_step is not None:
-            on_step(stats)
+        _record(history, stats, on_step)
     reward_model.eval()
     return history
 
@@ -1238,7 +1241,7 @@ def train_ppo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(config.seed)).tolist()
     history = {k: [] for k in ("score", "kl", "policy_loss", "value_loss", "clip_fraction", "entropy", "lr")}
     for step in range(config.total_steps):
-        picked = [order[(step * per_round + j) % len(order)] for j in range(per_round)]
+        picked = _cycled(order, step, per_round)
         prompts = [examples[i]["prompt_ids"] for i in picked]
         completions = [g[0] for g in sample_completions(policy, prompts, k=1, max_new_tokens=config.max_new_tokens,
                                                         stop_ids=stops, pad_token_id=pad, seed=config.seed + 1000 * step,
@@ -1262,9 +1265,6 @@ def train_ppo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.
                  "policy_loss": float(policy_out["loss"].detach()), "value_loss": float(value_out["loss"].detach()),
                  "clip_fraction": float(policy_out["clip_fraction"]),
                  "entropy": float(masked_entropy(logits.detach(), mask)), "lr": lr}
-        for key, value in stats.items():
-            history[key].append(value)
-        if on_step is not None:
-            on_step(stats)
+        _record(history, stats, on_step)
     policy.eval()
     return history
