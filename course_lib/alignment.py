@@ -782,8 +782,8 @@ _ALIGN_MODULES = ("numerics", "attention", "transformer", "generation", "pretrai
 class AlignConfig:
     """One alignment run from Chapter 7's chat model (``sft_course_lm(base)``).
 
-    ``"dpo"``: preference pairs from the model's own answers to ``train_examples`` questions per family
-    (:func:`preference_pairs`, ``samples`` answers each), then ``total_steps`` steps of ``batch_size``
+    ``"dpo"``: preference pairs from the model's own answers to the training questions
+    (:func:`training_questions`; :func:`preference_pairs`, ``samples`` answers each), then ``total_steps`` steps of ``batch_size``
     pairs on :func:`dpo_loss` against the frozen starting model. ``"grpo"``: each step draws
     ``group_size`` answers to each of ``prompts_per_step`` questions, scores them with Chapter 6's
     checkers (1 right, 0 wrong) and takes one step on :func:`grpo_loss`. Chapter 5's optimizer,
@@ -792,8 +792,9 @@ class AlignConfig:
 
     method: str = "dpo"
     base: str = "cpu"                       # the sft_course_lm preset to start from
-    families: tuple[str, ...] = ("naming",)
-    train_examples: int | None = None       # training questions per family (None: all)
+    # training questions per family, as Chapter 7's sft.training_rows reads it (a dict: only those families)
+    train_examples: int | dict[str, int | None] | None = dataclasses.field(default_factory=lambda: {"naming": None})
+    source: str | None = None               # corpus source of the string family (Chapter 6)
     samples: int = 4                        # answers drawn per question for the pairs (dpo)
     beta: float = 0.1                       # dpo: the KL constraint; grpo: the KL term's weight
     loss_type: str = "sigmoid"              # dpo_loss's or grpo_loss's loss_type
@@ -837,14 +838,11 @@ def align_preset(method: str = "dpo", size: str = "cpu") -> AlignConfig:
 
 
 def training_questions(config: AlignConfig) -> list[dict]:
-    """The first ``train_examples`` rows of each of ``config.families`` in Chapter 6's training split."""
-    from course_lib.instruction_data import instruction_dataset
+    """The rows of Chapter 6's training split a run learns from: ``config.train_examples`` read as
+    Chapter 7 reads it (:func:`~course_lib.sft.training_rows`)."""
+    from course_lib.sft import training_rows
 
-    rows = []
-    for family in config.families:
-        split = instruction_dataset("train", family)
-        rows += list(split.select(range(min(len(split), config.train_examples or len(split)))))
-    return rows
+    return training_rows(config)
 
 
 def _optimization(model: torch.nn.Module, config: AlignConfig):
@@ -1036,7 +1034,8 @@ def align_report(config: AlignConfig, policy: torch.nn.Module, reference: torch.
     rows = test_rows(sft_preset(config.base, test_examples=config.test_examples))
     accuracy, answers = task_accuracy(policy, tokenizer, rows, config.max_new_tokens)
     _, reference_answers = task_accuracy(reference, tokenizer, rows, config.max_new_tokens)
-    trained = [r for r in rows if r["family"] in config.families]
+    families = {r["family"] for r in training_questions(config)}
+    trained = [r for r in rows if r["family"] in families]
     samples = [{"family": r["family"], "question": r["messages"][0]["content"], "expected": r["output"],
                 "aligned": a, "sft": b}
                for r, a, b in zip(rows, answers, reference_answers) if a != b][:12]
