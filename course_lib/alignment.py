@@ -825,6 +825,7 @@ class AlignConfig:
 
 ALIGN_PRESETS: dict[str, AlignConfig] = {
     "dpo-cpu": AlignConfig(method="dpo"),
+    "reward-cpu": AlignConfig(method="reward", lr=3e-4, total_steps=100),
     "grpo-cpu": AlignConfig(method="grpo", loss_type="grpo", beta=0.04, lr=1e-4, total_steps=60),
 }
 
@@ -833,7 +834,7 @@ def align_preset(method: str = "dpo", size: str = "cpu") -> AlignConfig:
     """:data:`ALIGN_PRESETS` ``[f"{method}-{size}"]``."""
     name = f"{method}-{size}"
     if name not in ALIGN_PRESETS:
-        raise ValueError(f"no preset {name!r}: method is 'dpo' or 'grpo', size 'cpu'")
+        raise ValueError(f"no preset {name!r}: method is 'dpo', 'reward' or 'grpo', size 'cpu'")
     return ALIGN_PRESETS[name]
 
 
@@ -843,6 +844,32 @@ def training_questions(config: AlignConfig) -> list[dict]:
     from course_lib.sft import training_rows
 
     return training_rows(config)
+
+
+def preference_data(config: AlignConfig, progress: bool = False) -> list[dict]:
+    """:func:`preference_pairs` of Chapter 7's chat model on ``config``'s training questions, built once and
+    cached (runs with the same questions and sampling settings share them: the DPO model and the reward
+    model learn from the same pairs)."""
+    from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
+    from course_lib.pretraining import implementation_key
+    from course_lib.sft import sft_course_lm, sft_model_dir
+
+    key = cache_key(ALIGN_VERSION, sft_model_dir(config.base).name, config.train_examples, config.source,
+                    config.samples, config.max_new_tokens, config.seed, implementation_key(_ALIGN_MODULES))
+    path = cache_dir("alignment") / f"pairs-{config.base}-{key}.json"
+    with building(path):
+        pairs = read_json(path)
+        if pairs is None:
+            model, tokenizer = sft_course_lm(config.base, progress=progress)
+            pairs = preference_pairs(model, tokenizer, training_questions(config), config.samples,
+                                     config.max_new_tokens, config.seed)
+            write_atomic(path, json.dumps(pairs))
+    return pairs
+
+
+def held_out(pairs: Sequence[dict], every: int = 10) -> tuple[list[dict], list[dict]]:
+    """``(train, test)``: every ``every``-th pair (by position) held out, the rest to train on."""
+    return ([p for i, p in enumerate(pairs) if i % every], [p for i, p in enumerate(pairs) if not i % every])
 
 
 def _optimization(model: torch.nn.Module, config: AlignConfig):
@@ -1049,8 +1076,11 @@ def align_report(config: AlignConfig, policy: torch.nn.Module, reference: torch.
 
 
 def align(config: AlignConfig, progress: bool = False) -> dict:
-    """Run ``config`` from Chapter 7's cached chat model: ``{"model", "tokenizer", "history",
-    "train_seconds", "pairs"}`` (``pairs``: the DPO pairs; for GRPO an empty list)."""
+    """Run ``config`` from Chapter 7's cached chat model: ``{"model", "reference", "tokenizer", "history",
+    "train_seconds", "pairs"}``. ``model`` is the aligned policy, or for ``"reward"`` the
+    :class:`RewardModel` (trained on all pairs but every tenth, :func:`held_out`); ``pairs`` are the
+    preference pairs (:func:`preference_data`; none for GRPO); ``train_seconds`` CPU seconds of the
+    training alone."""
     import copy
     import time
 
@@ -1069,11 +1099,13 @@ def align(config: AlignConfig, progress: bool = False) -> dict:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k in ("loss", "accuracy", "reward", "kl")})
 
+    pairs = preference_data(config, progress) if config.method in ("dpo", "reward") else []
     start = time.process_time()
-    pairs: list[dict] = []
     if config.method == "dpo":
-        pairs = preference_pairs(policy, tokenizer, rows, config.samples, config.max_new_tokens, config.seed)
         history = train_dpo(config, policy, reference, tokenizer, pairs, on_step)
+    elif config.method == "reward":
+        policy = RewardModel(policy)
+        history = train_reward_model(config, policy, held_out(pairs)[0], tokenizer.pad_token_id, on_step)
     else:
         history = train_grpo(config, policy, reference, tokenizer, rows, on_step)
     if bar is not None:
@@ -1102,6 +1134,31 @@ def aligned_course_lm(method: str = "dpo", size: str = "cpu", progress: bool = T
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
+
+    if method == "reward":
+        raise ValueError("the reward model is not a chat model: trained_reward_model(size) loads it")
+    directory = _build_aligned(method, size, progress)
+    return AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+
+
+def trained_reward_model(size: str = "cpu", progress: bool = True) -> tuple[RewardModel, object]:
+    """The course's reward model (:class:`RewardModel` on Chapter 7's chat model, trained on its preference
+    pairs with :func:`reward_loss`) and the tokenizer, built on first use like the aligned models."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import course_lib.language_model  # noqa: F401  (registers the course model with the Auto classes)
+
+    directory = _build_aligned("reward", size, progress)
+    reward_model = RewardModel(AutoModelForCausalLM.from_pretrained(directory))
+    reward_model.score.load_state_dict(torch.load(directory / REWARD_HEAD, weights_only=True))
+    return reward_model.eval(), AutoTokenizer.from_pretrained(directory)
+
+
+REWARD_HEAD = "reward_head.pt"   # the scalar head's state dict, beside the language model's own files
+
+
+def _build_aligned(method: str, size: str, progress: bool) -> Path:
+    """The cache folder of :func:`aligned_course_lm` or :func:`trained_reward_model`, built if missing."""
     from course_lib.cache import building, stage_directory
 
     directory = aligned_model_dir(method, size)
@@ -1109,8 +1166,14 @@ def aligned_course_lm(method: str = "dpo", size: str = "cpu", progress: bool = T
         if not (directory / "config.json").is_file():
             config = align_preset(method, size)
             result = align(config, progress)
-            report = align_report(config, result["model"], result["reference"], result["tokenizer"])
             pairs = result["pairs"]
+            if method == "reward":
+                train, test = held_out(pairs)
+                report = {"train_accuracy": reward_accuracy(result["model"], train, result["tokenizer"].pad_token_id),
+                          "held_out_accuracy": reward_accuracy(result["model"], test, result["tokenizer"].pad_token_id),
+                          "held_out_pairs": len(test)}
+            else:
+                report = align_report(config, result["model"], result["reference"], result["tokenizer"])
             record = {"config": dataclasses.asdict(config), "history": result["history"],
                       "train_seconds": result["train_seconds"], "report": report,
                       "pairs": {"count": len(pairs), "questions": len(training_questions(config)),
@@ -1118,16 +1181,19 @@ def aligned_course_lm(method: str = "dpo", size: str = "cpu", progress: bool = T
                                 "examples": [{k: p[k] for k in ("family", "chosen", "rejected", "chosen_source")}
                                              for p in pairs[:8]]}}
             with stage_directory(directory) as staging:
-                result["model"].save_pretrained(staging)
+                if method == "reward":
+                    result["model"].lm.save_pretrained(staging)
+                    torch.save(result["model"].score.state_dict(), staging / REWARD_HEAD)
+                else:
+                    result["model"].save_pretrained(staging)
                 result["tokenizer"].save_pretrained(staging)
                 (staging / "training.json").write_text(json.dumps(record, default=str))
-    return AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+    return directory
 
 
 def aligned_training_record(method: str = "dpo", size: str = "cpu") -> dict:
-    """``training.json`` of the cached aligned model (built if missing)."""
-    aligned_course_lm(method, size, progress=False)
-    return json.loads((aligned_model_dir(method, size) / "training.json").read_text())
+    """``training.json`` of the cached aligned model or reward model (built if missing)."""
+    return json.loads((_build_aligned(method, size, progress=False) / "training.json").read_text())
 
 
 # -- a reward model, and PPO with a value head ----------------------------------------------------------------
@@ -1137,17 +1203,18 @@ class RewardModel(torch.nn.Module):
     ``...ForSequenceClassification`` with one label computes it.
 
     ``lm``: a ``...ForCausalLM`` whose body is ``lm.model`` (the course model, Llama); the body is used
-    (and trained) in place. The head starts at zero, so every sequence starts with reward 0."""
+    (and trained) in place, its vocabulary head left unused. The head starts at zero, so every sequence
+    starts with reward 0."""
 
     def __init__(self, lm: torch.nn.Module):
         super().__init__()
-        self.body = lm.model
+        self.lm = lm                        # kept whole, so that it saves as the language model it was
         self.score = torch.nn.Linear(lm.config.hidden_size, 1, bias=False)
         torch.nn.init.zeros_(self.score.weight)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(batch, seq)`` right-padded rows -> ``(batch,)`` rewards."""
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return last_token_rewards(self.score(hidden).squeeze(-1), attention_mask)
 
 
