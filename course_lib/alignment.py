@@ -823,10 +823,16 @@ class AlignConfig:
         return loop_settings(self)
 
 
+# Provisional (measured on one CPU thread, issue 22 is open): from Chapter 7's chat model, naming 73 % greedy
+# and 61-64 % of sampled answers right on held-out questions.
 ALIGN_PRESETS: dict[str, AlignConfig] = {
-    "dpo-cpu": AlignConfig(method="dpo"),
+    # pairs from every family (naming: all 727 questions; 100 of each other), so that the format holds:
+    # naming 74 % greedy, 51 % sampled, KL 3.7 nats per answer; about 3 CPU minutes with the pairs
+    "dpo-cpu": AlignConfig(method="dpo", train_examples={"naming": None, "arithmetic": 100, "string": 100,
+                                                         "sorting": 100, "stdlib": 100}, beta=0.3, lr=3e-4),
     "reward-cpu": AlignConfig(method="reward", lr=3e-4, total_steps=100),
-    "grpo-cpu": AlignConfig(method="grpo", loss_type="grpo", beta=0.04, lr=1e-4, total_steps=60),
+    # naming, 8 questions x 8 answers per step: naming 70 % greedy, 70.5 % sampled, KL 0.12; 70 CPU s
+    "grpo-cpu": AlignConfig(method="grpo", loss_type="grpo", beta=0.04, lr=2e-4, total_steps=40),
 }
 
 
