@@ -781,8 +781,8 @@ def test_dpo_training_orders_the_pairs(solution_mode, chat_tokenizer, tiny_align
 
     policy = copy.deepcopy(tiny_alignment["policy"])
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    history = train_dpo(tiny_config("dpo", total_steps=12, batch_size=len(tiny_alignment["pairs"]), lr=3e-3),
-                        policy, reference, chat_tokenizer, tiny_alignment["pairs"])
+    config = tiny_config("dpo", total_steps=12, batch_size=len(tiny_alignment["pairs"]), lr=3e-3, sft_weight=0.0)
+    history = train_dpo(config, policy, reference, chat_tokenizer, tiny_alignment["pairs"])
     assert history["loss"][0] == pytest.approx(math.log(2), abs=1e-6), "the policy starts as the reference: h = 0"
     assert history["loss"][-1] < 0.5 and history["accuracy"][-1] == 1.0, history["loss"]
 
