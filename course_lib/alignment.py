@@ -957,18 +957,23 @@ def completion_token_log_probs(model: torch.nn.Module, prompts: Sequence[list[in
     positions counted from each row's first real token (as generation counts them). Returns
     ``(logprobs, mask)``, each ``(n, T)`` for the longest completion's ``T`` tokens (:func:`per_token_log_probs`,
     float32, with gradients when enabled; ``mask`` float32, 1 on each completion's tokens)."""
+    inputs, width, mask = _rl_inputs(prompts, completions, pad_token_id, next(model.parameters()).device)
+    logits = model(**inputs).logits
+    return per_token_log_probs(logits[:, width - 1:-1], inputs["input_ids"][:, width:]), mask
+
+
+def _rl_inputs(prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_token_id: int,
+               device: torch.device) -> tuple[dict[str, torch.Tensor], int, torch.Tensor]:
+    """The RL layout's model inputs (``input_ids``, ``attention_mask``, ``position_ids`` counted from each
+    row's first real token), the column where the completions start, and their mask (float32 ``(n, T)``)."""
     from course_lib.tasks import pad_batch
 
-    device = next(model.parameters()).device
     prompt_ids, prompt_mask = pad_batch(prompts, pad_token_id, left=True)
     completion_ids, mask = pad_batch(completions, pad_token_id)
-    input_ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
     attention_mask = torch.cat([prompt_mask, mask], 1).to(device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    width = prompt_ids.shape[1]
-    logprobs = per_token_log_probs(logits[:, width - 1:-1], input_ids[:, width:])
-    return logprobs, mask.to(device=device, dtype=torch.float32)
+    inputs = {"input_ids": torch.cat([prompt_ids, completion_ids], 1).to(device), "attention_mask": attention_mask,
+              "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0)}
+    return inputs, prompt_ids.shape[1], mask.to(device=device, dtype=torch.float32)
 
 
 def train_grpo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer,
@@ -1275,21 +1280,11 @@ def policy_values_and_log_probs(policy: torch.nn.Module, value_head: torch.nn.Mo
     ``(logprobs, values, mask, logits)``: each completion token's log-probability, the value head's
     estimate of the state *before* that token (read at the position that predicts it) and the
     completion mask, each ``(n, T)``, and the logits that predicted the tokens ``(n, T, vocab)``."""
-    from course_lib.tasks import pad_batch
-
-    device = next(policy.parameters()).device
-    prompt_ids, prompt_mask = pad_batch(prompts, pad_token_id, left=True)
-    completion_ids, mask = pad_batch(completions, pad_token_id)
-    input_ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
-    attention_mask = torch.cat([prompt_mask, mask], 1).to(device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = policy.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-    width = prompt_ids.shape[1]
-    states = hidden[:, width - 1:-1]                                          # (n, T, d): before each token
+    inputs, width, mask = _rl_inputs(prompts, completions, pad_token_id, next(policy.parameters()).device)
+    states = policy.model(**inputs).last_hidden_state[:, width - 1:-1]     # (n, T, d): before each token
     logits = policy.lm_head(states)
-    logprobs = per_token_log_probs(logits, input_ids[:, width:])
-    values = value_head(states).squeeze(-1).float()
-    return logprobs, values, mask.to(device=device, dtype=torch.float32), logits
+    logprobs = per_token_log_probs(logits, inputs["input_ids"][:, width:])
+    return logprobs, value_head(states).squeeze(-1).float(), mask, logits
 
 
 def train_ppo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer,
