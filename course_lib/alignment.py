@@ -774,7 +774,8 @@ def pair_batch(pairs: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
 
 
 # -- the course's aligned models: Chapter 7's chat model taught to prefer right answers ---------------------
-ALIGN_VERSION = 1  # bump when an aligned model or its report changes in a way that should rebuild the cache
+# Bump when an aligned model or its report changes in a way that should rebuild the cache.
+ALIGN_VERSION = 2  # 2: the record's example pairs, two per family
 _ALIGN_MODULES = ("numerics", "attention", "transformer", "generation", "pretraining", "instruct", "sft", "alignment")
 
 
@@ -1196,7 +1197,8 @@ def _build_aligned(method: str, size: str, progress: bool) -> Path:
                       "pairs": {"count": len(pairs), "questions": len(training_questions(config)),
                                 "chosen_from_samples": sum(p["chosen_source"] == "sample" for p in pairs),
                                 "examples": [{k: p[k] for k in ("family", "chosen", "rejected", "chosen_source")}
-                                             for p in pairs[:8]]}}
+                                             for family in dict.fromkeys(p["family"] for p in pairs)
+                                             for p in [q for q in pairs if q["family"] == family][:2]]}}
             with stage_directory(directory) as staging:
                 if method == "reward":
                     result["model"].lm.save_pretrained(staging)
