@@ -909,9 +909,10 @@ def _cycled(order: Sequence[int], step: int, n: int) -> list[int]:
 
 
 def _record(history: dict[str, list], stats: dict[str, float], on_step: Callable[[dict], None] | None) -> None:
-    for key, value in stats.items():
-        history[key].append(value)
-    if on_step is not None:
+    """Append a step's ``stats`` to ``history`` (the same keys) and hand them to ``on_step`` if given."""
+    for name, values in history.items():
+        values.append(stats[name])
+    if on_step:
         on_step(stats)
 
 
