@@ -75,10 +75,9 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     return whitened * weights
 
 
-@torch.no_grad()
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    rewards, values, mask = rewards.float(), values.float(), mask.float()
+    rewards, values, mask = rewards.detach().float(), values.detach().float(), mask.float()   # targets: no gradients
     advantages = torch.zeros_like(rewards)
     carried = torch.zeros_like(rewards[:, 0])                               # A_{t+1}
     for t in reversed(range(rewards.shape[1])):
@@ -90,14 +89,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-@torch.no_grad()
 def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                          mask: torch.Tensor, kl_coef: float = 0.05) -> dict[str, torch.Tensor]:
     mask = mask.float()
-    kl = (logprobs.float() - ref_logprobs.float()) * mask
+    kl = (logprobs.detach().float() - ref_logprobs.detach().float()) * mask             # rewards: no gradients
     rewards = -kl_coef * kl
     last = mask.sum(-1).long() - 1                                          # (batch,)
-    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.float()
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.detach().float()
     return {"rewards": rewards, "kl": kl}
 
 

@@ -90,6 +90,8 @@ your `sequence_log_probs` (9.2) the same batch, gives the sums to your `dpo_loss
 both sides for each loss type.
 """),
         kit.code("experiment_dpo", r'''
+import tempfile
+
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
@@ -99,7 +101,7 @@ pairs_data = {"prompt": ["What is 12 plus 30?", "Reverse the word \"lion\".", "S
 
 def dpo():
     for loss_type in ("sigmoid", "ipo", "hinge"):
-        args = DPOConfig(output_dir="trl-dpo", report_to="none", use_cpu=True, bf16=False, beta=0.3,
+        args = DPOConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True, bf16=False, beta=0.3,
                          loss_type=[loss_type], per_device_train_batch_size=3, save_strategy="no", disable_tqdm=True)
         trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_dict(pairs_data),
                              processing_class=tokenizer)
@@ -194,7 +196,7 @@ def training():
     pairs = alignment.preference_pairs(model, tokenizer, rows, samples=2, max_new_tokens=4)
     print(f"{len(pairs)} pairs; the first: chosen {pairs[0]['chosen']!r}, rejected {pairs[0]['rejected']!r}")
     config = dataclasses.replace(alignment.align_preset("dpo"), total_steps=30, warmup_steps=3,
-                                 batch_size=len(pairs), lr=3e-3, max_new_tokens=4)
+                                 batch_size=len(pairs), lr=3e-3, max_new_tokens=4, sft_weight=0.0)
     history = alignment.train_dpo(config, model, frozen, tokenizer, pairs)
     print(f"loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}, reward accuracy "
           f"{history['accuracy'][0]:.2f} -> {history['accuracy'][-1]:.2f}")
