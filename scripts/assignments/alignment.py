@@ -76,7 +76,7 @@ def small_llama(seed):
 
 
 reference = small_llama(0).eval()
-policy = copy.deepcopy(reference)
+policy = copy.deepcopy(reference).train()   # TRL logs a model in training mode under "train"
 with torch.no_grad():            # the policy: the reference moved a little, as after a few updates
     for p in policy.parameters():
         p.add_(0.05 * torch.randn_like(p))
