@@ -1,7 +1,10 @@
 """The course's one cache folder, for artefacts that are built once and reused (corpus, tokenizer, models).
 
 The folder is ``$COURSE_CACHE`` when that is set, else ``~/.cache/llm-course``. Everything in it can
-be deleted at any time: whatever needs it is rebuilt on first use. Files are written atomically
+be deleted at any time: whatever needs it is rebuilt on first use. ``$COURSE_CACHE_SHARED`` may name a
+second, read-only cache looked in first (:func:`cache_entry`): the batch grader lends its own to the
+notebooks' confined kernels, so that they load the corpus, tokenizer and models instead of building
+them again in every notebook. Files are written atomically
 (to a temporary name, then renamed), so an interrupted build never leaves a half-written artefact,
 and an entry is built under its lock (:func:`building`), so processes that need the same entry at
 the same time (the book build and the tests of one CI run) build it once.
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 CACHE_ENV = "COURSE_CACHE"
+SHARED_ENV = "COURSE_CACHE_SHARED"
 
 
 def cache_dir(*parts: str) -> Path:
@@ -27,6 +31,27 @@ def cache_dir(*parts: str) -> Path:
     path = Path(root).joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_entry(*parts: str) -> Path:
+    """Where the cache entry ``parts`` (folders, then the entry's file or folder name) is: in the
+    shared read-only cache (``$COURSE_CACHE_SHARED``) when that holds it, else in :func:`cache_dir`
+    (built or not)."""
+    *folders, name = parts
+    shared = os.environ.get(SHARED_ENV)
+    if shared:
+        found = Path(shared).joinpath(*parts)
+        try:
+            if found.exists():
+                return found
+        except OSError:  # a folder this process may not enter: as good as missing
+            pass
+    return cache_dir(*folders) / name
+
+
+def _is_shared(path: Path) -> bool:
+    shared = os.environ.get(SHARED_ENV)
+    return bool(shared) and path.resolve().is_relative_to(Path(shared).resolve())
 
 
 def cache_key(*values) -> str:
@@ -92,6 +117,9 @@ def building(path: Path | str) -> Iterator[None]:
     missing (Windows) there is no lock and concurrent builders only repeat each other's work.
     """
     path = Path(path)
+    if _is_shared(path):  # read-only, and complete: its entries were written whole
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl

@@ -47,7 +47,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
+from course_lib.cache import building, cache_entry, cache_key, read_json, write_atomic
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = {"validation": 0.05, "test": 0.05}  # the rest is train
@@ -185,7 +185,7 @@ def resolve_source(source: str | os.PathLike | None) -> str | None:
 def corpus_cache_path(source: str | None = None) -> Path:
     """Where the split corpus of ``source`` is (or will be) cached."""
     source = resolve_source(source)
-    return cache_dir("corpus") / f"corpus-{cache_key(CORPUS_VERSION, SPLIT_SEED, _describe(source))}.json"
+    return cache_entry("corpus", f"corpus-{cache_key(CORPUS_VERSION, SPLIT_SEED, _describe(source))}.json")
 
 
 def build_corpus(source: str | None = None) -> dict:

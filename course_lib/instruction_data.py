@@ -69,7 +69,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
+from course_lib.cache import building, cache_entry, cache_key, read_json, write_atomic
 
 FAMILIES = ("arithmetic", "string", "sorting", "stdlib", "naming")
 SPLITS = ("train", "validation", "test")
@@ -369,7 +369,7 @@ def instruction_data_path(source: str | None = None) -> Path:
     settings = [DATA_VERSION, SEED, RAW_SIZE, TEST_SIZE, VALIDATION_SIZE, MINHASH_PERM, SHINGLE_SIZE,
                 DECONTAMINATION_THRESHOLD, sys.version.split()[0]]
     code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    return cache_dir("instruct") / f"instructions-{cache_key(settings, code, corpus_cache_path(source).name)}.json"
+    return cache_entry("instruct", f"instructions-{cache_key(settings, code, corpus_cache_path(source).name)}.json")
 
 
 def build_instruction_data(source: str | None = None) -> dict:

@@ -1238,7 +1238,7 @@ def adapter_report(config: AdaptConfig, result) -> dict:
 
 def adapted_model_dir(method: str = "lora", size: str = "cpu") -> Path:
     """The cache folder of the course's adapter of ``method`` and ``size`` (built or not)."""
-    from course_lib.cache import cache_dir, cache_key
+    from course_lib.cache import cache_entry, cache_key
     from course_lib.instruction_data import instruction_data_path
     from course_lib.pretraining import implementation_key, pretrained_model_dir
 
@@ -1247,7 +1247,7 @@ def adapted_model_dir(method: str = "lora", size: str = "cpu") -> Path:
     key = cache_key(ADAPT_VERSION, dataclasses.asdict(config), dataclasses.asdict(run),
                     pretrained_model_dir(run.base).name, instruction_data_path().name,
                     implementation_key(_ADAPT_MODULES))
-    return cache_dir("models") / f"course-{method}-{size}-{key}"
+    return cache_entry("models", f"course-{method}-{size}-{key}")
 
 
 def adapted_course_lm(method: str = "lora", size: str = "cpu", progress: bool = True):
@@ -1294,14 +1294,14 @@ def adapted_training_record(method: str = "lora", size: str = "cpu") -> dict:
 def rank_sweep(progress: bool = False) -> list[dict]:
     """:func:`adapter_report` of every run of :data:`SWEEP` (without its history), built once and
     cached in one file keyed like the adapters."""
-    from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
+    from course_lib.cache import building, cache_entry, cache_key, read_json, write_atomic
     from course_lib.instruction_data import instruction_data_path
     from course_lib.pretraining import implementation_key, pretrained_model_dir
 
     key = cache_key(ADAPT_VERSION, [dataclasses.asdict(c) for c in SWEEP],
                     [dataclasses.asdict(c.finetune_config()) for c in SWEEP], pretrained_model_dir("cpu").name,
                     instruction_data_path().name, implementation_key(_ADAPT_MODULES))
-    path = cache_dir("models") / f"course-lora-sweep-{key}.json"
+    path = cache_entry("models", f"course-lora-sweep-{key}.json")
     with building(path):
         cached = read_json(path)
         if cached is not None:

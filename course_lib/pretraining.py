@@ -1479,34 +1479,24 @@ _TRAINING_MODULES = ("numerics", "attention", "transformer", "pretraining")
 
 
 def implementation_key(modules: Sequence[str] = _TRAINING_MODULES) -> dict:
-    """``"reference"`` for every chapter module of ``modules`` that runs the reference solutions, else a
-    hash of its file: what a cached model built by that code is keyed by."""
-    import hashlib
-    import importlib
-
+    """:func:`course_lib.exercises.implementation` of every chapter module of ``modules``: what a cached
+    model built by that code is keyed by."""
     from course_lib import exercises
 
-    key = {}
-    for module in modules:
-        if exercises.uses_reference(module):
-            key[module] = "reference"
-        else:
-            path = Path(importlib.import_module(f"course_lib.{module}").__file__)
-            key[module] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return key
+    return {module: exercises.implementation(module) for module in modules}
 
 
 def pretrained_model_dir(size: str = "cpu", source: str | None = None) -> Path:
     """The cache folder of the course's pretrained model of preset ``size`` (built or not)."""
     import hashlib
 
-    from course_lib.cache import cache_dir, cache_key
+    from course_lib.cache import cache_entry, cache_key
 
     config = dataclasses.asdict(preset(size, source=source))
     tokenizer_json = course_tokenizer(source).backend_tokenizer.to_str()
     key = cache_key(PRETRAINED_VERSION, config, hashlib.sha256(tokenizer_json.encode()).hexdigest(),
                     implementation_key())
-    return cache_dir("models") / f"course-lm-{size}-{key}"
+    return cache_entry("models", f"course-lm-{size}-{key}")
 
 
 def pretrained_course_lm(size: str = "cpu", source: str | None = None, progress: bool = True):

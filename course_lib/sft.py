@@ -816,14 +816,14 @@ TEST_SHOTS = 3  # shots of the pretrained model's few-shot baseline
 
 def sft_model_dir(size: str = "cpu", source: str | None = None) -> Path:
     """The cache folder of the course's fine-tuned model of preset ``size`` (built or not)."""
-    from course_lib.cache import cache_dir, cache_key
+    from course_lib.cache import cache_entry, cache_key
     from course_lib.instruction_data import instruction_data_path
     from course_lib.pretraining import implementation_key, pretrained_model_dir
 
     config = preset(size, source=source)
     key = cache_key(SFT_VERSION, dataclasses.asdict(config), pretrained_model_dir(config.base, source).name,
                     instruction_data_path(source).name, implementation_key(_SFT_MODULES))
-    return cache_dir("models") / f"course-sft-{size}-{key}"
+    return cache_entry("models", f"course-sft-{size}-{key}")
 
 
 def test_rows(config: FinetuneConfig) -> list[dict]:

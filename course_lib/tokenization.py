@@ -536,19 +536,13 @@ def train_course_tokenizer(vocab_size: int = COURSE_VOCAB_SIZE, special_tokens: 
         special_tokens: defaults to :data:`COURSE_SPECIAL_TOKENS`.
         source: the corpus source (see :func:`course_lib.corpus.load_corpus`); ``None`` for the built-in one.
     """
-    import hashlib
-
     from course_lib import exercises
-    from course_lib.cache import building, cache_dir, cache_key
+    from course_lib.cache import building, cache_entry, cache_key
     from course_lib.corpus import corpus_cache_path, load_corpus
 
     special_tokens = list(dict.fromkeys(special_tokens))
-    if exercises.uses_reference("tokenization"):
-        implementation = "reference"
-    else:
-        implementation = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    key = cache_key(vocab_size, special_tokens, corpus_cache_path(source).name, implementation)
-    directory = cache_dir("tokenizers") / f"bpe-{vocab_size}-{key}"
+    key = cache_key(vocab_size, special_tokens, corpus_cache_path(source).name, exercises.implementation("tokenization"))
+    directory = cache_entry("tokenizers", f"bpe-{vocab_size}-{key}")
     with building(directory):
         if (directory / "special_tokens.json").is_file():
             return BPETokenizer.load(directory)

@@ -11,7 +11,8 @@ sandbox like the code sandbox's (:mod:`grading.sandbox`):
 - as root, inside bubblewrap: its own PID namespace (it sees no other process, so no other
   student's id on a command line), its own network namespace (no socket of the host: TCP, UDP and
   UNIX sockets by path alike) and IPC namespace, a file system of the system, Python, the notebook's
-  folder, the course's ``course_lib`` copy and ``grading`` package (read-only) and a size-limited
+  folder, the course's ``course_lib`` copy and ``grading`` package, the grader's course cache
+  (read-only: the corpus, tokenizer and models are loaded, not built again) and a size-limited
   tmpfs; then :func:`grading.sandbox.confine`: limits, Landlock and a uid of its own. The kernel
   still talks to its client over TCP on 127.0.0.1: the launcher opens the five listening sockets of
   the connection file in the host's network namespace and hands them over, and the kernel's ZeroMQ
@@ -30,6 +31,7 @@ language model, run it with the reference blocks of Chapter 3 and the student's 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -74,8 +76,13 @@ def course_library(target: Path, notebook_dir: Path) -> Path:
     shutil.copytree(ROOT / "course_lib", package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     chapter = notebook_dir.name
     if chapter in exercises.CHAPTER_MODULES:
+        copies = {}
         for module in exercises.chapters_before(chapter):
-            (package / f"{module}.py").write_text(solved_module(module))
+            text = solved_module(module)
+            (package / f"{module}.py").write_text(text)
+            copies[module] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        # what these chapters build is keyed as the reference's, so the kernel finds it in the grader's cache
+        (package / exercises.REFERENCE_COPIES).write_text(json.dumps(copies))
         student = submitted_module_file(notebook_dir, chapter)
         if student is not None:
             shutil.copyfile(student, package / f"{chapter}.py")
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     import ctypes
     import signal
 
+    from course_lib.cache import SHARED_ENV, cache_dir
     from grading import sandbox
 
     # PR_SET_PDEATHSIG: a killed nbgrader takes its kernels with it (bwrap follows this process)
@@ -129,9 +137,10 @@ def main(argv: list[str] | None = None) -> None:
                 listener.listen(128)
                 listening[port] = listener
         read = sandbox.read_paths()
+        shared_cache = str(cache_dir())  # the grader's course cache, lent read-only (course_lib.cache.cache_entry)
         spec = {
             "uid": slot.uid if slot else None, "gid": slot.uid if slot else None,
-            "read": read + [notebook_dir, str(library), str(ROOT / "grading"), str(private)],
+            "read": read + [notebook_dir, str(library), str(ROOT / "grading"), str(private), shared_cache],
             "write": [str(work)], "devices": sandbox.device_paths(False), "hide": [],
             "mask": sandbox.masked_paths(read, _reference_folder()),
             "limits": {**limits.as_dict(), "processes": max(limits.processes, 256)},  # zmq and IPython threads
@@ -152,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
                                             limits.disk_bytes, spec["devices"], spec["mask"], command)
         env = {k: os.environ[k] for k in KERNEL_ENVIRONMENT if k in os.environ}
         env.update(PATH=os.defpath, HOME=str(work), TMPDIR=str(work), IPYTHONDIR=str(work / ".ipython"),
-                   MPLCONFIGDIR=str(work), JUPYTER_RUNTIME_DIR=str(work), PYTHONDONTWRITEBYTECODE="1")
+                   MPLCONFIGDIR=str(work), JUPYTER_RUNTIME_DIR=str(work), PYTHONDONTWRITEBYTECODE="1",
+                   **{SHARED_ENV: shared_cache})
         kernel = subprocess.Popen(command, env=env, cwd=notebook_dir, pass_fds=[s.fileno() for s in listening.values()],
                                   umask=0o022)
         for listener in listening.values():

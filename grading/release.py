@@ -371,7 +371,11 @@ def student_env() -> dict[str, str]:
 
 # -- the scan --------------------------------------------------------------------------------------
 def _size(node: ast.AST) -> int:
-    return sum(1 for _ in ast.walk(node))
+    """How many nodes ``node``'s tree has (itself included); kept on the node, as :func:`_digest`."""
+    size = node.__dict__.get("_course_size")
+    if size is None:
+        size = node._course_size = 1 + sum(_size(child) for child in ast.iter_child_nodes(node))
+    return size
 
 
 def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -396,8 +400,27 @@ def _functions(tree: ast.AST):
             yield node
 
 
+def _digest(node: ast.AST) -> str:
+    """A digest of ``node``'s normalised tree: equal exactly when ``ast.dump(node)`` is (node types, field
+    names and values, no positions), up to a 128-bit hash collision. Computed once per node, bottom up,
+    and kept on the node: a scan keys every statement, pair and block, and nested blocks share their
+    statements, so dumping each one again made the scan quadratic in the nesting depth."""
+    digest = node.__dict__.get("_course_digest")
+    if digest is None:
+        def value(v) -> str:
+            if isinstance(v, ast.AST):
+                return _digest(v)
+            if isinstance(v, list):
+                return "[" + ",".join(map(value, v)) + "]"
+            return repr(v)
+
+        text = type(node).__name__ + "(" + ",".join(f"{name}={value(v)}" for name, v in ast.iter_fields(node)) + ")"
+        digest = node._course_digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    return digest
+
+
 def _key(stmts) -> str:
-    return "\n".join(ast.dump(s) for s in stmts)
+    return "\n".join(map(_digest, stmts))
 
 
 @dataclass

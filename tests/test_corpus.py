@@ -3,7 +3,9 @@
 Nothing here depends on the exact text, which differs between Python versions.
 """
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +116,46 @@ def test_the_cache_is_reused(built, monkeypatch):
     assert summary["splits"]["validation"]["documents"] == len(data["splits"]["validation"])
     assert summary["total"]["bytes"] >= summary["total"]["characters"] > 1_000_000
     assert "PSF" in summary["licence"]
+
+
+def test_a_shared_read_only_cache_is_read_first_and_never_written(built, cache_root, monkeypatch):
+    """What the batch grader lends a notebook's confined kernel: its own cache, read-only."""
+    shared, data = built
+    monkeypatch.setenv(cache.SHARED_ENV, str(shared))
+    monkeypatch.setattr(corpus, "python_docs_documents", lambda: pytest.fail("rebuilt instead of reading the shared cache"))
+    shared.chmod(0o555)
+    try:
+        assert corpus.corpus_cache_path().is_relative_to(shared)
+        assert corpus.load_corpus("validation") == data["splits"]["validation"]  # no lock taken, nothing written
+        assert cache.cache_entry("corpus", "missing.json") == cache_root / "corpus" / "missing.json"
+    finally:
+        shared.chmod(0o755)
+    assert not list(cache_root.rglob("*.json")) and not list(shared.glob(".*.lock"))
+
+
+def test_a_chapter_copied_from_the_reference_by_the_grader_is_keyed_as_the_reference(tmp_path, monkeypatch):
+    """grading.kernel writes finished chapters with their hashes into course_lib/reference_copies.json;
+    a file that differs from its listed hash (a student's edit) is keyed by its own hash."""
+    from course_lib import exercises
+
+    package = tmp_path / "course_lib"
+    package.mkdir()
+    for name in ("__init__.py", "exercises.py"):
+        (package / name).write_text((ROOT / "course_lib" / name).read_text())
+    (package / "numerics.py").write_text("# the reference, as the grader wrote it\n")
+    (package / "tokenization.py").write_text("# a student's own\n")
+    digest = hashlib.sha256(b"# the reference, as the grader wrote it\n").hexdigest()
+    (package / exercises.REFERENCE_COPIES).write_text(json.dumps({"numerics": digest, "tokenization": digest}))
+    code = ("from course_lib import exercises; "
+            "print(exercises.implementation('numerics'), exercises.implementation('tokenization'))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COURSE_LIB")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True,
+                         env={**env, "PYTHONPATH": str(tmp_path)})
+    own = hashlib.sha256(b"# a student's own\n").hexdigest()[:16]
+    assert out.stdout.split() == ["reference", own]
+    monkeypatch.setenv(exercises.MODE_ENV, "solution")
+    monkeypatch.setenv(exercises.STUDENT_MODULES_ENV, "")
+    assert exercises.implementation("numerics") == "reference"
 
 
 def test_building_imports_no_standard_library_module():

@@ -1450,6 +1450,9 @@ def test_memory_bill_and_activations_match_the_cuda_peak_of_a_training_step(solu
     (lambda lo: lo.double_quantize(torch.ones(2, 2), torch.tensor([-1.0, 1.0])), ValueError, "absmax"),
     (lambda lo: lo.training_memory([(4, 0)], 0, "full"), ValueError, "linear_shapes"),
     (lambda lo: lo.training_memory([(4, 4)], 0, "adapter"), ValueError, "method"),
+    (lambda lo: lo.activation_memory({"hidden_size": 8}, 1, 4), ValueError, "intermediate_size"),
+    (lambda lo: lo.activation_memory(dict.fromkeys(lo.ACTIVATION_KEYS, 4), 1, 4, attn_implementation="flash"),
+     ValueError, "attn_implementation"),
     (lambda lo: lo.LoRALinear(torch.nn.Linear(4, 4))(torch.zeros(2, 3)), ValueError, "x"),
     (lambda lo: lo.LoRALinear(torch.nn.Embedding(4, 4)), ValueError, "Embedding"),
 ])

@@ -16,7 +16,6 @@ import nbformat
 import pytest
 
 from course_lib import exercises
-from grading import release
 from grading.check import check_hand_in, count
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,18 +107,19 @@ def test_cell_ids_and_grade_ids_are_unique(module):
 
 # -- what nbgrader releases ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def released(tmp_path_factory):
-    """Every assignment as nbgrader's generate_assignment releases it (grading.release's way)."""
-    out = tmp_path_factory.mktemp("assignments")
-    release.release_notebooks(ROOT / "assignments", out)
-    return out
+def released(handout):
+    """Every assignment as nbgrader's generate_assignment releases it: the handout's (``./course release``
+    runs :func:`grading.release.release_notebooks`), made once per test run."""
+    return handout / "assignments"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES)
 def test_nbgrader_releases_the_notebook_without_solutions(released, module):
     folder = released / module
-    assert sorted(p.name for p in folder.iterdir()) == [f"{module}.ipynb"]
+    # the notebook, and beside it the link to the one file the student edits (release.link_chapter_file)
+    assert sorted(p.name for p in folder.iterdir()) == [f"{module}.ipynb", f"{module}.py"]
+    assert (folder / f"{module}.py").readlink() == Path("..", "..", "course_lib", f"{module}.py")
     text = (folder / f"{module}.ipynb").read_text()
     for secret in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN", "hidden=True", *_model_answer_lines(module)):
         assert secret not in text, f"the release of {module} contains {secret!r}"
