@@ -861,13 +861,13 @@ def preference_data(config: AlignConfig, progress: bool = False) -> list[dict]:
     """:func:`preference_pairs` of Chapter 7's chat model on ``config``'s training questions, built once and
     cached (runs with the same questions and sampling settings share them: the DPO model and the reward
     model learn from the same pairs)."""
-    from course_lib.cache import building, cache_dir, cache_key, read_json, write_atomic
+    from course_lib.cache import building, cache_entry, cache_key, read_json, write_atomic
     from course_lib.pretraining import implementation_key
     from course_lib.sft import sft_course_lm, sft_model_dir
 
     key = cache_key(ALIGN_VERSION, sft_model_dir(config.base).name, config.train_examples, config.source,
                     config.samples, config.max_new_tokens, config.seed, implementation_key(_ALIGN_MODULES))
-    path = cache_dir("alignment") / f"pairs-{config.base}-{key}.json"
+    path = cache_entry("alignment", f"pairs-{config.base}-{key}.json")
     with building(path):
         pairs = read_json(path)
         if pairs is None:
@@ -1135,14 +1135,14 @@ def align(config: AlignConfig, progress: bool = False) -> dict:
 
 def aligned_model_dir(method: str = "dpo", size: str = "cpu") -> Path:
     """The cache folder of the course's aligned model of ``method`` and ``size`` (built or not)."""
-    from course_lib.cache import cache_dir, cache_key
+    from course_lib.cache import cache_entry, cache_key
     from course_lib.pretraining import implementation_key
     from course_lib.sft import sft_model_dir
 
     config = align_preset(method, size)
     key = cache_key(ALIGN_VERSION, dataclasses.asdict(config), sft_model_dir(config.base).name,
                     implementation_key(_ALIGN_MODULES))
-    return cache_dir("models") / f"course-{method}-{size}-{key}"
+    return cache_entry("models", f"course-{method}-{size}-{key}")
 
 
 def aligned_course_lm(method: str = "dpo", size: str = "cpu", progress: bool = True):
