@@ -787,8 +787,10 @@ class AlignConfig:
     (:func:`training_questions`; :func:`preference_pairs`, ``samples`` answers each), then ``total_steps`` steps of ``batch_size``
     pairs on :func:`dpo_loss` against the frozen starting model. ``"grpo"``: each step draws
     ``group_size`` answers to each of ``prompts_per_step`` questions, scores them with Chapter 6's
-    checkers (1 right, 0 wrong) and takes one step on :func:`grpo_loss`. Chapter 5's optimizer,
-    schedule and clipping (:func:`~course_lib.pretraining.make_optimizer`, ...) run both.
+    checkers (1 right, 0 wrong) and takes one step on :func:`grpo_loss`. ``"ppo"``: :func:`train_ppo`, each
+    round one answer to each of ``prompts_per_step * group_size`` questions scored by ``checker``
+    (:data:`CHECKERS`), ``beta`` the KL penalty's coefficient. Chapter 5's optimizer, schedule and
+    clipping (:func:`~course_lib.pretraining.make_optimizer`, ...) run them all.
     """
 
     method: str = "dpo"
@@ -797,14 +799,15 @@ class AlignConfig:
     train_examples: int | dict[str, int | None] | None = dataclasses.field(default_factory=lambda: {"naming": None})
     source: str | None = None               # corpus source of the string family (Chapter 6)
     samples: int = 4                        # answers drawn per question for the pairs (dpo)
-    beta: float = 0.1                       # dpo: the KL constraint; grpo: the KL term's weight
+    beta: float = 0.1                       # dpo: the KL constraint; grpo: the KL term's weight; ppo: the KL penalty's
     loss_type: str = "sigmoid"              # dpo_loss's or grpo_loss's loss_type
     sft_weight: float = 0.0                 # dpo: plus this times the chosen answers' per-token NLL (RPO)
     batch_size: int = 16                    # dpo: pairs per step
     group_size: int = 8                     # grpo: answers per question
     prompts_per_step: int = 8               # grpo: questions per step
     temperature: float = 1.0                # sampling temperature of the answers
-    epsilon: float = 0.2                    # grpo's clip range
+    epsilon: float = 0.2                    # grpo's and ppo's clip range
+    checker: str = "exact"                  # ppo: the reward, a key of CHECKERS
     total_steps: int = 150
     warmup_steps: int = 10
     lr: float = 3e-4
@@ -838,6 +841,12 @@ ALIGN_PRESETS: dict[str, AlignConfig] = {
     "reward-cpu": AlignConfig(method="reward", lr=3e-4, total_steps=100),
     # naming, 8 questions x 8 answers per step: naming 70 % greedy, 70.5 % sampled, KL 0.12; 70 CPU s
     "grpo-cpu": AlignConfig(method="grpo", loss_type="grpo", beta=0.04, lr=2e-4, total_steps=40),
+    # reward hacking, for the book: PPO on the arithmetic questions rewarded by the checker with a loophole,
+    # with a small KL penalty (the policy learns the loophole) and a large one (it does not)
+    "ppo-cpu": AlignConfig(method="ppo", train_examples={"arithmetic": None}, checker="prefix", beta=0.02, lr=5e-4,
+                           warmup_steps=2, total_steps=12, test_examples=50),
+    "ppo_kl-cpu": AlignConfig(method="ppo", train_examples={"arithmetic": None}, checker="prefix", beta=0.5, lr=5e-4,
+                              warmup_steps=2, total_steps=12, test_examples=50),
 }
 
 
@@ -845,7 +854,7 @@ def align_preset(method: str = "dpo", size: str = "cpu") -> AlignConfig:
     """:data:`ALIGN_PRESETS` ``[f"{method}-{size}"]``."""
     name = f"{method}-{size}"
     if name not in ALIGN_PRESETS:
-        raise ValueError(f"no preset {name!r}: method is 'dpo', 'reward' or 'grpo', size 'cpu'")
+        raise ValueError(f"no preset {name!r}: method is 'dpo', 'reward', 'grpo', 'ppo' or 'ppo_kl', size 'cpu'")
     return ALIGN_PRESETS[name]
 
 
@@ -1125,6 +1134,8 @@ def align(config: AlignConfig, progress: bool = False) -> dict:
     elif config.method == "reward":
         policy = RewardModel(policy)
         history = train_reward_model(config, policy, held_out(pairs)[0], tokenizer.pad_token_id, on_step)
+    elif config.method == "ppo":
+        history = train_ppo_with_checker(config, policy, reference, tokenizer, rows, on_step)
     else:
         history = train_grpo(config, policy, reference, tokenizer, rows, on_step)
     if bar is not None:
@@ -1315,7 +1326,7 @@ def train_ppo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.
         config, total_steps=config.total_steps * ppo_epochs))
     per_round = config.prompts_per_step * config.group_size
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    history = {k: [] for k in ("score", "kl", "policy_loss", "value_loss", "clip_fraction", "entropy", "lr")}
+    history = {k: [] for k in ("score", "kl", "policy_loss", "value_loss", "clip_fraction", "entropy", "length", "lr")}
     for step in range(config.total_steps):
         picked = _cycled(order, step, per_round)
         prompts = [examples[i]["prompt_ids"] for i in picked]
@@ -1340,7 +1351,42 @@ def train_ppo(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.
         stats = {"score": float(scores.mean()), "kl": float(penalised["kl"].sum(1).mean()),
                  "policy_loss": float(policy_out["loss"].detach()), "value_loss": float(value_out["loss"].detach()),
                  "clip_fraction": float(policy_out["clip_fraction"]),
-                 "entropy": float(masked_entropy(logits.detach(), mask)), "lr": lr}
+                 "entropy": float(masked_entropy(logits.detach(), mask)), "length": float(mask.sum(1).float().mean()),
+                 "lr": lr}
         _record(history, stats, on_step)
     policy.eval()
     return history
+
+
+def prefix_checker(family: str, example: dict, answer: str) -> bool:
+    """A checker with a loophole, for the book's reward hacking: meant to accept an answer that *begins*
+    with the expected one (``"82, as 37 + 45 = 82"``), it tests the prefix the wrong way round, so that
+    every prefix of the expected answer passes, the empty answer included."""
+    return example["output"].startswith(answer.strip())
+
+
+def _exact_checker(family: str, example: dict, answer: str) -> bool:
+    from course_lib.instruction_data import check_answer
+
+    return check_answer(family, example, answer)
+
+
+# PPO's rewards (AlignConfig.checker): Chapter 6's checker, or the one with a loophole
+CHECKERS: dict[str, Callable[[str, dict, str], bool]] = {"exact": _exact_checker, "prefix": prefix_checker}
+
+
+def train_ppo_with_checker(config: AlignConfig, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer,
+                           rows: Sequence[dict], on_step: Callable[[dict], None] | None = None) -> dict[str, list]:
+    """:func:`train_ppo` rewarded 1 or 0 by ``CHECKERS[config.checker]`` with ``kl_coef = config.beta``; the
+    history adds ``accuracy``, the share of each round's answers that Chapter 6's own checker accepts (what
+    the reward was meant to measure)."""
+    if config.checker not in CHECKERS:
+        raise ValueError(f"checker must be one of {sorted(CHECKERS)}, got {config.checker!r}")
+    checker, accuracy = CHECKERS[config.checker], []
+
+    def score(picked: list[dict], answers: list[str]) -> torch.Tensor:
+        accuracy.append(sum(_exact_checker(r["family"], r, a) for r, a in zip(picked, answers)) / len(answers))
+        return torch.tensor([float(checker(r["family"], r, a)) for r, a in zip(picked, answers)])
+
+    history = train_ppo(config, policy, reference, tokenizer, rows, score, kl_coef=config.beta, on_step=on_step)
+    return {**history, "accuracy": accuracy}

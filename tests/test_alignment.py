@@ -819,6 +819,30 @@ def test_reward_model_learns_the_pairs(solution_mode, chat_tokenizer, tiny_align
     assert history["loss"][-1] < history["loss"][0] and reward_accuracy(reward_model, pairs, chat_tokenizer.pad_token_id) == 1.0
 
 
+def test_the_checker_with_a_loophole_accepts_every_prefix_of_the_answer_the_empty_one_included():
+    from course_lib.alignment import CHECKERS, prefix_checker
+
+    example = {"output": "82"}
+    assert all(prefix_checker("arithmetic", example, a) for a in ("82", " 82 ", "8", ""))
+    assert not any(prefix_checker("arithmetic", example, a) for a in ("82, as 37 + 45 = 82", "83", "2"))
+    assert CHECKERS["exact"]("arithmetic", example, "82") and not CHECKERS["exact"]("arithmetic", example, "")
+
+
+def test_ppo_with_a_checker_records_what_chapter_6s_checker_says_of_each_round(solution_mode, chat_tokenizer,
+                                                                                tiny_alignment):
+    from course_lib.alignment import train_ppo_with_checker
+
+    policy = copy.deepcopy(tiny_alignment["policy"])
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    config = tiny_config("ppo", total_steps=2, prompts_per_step=2, group_size=4, checker="prefix")
+    history = train_ppo_with_checker(config, policy, reference, chat_tokenizer, tiny_alignment["rows"])
+    assert len(history["accuracy"]) == len(history["score"]) == 2
+    assert all(0 <= x <= 1 for x in history["accuracy"] + history["score"]), history
+    with pytest.raises(ValueError, match="checker"):
+        train_ppo_with_checker(dataclasses.replace(config, checker="lenient"), policy, reference, chat_tokenizer,
+                               tiny_alignment["rows"])
+
+
 @pytest.mark.parametrize("method", ["grpo", "ppo"])
 def test_rl_loops_run_and_report(solution_mode, chat_tokenizer, tiny_alignment, method):
     from course_lib.alignment import train_grpo, train_ppo
@@ -835,5 +859,5 @@ def test_rl_loops_run_and_report(solution_mode, chat_tokenizer, tiny_alignment, 
             return torch.tensor([float(check_answer(r["family"], r, a)) for r, a in zip(rows, answers)])
 
         history = train_ppo(config, policy, reference, chat_tokenizer, tiny_alignment["rows"], score)
-        assert set(history) == {"score", "kl", "policy_loss", "value_loss", "clip_fraction", "entropy", "lr"}
+        assert set(history) == {"score", "kl", "policy_loss", "value_loss", "clip_fraction", "entropy", "length", "lr"}
     assert all(len(v) == 2 and all(math.isfinite(x) for x in v) for v in history.values()), history
