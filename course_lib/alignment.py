@@ -51,6 +51,7 @@ import torch
 
 from course_lib.checks import check_tensor
 from course_lib.exercises import exercise
+from course_lib.loop_settings import LoopSettings
 
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
@@ -779,8 +780,8 @@ ALIGN_VERSION = 2  # 2: the record's example pairs, two per family
 _ALIGN_MODULES = ("numerics", "attention", "transformer", "generation", "pretraining", "instruct", "sft", "alignment")
 
 
-@dataclass(frozen=True)
-class AlignConfig:
+@dataclass
+class AlignConfig(LoopSettings):
     """One alignment run from Chapter 7's chat model (``sft_course_lm(base)``).
 
     ``"dpo"``: preference pairs from the model's own answers to the training questions
@@ -808,24 +809,13 @@ class AlignConfig:
     temperature: float = 1.0                # sampling temperature of the answers
     epsilon: float = 0.2                    # grpo's and ppo's clip range
     checker: str = "exact"                  # ppo: the reward, a key of CHECKERS
-    total_steps: int = 150
+    total_steps: int = 150                  # Chapter 5's loop settings (LoopSettings), these four its own
     warmup_steps: int = 10
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"
     max_new_tokens: int = 12
     test_examples: int = 100                # held-out questions per family in the report
     seed: int = 0
-
-    def settings(self) -> dict:
-        """The optimisation settings as Chapter 5's loop takes them."""
-        from course_lib.pretraining import loop_settings
-
-        return loop_settings(self)
 
 
 # Provisional (measured on one CPU thread, issue 22 is open): from Chapter 7's chat model, naming 73 % greedy

@@ -82,6 +82,7 @@ from torch import nn
 from course_lib.attention import _check_int, _check_padding_mask
 from course_lib.checks import check_tensor
 from course_lib.exercises import exercise
+from course_lib.loop_settings import LoopSettings
 
 IGNORE_INDEX = -100
 MIXED_PRECISION = ("no", "bf16")
@@ -904,24 +905,13 @@ def clipped_gradients(grads: list[torch.Tensor | None], max_norm: float, norm_ty
 
 
 # -- run configurations --------------------------------------------------------------------------------
-LOOP_SETTINGS = ("lr", "warmup_steps", "total_steps", "min_lr_ratio", "weight_decay", "betas", "eps",
-                 "max_grad_norm", "mixed_precision", "fused_optimizer")
-
-
-def loop_settings(config) -> dict:
-    """The optimisation settings of a run configuration (:class:`PretrainConfig`, Chapter 7's
-    ``FinetuneConfig``: any object with the attributes of :data:`LOOP_SETTINGS`; ``fused_optimizer``
-    may be missing, meaning False) as the plain dict :func:`train_steps` takes."""
-    settings = {name: getattr(config, name) for name in LOOP_SETTINGS if name != "fused_optimizer"}
-    return dict(settings, betas=list(settings["betas"]), fused_optimizer=getattr(config, "fused_optimizer", False))
-
-
 @dataclass
-class PretrainConfig:
+class PretrainConfig(LoopSettings):
     """One pre-training run: the model, the data, the optimizer and the loop's bookkeeping.
 
     The batch of one optimizer step is ``micro_batch_size * accumulation_steps * n_processes`` blocks
-    of ``block_size`` tokens. ``settings()`` gives the plain dict :func:`train_steps` takes.
+    of ``block_size`` tokens. The optimisation settings and their defaults are :class:`LoopSettings`';
+    ``settings()`` gives the plain dict :func:`train_steps` takes.
     """
 
     model_size: str = "cpu"                 # course_lm_config size ("cpu" ~4M, "gpu" ~100M parameters)
@@ -930,15 +920,6 @@ class PretrainConfig:
     block_size: int = 128
     micro_batch_size: int = 16              # per process
     accumulation_steps: int = 1
-    total_steps: int = 400
-    warmup_steps: int = 20
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"             # "bf16": autocast to bfloat16 (GPUs; CPUs with AMX)
     fused_optimizer: bool = False           # torch's fused AdamW kernel instead of the course's AdamW (GPUs)
     attn_implementation: str = "sdpa"       # torch's fused attention; "eager" runs Chapter 2's
     compile: bool = False                   # torch.compile the model (GPU runs)
@@ -947,10 +928,6 @@ class PretrainConfig:
     checkpoint_every: int | None = None     # steps between checkpoints (None: only at the end)
     seed: int = 0
     source: str | None = None               # corpus source (course_lib.corpus.load_corpus)
-
-    def settings(self) -> dict:
-        """The optimisation settings as the plain dict that :func:`train_steps` takes."""
-        return loop_settings(self)
 
     def tokens_per_step(self, n_processes: int = 1) -> int:
         return self.block_size * self.micro_batch_size * self.accumulation_steps * n_processes

@@ -72,6 +72,7 @@ from torch import nn
 
 from course_lib.checks import check_tensor
 from course_lib.exercises import exercise
+from course_lib.loop_settings import LoopSettings
 
 IGNORE_INDEX = -100
 
@@ -593,7 +594,7 @@ def few_shot_accuracy(model: nn.Module, tokenizer, rows: Sequence[dict], shot_ro
 
 # -- run configurations --------------------------------------------------------------------------------
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(LoopSettings):
     """One fine-tuning run: the pretrained model it starts from, the data, the batches, the optimizer
     and the evaluation. A step takes ``micro_batch_size * accumulation_steps * n_processes`` units:
     examples, or with ``packing`` bins of up to ``pack_length`` tokens (each micro-batch then one
@@ -606,15 +607,9 @@ class FinetuneConfig:
     pack_length: int = 256                  # tokens per packed bin
     micro_batch_size: int = 2               # units (examples, or packed bins) per micro-batch, per process
     accumulation_steps: int = 1
-    total_steps: int = 300
-    warmup_steps: int = 20
+    total_steps: int = 300                  # Chapter 5's loop settings (LoopSettings), these three its own
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"
     neftune_alpha: float | None = None      # NEFTune noise (e.g. 5.0); None: off
     eval_every: int = 100
     eval_examples: int = 25                 # validation rows per family whose answers are checked
@@ -623,12 +618,6 @@ class FinetuneConfig:
     max_new_tokens: int = 16
     seed: int = 0
     source: str | None = None               # corpus source of the base model and the string family
-
-    def settings(self) -> dict:
-        """The optimisation settings as the dict Chapter 5's ``train_steps`` takes."""
-        from course_lib.pretraining import loop_settings
-
-        return loop_settings(self)
 
 
 PRESETS: dict[str, FinetuneConfig] = {
