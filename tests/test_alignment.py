@@ -91,6 +91,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -617,46 +619,53 @@ def test_grpo_advantages_matches_trl(student, scale):
 
 
 # -- 9.13 grpo_loss ------------------------------------------------------------------------------------------
-def trl_grpo(chat_tokenizer, loss_type, beta, epsilon_high, bias_correction):
-    """TRL's ``GRPOTrainer._compute_loss`` on a hand-made batch of four completions (two finish early) of a tiny
-    Llama, with old and reference log-probabilities moved off the policy's: the loss, the logged KL and the
-    inputs, with the policy's own per-token log-probabilities."""
+def _trl_grpo_run(folder: Path, chat_tokenizer, loss_type, beta, epsilon_high, bias_correction) -> dict:
     from datasets import Dataset
     from transformers.utils import logging
     from trl import GRPOConfig, GRPOTrainer
 
+    logging.set_verbosity_error()
+    path = folder / "model"
+    tiny_llama("cpu", len(chat_tokenizer), seed=5, pad=chat_tokenizer.pad_token_id).save_pretrained(str(path))
+    args = GRPOConfig(output_dir=str(folder), report_to="none", use_cpu=True, bf16=False, beta=beta,
+                      loss_type=loss_type, epsilon=0.2, epsilon_high=epsilon_high, num_generations=2,
+                      per_device_train_batch_size=4, max_completion_length=8, save_strategy="no", disable_tqdm=True,
+                      use_bias_correction_kl=bias_correction)
+    with reference_mode():
+        trainer = GRPOTrainer(model=str(path), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                              args=args, train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}),
+                              processing_class=chat_tokenizer)
+    generator = torch.Generator().manual_seed(6)
+    prompt_ids = torch.randint(3, len(chat_tokenizer), (4, 5), generator=generator)
+    completion_ids = torch.randint(3, len(chat_tokenizer), (4, 6), generator=generator)
+    mask = prefix_mask([6, 4, 6, 2], 6).long()
+    input_ids = torch.cat([prompt_ids, completion_ids], 1)
+    attention_mask = torch.cat([torch.ones_like(prompt_ids), mask], 1)
+    model = trainer.model.train()
+    with torch.no_grad():
+        logprobs, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, 6)
+    old_logprobs = logprobs + 0.3 * torch.randn(4, 6, generator=generator)
+    ref_logprobs = logprobs + 0.5 * torch.randn(4, 6, generator=generator)
+    advantages = torch.tensor([1.2, -0.7, 0.4, -1.5])
+    inputs = dict(prompt_ids=prompt_ids, prompt_mask=torch.ones_like(prompt_ids), completion_ids=completion_ids,
+                  completion_mask=mask, advantages=advantages, old_per_token_logps=old_logprobs,
+                  ref_per_token_logps=ref_logprobs, num_items_in_batch=mask.sum())
+    trainer.current_gradient_accumulation_steps = 1
+    with torch.no_grad():
+        loss = trainer._compute_loss(model, inputs)
+    return {"loss": float(loss), "kl": trainer._metrics["train"].get("kl", [0.0])[-1], "logprobs": logprobs,
+            "old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "advantages": advantages, "mask": mask}
+
+
+def trl_grpo(chat_tokenizer, loss_type, beta, epsilon_high, bias_correction):
+    """TRL's ``GRPOTrainer._compute_loss`` on a hand-made batch of four completions (two finish early) of a tiny
+    Llama, with old and reference log-probabilities moved off the policy's: the loss, the logged KL and the
+    inputs, with the policy's own per-token log-probabilities."""
     def make():
-        logging.set_verbosity_error()
-        path = ROOT / "_build" / "trl-grpo-test" / "model"
-        tiny_llama("cpu", len(chat_tokenizer), seed=5, pad=chat_tokenizer.pad_token_id).save_pretrained(str(path))
-        args = GRPOConfig(output_dir=str(path.parent), report_to="none", use_cpu=True, bf16=False, beta=beta,
-                          loss_type=loss_type, epsilon=0.2, epsilon_high=epsilon_high, num_generations=2,
-                          per_device_train_batch_size=4, max_completion_length=8, save_strategy="no", disable_tqdm=True,
-                          use_bias_correction_kl=bias_correction)
-        with reference_mode():
-            trainer = GRPOTrainer(model=str(path), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
-                                  args=args, train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}),
-                                  processing_class=chat_tokenizer)
-        generator = torch.Generator().manual_seed(6)
-        prompt_ids = torch.randint(3, len(chat_tokenizer), (4, 5), generator=generator)
-        completion_ids = torch.randint(3, len(chat_tokenizer), (4, 6), generator=generator)
-        mask = prefix_mask([6, 4, 6, 2], 6).long()
-        input_ids = torch.cat([prompt_ids, completion_ids], 1)
-        attention_mask = torch.cat([torch.ones_like(prompt_ids), mask], 1)
-        model = trainer.model.train()
-        with torch.no_grad():
-            logprobs, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, 6)
-        old_logprobs = logprobs + 0.3 * torch.randn(4, 6, generator=generator)
-        ref_logprobs = logprobs + 0.5 * torch.randn(4, 6, generator=generator)
-        advantages = torch.tensor([1.2, -0.7, 0.4, -1.5])
-        inputs = dict(prompt_ids=prompt_ids, prompt_mask=torch.ones_like(prompt_ids), completion_ids=completion_ids,
-                      completion_mask=mask, advantages=advantages, old_per_token_logps=old_logprobs,
-                      ref_per_token_logps=ref_logprobs, num_items_in_batch=mask.sum())
-        trainer.current_gradient_accumulation_steps = 1
-        with torch.no_grad():
-            loss = trainer._compute_loss(model, inputs)
-        return {"loss": float(loss), "kl": trainer._metrics["train"].get("kl", [0.0])[-1], "logprobs": logprobs,
-                "old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "advantages": advantages, "mask": mask}
+        # the model is written and read back: a folder of this process's own (the solution pass and a
+        # grading run of the same checkout run these tests at the same time)
+        with tempfile.TemporaryDirectory(prefix="trl-grpo-test-") as folder:
+            return _trl_grpo_run(Path(folder), chat_tokenizer, loss_type, beta, epsilon_high, bias_correction)
 
     return memo(("trl grpo", loss_type, beta, epsilon_high, bias_correction), make)
 
