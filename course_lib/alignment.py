@@ -818,8 +818,8 @@ class AlignConfig(LoopSettings):
     seed: int = 0
 
 
-# Provisional (measured on one CPU thread, issue 22 is open): from Chapter 7's chat model, naming 73 % greedy
-# and 61-64 % of sampled answers right on held-out questions.
+# Measured on one CPU thread, from Chapter 7's chat model (naming: 73 % greedy and 61-64 % of sampled answers right
+# on held-out questions). Other settings tried, and what they gave: book/alignment.md, "The aligned models".
 ALIGN_PRESETS: dict[str, AlignConfig] = {
     # pairs from every family (naming: all 727 questions; 100 of each other), so that the format holds, and
     # the chosen answers' NLL (without it: naming 74 % greedy but 51 % sampled, KL 3.7, the chosen answers'
