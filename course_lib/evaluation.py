@@ -1,0 +1,589 @@
+"""Chapter 10: evaluation: perplexity, BLEU and chrF, multiple choice, contamination and human judgement.
+
+A number about a model is only as good as the procedure that made it. This chapter implements the
+metrics the field reports, each the way the reference tool computes it, so that the course's numbers
+can be compared with published ones:
+
+- **Perplexity** (10.1-10.3): ``exp`` of the token-weighted mean negative log-likelihood over a corpus
+  (:func:`corpus_perplexity`, with Chapter 5's :func:`~course_lib.pretraining.causal_lm_loss`), over
+  texts longer than the model's context with a sliding window (:func:`sliding_window_nll`, the recipe
+  of the ``transformers`` documentation), and bits per byte (:func:`bits_per_byte`), which compares
+  models whose tokenizers differ.
+- **BLEU and chrF** (10.4-10.6): sacreBLEU's ``13a`` tokenization (:func:`tokenize_13a`), corpus BLEU
+  with clipped n-gram precisions, the brevity penalty and the smoothing methods of Chen & Cherry
+  (2014) (:func:`corpus_bleu`; Papineni et al., 2002; Post, 2018), and chrF, the character n-gram
+  F-score (:func:`corpus_chrf`; Popović, 2015), with word n-grams as chrF++ (Popović, 2017).
+- **Multiple choice by log-likelihood** (10.7-10.8): how the LM Evaluation Harness (Gao et al., 2024)
+  scores a question with several answers: the log-probability of each answer given the question
+  (:func:`choice_log_likelihoods`) and the accuracy of the best one, raw and normalised by the
+  answer's length in characters (:func:`multiple_choice_metrics`: ``acc`` and ``acc_norm``).
+- **Contamination** (10.9): the share of test items that share a long word n-gram with the training
+  data (:func:`contamination`; the 13-gram test of Brown et al., 2020).
+- **Judges and ratings** (10.10-10.14): agreement between two raters beyond chance
+  (:func:`cohen_kappa`; Cohen, 1960), ratings from pairwise preferences (:func:`bradley_terry`, fitted
+  by Hunter's (2004) minorise-maximise iteration; :func:`elo_ratings`, as the first Chatbot Arena
+  leaderboard did: Zheng et al., 2023), a percentile bootstrap interval (:func:`bootstrap_interval`;
+  Efron & Tibshirani, 1993), and a model judge's position bias (:func:`position_bias`).
+
+Conventions used by every exercise of this chapter:
+
+- **Log-likelihoods are in nats** (natural logarithms) and float64 Python numbers or float32
+  tensors as each function says; a negative log-likelihood (``nll``) is a sum over scored tokens.
+- **Token-weighted**: a corpus-level mean divides the sum over every scored token by the number of
+  scored tokens, never a mean of per-batch or per-text means (Chapter 5).
+- **Texts are ``str``**; references are given as *streams*: ``references[k][i]`` is the ``k``-th
+  reference of the ``i``-th hypothesis (sacreBLEU's layout), every stream as long as the hypotheses.
+- **Seeds.** Random choices take an integer ``seed`` and draw from ``torch.Generator().manual_seed(seed)``
+  as each contract says, so that the same call gives the same answer anywhere.
+- Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+from course_lib.checks import check_tensor
+from course_lib.exercises import exercise
+
+BLEU_SMOOTHING = ("none", "floor", "add-k", "exp")
+BLEU_SMOOTH_DEFAULTS = {"none": None, "floor": 0.1, "add-k": 1, "exp": None}  # sacreBLEU's defaults
+BLEU_LOG_ZERO = -9999999999.0   # sacreBLEU's log of a zero precision (the score becomes 0, not an error)
+CHRF_PUNCTUATION = frozenset('!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~')   # split off words by chrF++ (10.6)
+KAPPA_WEIGHTS = (None, "linear", "quadratic")
+
+
+# -- validation: bad input is refused before an exercise runs, with the argument's name ----------------
+def _check_number(name: str, value, minimum: float | None = None, maximum: float | None = None,
+                  open_minimum: bool = False, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if integer and not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if minimum is not None and (value < minimum or (open_minimum and value == minimum)):
+        raise ValueError(f"{name} must be {'>' if open_minimum else '>='} {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return value
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, torch.nn.Module) or not callable(model):
+        raise TypeError(f"model must be a torch.nn.Module that returns logits, got {type(model).__name__}")
+
+
+def _check_texts(name: str, texts, allow_empty_list: bool = False) -> None:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
+    if not texts and not allow_empty_list:
+        raise ValueError(f"{name} must not be empty")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(text).__name__}")
+
+
+def _check_streams(hypotheses, references) -> None:
+    _check_texts("hypotheses", hypotheses)
+    if isinstance(references, str) or not isinstance(references, Sequence) or not references:
+        raise TypeError("references must be a non-empty list of reference streams (lists of str)")
+    for k, stream in enumerate(references):
+        _check_texts(f"references[{k}]", stream)
+        if len(stream) != len(hypotheses):
+            raise ValueError(f"references[{k}] has {len(stream)} texts for {len(hypotheses)} hypotheses: "
+                             "each stream holds one reference per hypothesis")
+
+
+def _check_ids(name: str, ids) -> None:
+    if isinstance(ids, torch.Tensor) or not isinstance(ids, Sequence):
+        raise TypeError(f"{name} must be a list of lists of int, got {type(ids).__name__}")
+    for i, row in enumerate(ids):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+            raise TypeError(f"{name}[{i}] must be a list of int")
+        for token in row:
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise ValueError(f"{name}[{i}] must hold token ids (ints >= 0), got {token!r}")
+
+
+def _validate_corpus_perplexity(model, batches) -> None:
+    _check_model(model)
+    if isinstance(batches, dict) or not isinstance(batches, Sequence) or not batches:
+        raise TypeError("batches must be a non-empty list of {'input_ids', 'attention_mask'} dicts")
+    counted = 0
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, dict) or not {"input_ids", "attention_mask"} <= set(batch):
+            raise TypeError(f"batches[{i}] must be a dict with 'input_ids' and 'attention_mask'")
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        check_tensor(f"batches[{i}]['input_ids']", input_ids, integer=True)
+        check_tensor(f"batches[{i}]['attention_mask']", mask)
+        if input_ids.ndim != 2 or mask.shape != input_ids.shape:
+            raise ValueError(f"batches[{i}]: input_ids and attention_mask must both be (batch, seq), got "
+                             f"{tuple(input_ids.shape)} and {tuple(mask.shape)}")
+        if ((mask != 0) & (mask != 1)).any():
+            raise ValueError(f"batches[{i}]['attention_mask'] must hold only 0 and 1")
+        real = mask.bool()
+        if input_ids.shape[1] == 0 or not real[:, 0].all() or (real[:, 1:] & ~real[:, :-1]).any():
+            raise ValueError(f"each row of batches[{i}]['attention_mask'] must be 1s then 0s (at least one 1): "
+                             "rows padded on the right")
+        counted += int(real[:, 1:].sum())
+    if counted == 0:
+        raise ValueError("batches predict no token: a row needs at least two real tokens")
+
+
+def _validate_sliding_window_nll(model, input_ids, max_length, stride) -> None:
+    _check_model(model)
+    check_tensor("input_ids", input_ids, integer=True)
+    if input_ids.ndim != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be (1, n) with n >= 2, got shape {tuple(input_ids.shape)}")
+    _check_number("max_length", max_length, 2, integer=True)
+    _check_number("stride", stride, 1, integer=True)
+    if stride > max_length:
+        raise ValueError(f"stride must be <= max_length ({max_length}), got {stride}: a larger stride skips tokens")
+
+
+def _validate_bits_per_byte(nll, n_bytes) -> None:
+    _check_number("nll", nll, 0.0)
+    _check_number("n_bytes", n_bytes, 1, integer=True)
+
+
+def _validate_tokenize_13a(text) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+
+
+def _validate_corpus_bleu(hypotheses, references, smooth_method="exp", smooth_value=None, max_order=4,
+                          lowercase=False) -> None:
+    _check_streams(hypotheses, references)
+    if smooth_method not in BLEU_SMOOTHING:
+        raise ValueError(f"smooth_method must be one of {BLEU_SMOOTHING}, got {smooth_method!r}")
+    if smooth_value is not None:
+        _check_number("smooth_value", smooth_value, 0.0, open_minimum=True)
+    _check_number("max_order", max_order, 1, integer=True)
+    if not isinstance(lowercase, bool):
+        raise TypeError(f"lowercase must be a bool, got {lowercase!r}")
+
+
+def _validate_corpus_chrf(hypotheses, references, char_order=6, word_order=0, beta=2.0) -> None:
+    _check_streams(hypotheses, references)
+    _check_number("char_order", char_order, 1, integer=True)
+    _check_number("word_order", word_order, 0, integer=True)
+    _check_number("beta", beta, 0.0, open_minimum=True)
+
+
+def _validate_choice_log_likelihoods(model, context_ids, continuation_ids, pad_token_id=0) -> None:
+    _check_model(model)
+    _check_ids("context_ids", context_ids)
+    _check_ids("continuation_ids", continuation_ids)
+    if not context_ids or len(context_ids) != len(continuation_ids):
+        raise ValueError(f"context_ids and continuation_ids must be non-empty and as long as each other, got "
+                         f"{len(context_ids)} and {len(continuation_ids)}")
+    for i, (context, continuation) in enumerate(zip(context_ids, continuation_ids)):
+        if not context:
+            raise ValueError(f"context_ids[{i}] is empty: the first token of a continuation needs a context")
+        if not continuation:
+            raise ValueError(f"continuation_ids[{i}] is empty")
+    _check_number("pad_token_id", pad_token_id, 0, integer=True)
+
+
+def _validate_multiple_choice_metrics(log_likelihoods, choices, gold) -> None:
+    if not isinstance(log_likelihoods, Sequence) or not log_likelihoods:
+        raise TypeError("log_likelihoods must be a non-empty list (one list of floats per question)")
+    if not isinstance(choices, Sequence) or len(choices) != len(log_likelihoods):
+        raise ValueError("choices must hold one list of answer texts per question, as long as log_likelihoods")
+    if not isinstance(gold, Sequence) or len(gold) != len(log_likelihoods):
+        raise ValueError("gold must hold one index per question, as long as log_likelihoods")
+    for q, (lls, texts, g) in enumerate(zip(log_likelihoods, choices, gold)):
+        if not isinstance(lls, Sequence) or len(lls) < 2:
+            raise ValueError(f"log_likelihoods[{q}] must list at least two choices' log-likelihoods")
+        for ll in lls:
+            _check_number(f"log_likelihoods[{q}][...]", ll)
+        _check_texts(f"choices[{q}]", texts)
+        if len(texts) != len(lls):
+            raise ValueError(f"choices[{q}] has {len(texts)} texts for {len(lls)} log-likelihoods")
+        if any(not t for t in texts):
+            raise ValueError(f"choices[{q}] holds an empty answer: acc_norm divides by its length")
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < len(lls):
+            raise ValueError(f"gold[{q}] must be an index into its choices (0..{len(lls) - 1}), got {g!r}")
+
+
+def _validate_contamination(test_texts, train_texts, n=13) -> None:
+    _check_texts("test_texts", test_texts)
+    _check_texts("train_texts", train_texts, allow_empty_list=True)
+    _check_number("n", n, 1, integer=True)
+
+
+def _check_labels(name: str, labels) -> None:
+    if isinstance(labels, (str, bytes, torch.Tensor)) or not isinstance(labels, Sequence) or not labels:
+        raise TypeError(f"{name} must be a non-empty list of labels")
+    for label in labels:
+        if not isinstance(label, Hashable) or isinstance(label, float) and label != label:
+            raise ValueError(f"{name} must hold hashable labels (no NaN), got {label!r}")
+
+
+def _validate_cohen_kappa(rater_a, rater_b, weights=None) -> None:
+    _check_labels("rater_a", rater_a)
+    _check_labels("rater_b", rater_b)
+    if len(rater_a) != len(rater_b):
+        raise ValueError(f"rater_a and rater_b must rate the same items, got {len(rater_a)} and {len(rater_b)} labels")
+    if weights not in KAPPA_WEIGHTS:
+        raise ValueError(f"weights must be one of {KAPPA_WEIGHTS}, got {weights!r}")
+    if weights is not None:
+        for label in (*rater_a, *rater_b):
+            if isinstance(label, bool) or not isinstance(label, (int, float)):
+                raise TypeError(f"weighted kappa needs ordinal labels (numbers), got {label!r}")
+
+
+def _check_comparisons(comparisons, n_players) -> None:
+    _check_number("n_players", n_players, 2, integer=True)
+    if isinstance(comparisons, (str, torch.Tensor)) or not isinstance(comparisons, Sequence) or not comparisons:
+        raise TypeError("comparisons must be a non-empty list of (a, b, outcome) triples")
+    for i, item in enumerate(comparisons):
+        if not isinstance(item, Sequence) or len(item) != 3:
+            raise TypeError(f"comparisons[{i}] must be (a, b, outcome), got {item!r}")
+        a, b, outcome = item
+        for player in (a, b):
+            if isinstance(player, bool) or not isinstance(player, int) or not 0 <= player < n_players:
+                raise ValueError(f"comparisons[{i}] names player {player!r}: players are 0..{n_players - 1}")
+        if a == b:
+            raise ValueError(f"comparisons[{i}] compares player {a} with itself")
+        if outcome not in (0, 0.5, 1) or isinstance(outcome, bool):
+            raise ValueError(f"comparisons[{i}]: outcome must be 1 (a wins), 0 (b wins) or 0.5 (a tie), got {outcome!r}")
+
+
+def _validate_bradley_terry(comparisons, n_players, iterations=1000, tolerance=1e-10) -> None:
+    _check_comparisons(comparisons, n_players)
+    _check_number("iterations", iterations, 1, integer=True)
+    _check_number("tolerance", tolerance, 0.0)
+
+
+def _validate_elo_ratings(comparisons, n_players, k=4.0, initial=1000.0, scale=400.0) -> None:
+    _check_comparisons(comparisons, n_players)
+    _check_number("k", k, 0.0, open_minimum=True)
+    _check_number("initial", initial)
+    _check_number("scale", scale, 0.0, open_minimum=True)
+
+
+def _validate_bootstrap_interval(values, statistic="mean", n_resamples=1000, confidence=0.95, seed=0) -> None:
+    check_tensor("values", values, floating=True)
+    if values.ndim != 1 or values.numel() < 2:
+        raise ValueError(f"values must be 1-D with at least two entries, got shape {tuple(values.shape)}")
+    if not torch.isfinite(values).all():
+        raise ValueError("values must be finite")
+    if statistic not in ("mean", "median"):
+        raise ValueError(f"statistic must be 'mean' or 'median', got {statistic!r}")
+    _check_number("n_resamples", n_resamples, 1, integer=True)
+    _check_number("confidence", confidence, 0.0, 1.0, open_minimum=True)
+    if confidence == 1.0:
+        raise ValueError("confidence must be < 1")
+    _check_number("seed", seed, integer=True)
+
+
+def _validate_position_bias(first_order, swapped_order) -> None:
+    for name, verdicts in (("first_order", first_order), ("swapped_order", swapped_order)):
+        if isinstance(verdicts, str) or not isinstance(verdicts, Sequence) or not verdicts:
+            raise TypeError(f"{name} must be a non-empty list of 'A', 'B' or 'tie'")
+        for v in verdicts:
+            if v not in ("A", "B", "tie"):
+                raise ValueError(f"{name} must hold 'A', 'B' or 'tie', got {v!r}")
+    if len(first_order) != len(swapped_order):
+        raise ValueError(f"first_order and swapped_order must judge the same pairs, got {len(first_order)} "
+                         f"and {len(swapped_order)} verdicts")
+
+
+# -- 10.1-10.3 perplexity -------------------------------------------------------------------------------
+@exercise("10.1", points=2, validate=_validate_corpus_perplexity)
+def corpus_perplexity(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The perplexity of ``model`` on a corpus given as padded batches.
+
+    Args:
+        model: a causal LM; ``model(input_ids=..., attention_mask=...).logits`` is ``(batch, seq, vocab)``.
+        batches: dicts with ``input_ids`` ``(batch, seq)`` and ``attention_mask`` ``(batch, seq)`` (1 on
+            real tokens, then 0 on the padding: rows padded on the right); batches may differ in shape.
+
+    Returns:
+        ``{"nll": float, "tokens": int, "perplexity": float}``: ``nll`` the sum over every predicted
+        token of the corpus of ``-log p(token | the tokens before it in its row)``, ``tokens`` how many
+        were predicted (every real token but the first of its row, which has nothing to be predicted
+        from; padding is never predicted), and ``perplexity = exp(nll / tokens)``: one
+        mean over all tokens of the corpus, not a mean of per-batch or per-row perplexities or losses.
+        The model is run without gradients and left in the mode (train or eval) it came in; its
+        dropout is off while it runs.
+
+    Hint:
+        Chapter 5's ``causal_lm_loss(logits, input_ids, attention_mask, reduction="sum")`` gives a
+        batch's ``nll``; add the batches up (in float64) before dividing.
+    """
+    raise NotImplementedError("Exercise 10.1: implement corpus_perplexity in evaluation.py")
+
+
+@exercise("10.2", points=3, validate=_validate_sliding_window_nll)
+def sliding_window_nll(model: torch.nn.Module, input_ids: torch.Tensor, max_length: int, stride: int
+                       ) -> dict[str, float]:
+    """The negative log-likelihood of a text longer than the model's context, scored window by window.
+
+    Args:
+        model: a causal LM (as :func:`corpus_perplexity`).
+        input_ids: ``(1, n)``, the whole text's token ids.
+        max_length: the most tokens the model reads at once (its context).
+        stride: how far each window starts after the previous one, ``1 <= stride <= max_length``.
+
+    Returns:
+        ``{"nll": float, "tokens": int}`` over the windows that start at ``0, stride, 2*stride, ...``
+        while the previous window did not reach the end: the window starting at ``begin`` holds the
+        tokens ``begin .. end-1`` with ``end = min(begin + max_length, n)`` and scores only the tokens
+        no earlier window scored (``prev_end .. end-1``, with ``prev_end`` the previous window's
+        ``end``, 0 for the first), each predicted from the tokens before it *in that window*; the
+        window's first token is never scored (nothing in the window precedes it). With ``stride <
+        max_length`` every token but the text's first is therefore scored exactly once (``tokens ==
+        n - 1``), with at least ``max_length - stride`` tokens of context once the text is long enough;
+        ``stride == max_length`` cuts the text into disjoint chunks and leaves each chunk's first token
+        unscored; ``max_length >= n`` scores the text in one window.
+        This is the recipe of the ``transformers`` documentation ("Perplexity of fixed-length
+        models"). No gradients; the model's mode is kept, as in :func:`corpus_perplexity`.
+
+    Hint:
+        Keep ``prev_end``; in each window the scored tokens are its last ``end - prev_end`` positions
+        (less the window's first position, when they include it). Chapter 5's ``causal_lm_loss`` with the
+        other positions' labels set to ``-100`` and ``reduction="sum"`` sums exactly those.
+    """
+    raise NotImplementedError("Exercise 10.2: implement sliding_window_nll in evaluation.py")
+
+
+@exercise("10.3", points=1, validate=_validate_bits_per_byte)
+def bits_per_byte(nll: float, n_bytes: int) -> float:
+    """Bits per byte of a text: its negative log-likelihood (``nll``, in nats, summed over every token
+    of the text) spread over the ``n_bytes`` bytes of its UTF-8 encoding, in bits: ``nll / (n_bytes
+    * ln 2)``. Unlike perplexity it does not depend on how a tokenizer cuts the text, so it compares
+    models with different tokenizers, as long as each ``nll`` covers the whole text."""
+    raise NotImplementedError("Exercise 10.3: implement bits_per_byte in evaluation.py")
+
+
+# -- 10.4-10.6 BLEU and chrF ----------------------------------------------------------------------------
+@exercise("10.4", points=1, validate=_validate_tokenize_13a)
+def tokenize_13a(text: str) -> str:
+    """sacreBLEU's default tokenization (``"13a"``, that of ``mteval-v13a.pl``, used by WMT).
+
+    Returns the tokens joined by single spaces, with no space at either end, after, in this order:
+
+    1. removing ``<skipped>``; removing ``-`` followed by a newline (a hyphenated line break); turning
+       the other newlines into spaces;
+    2. replacing ``&quot;``, ``&amp;``, ``&lt;`` and ``&gt;`` by ``"``, ``&``, ``<`` and ``>``;
+    3. padding the text with one space at each end, then putting spaces around every character of
+       ``{ | } ~ [ \\ ] ^ _ ` (space) ! " # $ % & ( ) * + : ; < = > ? @ /`` (the ranges ``{-~``,
+       ``[-```, `` -&``, ``(-+``, ``:-@`` and ``/``; not ``'``, ``,``, ``-`` or ``.``);
+    4. separating a period or comma from a non-digit before it (``"a." -> "a ."``), then from a
+       non-digit after it (``".a" -> ". a"``): ``3.14`` and ``1,000`` stay whole;
+    5. separating a dash that follows a digit (``"2-3" -> "2 - 3"``, ``"a-b"`` stays);
+    6. collapsing every run of whitespace into one space.
+
+    Steps 3-5 are regular-expression substitutions applied one after the other over the whole text.
+    """
+    raise NotImplementedError("Exercise 10.4: implement tokenize_13a in evaluation.py")
+
+
+@exercise("10.5", points=4, validate=_validate_corpus_bleu)
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], smooth_method: str = "exp",
+                smooth_value: float | None = None, max_order: int = 4, lowercase: bool = False) -> dict:
+    """Corpus BLEU (Papineni et al., 2002) as ``sacrebleu.corpus_bleu`` computes it.
+
+    Args:
+        hypotheses: the system's outputs, one per segment.
+        references: reference streams: ``references[k][i]`` is the ``k``-th reference of segment ``i``.
+        smooth_method: ``"none"``, ``"floor"``, ``"add-k"`` or ``"exp"`` (Chen & Cherry, 2014).
+        smooth_value: the constant of ``"floor"`` (default 0.1) and ``"add-k"`` (default 1).
+        max_order: the longest n-gram counted.
+        lowercase: lowercase every text first.
+
+    Returns:
+        ``{"score", "counts", "totals", "precisions", "bp", "sys_len", "ref_len"}``:
+
+        - Each text (optionally lowercased, trailing whitespace stripped) is tokenized by your
+          :func:`tokenize_13a` and split on spaces.
+        - Per segment: ``totals[n-1]`` grows by the hypothesis's number of ``n``-grams and
+          ``counts[n-1]`` by its *clipped* matches: each distinct n-gram counts at most as often as
+          it occurs in the reference that has it most often. ``sys_len`` grows by the hypothesis's
+          length and ``ref_len`` by the length of the reference closest to it (the shorter on a tie).
+        - Over the corpus (sums of the above, lists of ``max_order`` ints): ``bp = 1`` if ``sys_len
+          >= ref_len``, else ``exp(1 - ref_len / sys_len)`` (0 when ``sys_len == 0``).
+        - If no n-gram of any order matched: ``score`` 0 and every precision 0. Otherwise, for
+          ``n = 1 .. max_order`` in order: with ``"add-k"`` and ``n > 1``, ``smooth_value`` is added
+          to ``counts[n-1]`` and ``totals[n-1]`` (the returned lists show it); if ``totals[n-1] == 0``
+          the loop stops (this and higher precisions stay 0); a nonzero count gives the precision
+          ``100 * counts / totals``; a zero count gives 0, except ``100 * smooth_value / totals`` with
+          ``"floor"`` and, with ``"exp"``, ``100 / (2^j * totals)`` for the ``j``-th zero count so far.
+        - ``score = bp * exp(mean over n = 1 .. max_order of log(precisions[n-1]))`` with the log of
+          0 taken as ``BLEU_LOG_ZERO`` (the score is then 0 to every printed digit), on the 0-100
+          scale. ``precisions`` are on the same scale, floats.
+    """
+    raise NotImplementedError("Exercise 10.5: implement corpus_bleu in evaluation.py")
+
+
+@exercise("10.6", points=3, validate=_validate_corpus_chrf)
+def corpus_chrf(hypotheses: Sequence[str], references: Sequence[Sequence[str]], char_order: int = 6,
+                word_order: int = 0, beta: float = 2.0) -> float:
+    """Corpus chrF (Popović, 2015), or chrF++ with ``word_order=2`` (Popović, 2017), as
+    ``sacrebleu.corpus_chrf`` computes it (its defaults: no lowercasing, no epsilon smoothing).
+
+    Returns the score on the 0-100 scale, from these statistics:
+
+    - Character n-grams of a text, for ``n = 1 .. char_order``: those of the text with *all*
+      whitespace removed. Word n-grams, for ``n = 1 .. word_order``: the text split on whitespace,
+      then every word longer than one character that ends with a punctuation character
+      (:data:`CHRF_PUNCTUATION`) split into the word and that character, or else, if it begins with
+      one, into that character and the rest (one split per word, the end first).
+    - For a hypothesis and a reference, per order (the char orders, then the word orders): the
+      hypothesis's n-gram count (taken as 0 when the reference has no n-gram of that order), the
+      reference's, and the matches (per distinct n-gram the smaller of its two counts, summed).
+    - The F-score of such statistics: over the orders where both the hypothesis and the reference
+      have at least one n-gram, average the precisions (matches / hypothesis count) and the recalls
+      (matches / reference count); then ``100 * (1 + beta^2) P R / (beta^2 P + R)`` of the averages
+      (0 when no order counts or ``P + R == 0``).
+    - Each segment keeps the statistics of its reference with the highest F-score (the first on a
+      tie); the corpus's statistics are their sums, and the score is their F-score.
+    """
+    raise NotImplementedError("Exercise 10.6: implement corpus_chrf in evaluation.py")
+
+
+# -- 10.7-10.8 multiple choice by log-likelihood ---------------------------------------------------------
+@exercise("10.7", points=3, validate=_validate_choice_log_likelihoods)
+def choice_log_likelihoods(model: torch.nn.Module, context_ids: Sequence[list[int]],
+                           continuation_ids: Sequence[list[int]], pad_token_id: int = 0) -> dict[str, list]:
+    """How likely ``model`` finds each continuation after its context (the harness's ``loglikelihood``).
+
+    Args:
+        model: a causal LM (as :func:`corpus_perplexity`).
+        context_ids: one token-id list per request, non-empty.
+        continuation_ids: the tokens to score after each context, non-empty.
+        pad_token_id: what fills the rows of a padded batch (it must not change the result).
+
+    Returns:
+        ``{"log_likelihood": list[float], "is_greedy": list[bool]}``, one entry per request:
+        ``log_likelihood`` the sum over the continuation's tokens of ``log p(token | context and the
+        continuation's tokens before it)``, and ``is_greedy`` whether every continuation token is the
+        model's most likely token at its position (what the harness reports as ``is_greedy``). The
+        requests may be run in padded batches of any size: each row's result must equal the one of
+        the row run alone. No gradients; the model's mode is kept, as in :func:`corpus_perplexity`.
+
+    Hint:
+        Chapter 9's ``completion_batch`` and ``sequence_log_probs`` are this computation with the
+        context as the prompt; ``is_greedy`` compares each scored token with the ``argmax`` of the
+        logits one position before it.
+    """
+    raise NotImplementedError("Exercise 10.7: implement choice_log_likelihoods in evaluation.py")
+
+
+@exercise("10.8", points=2, validate=_validate_multiple_choice_metrics)
+def multiple_choice_metrics(log_likelihoods: Sequence[Sequence[float]], choices: Sequence[Sequence[str]],
+                            gold: Sequence[int]) -> dict[str, float]:
+    """Accuracy of choosing the most likely answer, as the LM Evaluation Harness scores
+    ``multiple_choice`` tasks.
+
+    Args:
+        log_likelihoods: per question, each choice's log-likelihood (:func:`choice_log_likelihoods`).
+        choices: per question, each choice's text, as the task lists it (without the space or other
+            delimiter that joins it to the question).
+        gold: per question, the index of the right choice.
+
+    Returns:
+        ``{"acc": float, "acc_norm": float}``, means over the questions of 1 where the predicted
+        index equals ``gold`` and 0 otherwise: for ``acc`` the index of the largest log-likelihood,
+        for ``acc_norm`` of the largest log-likelihood divided by the choice's length **in
+        characters** (``len(text)``), which no longer favours short answers just for being short.
+        A tie goes to the first such index (``numpy.argmax``).
+    """
+    raise NotImplementedError("Exercise 10.8: implement multiple_choice_metrics in evaluation.py")
+
+
+# -- 10.9 contamination ---------------------------------------------------------------------------------
+@exercise("10.9", points=2, validate=_validate_contamination)
+def contamination(test_texts: Sequence[str], train_texts: Sequence[str], n: int = 13) -> dict:
+    """Which test items share a word ``n``-gram with the training data (Brown et al., 2020 used 13).
+
+    Words are the whitespace-separated pieces of a text after lowercasing it and deleting every
+    character that is neither a letter, a digit nor whitespace (``str.isalnum``): ``"The cat's
+    hat!"`` gives ``["the", "cats", "hat"]``. An n-gram is ``n`` consecutive words of one text (a text
+    of fewer than ``n`` words has none). Returns ``{"contaminated": list[bool], "fraction": float}``:
+    per test text, whether any of its n-grams is an n-gram of some training text (n-grams never
+    span two texts), and the share of test texts that are."""
+    raise NotImplementedError("Exercise 10.9: implement contamination in evaluation.py")
+
+
+# -- 10.10-10.14 judges and ratings ------------------------------------------------------------------------
+@exercise("10.10", points=2, validate=_validate_cohen_kappa)
+def cohen_kappa(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], weights: str | None = None) -> float:
+    """Cohen's kappa (Cohen, 1960): agreement between two raters of the same items beyond chance.
+
+    ``kappa = 1 - sum(w * observed) / sum(w * expected)`` over the ``K x K`` table of the labels either
+    rater used (sorted): ``observed[i][j]`` the share of items rated ``i`` by ``a`` and ``j`` by ``b``,
+    ``expected`` the outer product of the two raters' label frequencies (what independent raters
+    with those habits would produce), and the disagreement weights ``w[i][j]`` 0 on the diagonal and
+    1 off it (``weights=None``), or ``|i - j|`` (``"linear"``) or ``(i - j)^2`` (``"quadratic"``) for the
+    labels' positions ``i, j`` in the sorted list. Equals ``sklearn.metrics.cohen_kappa_score``. Raw
+    agreement is not kappa: two raters who both say "yes" 90 % of the time agree on 82 % of items by
+    chance. Returns a float (``nan`` when ``expected`` has no weight off the diagonal, i.e. both raters
+    used one and the same label throughout)."""
+    raise NotImplementedError("Exercise 10.10: implement cohen_kappa in evaluation.py")
+
+
+@exercise("10.11", points=3, validate=_validate_bradley_terry)
+def bradley_terry(comparisons: Sequence[tuple[int, int, float]], n_players: int, iterations: int = 1000,
+                  tolerance: float = 1e-10) -> list[float]:
+    """Bradley-Terry strengths from pairwise comparisons, by maximum likelihood.
+
+    The model: ``P(a beats b) = p_a / (p_a + p_b)`` with ``p > 0``. ``comparisons`` are ``(a, b,
+    outcome)`` with ``outcome`` 1 if ``a`` won, 0 if ``b`` won and 0.5 for a tie (half a win each).
+    Fit by the minorise-maximise iteration of Hunter (2004): ``p_i <- W_i / sum over i's comparisons
+    of 1 / (p_i + p_opponent)``, ``W_i`` the wins of ``i`` (ties halved), all players updated together
+    from the previous ``p``, starting from all ``p = 1``, each ``p`` then divided by their geometric
+    mean; stop after ``iterations`` updates or once no ``log p`` moved by more than ``tolerance``.
+
+    Returns ``log p`` per player (a list of ``n_players`` floats that sum to 0). This is the maximum
+    of the likelihood, so a logistic regression of the outcomes on ``+1`` for ``a``, ``-1`` for ``b``
+    (no intercept, no penalty) gives the same numbers up to the shift. The maximum exists when every
+    player has won and lost at least once against a set of players that connects everyone (Zermelo's
+    condition); otherwise :class:`ValueError` names a player without a win or without a loss.
+    """
+    raise NotImplementedError("Exercise 10.11: implement bradley_terry in evaluation.py")
+
+
+@exercise("10.12", points=2, validate=_validate_elo_ratings)
+def elo_ratings(comparisons: Sequence[tuple[int, int, float]], n_players: int, k: float = 4.0,
+                initial: float = 1000.0, scale: float = 400.0) -> list[float]:
+    """Online Elo ratings, updated one comparison at a time in the given order.
+
+    Every player starts at ``initial``. For a comparison ``(a, b, outcome)`` (``outcome`` as in
+    :func:`bradley_terry`): ``expected = 1 / (1 + 10 ** ((R_b - R_a) / scale))``, then ``R_a += k *
+    (outcome - expected)`` and ``R_b -= k * (outcome - expected)``, both from the ratings before this
+    comparison. Returns the final ratings, a list of ``n_players`` floats. Unlike
+    :func:`bradley_terry` the result depends on the order of the comparisons (the reason the
+    Chatbot Arena moved from Elo to a Bradley-Terry fit)."""
+    raise NotImplementedError("Exercise 10.12: implement elo_ratings in evaluation.py")
+
+
+@exercise("10.13", points=2, validate=_validate_bootstrap_interval)
+def bootstrap_interval(values: torch.Tensor, statistic: str = "mean", n_resamples: int = 1000,
+                       confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap confidence interval (Efron & Tibshirani, 1993) for the mean or the
+    median of ``values`` ``(n,)``.
+
+    Draw ``indices = torch.randint(0, n, (n_resamples, n), generator=torch.Generator().manual_seed(seed))``
+    (one resample of ``n`` values with replacement per row), compute the statistic of each resample
+    in float64 (``torch.median`` for the median: the lower of the two middle values), and return the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of those statistics with linear
+    interpolation (``torch.quantile``'s default), as two floats. With the same arguments the same
+    interval comes back anywhere."""
+    raise NotImplementedError("Exercise 10.13: implement bootstrap_interval in evaluation.py")
+
+
+@exercise("10.14", points=1, validate=_validate_position_bias)
+def position_bias(first_order: Sequence[str], swapped_order: Sequence[str]) -> dict[str, float]:
+    """How much a judge's verdicts depend on which answer it saw first.
+
+    Each pair of answers was judged twice: ``first_order[i]`` with answer X shown as "A" and Y as
+    "B", ``swapped_order[i]`` with Y as "A" and X as "B". A verdict is ``"A"``, ``"B"`` or ``"tie"``.
+    Returns ``{"consistency", "first_position_rate"}``: the share of pairs whose two verdicts name the
+    same answer (``"A"`` then ``"B"``, ``"B"`` then ``"A"``, or two ties), and the share of all the
+    judge's non-tie verdicts (both orders together) that picked the answer shown first (0.5 without
+    bias; ``nan`` when there is none)."""
+    raise NotImplementedError("Exercise 10.14: implement position_bias in evaluation.py")
