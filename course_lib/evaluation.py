@@ -17,9 +17,7 @@ can be compared with published ones:
   scores a question with several answers: the log-probability of each answer given the question
   (:func:`choice_log_likelihoods`) and the accuracy of the best one, raw and normalised by the
   answer's length in characters (:func:`multiple_choice_metrics`: ``acc`` and ``acc_norm``).
-- **Contamination** (10.9): the share of test items that share a long word n-gram with the training
-  data (:func:`contamination`; the 13-gram test of Brown et al., 2020).
-- **Judges and ratings** (10.10-10.14): agreement between two raters beyond chance
+- **Judges and ratings** (10.9-10.13): agreement between two raters beyond chance
   (:func:`cohen_kappa`; Cohen, 1960), ratings from pairwise preferences (:func:`bradley_terry`, fitted
   by Hunter's (2004) minorise-maximise iteration; :func:`elo_ratings`, as the first Chatbot Arena
   leaderboard did: Zheng et al., 2023), a percentile bootstrap interval (:func:`bootstrap_interval`;
@@ -41,7 +39,9 @@ Conventions used by every exercise of this chapter:
 from __future__ import annotations
 
 import math
-from typing import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Hashable, Sequence
 
 import torch
 
@@ -205,12 +205,6 @@ def _validate_multiple_choice_metrics(log_likelihoods, choices, gold) -> None:
             raise ValueError(f"choices[{q}] holds an empty answer: acc_norm divides by its length")
         if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < len(lls):
             raise ValueError(f"gold[{q}] must be an index into its choices (0..{len(lls) - 1}), got {g!r}")
-
-
-def _validate_contamination(test_texts, train_texts, n=13) -> None:
-    _check_texts("test_texts", test_texts)
-    _check_texts("train_texts", train_texts, allow_empty_list=True)
-    _check_number("n", n, 1, integer=True)
 
 
 def _check_labels(name: str, labels) -> None:
@@ -495,22 +489,8 @@ def multiple_choice_metrics(log_likelihoods: Sequence[Sequence[float]], choices:
     raise NotImplementedError("Exercise 10.8: implement multiple_choice_metrics in evaluation.py")
 
 
-# -- 10.9 contamination ---------------------------------------------------------------------------------
-@exercise("10.9", points=2, validate=_validate_contamination)
-def contamination(test_texts: Sequence[str], train_texts: Sequence[str], n: int = 13) -> dict:
-    """Which test items share a word ``n``-gram with the training data (Brown et al., 2020 used 13).
-
-    Words are the whitespace-separated pieces of a text after lowercasing it and deleting every
-    character that is neither a letter, a digit nor whitespace (``str.isalnum``): ``"The cat's
-    hat!"`` gives ``["the", "cats", "hat"]``. An n-gram is ``n`` consecutive words of one text (a text
-    of fewer than ``n`` words has none). Returns ``{"contaminated": list[bool], "fraction": float}``:
-    per test text, whether any of its n-grams is an n-gram of some training text (n-grams never
-    span two texts), and the share of test texts that are."""
-    raise NotImplementedError("Exercise 10.9: implement contamination in evaluation.py")
-
-
-# -- 10.10-10.14 judges and ratings ------------------------------------------------------------------------
-@exercise("10.10", points=2, validate=_validate_cohen_kappa)
+# -- 10.9-10.13 judges and ratings ------------------------------------------------------------------------
+@exercise("10.9", points=2, validate=_validate_cohen_kappa)
 def cohen_kappa(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], weights: str | None = None) -> float:
     """Cohen's kappa (Cohen, 1960): agreement between two raters of the same items beyond chance.
 
@@ -523,10 +503,10 @@ def cohen_kappa(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], weight
     agreement is not kappa: two raters who both say "yes" 90 % of the time agree on 82 % of items by
     chance. Returns a float (``nan`` when ``expected`` has no weight off the diagonal, i.e. both raters
     used one and the same label throughout)."""
-    raise NotImplementedError("Exercise 10.10: implement cohen_kappa in evaluation.py")
+    raise NotImplementedError("Exercise 10.9: implement cohen_kappa in evaluation.py")
 
 
-@exercise("10.11", points=3, validate=_validate_bradley_terry)
+@exercise("10.10", points=3, validate=_validate_bradley_terry)
 def bradley_terry(comparisons: Sequence[tuple[int, int, float]], n_players: int, iterations: int = 1000,
                   tolerance: float = 1e-10) -> list[float]:
     """Bradley-Terry strengths from pairwise comparisons, by maximum likelihood.
@@ -544,10 +524,10 @@ def bradley_terry(comparisons: Sequence[tuple[int, int, float]], n_players: int,
     player has won and lost at least once against a set of players that connects everyone (Zermelo's
     condition); otherwise :class:`ValueError` names a player without a win or without a loss.
     """
-    raise NotImplementedError("Exercise 10.11: implement bradley_terry in evaluation.py")
+    raise NotImplementedError("Exercise 10.10: implement bradley_terry in evaluation.py")
 
 
-@exercise("10.12", points=2, validate=_validate_elo_ratings)
+@exercise("10.11", points=2, validate=_validate_elo_ratings)
 def elo_ratings(comparisons: Sequence[tuple[int, int, float]], n_players: int, k: float = 4.0,
                 initial: float = 1000.0, scale: float = 400.0) -> list[float]:
     """Online Elo ratings, updated one comparison at a time in the given order.
@@ -558,10 +538,10 @@ def elo_ratings(comparisons: Sequence[tuple[int, int, float]], n_players: int, k
     comparison. Returns the final ratings, a list of ``n_players`` floats. Unlike
     :func:`bradley_terry` the result depends on the order of the comparisons (the reason the
     Chatbot Arena moved from Elo to a Bradley-Terry fit)."""
-    raise NotImplementedError("Exercise 10.12: implement elo_ratings in evaluation.py")
+    raise NotImplementedError("Exercise 10.11: implement elo_ratings in evaluation.py")
 
 
-@exercise("10.13", points=2, validate=_validate_bootstrap_interval)
+@exercise("10.12", points=2, validate=_validate_bootstrap_interval)
 def bootstrap_interval(values: torch.Tensor, statistic: str = "mean", n_resamples: int = 1000,
                        confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """A percentile bootstrap confidence interval (Efron & Tibshirani, 1993) for the mean or the
@@ -573,10 +553,10 @@ def bootstrap_interval(values: torch.Tensor, statistic: str = "mean", n_resample
     ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of those statistics with linear
     interpolation (``torch.quantile``'s default), as two floats. With the same arguments the same
     interval comes back anywhere."""
-    raise NotImplementedError("Exercise 10.13: implement bootstrap_interval in evaluation.py")
+    raise NotImplementedError("Exercise 10.12: implement bootstrap_interval in evaluation.py")
 
 
-@exercise("10.14", points=1, validate=_validate_position_bias)
+@exercise("10.13", points=1, validate=_validate_position_bias)
 def position_bias(first_order: Sequence[str], swapped_order: Sequence[str]) -> dict[str, float]:
     """How much a judge's verdicts depend on which answer it saw first.
 
@@ -586,4 +566,264 @@ def position_bias(first_order: Sequence[str], swapped_order: Sequence[str]) -> d
     same answer (``"A"`` then ``"B"``, ``"B"`` then ``"A"``, or two ties), and the share of all the
     judge's non-tie verdicts (both orders together) that picked the answer shown first (0.5 without
     bias; ``nan`` when there is none)."""
-    raise NotImplementedError("Exercise 10.14: implement position_bias in evaluation.py")
+    raise NotImplementedError("Exercise 10.13: implement position_bias in evaluation.py")
+
+
+# -- the benchmark harness (not graded): tasks declared as data, run over any causal LM ----------------
+OUTPUT_TYPES = ("multiple_choice", "generate_until")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark task declared as data, with the LM Evaluation Harness's names for its fields.
+
+    Every document has a ``question``. A ``"multiple_choice"`` task's documents list their
+    ``choices`` (texts) and the index of the right one as ``answer``; it is scored by comparing the
+    choices' log-likelihoods after the prompt (``acc``, ``acc_norm``). A ``"generate_until"`` task's
+    documents hold the expected text as ``answer`` and a ``family`` of Chapter 6's instruction data;
+    the model's greedy answer, up to the end of its line, is judged by Chapter 6's
+    :func:`~course_lib.instruction_data.check_answer` (``exact_match``).
+
+    The prompt of a question is Chapter 6's :func:`~course_lib.instruct.few_shot_prompt`:
+    ``"Question: <question>\\nAnswer:"``, after the first ``num_fewshot`` documents of
+    ``fewshot_docs`` solved in the same format (the harness's ``first_n`` sampler), joined by a blank
+    line, and a choice is scored as ``" " + choice``: exactly what ``lm-eval`` builds for a YAML task
+    with ``doc_to_text: "Question: {{question}}\\nAnswer:"`` (see :func:`lm_eval_task_yaml`).
+    """
+
+    name: str
+    output_type: str
+    docs: tuple[dict, ...]
+    num_fewshot: int = 0
+    fewshot_docs: tuple[dict, ...] = ()
+    max_new_tokens: int = 16
+
+    def __post_init__(self):
+        if self.output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {self.output_type!r}")
+        if self.num_fewshot > len(self.fewshot_docs):
+            raise ValueError(f"{self.name}: num_fewshot={self.num_fewshot} but only {len(self.fewshot_docs)} fewshot_docs")
+
+    def target(self, doc: dict) -> str:
+        """The right answer's text."""
+        return doc["choices"][doc["answer"]] if self.output_type == "multiple_choice" else doc["answer"]
+
+    def prompt(self, doc: dict, chat_tokenizer=None) -> str:
+        """The context the model continues: the shots, then the question (Chapter 6's few-shot format),
+        or with a ``chat_tokenizer`` the question alone as a user turn of its chat template, followed by
+        the assistant's generation prompt (how Chapter 7's chat models are asked; no shots)."""
+        from course_lib.instruct import few_shot_prompt
+
+        if chat_tokenizer is not None:
+            return chat_tokenizer.apply_chat_template([{"role": "user", "content": doc["question"]}],
+                                                      add_generation_prompt=True, tokenize=False)
+        shots = [{"question": s["question"], "answer": self.target(s)} for s in self.fewshot_docs[:self.num_fewshot]]
+        return few_shot_prompt(doc["question"], shots)
+
+
+def lm_eval_task_yaml(task: Task, data_file: Path | str) -> str:
+    """The same multiple-choice task as an ``lm-eval`` YAML task reading its documents from
+    ``data_file`` (JSON lines, one document per line; its few-shot documents in a ``fewshot`` split
+    of ``data_file`` with ``.fewshot`` before the suffix): what the course's numbers are checked
+    against."""
+    if task.output_type != "multiple_choice":
+        raise ValueError("only multiple-choice tasks are written as lm-eval YAML here")
+    data_file = Path(data_file)
+    fewshot_file = data_file.with_suffix(".fewshot" + data_file.suffix)
+    return (f"task: {task.name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data_file}\n"
+            f"    fewshot: {fewshot_file}\ntest_split: test\nfewshot_split: fewshot\nfewshot_config:\n"
+            f"  sampler: first_n\noutput_type: multiple_choice\n"
+            f"doc_to_text: \"Question: {{{{question}}}}\\nAnswer:\"\ndoc_to_choice: \"{{{{choices}}}}\"\n"
+            f"doc_to_target: answer\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` and of ``continuation`` as the LM Evaluation Harness cuts them: spaces
+    at the end of the context move to the continuation, the two are encoded together, and the
+    continuation's ids are those after the context's own (a token that straddles the boundary counts
+    for the continuation). No special tokens are added."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    return whole[:len(context_ids)], whole[len(context_ids):]
+
+
+def _batched_log_likelihoods(model, requests: Sequence[tuple[list[int], list[int]]], pad_token_id: int,
+                             batch_size: int) -> tuple[list[float], list[bool]]:
+    """:func:`choice_log_likelihoods` of every ``(context_ids, continuation_ids)``, longest first in
+    batches of ``batch_size`` (little padding), back in the requests' order."""
+    order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
+    log_likelihoods, greedy = [0.0] * len(requests), [False] * len(requests)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        out = choice_log_likelihoods(model, [requests[i][0] for i in chunk], [requests[i][1] for i in chunk],
+                                     pad_token_id=pad_token_id)
+        for i, ll, g in zip(chunk, out["log_likelihood"], out["is_greedy"]):
+            log_likelihoods[i], greedy[i] = float(ll), bool(g)
+    return log_likelihoods, greedy
+
+
+def run_task(model: torch.nn.Module, tokenizer, task: Task, chat: bool = False, batch_size: int = 32,
+             n_resamples: int = 1000, seed: int = 0) -> dict:
+    """``task`` run on ``model``: ``{"task", "output_type", "n", "metrics", "intervals", "samples"}``.
+
+    ``chat``: ask in the chat template (:meth:`Task.prompt` with the tokenizer; a choice is scored
+    right after the generation prompt, with no space, and a generated answer ends at the end of the
+    assistant's turn), else in the few-shot format.
+
+    ``metrics`` maps ``acc`` and ``acc_norm`` (:func:`multiple_choice_metrics` of the choices'
+    :func:`choice_log_likelihoods`) or ``exact_match`` to a share of the documents; ``intervals`` each
+    metric's 95 % percentile bootstrap interval over the documents (:func:`bootstrap_interval`);
+    ``samples`` per document what was asked and answered (the choices' log-likelihoods, or the
+    generated text)."""
+    from course_lib.instruct import extract_answer
+    from course_lib.instruction_data import check_answer
+    from course_lib.sft import generate_answers
+
+    prompts = [task.prompt(doc, tokenizer if chat else None) for doc in task.docs]
+    delimiter = "" if chat else " "
+    samples, per_doc = [], {}
+    if task.output_type == "multiple_choice":
+        requests = [encode_pair(tokenizer, prompt, delimiter + choice) for prompt, doc in zip(prompts, task.docs)
+                    for choice in doc["choices"]]
+        lls, _ = _batched_log_likelihoods(model, requests, tokenizer.pad_token_id, batch_size)
+        position = 0
+        for prompt, doc in zip(prompts, task.docs):
+            doc_lls = lls[position:position + len(doc["choices"])]
+            position += len(doc["choices"])
+            scores = {m: multiple_choice_metrics([doc_lls], [doc["choices"]], [doc["answer"]])[m] for m in ("acc", "acc_norm")}
+            for metric, value in scores.items():
+                per_doc.setdefault(metric, []).append(value)
+            samples.append({"prompt": prompt, "log_likelihoods": doc_lls, "answer": doc["answer"], **scores})
+    else:
+        newline = sorted(i for token, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
+        prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        texts = generate_answers(model, tokenizer, prompt_ids, task.max_new_tokens, batch_size,
+                                 stop_ids=None if chat else [tokenizer.eos_token_id, *newline])
+        for prompt, doc, text in zip(prompts, task.docs, texts):
+            answer = extract_answer(text)
+            right = float(check_answer(doc["family"], doc, answer))
+            per_doc.setdefault("exact_match", []).append(right)
+            samples.append({"prompt": prompt, "generated": answer, "answer": doc["answer"], "exact_match": right})
+    metrics = {m: sum(v) / len(v) for m, v in per_doc.items()}
+    intervals = {m: bootstrap_interval(torch.tensor(v, dtype=torch.float64), "mean", n_resamples, 0.95, seed)
+                 for m, v in per_doc.items()}
+    return {"task": task.name, "output_type": task.output_type, "n": len(task.docs), "metrics": metrics,
+            "intervals": intervals, "samples": samples}
+
+
+# -- the course benchmark and leaderboard (not graded) ---------------------------------------------------
+COURSE_MODELS = ("random", "pretrained", "sft", "lora", "qlora", "dpo", "grpo")
+CHAT_MODELS = ("sft", "lora", "qlora", "dpo", "grpo")   # asked in the chat template; the others few-shot
+BENCHMARK_SIZE = 50        # questions per task
+DISTRACTORS = 3            # wrong choices per multiple-choice question
+
+
+def _doc(row: dict) -> dict:
+    from course_lib.instruction_data import user_content
+
+    return {"question": user_content(row["instruction"], row["input"]), "answer": row["output"],
+            "family": row["family"], "id": row["id"], "input": row["input"], "output": row["output"]}
+
+
+def _with_choices(doc: dict, wrong: Sequence[str], rng) -> dict:
+    choices = [doc["answer"], *wrong]
+    rng.shuffle(choices)
+    return {**doc, "choices": choices, "answer": choices.index(doc["answer"])}
+
+
+def _arithmetic_distractors(answer: str, rng) -> list[str]:
+    value = int(answer)
+    near = sorted({value + d for d in (-10, -2, -1, 1, 2, 10, 100)} - {value})
+    return [str(v) for v in rng.sample(near, DISTRACTORS)]
+
+
+def course_tasks(n: int = BENCHMARK_SIZE, num_fewshot: int = 3, seed: int = 0) -> list[Task]:
+    """The course benchmark, from Chapter 6's held-out test split (few-shot examples from its validation
+    split): per family, its first ``n`` questions to answer (``"generate_until"``, judged by Chapter 6's
+    checker), and three multiple-choice tasks on the same questions: ``naming_mc`` (the question's own
+    two choices, ``"function"`` and ``"class"``), ``stdlib_mc`` (the right module against
+    :data:`DISTRACTORS` modules that answer other questions: choices of different lengths) and
+    ``arithmetic_mc`` (the right number against near ones: ``±1``, ``±2``, ``±10``, ``+100``), choices
+    shuffled with ``seed``."""
+    import random
+
+    from course_lib.instruction_data import FAMILIES, instruction_dataset
+
+    def docs(split: str, family: str, count: int | None = None) -> list[dict]:
+        rows = instruction_dataset(split, family)
+        return [_doc(r) for r in rows.select(range(min(count or len(rows), len(rows))))]
+
+    tasks = [Task(family, "generate_until", tuple(docs("test", family, n)), num_fewshot,
+                  tuple(docs("validation", family, num_fewshot))) for family in FAMILIES]
+    rng = random.Random(seed)
+    modules = sorted({d["answer"] for d in docs("test", "stdlib")})
+    wrong = {"naming": lambda doc: [{"function": "class", "class": "function"}[doc["answer"]]],
+             "stdlib": lambda doc: rng.sample([m for m in modules if m != doc["answer"]], DISTRACTORS),
+             "arithmetic": lambda doc: _arithmetic_distractors(doc["answer"], rng)}
+    for family, distractors in wrong.items():
+        def with_choices(doc: dict) -> dict:
+            if family == "naming":   # in the order the question names them
+                return {**doc, "choices": ["function", "class"], "answer": ["function", "class"].index(doc["answer"])}
+            return _with_choices(doc, distractors(doc), rng)
+
+        tasks.append(Task(f"{family}_mc", "multiple_choice", tuple(map(with_choices, docs("test", family, n))),
+                          num_fewshot, tuple(map(with_choices, docs("validation", family, num_fewshot)))))
+    return tasks
+
+
+def course_model(name: str, size: str = "cpu", progress: bool = False):
+    """``(model, tokenizer)`` of one of :data:`COURSE_MODELS`, from the course cache (built on first use
+    by its chapter): ``"random"`` is the pretrained model's architecture with freshly initialised weights
+    (seed 0), the floor every trained model must clear."""
+    from course_lib.instruct import chat_tokenizer
+
+    if name in ("random", "pretrained"):
+        from course_lib.pretraining import pretrained_course_lm
+
+        model, tokenizer = pretrained_course_lm(size, progress=progress)
+        if name == "random":
+            torch.manual_seed(0)
+            model = type(model)(model.config).eval()
+        return model, chat_tokenizer(tokenizer)
+    if name == "sft":
+        from course_lib.sft import sft_course_lm
+
+        return sft_course_lm(size, progress=progress)
+    if name in ("lora", "qlora"):
+        from course_lib.lora import adapted_course_lm
+
+        return adapted_course_lm(name, size, progress=progress)
+    if name in ("dpo", "grpo"):
+        from course_lib.alignment import aligned_course_lm
+
+        return aligned_course_lm(name, size, progress=progress)
+    raise ValueError(f"name must be one of {COURSE_MODELS}, got {name!r}")
+
+
+def evaluate_models(names: Sequence[str] = COURSE_MODELS, tasks: Sequence[Task] | None = None, size: str = "cpu",
+                    progress: bool = False) -> dict[str, dict[str, dict]]:
+    """Every model of ``names`` on every task (default :func:`course_tasks`): ``{model: {task: run_task(...)}}``,
+    chat models (:data:`CHAT_MODELS`) asked in their chat template, the others in the few-shot format."""
+    tasks = course_tasks() if tasks is None else tasks
+    results = {}
+    for name in names:
+        model, tokenizer = course_model(name, size, progress)
+        results[name] = {task.name: run_task(model, tokenizer, task, chat=name in CHAT_MODELS) for task in tasks}
+    return results
+
+
+def leaderboard_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
+    """One row per model: each task's main metric (``exact_match``, or ``acc_norm`` for multiple choice)
+    with its interval, and their mean over the tasks."""
+    rows = []
+    for name, by_task in results.items():
+        row = {"model": name}
+        for task, result in by_task.items():
+            metric = "acc_norm" if result["output_type"] == "multiple_choice" else "exact_match"
+            row[task] = (result["metrics"][metric], *result["intervals"][metric])
+        row["mean"] = sum(v[0] for k, v in row.items() if k != "model") / len(by_task)
+        rows.append(row)
+    return rows

@@ -205,17 +205,6 @@ def multiple_choice_metrics(log_likelihoods, choices, gold):
     return {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm)}
 
 
-def _ngrams(text, n):
-    words = "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-def contamination(test_texts, train_texts, n=13):
-    seen = set().union(*(_ngrams(t, n) for t in train_texts)) if train_texts else set()
-    contaminated = [bool(_ngrams(t, n) & seen) for t in test_texts]
-    return {"contaminated": contaminated, "fraction": sum(contaminated) / len(contaminated)}
-
-
 def cohen_kappa(rater_a, rater_b, weights=None):
     labels = sorted(set(rater_a) | set(rater_b))
     index = {label: i for i, label in enumerate(labels)}

@@ -1,5 +1,5 @@
 """Chapter 10 graded tests (public): perplexity, BLEU and chrF, multiple choice by log-likelihood,
-contamination, agreement and ratings.
+agreement and ratings.
 
 The references are outside the course: the loss of Hugging Face's ``LlamaForCausalLM`` (token-weighted,
 and window by window as the ``transformers`` documentation's sliding-window recipe runs it, with each
@@ -48,30 +48,27 @@ Each exercise's contract (its docstring), clause by clause, with the public test
     mode kept: choice_log_likelihoods_are_independent_of_the_batch
 
 10.8 ``multiple_choice_metrics``
-  - the harness's ``acc`` and ``acc_norm`` of a local ``multiple_choice`` task on the same model:
+  - the harness's ``acc`` and ``acc_norm`` of a local ``multiple_choice`` YAML task on the same model:
     multiple_choice_metrics_match_lm_eval_on_a_local_task
   - normalised by characters (not tokens), ties to the first: multiple_choice_metrics_of_hand_made_scores
 
-10.9 ``contamination``
-  - lowercased, punctuation removed, n-grams within one text, short texts: contamination_of_hand_made_texts
-
-10.10 ``cohen_kappa``
+10.9 ``cohen_kappa``
   - ``sklearn.metrics.cohen_kappa_score``, unweighted, linear and quadratic, labels of any type:
     cohen_kappa_matches_sklearn
   - chance agreement removed (raw agreement is not kappa): cohen_kappa_is_not_raw_agreement
 
-10.11 ``bradley_terry``
+10.10 ``bradley_terry``
   - a logistic regression of the outcomes (ties as half a win each), centred: bradley_terry_matches_a_logistic_regression
   - a player who never lost is refused: bradley_terry_refuses_a_player_without_a_loss
 
-10.12 ``elo_ratings``
+10.11 ``elo_ratings``
   - three comparisons by hand, order-dependence: elo_ratings_by_hand
 
-10.13 ``bootstrap_interval``
+10.12 ``bootstrap_interval``
   - the contract's resampling written out; SciPy's percentile interval close:
     bootstrap_interval_is_the_percentile_interval
 
-10.14 ``position_bias``
+10.13 ``position_bias``
   - consistency and first-position rate by hand: position_bias_by_hand
 """
 
@@ -95,13 +92,10 @@ def random_ids(seed, *shape, low=3, high=50):
 
 
 def right_padded(rows, pad_id):
-    """``{"input_ids", "attention_mask"}`` of int64 ``rows`` padded on the right with ``pad_id``."""
-    longest = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(rows), longest, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)] = torch.as_tensor(row)
-        attention_mask[i, :len(row)] = 1
+    """``{"input_ids", "attention_mask"}`` of ``rows`` padded on the right with ``pad_id``."""
+    from course_lib.tasks import pad_batch
+
+    input_ids, attention_mask = pad_batch(rows, pad_id)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
@@ -380,43 +374,36 @@ MC_DOCS = [{"question": "What is 2 plus 3?", "choices": ["5", "six", "23", "a lo
            {"question": "Is ice cold?", "choices": ["yes", "no"], "answer": 0},
            {"question": "Sort: pear apple", "choices": ["apple pear", "pear apple"], "answer": 0}]
 
-MC_TASK = """task: course_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
+def mc_task(num_fewshot=0):
+    from course_lib.evaluation import Task
+
+    return Task("course_mc", "multiple_choice", tuple(MC_DOCS), num_fewshot=num_fewshot, fewshot_docs=tuple(MC_DOCS[-2:]))
 
 
-def lm_eval_multiple_choice(model, tokenizer, folder: Path):
-    """The harness's run of :data:`MC_DOCS` as a local YAML task: its results and per-document samples."""
+def lm_eval_multiple_choice(model, tokenizer, folder: Path, task):
+    """The harness's run of ``task`` as a local YAML task (:func:`~course_lib.evaluation.lm_eval_task_yaml`):
+    its results and its samples in document order."""
     import json
 
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    from course_lib.evaluation import lm_eval_task_yaml
+
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in MC_DOCS))
-    (folder / "course_mc.yaml").write_text(MC_TASK.format(data=data))
-    out = simple_evaluate(model=harness(model, tokenizer), tasks=["course_mc"], num_fewshot=0,
+    data.write_text("".join(json.dumps(d) + "\n" for d in task.docs))
+    data.with_suffix(".fewshot.jsonl").write_text("".join(json.dumps(d) + "\n" for d in task.fewshot_docs))
+    (folder / f"{task.name}.yaml").write_text(lm_eval_task_yaml(task, data))
+    out = simple_evaluate(model=harness(model, tokenizer), tasks=[task.name], num_fewshot=task.num_fewshot,
                           task_manager=TaskManager(include_path=str(folder)), bootstrap_iters=0, log_samples=True)
-    return out["results"]["course_mc"], out["samples"]["course_mc"]
+    return out["results"][task.name], sorted(out["samples"][task.name], key=lambda s: s["doc_id"])
 
 
 @pytest.mark.exercise("10.8")
 def test_multiple_choice_metrics_match_lm_eval_on_a_local_task(student, chat_tokenizer, tmp_path):
     model = tiny_llama("cpu", len(chat_tokenizer), seed=7, pad=chat_tokenizer.pad_token_id).eval()
-    results, samples = lm_eval_multiple_choice(model, chat_tokenizer, tmp_path)
-    samples = sorted(samples, key=lambda s: s["doc_id"])
+    results, samples = lm_eval_multiple_choice(model, chat_tokenizer, tmp_path, mc_task())
     log_likelihoods = [[float(r[0][0]) for r in s["resps"]] for s in samples]
     got = student.multiple_choice_metrics(log_likelihoods, [d["choices"] for d in MC_DOCS], [d["answer"] for d in MC_DOCS])
     assert set(got) == {"acc", "acc_norm"}, f"multiple_choice_metrics returns {sorted(got)}"
@@ -436,24 +423,8 @@ def test_multiple_choice_metrics_of_hand_made_scores(student):
         f"first: acc_norm 3/4, got {got['acc_norm']}")
 
 
-# -- 10.9 contamination ---------------------------------------------------------------------------------------
+# -- 10.9 cohen_kappa ----------------------------------------------------------------------------------------
 @pytest.mark.exercise("10.9")
-def test_contamination_of_hand_made_texts(student):
-    train = ["The cat's hat, sat on THE mat!", "one two three", "four five six seven"]
-    test = ["the cats hat sat", "sat on the mat", "two three four", "two three", "five six seven",
-            "A cat's hat"]
-    got = student.contamination(test, train, n=3)
-    assert got["contaminated"] == [True, True, False, False, True, False], (
-        f"contamination with 3-grams: {got['contaminated']}; words are lowercased with punctuation removed "
-        "('The cat's' -> 'the cats', 'THE mat!' -> 'the mat'), n-grams do not span two training texts, a text of 2 words has no 3-gram")
-    assert math.isclose(got["fraction"], 3 / 6)
-    none = student.contamination(["a b c d"], [], n=2)
-    assert none == {"contaminated": [False], "fraction": 0.0} or (
-        list(none["contaminated"]) == [False] and none["fraction"] == 0.0), f"no training text: {none}"
-
-
-# -- 10.10 cohen_kappa ----------------------------------------------------------------------------------------
-@pytest.mark.exercise("10.10")
 @pytest.mark.parametrize("weights", [None, "linear", "quadratic"])
 def test_cohen_kappa_matches_sklearn(student, weights):
     from sklearn.metrics import cohen_kappa_score
@@ -476,7 +447,7 @@ def test_cohen_kappa_matches_sklearn(student, weights):
                 "either rater used")
 
 
-@pytest.mark.exercise("10.10")
+@pytest.mark.exercise("10.9")
 def test_cohen_kappa_is_not_raw_agreement(student):
     a = ["yes"] * 9 + ["no"]
     b = ["yes"] * 8 + ["no", "yes"]
@@ -486,7 +457,7 @@ def test_cohen_kappa_is_not_raw_agreement(student):
         f"two raters who say 'yes' 90 % of the time and agree on 8 of 10 items: kappa -1/9, got {got:.4f}")
 
 
-# -- 10.11-10.12 ratings --------------------------------------------------------------------------------------
+# -- 10.10-10.11 ratings --------------------------------------------------------------------------------------
 def simulated_comparisons(seed, strengths, n, ties=0.0):
     r = random.Random(seed)
     comparisons = []
@@ -499,7 +470,7 @@ def simulated_comparisons(seed, strengths, n, ties=0.0):
     return comparisons
 
 
-@pytest.mark.exercise("10.11")
+@pytest.mark.exercise("10.10")
 @pytest.mark.parametrize("ties", [0.0, 0.2])
 def test_bradley_terry_matches_a_logistic_regression(student, ties):
     import numpy as np
@@ -527,14 +498,14 @@ def test_bradley_terry_matches_a_logistic_regression(student, ties):
             f"log-strength of player {player}: {g:.6f}, the maximum likelihood (a logistic regression) says {e:.6f}")
 
 
-@pytest.mark.exercise("10.11")
+@pytest.mark.exercise("10.10")
 def test_bradley_terry_refuses_a_player_without_a_loss(student):
     comparisons = [(0, 1, 1), (1, 2, 1), (2, 1, 1), (0, 2, 1), (2, 0, 0)]  # player 0 never loses
     with pytest.raises(ValueError, match="player 0"):
         student.bradley_terry(comparisons, 3)
 
 
-@pytest.mark.exercise("10.12")
+@pytest.mark.exercise("10.11")
 def test_elo_ratings_by_hand(student):
     got = student.elo_ratings([(0, 1, 1), (1, 2, 0.5), (2, 0, 1)], 3, k=32)
     r0, r1 = 1000 + 16, 1000 - 16                              # equal ratings: expected 0.5
@@ -550,8 +521,8 @@ def test_elo_ratings_by_hand(student):
     assert scaled == pytest.approx([1505, 1495])
 
 
-# -- 10.13-10.14 ----------------------------------------------------------------------------------------------
-@pytest.mark.exercise("10.13")
+# -- 10.12-10.13 ----------------------------------------------------------------------------------------------
+@pytest.mark.exercise("10.12")
 @pytest.mark.parametrize("statistic", ["mean", "median"])
 def test_bootstrap_interval_is_the_percentile_interval(student, statistic):
     values = torch.randn(25, generator=torch.Generator().manual_seed(8))
@@ -575,7 +546,7 @@ def test_bootstrap_interval_is_the_percentile_interval(student, statistic):
             f"95 % interval of the mean {ours}, SciPy's percentile bootstrap {tuple(scipy)}")
 
 
-@pytest.mark.exercise("10.14")
+@pytest.mark.exercise("10.13")
 def test_position_bias_by_hand(student):
     got = student.position_bias(["A", "A", "B", "tie", "A"], ["B", "A", "A", "tie", "tie"])
     assert math.isclose(got["consistency"], 3 / 5), (
@@ -584,6 +555,24 @@ def test_position_bias_by_hand(student):
         f"non-tie verdicts A A B A / B A A: 5 of 7 pick the answer shown first, got {got['first_position_rate']}")
     unbiased = student.position_bias(["A", "B"], ["B", "A"])
     assert unbiased == {"consistency": 1.0, "first_position_rate": 0.5}
+
+
+# -- not graded: the course's harness --------------------------------------------------------------------------
+@pytest.mark.parametrize("num_fewshot", [0, 2])
+def test_run_task_scores_a_multiple_choice_task_as_lm_eval_does(solution_mode, chat_tokenizer, tmp_path, num_fewshot):
+    from course_lib.evaluation import run_task
+
+    model = tiny_llama("cpu", len(chat_tokenizer), seed=8, pad=chat_tokenizer.pad_token_id).eval()
+    task = mc_task(num_fewshot)
+    results, samples = lm_eval_multiple_choice(model, chat_tokenizer, tmp_path, task)
+    ours = run_task(model, chat_tokenizer, task, batch_size=3)
+    for sample, mine in zip(samples, ours["samples"], strict=True):
+        assert sample["arguments"][0][0] == mine["prompt"], "the same prompt as lm-eval's"
+        assert mine["log_likelihoods"] == pytest.approx([float(r[0][0]) for r in sample["resps"]], rel=1e-5, abs=1e-5)
+    for metric in ("acc", "acc_norm"):
+        assert ours["metrics"][metric] == pytest.approx(results[f"{metric},none"])
+        low, high = ours["intervals"][metric]
+        assert low <= ours["metrics"][metric] <= high
 
 
 # -- not graded: bad input is refused before your code runs, with the argument's name ---------------------
@@ -606,7 +595,6 @@ def test_position_bias_by_hand(student):
     (lambda ev: ev.choice_log_likelihoods(torch.nn.Linear(2, 2), [[1]], [[1], [2]]), ValueError, "continuation_ids"),
     (lambda ev: ev.multiple_choice_metrics([[-1.0, -2.0]], [["a", ""]], [0]), ValueError, "choices"),
     (lambda ev: ev.multiple_choice_metrics([[-1.0, -2.0]], [["a", "b"]], [2]), ValueError, "gold"),
-    (lambda ev: ev.contamination(["a"], ["b"], n=0), ValueError, "n"),
     (lambda ev: ev.cohen_kappa([1, 2], [1]), ValueError, "rater_b"),
     (lambda ev: ev.cohen_kappa(["a"], ["b"], weights="linear"), TypeError, "ordinal"),
     (lambda ev: ev.bradley_terry([(0, 3, 1)], 3), ValueError, "player"),

@@ -386,32 +386,7 @@ def multiple_choice_ties_to_the_last(log_likelihoods, choices, gold):
     return _metrics(log_likelihoods, choices, gold, last=True)
 
 
-# -- 10.9 contamination ----------------------------------------------------------------------------------------
-def _contamination(test_texts, train_texts, n=13, lower=True, strip=True, joined=False):
-    def grams(text):
-        text = text.lower() if lower else text
-        if strip:
-            text = "".join(c for c in text if c.isalnum() or c.isspace())
-        words = text.split()
-        return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-    seen = grams(" ".join(train_texts)) if joined else set().union(set(), *(grams(t) for t in train_texts))
-    flags = [bool(grams(t) & seen) for t in test_texts]
-    return {"contaminated": flags, "fraction": sum(flags) / len(flags)}
-
-
-def contamination_without_lowercasing(*args, **kwargs):
-    return _contamination(*args, **kwargs, lower=False)
-
-
-def contamination_keeping_punctuation(*args, **kwargs):
-    return _contamination(*args, **kwargs, strip=False)
-
-
-def contamination_across_training_texts(*args, **kwargs):
-    return _contamination(*args, **kwargs, joined=True)
-
-
-# -- 10.10 cohen_kappa -----------------------------------------------------------------------------------------
+# -- 10.9 cohen_kappa -----------------------------------------------------------------------------------------
 def _kappa(rater_a, rater_b, weights=None, *, raw=False, labels_from=None, power=None):
     labels = sorted(set(labels_from(rater_a, rater_b) if labels_from else set(rater_a) | set(rater_b)))
     k, n = len(labels), len(rater_a)
@@ -443,7 +418,7 @@ def kappa_with_the_labels_of_rater_a_only(rater_a, rater_b, weights=None):
     return _kappa(rater_a, rater_b, weights, labels_from=lambda a, b: set(a))
 
 
-# -- 10.11-10.12 ratings ---------------------------------------------------------------------------------------
+# -- 10.10-10.11 ratings ---------------------------------------------------------------------------------------
 def _bradley_terry(comparisons, n_players, iterations=1000, tolerance=1e-10, *, tie_win=0.5, centre=True,
                    logs=True, drop_ties=False):
     if drop_ties:
@@ -510,7 +485,7 @@ def elo_with_the_expectation_reversed(comparisons, n_players, k=4.0, initial=100
     return r
 
 
-# -- 10.13-10.14 -----------------------------------------------------------------------------------------------
+# -- 10.12-10.13 -----------------------------------------------------------------------------------------------
 def _bootstrap(values, statistic="mean", n_resamples=1000, confidence=0.95, seed=0, *, low=None, transpose=False):
     n = values.shape[0]
     g = torch.Generator().manual_seed(seed)
@@ -568,8 +543,6 @@ MUTANTS = {
     "choice_log_likelihoods": [choice_log_likelihoods_including_the_context, choice_log_likelihoods_without_the_shift,
                                choice_greedy_if_any_token_is],
     "multiple_choice_metrics": [acc_norm_by_words, acc_norm_counting_the_delimiter, multiple_choice_ties_to_the_last],
-    "contamination": [contamination_without_lowercasing, contamination_keeping_punctuation,
-                      contamination_across_training_texts],
     "cohen_kappa": [kappa_as_raw_agreement, kappa_with_linear_weights_for_quadratic, kappa_with_the_labels_of_rater_a_only],
     "bradley_terry": [bradley_terry_counting_ties_as_wins, bradley_terry_dropping_ties,
                       bradley_terry_returning_strengths_not_logs, bradley_terry_not_centred],
