@@ -803,18 +803,6 @@ def course_model(name: str, size: str = "cpu", progress: bool = False):
     raise ValueError(f"name must be one of {COURSE_MODELS}, got {name!r}")
 
 
-def evaluate_models(names: Sequence[str] = COURSE_MODELS, tasks: Sequence[Task] | None = None, size: str = "cpu",
-                    progress: bool = False) -> dict[str, dict[str, dict]]:
-    """Every model of ``names`` on every task (default :func:`course_tasks`): ``{model: {task: run_task(...)}}``,
-    chat models (:data:`CHAT_MODELS`) asked in their chat template, the others in the few-shot format."""
-    tasks = course_tasks() if tasks is None else tasks
-    results = {}
-    for name in names:
-        model, tokenizer = course_model(name, size, progress)
-        results[name] = {task.name: run_task(model, tokenizer, task, chat=name in CHAT_MODELS) for task in tasks}
-    return results
-
-
 def leaderboard_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
     """One row per model: each task's main metric (``exact_match``, or ``acc_norm`` for multiple choice)
     with its interval, and their mean over the tasks."""
@@ -827,3 +815,66 @@ def leaderboard_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
         row["mean"] = sum(v[0] for k, v in row.items() if k != "model") / len(by_task)
         rows.append(row)
     return rows
+
+
+def corpus_scores(model: torch.nn.Module, tokenizer, max_length: int = 128, stride: int = 64,
+                  source: str | None = None) -> dict[str, float]:
+    """How well ``model`` predicts the course corpus's test documents (held out from pre-training and from
+    its model selection, which used the validation split):
+    each document after an end-of-text token (what preceded every document in pre-training, so that
+    every token of the text is predicted), scored with :func:`sliding_window_nll` (``max_length``: the
+    pre-training block size). ``{"nll", "tokens", "bytes", "perplexity", "bits_per_byte"}`` over all
+    documents (:func:`bits_per_byte` of their UTF-8 bytes)."""
+    from course_lib.corpus import load_corpus
+
+    nll = tokens = n_bytes = 0
+    for text in load_corpus("test", source):
+        ids = [tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        scored = sliding_window_nll(model, torch.tensor([ids]), max_length, stride)
+        nll, tokens, n_bytes = nll + scored["nll"], tokens + scored["tokens"], n_bytes + len(text.encode("utf-8"))
+    return {"nll": nll, "tokens": tokens, "bytes": n_bytes, "perplexity": math.exp(nll / tokens),
+            "bits_per_byte": bits_per_byte(nll, n_bytes)}
+
+
+LEADERBOARD_VERSION = 1
+# Chapter modules whose code runs while the leaderboard is computed (the models are keyed by their folders).
+_EVALUATION_MODULES = ("generation", "instruct", "sft", "alignment", "evaluation")
+
+
+def _model_folder(name: str, size: str) -> str:
+    from course_lib.alignment import aligned_model_dir
+    from course_lib.lora import adapted_model_dir
+    from course_lib.pretraining import pretrained_model_dir
+    from course_lib.sft import sft_model_dir
+
+    folders = {"random": pretrained_model_dir, "pretrained": pretrained_model_dir, "sft": sft_model_dir,
+               "lora": lambda s: adapted_model_dir("lora", s), "qlora": lambda s: adapted_model_dir("qlora", s),
+               "dpo": lambda s: aligned_model_dir("dpo", s), "grpo": lambda s: aligned_model_dir("grpo", s)}
+    return folders[name](size).name
+
+
+def leaderboard(size: str = "cpu", names: Sequence[str] = COURSE_MODELS, progress: bool = False) -> dict:
+    """The course leaderboard: ``{"tasks": {model: {task: run_task(...)}}, "corpus": {model: corpus_scores(...)}}``
+    for every model of ``names``: every task of :func:`course_tasks` (chat models, :data:`CHAT_MODELS`, asked
+    in their chat template, the others in the few-shot format) and the test corpus (:func:`corpus_scores`),
+    computed once and
+    cached in the course cache, keyed by the models' folders and the code that scores them."""
+    import json
+
+    from course_lib.cache import building, cache_entry, cache_key, read_json, write_atomic
+    from course_lib.pretraining import implementation_key
+
+    key = cache_key(LEADERBOARD_VERSION, {n: _model_folder(n, size) for n in names}, BENCHMARK_SIZE,
+                    implementation_key(_EVALUATION_MODULES))
+    path = cache_entry("evaluation", f"leaderboard-{size}-{key}.json")
+    with building(path):
+        board = read_json(path)
+        if board is None:
+            board = {"tasks": {}, "corpus": {}}
+            tasks = course_tasks()
+            for name in names:
+                model, tokenizer = course_model(name, size, progress)
+                board["tasks"][name] = {t.name: run_task(model, tokenizer, t, chat=name in CHAT_MODELS) for t in tasks}
+                board["corpus"][name] = corpus_scores(model, tokenizer)
+            write_atomic(path, json.dumps(board))
+    return board
