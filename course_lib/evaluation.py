@@ -803,20 +803,6 @@ def course_model(name: str, size: str = "cpu", progress: bool = False):
     raise ValueError(f"name must be one of {COURSE_MODELS}, got {name!r}")
 
 
-def leaderboard_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
-    """One row per model: each task's main metric (``exact_match``, or ``acc_norm`` for multiple choice)
-    with its interval, and their mean over the tasks."""
-    rows = []
-    for name, by_task in results.items():
-        row = {"model": name}
-        for task, result in by_task.items():
-            metric = "acc_norm" if result["output_type"] == "multiple_choice" else "exact_match"
-            row[task] = (result["metrics"][metric], *result["intervals"][metric])
-        row["mean"] = sum(v[0] for k, v in row.items() if k != "model") / len(by_task)
-        rows.append(row)
-    return rows
-
-
 def corpus_scores(model: torch.nn.Module, tokenizer, max_length: int = 128, stride: int = 64,
                   source: str | None = None) -> dict[str, float]:
     """How well ``model`` predicts the course corpus's test documents (held out from pre-training and from
@@ -878,3 +864,92 @@ def leaderboard(size: str = "cpu", names: Sequence[str] = COURSE_MODELS, progres
                 board["corpus"][name] = corpus_scores(model, tokenizer)
             write_atomic(path, json.dumps(board))
     return board
+
+
+def leaderboard_rows(board: dict) -> list[dict]:
+    """One row per model of a :func:`leaderboard`: ``{"model", <task>: (score, low, high), ..., "mean",
+    "perplexity", "bits_per_byte"}``, a task's score its ``exact_match`` or, for multiple choice, its
+    ``acc_norm``, with the 95 % bootstrap interval; ``mean`` the mean score over the tasks."""
+    rows = []
+    for name, by_task in board["tasks"].items():
+        row = {"model": name}
+        for task, result in by_task.items():
+            metric = "acc_norm" if result["output_type"] == "multiple_choice" else "exact_match"
+            row[task] = (result["metrics"][metric], *result["intervals"][metric])
+        row["mean"] = sum(row[task][0] for task in by_task) / len(by_task)
+        row["perplexity"] = board["corpus"][name]["perplexity"]
+        row["bits_per_byte"] = board["corpus"][name]["bits_per_byte"]
+        rows.append(row)
+    return rows
+
+
+def leaderboard_table(board: dict) -> str:
+    """The leaderboard as a Markdown table: per model each task's score in % with its interval, the
+    mean, and the test corpus's perplexity and bits per byte."""
+    rows = leaderboard_rows(board)
+    tasks = [k for k in rows[0] if k not in ("model", "mean", "perplexity", "bits_per_byte")]
+    lines = ["| model | " + " | ".join(tasks) + " | mean | perplexity | bits/byte |",
+             "|---" * (len(tasks) + 4) + "|"]
+    for row in rows:
+        cells = [f"{100 * row[t][0]:.0f} ({100 * row[t][1]:.0f}-{100 * row[t][2]:.0f})" for t in tasks]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) +
+                     f" | {100 * row['mean']:.1f} | {row['perplexity']:.1f} | {row['bits_per_byte']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_leaderboard(board: dict, ax=None):
+    """Each model's score on each task with its 95 % interval (one panel row of points per task)."""
+    import matplotlib.pyplot as plt
+
+    rows = leaderboard_rows(board)
+    tasks = [k for k in rows[0] if k not in ("model", "mean", "perplexity", "bits_per_byte")]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 0.45 * len(tasks) + 1.2))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        y = [t + (i - (len(rows) - 1) / 2) * width for t in range(len(tasks))]
+        score = [100 * row[t][0] for t in tasks]
+        error = [[100 * (row[t][0] - row[t][1]) for t in tasks], [100 * (row[t][2] - row[t][0]) for t in tasks]]
+        ax.errorbar(score, y, xerr=error, fmt="o", markersize=3, capsize=2, label=row["model"])
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.invert_yaxis()
+    ax.set_xlabel("score (%): exact match, or acc_norm for multiple choice; 95 % bootstrap interval")
+    ax.set_xlim(-2, 102)
+    ax.legend(fontsize=7, ncol=len(rows), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return ax
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Evaluate every course model (built on first use, cached) on the course benchmark and the test
+    corpus; write ``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.png`` to ``--output``."""
+    import argparse
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    parser = argparse.ArgumentParser(prog="python -m course_lib.evaluation", description=main.__doc__)
+    parser.add_argument("--size", default="cpu", help="the models' preset size (default cpu)")
+    parser.add_argument("--models", nargs="+", choices=COURSE_MODELS, default=list(COURSE_MODELS))
+    parser.add_argument("--output", default="_build/leaderboard", help="folder for the results")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    board = leaderboard(args.size, args.models, progress=not args.no_progress)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "leaderboard.json").write_text(json.dumps(board))
+    table = leaderboard_table(board)
+    (output / "leaderboard.md").write_text(table + "\n")
+    ax = plot_leaderboard(board)
+    ax.figure.tight_layout()
+    ax.figure.savefig(output / "leaderboard.png", dpi=120)
+    print(table)
+    return board
+
+
+if __name__ == "__main__":
+    # Run the main() of the imported module, whose exercises are registered under "evaluation" (this
+    # file, run as a script, is a second copy named "__main__").
+    from course_lib.evaluation import main as module_main
+
+    module_main()
