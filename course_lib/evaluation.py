@@ -774,6 +774,18 @@ def course_tasks(n: int = BENCHMARK_SIZE, num_fewshot: int = 3, seed: int = 0) -
     return tasks
 
 
+def task_contamination(task: Task, train_texts: Sequence[str], n: int = 13) -> dict:
+    """Which of ``task``'s documents appear in ``train_texts``, by Chapter 6's n-gram test
+    (:func:`~course_lib.instruct.find_contaminated`, words of ``normalize_text``): a document (its question
+    and its answer, as one text) is contaminated when some training text contains one of its ``n``-grams, or
+    all of it when it is shorter. ``{"contaminated": [document index, ...], "fraction": float}``."""
+    from course_lib.instruct import find_contaminated
+
+    contaminated = [i for i, doc in enumerate(task.docs)
+                    if find_contaminated(list(train_texts), [f"{doc['question']} {task.target(doc)}"], n)]
+    return {"contaminated": contaminated, "fraction": len(contaminated) / len(task.docs)}
+
+
 def course_model(name: str, size: str = "cpu", progress: bool = False):
     """``(model, tokenizer)`` of one of :data:`COURSE_MODELS`, from the course cache (built on first use
     by its chapter): ``"random"`` is the pretrained model's architecture with freshly initialised weights

@@ -575,6 +575,45 @@ def test_run_task_scores_a_multiple_choice_task_as_lm_eval_does(solution_mode, c
         assert low <= ours["metrics"][metric] <= high
 
 
+def test_course_tasks_ask_held_out_questions_with_one_right_choice(solution_mode):
+    from course_lib.evaluation import BENCHMARK_SIZE, course_tasks, task_contamination
+    from course_lib.instruction_data import example_text, instruction_dataset
+
+    tasks = {t.name: t for t in course_tasks()}
+    assert set(tasks) == {"arithmetic", "string", "sorting", "stdlib", "naming", "naming_mc", "stdlib_mc", "arithmetic_mc"}
+    test_ids = set(instruction_dataset("test")["id"])
+    for task in tasks.values():
+        assert len(task.docs) == BENCHMARK_SIZE and {d["id"] for d in task.docs} <= test_ids
+        assert not {d["id"] for d in task.fewshot_docs} & test_ids, f"{task.name}: a shot is a test question"
+        if task.output_type == "multiple_choice":
+            for doc in task.docs:
+                assert len(set(doc["choices"])) == len(doc["choices"]) and doc["choices"][doc["answer"]] == doc["output"]
+    train = [example_text(r) for r in instruction_dataset("train")]
+    clean = task_contamination(tasks["stdlib"], train)
+    assert clean["fraction"] == 0.0, f"Chapter 6's split is decontaminated, yet {clean['contaminated']} were found"
+    planted = train + [f"{tasks['stdlib'].docs[3]['question']} {tasks['stdlib'].docs[3]['answer']}"]
+    assert task_contamination(tasks["stdlib"], planted)["contaminated"] == [3]
+
+
+def test_leaderboard_table_and_plot_of_a_made_up_board():
+    import matplotlib
+
+    from course_lib.evaluation import leaderboard_rows, leaderboard_table, plot_leaderboard
+
+    matplotlib.use("Agg")
+    run = {"output_type": "multiple_choice", "metrics": {"acc": 0.5, "acc_norm": 0.75},
+           "intervals": {"acc": (0.25, 0.75), "acc_norm": (0.5, 1.0)}}
+    generated = {"output_type": "generate_until", "metrics": {"exact_match": 0.2}, "intervals": {"exact_match": (0.1, 0.3)}}
+    board = {"tasks": {"a": {"mc": run, "gen": generated}, "b": {"mc": run, "gen": generated}},
+             "corpus": {"a": {"perplexity": 30.0, "bits_per_byte": 1.5}, "b": {"perplexity": 40.0, "bits_per_byte": 1.7}}}
+    rows = leaderboard_rows(board)
+    assert rows[0]["mc"] == (0.75, 0.5, 1.0) and rows[0]["gen"] == (0.2, 0.1, 0.3)
+    assert rows[0]["mean"] == pytest.approx(0.475)
+    table = leaderboard_table(board)
+    assert "| a | 75 (50-100) | 20 (10-30) | 47.5 | 30.0 | 1.500 |" in table, table
+    assert len(plot_leaderboard(board).lines) >= 2
+
+
 # -- not graded: bad input is refused before your code runs, with the argument's name ---------------------
 @pytest.mark.parametrize("call, error, name", [
     (lambda ev: ev.corpus_perplexity(torch.nn.Linear(2, 2), [{"input_ids": torch.ones(1, 3, dtype=torch.long),
