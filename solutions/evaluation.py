@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from typing import Hashable, Sequence
 
 import torch
 
@@ -30,7 +31,7 @@ class _Scoring:
         self.model.train(self.was_training)
 
 
-def corpus_perplexity(model, batches):
+def corpus_perplexity(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, float]:
     nll, tokens = 0.0, 0
     with _Scoring(model) as device:
         for batch in batches:
@@ -41,7 +42,8 @@ def corpus_perplexity(model, batches):
     return {"nll": nll, "tokens": tokens, "perplexity": math.exp(nll / tokens)}
 
 
-def sliding_window_nll(model, input_ids, max_length, stride):
+def sliding_window_nll(model: torch.nn.Module, input_ids: torch.Tensor, max_length: int, stride: int
+                       ) -> dict[str, float]:
     n = input_ids.shape[1]
     nll, tokens, prev_end = 0.0, 0, 0
     with _Scoring(model) as device:
@@ -59,7 +61,7 @@ def sliding_window_nll(model, input_ids, max_length, stride):
     return {"nll": nll, "tokens": tokens}
 
 
-def bits_per_byte(nll, n_bytes):
+def bits_per_byte(nll: float, n_bytes: int) -> float:
     return nll / (n_bytes * math.log(2))
 
 
@@ -69,7 +71,7 @@ _13A_RULES = [(re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),
               (re.compile(r"([0-9])(-)"), r"\1 \2 ")]
 
 
-def tokenize_13a(text):
+def tokenize_13a(text: str) -> str:
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
         text = text.replace(entity, char)
@@ -83,7 +85,8 @@ def _word_ngrams(words, max_order):
     return Counter(tuple(words[i:i + n]) for n in range(1, max_order + 1) for i in range(len(words) - n + 1))
 
 
-def corpus_bleu(hypotheses, references, smooth_method="exp", smooth_value=None, max_order=4, lowercase=False):
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], smooth_method: str = "exp",
+                smooth_value: float | None = None, max_order: int = 4, lowercase: bool = False) -> dict:
     from course_lib.evaluation import tokenize_13a as tokenize
 
     def words(text):
@@ -168,7 +171,8 @@ def _chrf_f(stats, beta):
     return 100 * (1 + beta ** 2) * precision * recall / (beta ** 2 * precision + recall)
 
 
-def corpus_chrf(hypotheses, references, char_order=6, word_order=0, beta=2.0):
+def corpus_chrf(hypotheses: Sequence[str], references: Sequence[Sequence[str]], char_order: int = 6,
+                word_order: int = 0, beta: float = 2.0) -> float:
     total = None
     for i, hypothesis in enumerate(hypotheses):
         hyp_grams = _chrf_ngrams(hypothesis, char_order, word_order)
@@ -182,15 +186,15 @@ def corpus_chrf(hypotheses, references, char_order=6, word_order=0, beta=2.0):
     return _chrf_f(total, beta)
 
 
-def choice_log_likelihoods(model, context_ids, continuation_ids, pad_token_id=0):
+def choice_log_likelihoods(model: torch.nn.Module, context_ids: Sequence[list[int]],
+                           continuation_ids: Sequence[list[int]], pad_token_id: int = 0) -> dict[str, list]:
     batch = completion_batch(context_ids, continuation_ids, pad_token_id)
     with _Scoring(model) as device:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        log_likelihood = sequence_log_probs(logits, batch["input_ids"], batch["completion_mask"])
-        scored = batch["completion_mask"][:, 1:].bool()
-        hits = logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]
-        is_greedy = (hits | ~scored).all(-1)
+        ids, attention, completion = (batch[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask"))
+        logits = model(input_ids=ids, attention_mask=attention).logits
+        log_likelihood = sequence_log_probs(logits, ids, completion)
+        hits = logits[:, :-1].argmax(-1) == ids[:, 1:]
+        is_greedy = (hits | ~completion[:, 1:].bool()).all(-1)
     return {"log_likelihood": log_likelihood.tolist(), "is_greedy": is_greedy.tolist()}
 
 
@@ -198,14 +202,15 @@ def _argmax(values):
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
-def multiple_choice_metrics(log_likelihoods, choices, gold):
+def multiple_choice_metrics(log_likelihoods: Sequence[Sequence[float]], choices: Sequence[Sequence[str]],
+                            gold: Sequence[int]) -> dict[str, float]:
     acc = [_argmax(lls) == g for lls, g in zip(log_likelihoods, gold)]
     acc_norm = [_argmax([ll / len(t) for ll, t in zip(lls, texts)]) == g
                 for lls, texts, g in zip(log_likelihoods, choices, gold)]
     return {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm)}
 
 
-def cohen_kappa(rater_a, rater_b, weights=None):
+def cohen_kappa(rater_a: Sequence[Hashable], rater_b: Sequence[Hashable], weights: str | None = None) -> float:
     labels = sorted(set(rater_a) | set(rater_b))
     index = {label: i for i, label in enumerate(labels)}
     k, n = len(labels), len(rater_a)
@@ -221,7 +226,8 @@ def cohen_kappa(rater_a, rater_b, weights=None):
     return float(1 - (w * observed).sum() / (w * expected).sum())
 
 
-def bradley_terry(comparisons, n_players, iterations=1000, tolerance=1e-10):
+def bradley_terry(comparisons: Sequence[tuple[int, int, float]], n_players: int, iterations: int = 1000,
+                  tolerance: float = 1e-10) -> list[float]:
     wins = [0.0] * n_players
     losses = [0.0] * n_players
     for a, b, outcome in comparisons:
@@ -252,7 +258,8 @@ def bradley_terry(comparisons, n_players, iterations=1000, tolerance=1e-10):
     return [x - centre for x in logs]
 
 
-def elo_ratings(comparisons, n_players, k=4.0, initial=1000.0, scale=400.0):
+def elo_ratings(comparisons: Sequence[tuple[int, int, float]], n_players: int, k: float = 4.0,
+                initial: float = 1000.0, scale: float = 400.0) -> list[float]:
     ratings = [float(initial)] * n_players
     for a, b, outcome in comparisons:
         expected = 1 / (1 + 10 ** ((ratings[b] - ratings[a]) / scale))
@@ -262,7 +269,8 @@ def elo_ratings(comparisons, n_players, k=4.0, initial=1000.0, scale=400.0):
     return ratings
 
 
-def bootstrap_interval(values, statistic="mean", n_resamples=1000, confidence=0.95, seed=0):
+def bootstrap_interval(values: torch.Tensor, statistic: str = "mean", n_resamples: int = 1000,
+                       confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
     n = values.shape[0]
     indices = torch.randint(0, n, (n_resamples, n), generator=torch.Generator().manual_seed(seed))
     resamples = values.double()[indices]
@@ -272,7 +280,7 @@ def bootstrap_interval(values, statistic="mean", n_resamples=1000, confidence=0.
     return float(bounds[0]), float(bounds[1])
 
 
-def position_bias(first_order, swapped_order):
+def position_bias(first_order: Sequence[str], swapped_order: Sequence[str]) -> dict[str, float]:
     same = {("A", "B"), ("B", "A"), ("tie", "tie")}
     consistency = sum((x, y) in same for x, y in zip(first_order, swapped_order)) / len(first_order)
     decided = [v for v in (*first_order, *swapped_order) if v != "tie"]

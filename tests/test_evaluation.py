@@ -396,7 +396,8 @@ def lm_eval_multiple_choice(model, tokenizer, folder: Path, task):
     data.with_suffix(".fewshot.jsonl").write_text("".join(json.dumps(d) + "\n" for d in task.fewshot_docs))
     (folder / f"{task.name}.yaml").write_text(lm_eval_task_yaml(task, data))
     out = simple_evaluate(model=harness(model, tokenizer), tasks=[task.name], num_fewshot=task.num_fewshot,
-                          task_manager=TaskManager(include_path=str(folder)), bootstrap_iters=0, log_samples=True)
+                          task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+                          bootstrap_iters=0, log_samples=True)
     return out["results"][task.name], sorted(out["samples"][task.name], key=lambda s: s["doc_id"])
 
 
