@@ -3,12 +3,12 @@
 Instructor-only: the model answers below must never reach students (nbgrader strips them from the
 notebook it writes; this file is not part of any release).
 
-Every experiment runs the student's own ``evaluation.py``: their perplexity of a small Llama against
+Every experiment runs the student's own ``evaluation.py``: their perplexity of Chapter 5's model against
 ``exp`` of Hugging Face's loss, with the per-batch mean that the seed outline computes beside it, and
 their sliding windows at several strides; their BLEU and chrF against sacreBLEU on a paraphrase and on
 a sentence that copies the reference's words in a meaningless order; the course's benchmark harness
 (which calls their ``choice_log_likelihoods`` and ``multiple_choice_metrics``) against the LM
-Evaluation Harness on the same multiple-choice task; and their kappa, Bradley-Terry and Elo ratings,
+Evaluation Harness on the same multiple-choice task, both on Chapter 5's pretrained model; and their kappa, Bradley-Terry and Elo ratings,
 bootstrap interval and position-bias check on simulated judges. Every call of an exercise goes through
 ``attempt``, so an unfinished or broken exercise is reported and the rest still runs.
 """
@@ -54,33 +54,28 @@ import math
 import random
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging
 
 from course_lib.instruct import chat_tokenizer
+from course_lib.pretraining import pretrained_course_lm
 from course_lib.tasks import pad_batch
 
 logging.set_verbosity_error()
 pylogging.getLogger("bitsandbytes").setLevel(pylogging.ERROR)  # optional CPU kernels it looks for on import
+pylogging.getLogger("lm_eval").setLevel(pylogging.ERROR)
 torch.set_num_threads(1)  # small models: a second thread costs more in synchronisation than it saves
 
 tokenizer = chat_tokenizer()   # Chapter 1's tokenizer with Chapter 6's chat template
 PAD = tokenizer.pad_token_id
 
 
-def small_llama(seed):
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=256, pad_token_id=PAD)).eval()
-
-
-model = small_llama(0)
+model, _ = pretrained_course_lm(progress=False)   # Chapter 5's model, from the course cache
 '''),
         kit.markdown("about_experiment_perplexity", """
 ## Experiment 1: perplexity, per token and per batch
 
-Six texts of very different lengths, in batches of two: your `corpus_perplexity` (10.1) against `exp`
+Chapter 5's pretrained model reads six texts of very different lengths, in batches of two: your
+`corpus_perplexity` (10.1) against `exp`
 of Hugging Face's loss over all the texts' tokens at once, and beside them the mean of the batches'
 perplexities (what the seed outline computes). Then one long text scored by your `sliding_window_nll`
 (10.2) with a context of 32 tokens and strides from 32 (disjoint chunks) to 1, and your
@@ -114,13 +109,14 @@ def perplexity():
 
 def windows():
     text = " ".join(texts * 4)
-    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    # after an end-of-text token, as every document began in pre-training: each token of the text is predicted
+    ids = torch.tensor([[tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]])
     n_bytes = len(text.encode("utf-8"))
     for stride in (32, 16, 8, 4, 1):
         scored = evaluation.sliding_window_nll(model, ids, 32, stride)
-        print(f"stride {stride:>2}: {scored['tokens']} of {ids.shape[1]} tokens scored, perplexity "
-              f"{math.exp(scored['nll'] / scored['tokens']):.2f}, "
-              f"{evaluation.bits_per_byte(scored['nll'], n_bytes):.3f} bits per byte (of the scored tokens' nll)")
+        print(f"stride {stride:>2}: {ids.shape[1] - 1 - scored['tokens']} of the text's {ids.shape[1] - 1} tokens "
+              f"unscored, perplexity {math.exp(scored['nll'] / scored['tokens']):.2f}, "
+              f"{evaluation.bits_per_byte(scored['nll'], n_bytes):.3f} bits per byte")
 
 
 attempt("corpus_perplexity (10.1)", perplexity)
@@ -159,7 +155,7 @@ attempt("tokenize_13a, corpus_bleu and corpus_chrf (10.4-10.6)", bleu)
 The course's harness (`run_task`) scores the first twelve questions of the course's `stdlib_mc` task
 (the right module against three others, of different lengths) with your `choice_log_likelihoods`
 (10.7) and `multiple_choice_metrics` (10.8). The LM Evaluation Harness runs the same task, written as
-one of its YAML tasks, on the same model. The cell prints both, and how often `acc` and `acc_norm`
+one of its YAML tasks, on the same model (Chapter 5's). The cell prints both, and how often `acc` and `acc_norm`
 pick a different answer.
 """),
         kit.code("experiment_choice", r'''
@@ -184,7 +180,7 @@ def choice():
     data.with_suffix(".fewshot.jsonl").write_text("".join(json.dumps(d) + "\n" for d in task.fewshot_docs))
     (folder / f"{task.name}.yaml").write_text(lm_eval_task_yaml(task, data))
     out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8, device="cpu"),
-                          tasks=[task.name], num_fewshot=task.num_fewshot, bootstrap_iters=0,
+                          tasks=[task.name], num_fewshot=task.num_fewshot, bootstrap_iters=0, verbosity="ERROR",
                           task_manager=TaskManager(include_path=str(folder), include_defaults=False))
     theirs = out["results"][task.name]
     differ = sum(s["acc"] != s["acc_norm"] for s in ours["samples"])

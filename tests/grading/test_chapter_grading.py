@@ -73,7 +73,7 @@ PARTLY_WRONG: dict[str, tuple[dict[str, str | None], set[str]]] = {
     "alignment": ({"9.2": "sequence_log_probs_including_the_prompt", "9.7": "gae_running_past_the_end", "9.12": None},
                   {"9.2", "9.7", "9.12"}),
     # Chapter 10's exercises call each other only in corpus_bleu (10.5 tokenizes with the student's 10.4)
-    "evaluation": ({"10.1": "perplexity_as_the_mean_of_batch_losses", "10.6": "chrf_keeping_whitespace", "10.9": None},
+    "evaluation": ({"10.1": "perplexity_as_the_mean_of_batch_losses", "10.6": "chrf_averaging_f_scores_over_orders", "10.9": None},
                    {"10.1", "10.6", "10.9"}),
 }
 
