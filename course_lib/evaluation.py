@@ -597,10 +597,16 @@ class Task:
     num_fewshot: int = 0
     fewshot_docs: tuple[dict, ...] = ()
     max_new_tokens: int = 16
+    metric: str = ""          # the score a leaderboard reports: "acc" (default) or "acc_norm"; "exact_match"
 
     def __post_init__(self):
         if self.output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {self.output_type!r}")
+        allowed = ("acc", "acc_norm") if self.output_type == "multiple_choice" else ("exact_match",)
+        if not self.metric:
+            object.__setattr__(self, "metric", allowed[0])
+        elif self.metric not in allowed:
+            raise ValueError(f"{self.name}: metric must be one of {allowed} for {self.output_type}, got {self.metric!r}")
         if self.num_fewshot > len(self.fewshot_docs):
             raise ValueError(f"{self.name}: num_fewshot={self.num_fewshot} but only {len(self.fewshot_docs)} fewshot_docs")
 
@@ -667,7 +673,7 @@ def _batched_log_likelihoods(model, requests: Sequence[tuple[list[int], list[int
 
 def run_task(model: torch.nn.Module, tokenizer, task: Task, chat: bool = False, batch_size: int = 32,
              n_resamples: int = 1000, seed: int = 0) -> dict:
-    """``task`` run on ``model``: ``{"task", "output_type", "n", "metrics", "intervals", "samples"}``.
+    """``task`` run on ``model``: ``{"task", "output_type", "metric", "n", "metrics", "intervals", "samples"}``.
 
     ``chat``: ask in the chat template (:meth:`Task.prompt` with the tokenizer; a choice is scored
     right after the generation prompt, with no space, and a generated answer ends at the end of the
@@ -710,8 +716,8 @@ def run_task(model: torch.nn.Module, tokenizer, task: Task, chat: bool = False, 
     metrics = {m: sum(v) / len(v) for m, v in per_doc.items()}
     intervals = {m: bootstrap_interval(torch.tensor(v, dtype=torch.float64), "mean", n_resamples, 0.95, seed)
                  for m, v in per_doc.items()}
-    return {"task": task.name, "output_type": task.output_type, "n": len(task.docs), "metrics": metrics,
-            "intervals": intervals, "samples": samples}
+    return {"task": task.name, "output_type": task.output_type, "metric": task.metric, "n": len(task.docs),
+            "metrics": metrics, "intervals": intervals, "samples": samples}
 
 
 # -- the course benchmark and leaderboard (not graded) ---------------------------------------------------
@@ -834,7 +840,7 @@ def corpus_scores(model: torch.nn.Module, tokenizer, max_length: int = 128, stri
             "bits_per_byte": bits_per_byte(nll, n_bytes)}
 
 
-LEADERBOARD_VERSION = 1
+LEADERBOARD_VERSION = 2   # 2: each task's metric recorded (multiple choice reported by acc)
 # Chapter modules whose code runs while the leaderboard is computed (the models are keyed by their folders).
 _EVALUATION_MODULES = ("generation", "instruct", "sft", "alignment", "evaluation")
 
@@ -880,13 +886,13 @@ def leaderboard(size: str = "cpu", names: Sequence[str] = COURSE_MODELS, progres
 
 def leaderboard_rows(board: dict) -> list[dict]:
     """One row per model of a :func:`leaderboard`: ``{"model", <task>: (score, low, high), ..., "mean",
-    "perplexity", "bits_per_byte"}``, a task's score its ``exact_match`` or, for multiple choice, its
-    ``acc_norm``, with the 95 % bootstrap interval; ``mean`` the mean score over the tasks."""
+    "perplexity", "bits_per_byte"}``, a task's score its :attr:`Task.metric` with the 95 % bootstrap
+    interval; ``mean`` the mean score over the tasks."""
     rows = []
     for name, by_task in board["tasks"].items():
         row = {"model": name}
         for task, result in by_task.items():
-            metric = "acc_norm" if result["output_type"] == "multiple_choice" else "exact_match"
+            metric = result["metric"]
             row[task] = (result["metrics"][metric], *result["intervals"][metric])
         row["mean"] = sum(row[task][0] for task in by_task) / len(by_task)
         row["perplexity"] = board["corpus"][name]["perplexity"]
@@ -925,7 +931,7 @@ def plot_leaderboard(board: dict, ax=None):
         ax.errorbar(score, y, xerr=error, fmt="o", markersize=3, capsize=2, label=row["model"])
     ax.set_yticks(range(len(tasks)), tasks)
     ax.invert_yaxis()
-    ax.set_xlabel("score (%): exact match, or acc_norm for multiple choice; 95 % bootstrap interval")
+    ax.set_xlabel("score (%): exact match, or acc for multiple choice; 95 % bootstrap interval")
     ax.set_xlim(-2, 102)
     ax.legend(fontsize=7, ncol=len(rows), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     return ax

@@ -602,9 +602,10 @@ def test_leaderboard_table_and_plot_of_a_made_up_board():
     from course_lib.evaluation import leaderboard_rows, leaderboard_table, plot_leaderboard
 
     matplotlib.use("Agg")
-    run = {"output_type": "multiple_choice", "metrics": {"acc": 0.5, "acc_norm": 0.75},
+    run = {"output_type": "multiple_choice", "metric": "acc_norm", "metrics": {"acc": 0.5, "acc_norm": 0.75},
            "intervals": {"acc": (0.25, 0.75), "acc_norm": (0.5, 1.0)}}
-    generated = {"output_type": "generate_until", "metrics": {"exact_match": 0.2}, "intervals": {"exact_match": (0.1, 0.3)}}
+    generated = {"output_type": "generate_until", "metric": "exact_match", "metrics": {"exact_match": 0.2},
+                 "intervals": {"exact_match": (0.1, 0.3)}}
     board = {"tasks": {"a": {"mc": run, "gen": generated}, "b": {"mc": run, "gen": generated}},
              "corpus": {"a": {"perplexity": 30.0, "bits_per_byte": 1.5}, "b": {"perplexity": 40.0, "bits_per_byte": 1.7}}}
     rows = leaderboard_rows(board)
