@@ -81,6 +81,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from grading.expect import assert_unchanged
 from tests.test_generation import reference_mode, solution_mode  # noqa: F401  (a fixture)
 from tests.test_sft import chat_tokenizer, memo, tiny_llama  # noqa: F401  (chat_tokenizer: a fixture)
 
@@ -142,7 +143,10 @@ def test_corpus_perplexity_scores_in_eval_mode(student):
     rows = [random_ids(20, 12, high=40).tolist(), random_ids(21, 7, high=40).tolist()]
     nll = sum(hf_nll(model.eval(), torch.tensor([r]))[0] for r in rows)
     model.train()
-    got = student.corpus_perplexity(model, [right_padded(rows, 0)])
+    batches = [right_padded(rows, 0)]
+    before = [{k: v.clone() for k, v in b.items()} for b in batches]
+    got = student.corpus_perplexity(model, batches)
+    assert_unchanged(batches, before, what="the caller's batches")
     assert math.isclose(got["nll"], nll, rel_tol=1e-5), (
         f"nll {got['nll']:.5f} of a model with attention dropout 0.5, expected {nll:.5f} (its dropout off)")
     assert model.training, "corpus_perplexity left a model that came in training mode in eval mode"
@@ -500,6 +504,23 @@ def test_bradley_terry_matches_a_logistic_regression(student, ties):
 
 
 @pytest.mark.exercise("10.10")
+def test_bradley_terry_stops_after_its_iterations_or_at_its_tolerance(student):
+    comparisons = [(0, 1, 1), (0, 1, 1), (1, 0, 1), (1, 2, 1), (2, 1, 1), (2, 0, 0.5), (0, 2, 1)]
+    before = [tuple(c) for c in comparisons]
+    # one update from p = 1: p_i = W_i / (n_i / 2), W = (3.5, 2, 1.5) wins in n = (5, 5, 4) comparisons
+    p = [3.5 / 2.5, 2 / 2.5, 1.5 / 2.0]
+    logs = [math.log(x) for x in p]
+    one_step = [x - sum(logs) / 3 for x in logs]
+    for kwargs in ({"iterations": 1}, {"tolerance": 10.0}):
+        got = student.bradley_terry(comparisons, 3, **kwargs)
+        assert got == pytest.approx(one_step, abs=1e-12), (
+            f"bradley_terry(..., {kwargs}) = {got}: one update from p = 1 gives {one_step}")
+    assert [tuple(c) for c in comparisons] == before, "bradley_terry changed the caller's comparisons"
+    converged = student.bradley_terry(comparisons, 3, iterations=10_000, tolerance=0.0)
+    assert converged != pytest.approx(one_step, abs=1e-3), "with tolerance 0 the fit runs all its iterations"
+
+
+@pytest.mark.exercise("10.10")
 def test_bradley_terry_refuses_a_player_without_a_loss(student):
     comparisons = [(0, 1, 1), (1, 2, 1), (2, 1, 1), (0, 2, 1), (2, 0, 0)]  # player 0 never loses
     with pytest.raises(ValueError, match="player 0"):
@@ -532,7 +553,9 @@ def test_bootstrap_interval_is_the_percentile_interval(student, statistic):
         resampled = values.double()[indices]
         stats = resampled.mean(-1) if statistic == "mean" else resampled.median(-1).values
         expected = torch.quantile(stats, torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=F64)).tolist()
+        before = values.clone()
         got = student.bootstrap_interval(values, statistic, n_resamples, confidence, seed)
+        assert_unchanged(values, before, what="the caller's values")
         assert len(got) == 2 and all(math.isclose(g, e, rel_tol=1e-9, abs_tol=1e-12) for g, e in zip(got, expected)), (
             f"bootstrap_interval({statistic!r}, n_resamples={n_resamples}, confidence={confidence}, seed={seed}) = "
             f"{got}, expected {expected}")
