@@ -11,7 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 KIT = ["bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl", "trl-1.16.0-py3-none-any.whl",
        "datasets-5.2.0-py3-none-any.whl", "dill-0.4.1-py3-none-any.whl",
        "multiprocess-0.70.19-py312-none-any.whl", "gguf-0.19.0-py3-none-any.whl",
-       "datasketch-2.0.0-py3-none-any.whl"]  # EXTRA=datasketch for wheels.sh (Chapter 6's MinHash)
+       "datasketch-2.0.0-py3-none-any.whl",  # EXTRA=datasketch for wheels.sh (Chapter 6's MinHash)
+       # Chapter 10's references: lm-eval and what it requires (EXTRA, and two wheels built with pip wheel)
+       "lm_eval-0.4.13-py3-none-any.whl", "evaluate-0.4.6-py3-none-any.whl", "more_itertools-11.2.1-py3-none-any.whl",
+       "pytablewriter-1.2.1-py3-none-any.whl", "mbstrdecoder-1.1.5-py3-none-any.whl",
+       "pathvalidate-3.3.1-py3-none-any.whl", "tabledata-1.3.5-py3-none-any.whl", "tcolorpy-0.1.7-py3-none-any.whl",
+       "typepy-2.0.0-py3-none-any.whl", "dataproperty-1.1.1-py3-none-any.whl",
+       "chardet-7.7.0-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
+       "rouge_score-0.0.4-py2.py3-none-any.whl", "nltk-3.10.4-py3-none-any.whl", "defusedxml-0.7.1-py2.py3-none-any.whl",
+       "sqlitedict-2.1.0-py3-none-any.whl", "word2number-1.1-py3-none-any.whl"]
 
 
 def gpu_imports(wheels: Path) -> subprocess.CompletedProcess:
