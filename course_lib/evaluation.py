@@ -792,6 +792,55 @@ def task_contamination(task: Task, train_texts: Sequence[str], n: int = 13) -> d
     return {"contaminated": contaminated, "fraction": len(contaminated) / len(task.docs)}
 
 
+CONTAMINATION_VERSION = 1
+
+
+def contamination_experiment(size: str = "cpu", family: str = "arithmetic", n: int = BENCHMARK_SIZE,
+                             copies: int = 10, steps: int = 150, progress: bool = False) -> dict:
+    """What a leaked benchmark does to a score, measured: Chapter 7's chat model trained ``steps`` more
+    steps (Chapter 7's :func:`~course_lib.sft.finetune`, its preset's settings) on a sample of its own
+    training rows plus ``copies`` copies of the benchmark's ``n`` ``family`` test questions with their
+    answers, then asked those ``leaked`` questions and ``n`` fresh test questions of the same family, as
+    was the chat model before. Computed once and cached (keyed by the chat model's folder, the settings and
+    the code): ``{"leaked", "fresh"}`` each ``{"before", "after"}`` exact match, the contamination check
+    of the leaked task against the contaminated training rows, and the steps' seconds."""
+    import copy
+    import json
+    import time
+
+    from course_lib.cache import building, cache_entry, cache_key, read_json, write_atomic
+    from course_lib.instruction_data import example_text, instruction_dataset
+    from course_lib.pretraining import implementation_key
+    from course_lib.sft import SFTData, finetune, preset, render_examples, sft_course_lm, sft_model_dir, training_rows
+
+    key = cache_key(CONTAMINATION_VERSION, sft_model_dir(size).name, family, n, copies, steps,
+                    implementation_key(_EVALUATION_MODULES + ("pretraining",)))
+    path = cache_entry("evaluation", f"contamination-{size}-{key}.json")
+    with building(path):
+        result = read_json(path)
+        if result is None:
+            chat_model, tokenizer = sft_course_lm(size, progress=progress)
+            rows = list(instruction_dataset("test", family).select(range(2 * n)))
+            tasks = {"leaked": Task(f"{family} (leaked)", "generate_until", tuple(map(_doc, rows[:n]))),
+                     "fresh": Task(f"{family} (fresh)", "generate_until", tuple(map(_doc, rows[n:])))}
+            before = {k: run_task(chat_model, tokenizer, t, chat=True)["metrics"]["exact_match"] for k, t in tasks.items()}
+            config = preset(size, total_steps=steps, warmup_steps=max(1, steps // 10), eval_every=steps, eval_examples=2,
+                            validation_examples=8)
+            train = training_rows(config)[::4] + rows[:n] * copies      # a quarter of its own data, and the leak
+            data = SFTData(render_examples(train, tokenizer), render_examples(train[:8], tokenizer), [], [])
+            started = time.process_time()
+            model = finetune(config, copy.deepcopy(chat_model), tokenizer, progress=progress, data=data).model.eval()
+            seconds = time.process_time() - started
+            after = {k: run_task(model, tokenizer, t, chat=True)["metrics"]["exact_match"] for k, t in tasks.items()}
+            check = task_contamination(tasks["leaked"], [example_text(r) for r in train])
+            result = {"leaked": {"before": before["leaked"], "after": after["leaked"]},
+                      "fresh": {"before": before["fresh"], "after": after["fresh"]},
+                      "found": len(check["contaminated"]), "n": n, "copies": copies, "steps": steps,
+                      "training_rows": len(train), "seconds": seconds}
+            write_atomic(path, json.dumps(result))
+    return result
+
+
 def course_model(name: str, size: str = "cpu", progress: bool = False):
     """``(model, tokenizer)`` of one of :data:`COURSE_MODELS`, from the course cache (built on first use
     by its chapter): ``"random"`` is the pretrained model's architecture with freshly initialised weights

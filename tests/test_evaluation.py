@@ -619,6 +619,16 @@ def test_course_tasks_ask_held_out_questions_with_one_right_choice(solution_mode
     assert task_contamination(tasks["stdlib"], planted)["contaminated"] == [3]
 
 
+def test_the_contamination_experiment_reports_leaked_and_fresh_questions_before_and_after(solution_mode):
+    from course_lib.evaluation import contamination_experiment
+
+    result = contamination_experiment("tiny", n=4, copies=2, steps=2)
+    assert set(result["leaked"]) == set(result["fresh"]) == {"before", "after"}
+    assert all(0.0 <= v <= 1.0 for part in ("leaked", "fresh") for v in result[part].values())
+    assert result["found"] == 4, "every leaked question is found in the contaminated training rows"
+    assert result["training_rows"] > 4 * 2
+
+
 def test_leaderboard_table_and_plot_of_a_made_up_board():
     import matplotlib
 
