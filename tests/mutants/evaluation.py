@@ -90,7 +90,9 @@ def perplexity_with_dropout_on(model, batches):
 
 
 # -- 10.2 sliding_window_nll -----------------------------------------------------------------------------------
-def _windows(model, input_ids, max_length, stride, scored):
+def _windows(model, input_ids, max_length, stride, scored, tally=lambda s, c, labels: (s, c)):
+    """The recipe with ``scored(begin, end, prev_end)`` labels per window, each window's ``(nll, tokens)``
+    from ``tally(its summed loss, its scored count, its labels)``."""
     n, nll, tokens, prev_end = input_ids.shape[1], 0.0, 0, 0
     with _Eval(model):
         for begin in range(0, n, stride):
@@ -98,7 +100,7 @@ def _windows(model, input_ids, max_length, stride, scored):
             window = input_ids[:, begin:end]
             labels = window.clone()
             labels[:, :window.shape[1] - scored(begin, end, prev_end)] = IGNORE_INDEX
-            s, c = _nll(model, window, labels)
+            s, c = tally(*_nll(model, window, labels), labels)
             nll, tokens, prev_end = nll + s, tokens + c, end
             if end == n:
                 break
@@ -113,21 +115,15 @@ def sliding_window_scoring_stride_tokens_per_window(model, input_ids, max_length
     return _windows(model, input_ids, max_length, stride, lambda begin, end, prev_end: min(stride, end - begin))
 
 
+def _as_the_docs_count(s, c, labels):
+    count = int((labels != IGNORE_INDEX).sum()) - 1
+    return s / c * count, count
+
+
 def sliding_window_counting_like_the_docs(model, input_ids, max_length, stride):
     """The documentation's recipe as printed: the window's mean loss times (scored tokens - 1)."""
-    n, nll, tokens, prev_end = input_ids.shape[1], 0.0, 0, 0
-    with _Eval(model):
-        for begin in range(0, n, stride):
-            end = min(begin + max_length, n)
-            window = input_ids[:, begin:end]
-            labels = window.clone()
-            labels[:, :window.shape[1] - (end - prev_end)] = IGNORE_INDEX
-            s, c = _nll(model, window, labels)
-            count = int((labels != IGNORE_INDEX).sum()) - 1
-            nll, tokens, prev_end = nll + s / c * count, tokens + count, end
-            if end == n:
-                break
-    return {"nll": nll, "tokens": tokens}
+    return _windows(model, input_ids, max_length, stride, lambda begin, end, prev_end: end - prev_end,
+                    tally=_as_the_docs_count)
 
 
 def sliding_window_without_context(model, input_ids, max_length, stride):
