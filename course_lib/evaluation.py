@@ -23,6 +23,14 @@ can be compared with published ones:
   leaderboard did: Zheng et al., 2023), a percentile bootstrap interval (:func:`bootstrap_interval`;
   Efron & Tibshirani, 1993), and a model judge's position bias (:func:`position_bias`).
 
+Around the exercises, implemented here: a benchmark harness that runs tasks declared as data on any
+causal LM with the student's scoring (:class:`Task`, :func:`encode_pair`, :func:`run_task`, checked
+against ``lm-eval`` through :func:`lm_eval_task_yaml`), contamination checks with Chapter 6's
+:func:`~course_lib.instruct.find_contaminated` (:func:`task_contamination`) and a measured leak
+(:func:`contamination_experiment`), the course benchmark (:func:`course_tasks`), corpus perplexity and
+bits per byte of a model (:func:`corpus_scores`), and the cached course leaderboard of every model the
+earlier chapters built (:func:`leaderboard`, ``python -m course_lib.evaluation``).
+
 Conventions used by every exercise of this chapter:
 
 - **Log-likelihoods are in nats** (natural logarithms) and float64 Python numbers or float32
