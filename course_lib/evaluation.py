@@ -606,6 +606,7 @@ class Task:
     fewshot_docs: tuple[dict, ...] = ()
     max_new_tokens: int = 16
     metric: str = ""          # the score a leaderboard reports: "acc" (default) or "acc_norm"; "exact_match"
+    doc_to_text: str = "{question}"   # the question's text: a template over the document's fields
 
     def __post_init__(self):
         if self.output_type not in OUTPUT_TYPES:
@@ -615,6 +616,15 @@ class Task:
             object.__setattr__(self, "metric", allowed[0])
         elif self.metric not in allowed:
             raise ValueError(f"{self.name}: metric must be one of {allowed} for {self.output_type}, got {self.metric!r}")
+        if "{{" in self.doc_to_text or "}}" in self.doc_to_text:
+            raise ValueError(f"{self.name}: doc_to_text takes {{field}} slots only, no literal braces")
+
+    def question(self, doc: dict) -> str:
+        """The document's question text: :attr:`doc_to_text` filled with its fields (Chapter 6's
+        :func:`~course_lib.instruct.fill_template`, which names a field the document lacks)."""
+        from course_lib.instruct import fill_template, template_slots
+
+        return fill_template(self.doc_to_text, {k: doc.get(k) for k in template_slots(self.doc_to_text) if k in doc})
         if self.num_fewshot > len(self.fewshot_docs):
             raise ValueError(f"{self.name}: num_fewshot={self.num_fewshot} but only {len(self.fewshot_docs)} fewshot_docs")
 
@@ -629,25 +639,30 @@ class Task:
         from course_lib.instruct import few_shot_prompt
 
         if chat_tokenizer is not None:
-            return chat_tokenizer.apply_chat_template([{"role": "user", "content": doc["question"]}],
+            return chat_tokenizer.apply_chat_template([{"role": "user", "content": self.question(doc)}],
                                                       add_generation_prompt=True, tokenize=False)
-        shots = [{"question": s["question"], "answer": self.target(s)} for s in self.fewshot_docs[:self.num_fewshot]]
-        return few_shot_prompt(doc["question"], shots)
+        shots = [{"question": self.question(s), "answer": self.target(s)} for s in self.fewshot_docs[:self.num_fewshot]]
+        return few_shot_prompt(self.question(doc), shots)
 
 
 def lm_eval_task_yaml(task: Task, data_file: Path | str) -> str:
-    """The same multiple-choice task as an ``lm-eval`` YAML task reading its documents from
-    ``data_file`` (JSON lines, one document per line; its few-shot documents in a ``fewshot`` split
-    of ``data_file`` with ``.fewshot`` before the suffix): what the course's numbers are checked
-    against."""
+    """The same multiple-choice task as an ``lm-eval`` YAML task (its ``doc_to_text`` as Jinja), reading
+    its documents from ``data_file`` (JSON lines, one document per line; its few-shot documents in a
+    ``fewshot`` split of ``data_file`` with ``.fewshot`` before the suffix): what the course's numbers
+    are checked against."""
+    from course_lib.instruct import template_slots
+
     if task.output_type != "multiple_choice":
         raise ValueError("only multiple-choice tasks are written as lm-eval YAML here")
+    text = task.doc_to_text
+    for slot in template_slots(text):
+        text = text.replace("{" + slot + "}", "{{" + slot + "}}")          # Jinja's slot
     data_file = Path(data_file)
     fewshot_file = data_file.with_suffix(".fewshot" + data_file.suffix)
     return (f"task: {task.name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data_file}\n"
             f"    fewshot: {fewshot_file}\ntest_split: test\nfewshot_split: fewshot\nfewshot_config:\n"
             f"  sampler: first_n\noutput_type: multiple_choice\n"
-            f"doc_to_text: \"Question: {{{{question}}}}\\nAnswer:\"\ndoc_to_choice: \"{{{{choices}}}}\"\n"
+            f"doc_to_text: \"Question: {text}\\nAnswer:\"\ndoc_to_choice: \"{{{{choices}}}}\"\n"
             f"doc_to_target: answer\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
 
 
@@ -798,6 +813,30 @@ def task_contamination(task: Task, train_texts: Sequence[str], n: int = 13) -> d
     contaminated = [i for i, doc in enumerate(task.docs)
                     if find_contaminated(list(train_texts), [f"{doc['question']} {task.target(doc)}"], n)]
     return {"contaminated": contaminated, "fraction": len(contaminated) / len(task.docs)}
+
+
+JUDGE_TEMPLATE = ("Question: {question}\n\nAnswer A: {first}\n\nAnswer B: {second}\n\n"
+                  "Which answer is right? Reply with the letter A or B.")
+
+
+def judge_verdicts(model: torch.nn.Module, tokenizer, pairs: Sequence[tuple[str, str, str]],
+                   batch_size: int = 32) -> list[str]:
+    """A chat model as a judge: for each ``(question, first, second)``, :data:`JUDGE_TEMPLATE` filled with
+    Chapter 6's :func:`~course_lib.instruct.fill_template` and asked as a user turn of the chat template;
+    the verdict is the letter (``"A"`` or ``"B"``) whose reply the model finds more likely
+    (:func:`choice_log_likelihoods`), so that the judge always answers. Ask each pair twice, the answers
+    swapped, and give both lists to :func:`position_bias`."""
+    from course_lib.instruct import fill_template
+
+    requests = []
+    for question, first, second in pairs:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": fill_template(JUDGE_TEMPLATE, {"question": question, "first": first,
+                                                                        "second": second})}],
+            add_generation_prompt=True, tokenize=False)
+        requests += [encode_pair(tokenizer, prompt, letter) for letter in ("A", "B")]
+    log_likelihoods, _ = _batched_log_likelihoods(model, requests, tokenizer.pad_token_id, batch_size)
+    return ["A" if a >= b else "B" for a, b in zip(log_likelihoods[::2], log_likelihoods[1::2])]
 
 
 CONTAMINATION_VERSION = 1

@@ -378,10 +378,12 @@ MC_DOCS = [{"question": "What is 2 plus 3?", "choices": ["5", "six", "23", "a lo
            {"question": "Is ice cold?", "choices": ["yes", "no"], "answer": 0},
            {"question": "Sort: pear apple", "choices": ["apple pear", "pear apple"], "answer": 0}]
 
-def mc_task(num_fewshot=0):
+def mc_task(num_fewshot=0, doc_to_text="{question}"):
     from course_lib.evaluation import Task
 
-    return Task("course_mc", "multiple_choice", tuple(MC_DOCS), num_fewshot=num_fewshot, fewshot_docs=tuple(MC_DOCS[-2:]))
+    docs = tuple({**d, "topic": f"topic {i}"} for i, d in enumerate(MC_DOCS))
+    return Task("course_mc", "multiple_choice", docs, num_fewshot=num_fewshot, fewshot_docs=docs[-2:],
+                doc_to_text=doc_to_text)
 
 
 def lm_eval_multiple_choice(model, tokenizer, folder: Path, task):
@@ -582,12 +584,14 @@ def test_position_bias_by_hand(student):
 
 
 # -- not graded: the course's harness --------------------------------------------------------------------------
-@pytest.mark.parametrize("num_fewshot", [0, 2])
-def test_run_task_scores_a_multiple_choice_task_as_lm_eval_does(solution_mode, chat_tokenizer, tmp_path, num_fewshot):
+@pytest.mark.parametrize("num_fewshot, doc_to_text", [(0, "{question}"), (2, "{question}"),
+                                                     (2, "On {topic}: {question}")])
+def test_run_task_scores_a_multiple_choice_task_as_lm_eval_does(solution_mode, chat_tokenizer, tmp_path, num_fewshot,
+                                                                doc_to_text):
     from course_lib.evaluation import run_task
 
     model = tiny_llama("cpu", len(chat_tokenizer), seed=8, pad=chat_tokenizer.pad_token_id).eval()
-    task = mc_task(num_fewshot)
+    task = mc_task(num_fewshot, doc_to_text)
     results, samples = lm_eval_multiple_choice(model, chat_tokenizer, tmp_path, task)
     ours = run_task(model, chat_tokenizer, task, batch_size=3)
     for sample, mine in zip(samples, ours["samples"], strict=True):
@@ -627,6 +631,20 @@ def test_the_contamination_experiment_reports_leaked_and_fresh_questions_before_
     assert all(0.0 <= v <= 1.0 for part in ("leaked", "fresh") for v in result[part].values())
     assert result["found"] == 4, "every leaked question is found in the contaminated training rows"
     assert result["training_rows"] > 4 * 2
+
+
+def test_a_judge_gives_a_verdict_per_pair_and_its_position_bias_is_measured(solution_mode, chat_tokenizer):
+    from course_lib.evaluation import JUDGE_TEMPLATE, judge_verdicts, position_bias
+    from course_lib.instruct import template_slots
+
+    assert template_slots(JUDGE_TEMPLATE) == ["question", "first", "second"]
+    model = tiny_llama("cpu", len(chat_tokenizer), seed=9, pad=chat_tokenizer.pad_token_id).eval()
+    pairs = [("What is 2 plus 3?", "5", "6"), ("Reverse lion.", "noil", "lion"), ("Sort: b a", "a b", "b a")]
+    first = judge_verdicts(model, chat_tokenizer, pairs, batch_size=2)
+    swapped = judge_verdicts(model, chat_tokenizer, [(q, b, a) for q, a, b in pairs])
+    assert len(first) == len(swapped) == 3 and set(first + swapped) <= {"A", "B"}
+    bias = position_bias(first, swapped)
+    assert 0.0 <= bias["consistency"] <= 1.0 and 0.0 <= bias["first_position_rate"] <= 1.0
 
 
 def test_leaderboard_table_and_plot_of_a_made_up_board():
