@@ -3,12 +3,12 @@
 Instructor-only: the model answers below must never reach students (nbgrader strips them from the
 notebook it writes; this file is not part of any release).
 
-Every experiment runs the student's own ``evaluation.py``: their perplexity of Chapter 5's model against
+Every experiment runs the student's own ``evaluation.py``: their perplexity of a small Llama against
 ``exp`` of Hugging Face's loss, with the per-batch mean that the seed outline computes beside it, and
 their sliding windows at several strides; their BLEU and chrF against sacreBLEU on a paraphrase and on
 a sentence that copies the reference's words in a meaningless order; the course's benchmark harness
 (which calls their ``choice_log_likelihoods`` and ``multiple_choice_metrics``) against the LM
-Evaluation Harness on the same multiple-choice task, both on Chapter 5's pretrained model; and their kappa, Bradley-Terry and Elo ratings,
+Evaluation Harness on the same multiple-choice task; and their kappa, Bradley-Terry and Elo ratings,
 bootstrap interval and position-bias check on simulated judges. Every call of an exercise goes through
 ``attempt``, so an unfinished or broken exercise is reported and the rest still runs.
 """
@@ -54,10 +54,10 @@ import math
 import random
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging
 
 from course_lib.instruct import chat_tokenizer
-from course_lib.pretraining import pretrained_course_lm
 from course_lib.tasks import pad_batch
 
 logging.set_verbosity_error()
@@ -69,12 +69,21 @@ tokenizer = chat_tokenizer()   # Chapter 1's tokenizer with Chapter 6's chat tem
 PAD = tokenizer.pad_token_id
 
 
-model, _ = pretrained_course_lm(progress=False)   # Chapter 5's model, from the course cache
+def small_llama(seed, initializer_range=0.2):
+    """A small Llama with random weights, drawn wider than usual so that its per-token losses differ."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=256, pad_token_id=PAD,
+                                        initializer_range=initializer_range)).eval()
+
+
+model = small_llama(0)
 '''),
         kit.markdown("about_experiment_perplexity", """
 ## Experiment 1: perplexity, per token and per batch
 
-Chapter 5's pretrained model reads six texts of very different lengths, in batches of two: your
+A small Llama with random weights reads six texts of very different lengths, in batches of two: your
 `corpus_perplexity` (10.1) against `exp`
 of Hugging Face's loss over all the texts' tokens at once, and beside them the mean of the batches'
 perplexities (what the seed outline computes). Then one long text scored by your `sliding_window_nll`
@@ -155,7 +164,7 @@ attempt("tokenize_13a, corpus_bleu and corpus_chrf (10.4-10.6)", bleu)
 The course's harness (`run_task`) scores the first twelve questions of the course's `stdlib_mc` task
 (the right module against three others, of different lengths) with your `choice_log_likelihoods`
 (10.7) and `multiple_choice_metrics` (10.8). The LM Evaluation Harness runs the same task, written as
-one of its YAML tasks, on the same model (Chapter 5's). The cell prints both, and how often `acc` and `acc_norm`
+one of its YAML tasks, on the same model. The cell prints both, and how often `acc` and `acc_norm`
 pick a different answer.
 """),
         kit.code("experiment_choice", r'''
@@ -238,9 +247,11 @@ attempt("cohen_kappa, bradley_terry, elo_ratings, bootstrap_interval, position_b
 ## Written answer 1 ({kit.points(METRIC_POINTS)}, graded by hand)
 
 (a) Use Experiment 1: why does the mean of the batches' perplexities differ from the corpus
-perplexity, and which one changes if you shuffle the texts into other batches? (b) Why does perplexity
-fall as the stride shrinks, and why can two models with different tokenizers not be compared by
-perplexity, but can be by bits per byte? (c) Use Experiment 2: what do BLEU and chrF say about the
+perplexity, and which one changes if you shuffle the texts into other batches? (b) What does the
+stride change in how each token is scored, and why does a trained model's perplexity usually fall as
+the stride shrinks (the book's Figure 1 shows it for the course model; this random one has nothing to
+gain from context)? Why can two models with different tokenizers not be compared by perplexity, but
+can be by bits per byte? (c) Use Experiment 2: what do BLEU and chrF say about the
 paraphrase and the word salad, and what does that tell you about using them to compare chat models?
 """),
         kit.written_answer("answer_metrics", """
