@@ -709,7 +709,7 @@ def run_task(model: torch.nn.Module, tokenizer, task: Task, chat: bool = False, 
     generated text)."""
     from course_lib.instruct import extract_answer
     from course_lib.instruction_data import check_answer
-    from course_lib.sft import generate_answers
+    from course_lib.sft import generate_answers, line_answers
 
     prompts = [task.prompt(doc, tokenizer if chat else None) for doc in task.docs]
     delimiter = "" if chat else " "
@@ -727,12 +727,13 @@ def run_task(model: torch.nn.Module, tokenizer, task: Task, chat: bool = False, 
                 per_doc.setdefault(metric, []).append(value)
             samples.append({"prompt": prompt, "log_likelihoods": doc_lls, "answer": doc["answer"], **scores})
     else:
-        newline = sorted(i for token, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
-        prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        texts = generate_answers(model, tokenizer, prompt_ids, task.max_new_tokens, batch_size,
-                                 stop_ids=None if chat else [tokenizer.eos_token_id, *newline])
-        for prompt, doc, text in zip(prompts, task.docs, texts):
-            answer = extract_answer(text)
+        if chat:   # the answer ends with the assistant's turn
+            answers = [extract_answer(t) for t in generate_answers(
+                model, tokenizer, [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
+                task.max_new_tokens, batch_size)]
+        else:
+            answers = line_answers(model, tokenizer, prompts, task.max_new_tokens, batch_size)
+        for prompt, doc, answer in zip(prompts, task.docs, answers):
             right = float(check_answer(doc["family"], doc, answer))
             per_doc.setdefault("exact_match", []).append(right)
             samples.append({"prompt": prompt, "generated": answer, "answer": doc["answer"], "exact_match": right})

@@ -815,6 +815,12 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
     return torch.tensor(out)
 
 
+def line_stop_ids(tokenizer) -> list[int]:
+    """Where a one-line answer ends: the end-of-text token, then every token whose text holds a newline
+    (ascending): the ``stop_ids`` of a generation that :func:`extract_answer` reads."""
+    return [tokenizer.eos_token_id] + [i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])]
+
+
 @torch.no_grad()
 def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 16
                        ) -> list[str]:
@@ -825,7 +831,7 @@ def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens:
     from course_lib.tasks import pad_batch
 
     device = next(model.parameters()).device
-    stops = [tokenizer.eos_token_id] + [i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])]
+    stops = line_stop_ids(tokenizer)
     texts = []
     for start in range(0, len(prompts), batch_size):
         ids, mask = pad_batch([tokenizer(p, add_special_tokens=False)["input_ids"]

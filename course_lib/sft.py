@@ -582,14 +582,20 @@ def few_shot_accuracy(model: nn.Module, tokenizer, rows: Sequence[dict], shot_ro
     """A pretrained model's accuracy per family with ``k``-shot prompts (:func:`few_shot_prompts`): its
     greedy continuation up to the first newline (Chapter 6's :func:`~course_lib.instruct.extract_answer`)
     is its answer. Returns ``(accuracy, answers)``."""
-    from course_lib.instruct import extract_answer
-
-    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in few_shot_prompts(rows, shot_rows, k, seed)]
-    newline = [i for token, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i])]
-    texts = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size,
-                             stop_ids=[tokenizer.eos_token_id, *sorted(newline)])
-    answers = [extract_answer(t) for t in texts]
+    answers = line_answers(model, tokenizer, few_shot_prompts(rows, shot_rows, k, seed), max_new_tokens, batch_size)
     return accuracy_by_family(rows, answers), answers
+
+
+def line_answers(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16,
+                 batch_size: int = 32) -> list[str]:
+    """A model's one-line answer to each text prompt (a few-shot prompt, say): its greedy continuation
+    (:func:`generate_answers`, stopping at Chapter 6's :func:`~course_lib.instruct.line_stop_ids`) read
+    by :func:`~course_lib.instruct.extract_answer`."""
+    from course_lib.instruct import extract_answer, line_stop_ids
+
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    texts = generate_answers(model, tokenizer, ids, max_new_tokens, batch_size, stop_ids=line_stop_ids(tokenizer))
+    return [extract_answer(t) for t in texts]
 
 
 # -- run configurations --------------------------------------------------------------------------------
