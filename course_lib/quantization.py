@@ -32,7 +32,6 @@ Conventions used by every exercise of this chapter:
 from __future__ import annotations
 
 import copy
-import math
 import random
 from typing import Sequence
 

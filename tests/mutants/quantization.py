@@ -5,7 +5,6 @@ Each variant changes one thing in an otherwise correct implementation (the helpe
 correct parts they share), so that the test that catches it catches that mistake.
 """
 
-import math
 
 import torch
 
