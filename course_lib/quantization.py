@@ -39,7 +39,7 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F                  # F.linear and unpack_nibbles: for QuantizedLinear.forward (11.6)
 from torch import nn
 
 from course_lib.checks import check_tensor
