@@ -35,7 +35,8 @@ MODES = ("student", "solution")
 
 # Chapter modules in teaching order; a chapter's exercise ids start with its index here.
 CHAPTER_MODULES: tuple[str, ...] = ("numerics", "tokenization", "attention", "transformer", "generation",
-                                     "pretraining", "instruct", "sft", "lora", "alignment", "evaluation")
+                                     "pretraining", "instruct", "sft", "lora", "alignment", "evaluation",
+                                     "quantization")
 
 
 @dataclass(frozen=True)
