@@ -328,4 +328,191 @@ def test_dequantize_q4_k_matches_gguf(student):
         assert_same_values(student.dequantize_q4_k(data), gguf_values(data, "Q4_K"), f"dequantize_q4_k of {what}",
                            hint="(d * sc) * q - dmin * m; check the 6-bit unpacking of sub-blocks 4-7 and the nibble runs")
         assert_unchanged(data, before, what="data")
+
+# -- not graded: the block table and the .gguf export (need the reference solutions) -------------------------------
+def test_the_block_table_is_gguf_table():
+    gguf = pytest.importorskip("gguf")
+    from course_lib.quantization import GGUF_BLOCK_TYPES, gguf_bits_per_weight
+
+    for name, sizes in GGUF_BLOCK_TYPES.items():
+        assert sizes == gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]], name
+    assert [gguf_bits_per_weight(t) for t in ("F32", "F16", "Q8_0", "Q4_0", "Q4_K")] == [32, 16, 8.5, 4.5, 4.5]
+
+
+GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K")
+
+
+def export_model(vocab: int, tokenizer):
+    """A Llama-style course model whose rows fit every block type but the down projection's (272 values: whole
+    Q4_K super-blocks in no row, whole 32-blocks in none of down_proj's)."""
+    return tiny_course_lm("cpu", vocab, seed=3, hidden_size=256, intermediate_size=272, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(chat_tokenizer, tmp_path_factory):
+    """``(model, folder)``: the model written once per block type to ``folder / f"course-{type}.gguf"``."""
+    pytest.importorskip("gguf")
+    from tests.test_generation import reference_mode
+
+    def make():
+        folder = tmp_path_factory.mktemp("gguf")
+        with reference_mode():
+            from course_lib.quantization import write_gguf
+
+            model = export_model(len(chat_tokenizer), chat_tokenizer)
+            for qtype in GGUF_TYPES:
+                write_gguf(model, chat_tokenizer, folder / f"course-{qtype}.gguf", qtype)
+        return model, folder
+
+    return memo("gguf export", make)
+
+
+def expected_tensors(model, qtype):
+    """{gguf name: (type name, logical shape, bytes)} that write_gguf must store."""
+    from course_lib.quantization import _gguf_tensor_name, llama_cpp_permute, quantize_gguf_tensor
+
+    config, out = model.config, {}
+    for name, weight in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            weight = llama_cpp_permute(weight, config.num_attention_heads if "q_proj" in name else config.num_key_value_heads)
+        kind, data = quantize_gguf_tensor(weight, qtype)
+        out[_gguf_tensor_name(name)] = (kind, tuple(weight.shape), data.contiguous().view(torch.uint8).flatten())
+    return out
+
+
+@pytest.mark.parametrize("qtype", GGUF_TYPES)
+def test_gguf_reader_reads_back_metadata_types_and_the_quantizers_bytes(solution_mode, exported, chat_tokenizer, qtype):
+    from gguf import GGUFReader
+
+    model, folder = exported
+    reader = GGUFReader(folder / f"course-{qtype}.gguf")
+    config = model.config
+
+    def field(key):
+        return reader.get_field(key).contents()
+
+    assert field("general.architecture") == "llama"
+    expected = {"llama.context_length": config.max_position_embeddings, "llama.embedding_length": 256,
+                "llama.block_count": 2, "llama.feed_forward_length": 272, "llama.attention.head_count": 4,
+                "llama.attention.head_count_kv": 2, "llama.rope.dimension_count": 64, "llama.vocab_size": 4096,
+                "general.file_type": {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K": 15}[qtype],
+                "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.bos_token_id": chat_tokenizer.bos_token_id,
+                "tokenizer.ggml.eos_token_id": chat_tokenizer.eos_token_id,
+                "tokenizer.ggml.padding_token_id": chat_tokenizer.pad_token_id}
+    for key, value in expected.items():
+        assert field(key) == value, key
+    assert field("llama.rope.freq_base") == pytest.approx(config.rope_theta)
+    assert field("llama.attention.layer_norm_rms_epsilon") == pytest.approx(config.norm_eps)
+    tokens = field("tokenizer.ggml.tokens")
+    assert len(tokens) == 4096 and tokens[chat_tokenizer.eos_token_id] == chat_tokenizer.eos_token
+    assert field("tokenizer.ggml.token_type")[chat_tokenizer.eos_token_id] == 3       # control
+    assert "{%- generation -%}" not in field("tokenizer.chat_template")
+
+    want = expected_tensors(model, qtype)
+    got = {t.name: t for t in reader.tensors}
+    assert set(got) == set(want), "tied embeddings: no output.weight"
+    for name, (kind, shape, data) in want.items():
+        tensor = got[name]
+        assert tensor.tensor_type.name == kind, name
+        assert tuple(int(n) for n in reversed(tensor.shape)) == shape, name      # GGUF lists the row length first
+        assert torch.equal(torch.from_numpy(np.asarray(tensor.data).copy()).view(torch.uint8).flatten(), data), name
+    kinds = {name: got[name].tensor_type.name for name in ("blk.0.attn_norm.weight", "blk.0.ffn_down.weight",
+                                                            "blk.0.ffn_up.weight", "token_embd.weight")}
+    fallback = "F32" if qtype == "F32" else "F16"
+    assert kinds == {"blk.0.attn_norm.weight": "F32", "blk.0.ffn_down.weight": fallback,
+                     "blk.0.ffn_up.weight": qtype, "token_embd.weight": qtype}
+
+
+# the largest logit change over the largest logit, measured on three seeds of this model: F32 3.8e-7, F16 4.3e-4,
+# Q8_0 1.1e-2, Q4_0 0.20, Q4_K 0.17 (a random model's logits are small: 4 bits move them visibly)
+GGUF_LOGIT_TOLERANCE = {"F32": 1e-5, "F16": 2e-3, "Q8_0": 3e-2, "Q4_0": 0.4, "Q4_K": 0.4}
+
+
+@pytest.mark.parametrize("qtype", GGUF_TYPES)
+def test_transformers_loads_the_gguf_file(solution_mode, exported, chat_tokenizer, qtype):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    from course_lib.language_model import to_llama
+
+    model, folder = exported
+    logging.set_verbosity_error()
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=f"course-{qtype}.gguf").eval()
+    ids = torch.tensor([chat_tokenizer("The quick brown fox jumps over the lazy dog, 12 times.")["input_ids"]])
+    # the weights the file holds, dequantized by the reference: transformers must compute exactly with them
+    held = to_llama(model)
+    dequantize = {"Q8_0": "dequantize_q8_0", "Q4_0": "dequantize_q4_0", "Q4_K": "dequantize_q4_k"}
+    import solutions.quantization as reference
+    from course_lib.quantization import quantize_gguf_tensor
+
+    state = held.state_dict()
+    for name, weight in state.items():
+        kind, data = quantize_gguf_tensor(weight, qtype)
+        state[name] = getattr(reference, dequantize[kind])(data) if kind in dequantize else data.float()
+    held.load_state_dict(state)
+    with torch.no_grad():
+        original, expected, got = model(ids).logits, held(ids).logits, loaded(ids).logits
+    assert_close(got, expected, what=f"logits of the {qtype} file loaded by transformers", rtol=0, atol=2e-5)
+    drift = float((got - original).abs().max() / original.abs().max())
+    assert drift <= GGUF_LOGIT_TOLERANCE[qtype], f"{qtype}: logits moved by {drift:.3g} of their largest magnitude"
+
+
+def test_the_gguf_tokenizer_encodes_as_the_course_tokenizer(solution_mode, exported, chat_tokenizer):
+    from transformers import AutoTokenizer
+
+    _, folder = exported
+    loaded = AutoTokenizer.from_pretrained(folder, gguf_file="course-Q8_0.gguf")
+    assert len(loaded) == len(chat_tokenizer)
+    assert (loaded.bos_token, loaded.eos_token, loaded.pad_token) == (
+        chat_tokenizer.bos_token, chat_tokenizer.eos_token, chat_tokenizer.pad_token)
+    for text in ["The quick brown fox jumps over the lazy dog, 12 times.", "  two  spaces\n\nand\ttabs ",
+                 "it's 3.14 -- isn't it?", "ünïcödé 和 中文 🙂", "<|im_start|>user\nhi<|im_end|><|endoftext|>"]:
+        assert loaded(text)["input_ids"] == chat_tokenizer(text)["input_ids"], text
+    messages = [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5"}]
+    assert loaded.apply_chat_template(messages, tokenize=False) == chat_tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+LLAMA_CPP_BINARIES = ("llama-completion", "llama-simple", "llama-cli")
+
+
+@pytest.mark.llamacpp
+def test_llama_cpp_runs_the_gguf_file(solution_mode, exported):
+    binary = next((b for b in LLAMA_CPP_BINARIES if shutil.which(b)), None)
+    if binary is None:
+        pytest.skip(f"no llama.cpp binary ({', '.join(LLAMA_CPP_BINARIES)}) on PATH")
+    _, folder = exported
+    path = folder / "course-Q8_0.gguf"
+    if binary == "llama-simple":
+        command = [binary, "-m", str(path), "-n", "8", "Once upon a time"]
+    else:
+        command = [binary, "-m", str(path), "-p", "Once upon a time", "-n", "8", "--temp", "0", "-no-cnv"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Once upon a time" in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("call, error, name", [
+    (lambda q: q.quantize_q8_0(torch.ones(33)), ValueError, "x"),
+    (lambda q: q.quantize_q8_0(torch.ones(32, dtype=torch.int64)), TypeError, "x"),
+    (lambda q: q.quantize_q8_0([1.0] * 32), TypeError, "x"),
+    (lambda q: q.quantize_q4_0(torch.full((32,), float("nan"))), ValueError, "finite"),
+    (lambda q: q.quantize_q4_0(torch.ones(0)), ValueError, "x"),
+    (lambda q: q.quantize_q4_k(torch.ones(2, 128)), ValueError, "256"),
+    (lambda q: q.dequantize_q8_0(torch.zeros(33, dtype=torch.uint8)), ValueError, "data"),
+    (lambda q: q.dequantize_q8_0(torch.zeros(34)), TypeError, "data"),
+    (lambda q: q.dequantize_q4_0(torch.zeros(2, 17, dtype=torch.uint8)), ValueError, "18"),
+    (lambda q: q.dequantize_q4_k(torch.zeros(145, dtype=torch.uint8)), ValueError, "144"),
+    (lambda q: q.gguf_bits_per_weight("Q3_K"), ValueError, "qtype"),
+    (lambda q: q.quantize_gguf_tensor(torch.ones(2, 32), "Q5_0"), ValueError, "qtype"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_input_gets_an_error_naming_the_argument(solution_mode, call, error, name):
+    from course_lib import quantization
+
+    with pytest.raises(error, match=name):
+        call(quantization)
 # == end of part B ==
