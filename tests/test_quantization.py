@@ -53,6 +53,7 @@ runs it (marked ``llamacpp``: skipped without a llama.cpp binary on PATH); bad i
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -481,6 +482,8 @@ LLAMA_CPP_BINARIES = ("llama-completion", "llama-simple", "llama-cli")
 
 @pytest.mark.llamacpp
 def test_llama_cpp_runs_the_gguf_file(solution_mode, exported):
+    from course_lib.quantization import LLAMA_CPP_COMMAND
+
     binary = next((b for b in LLAMA_CPP_BINARIES if shutil.which(b)), None)
     if binary is None:
         pytest.skip(f"no llama.cpp binary ({', '.join(LLAMA_CPP_BINARIES)}) on PATH")
@@ -488,8 +491,9 @@ def test_llama_cpp_runs_the_gguf_file(solution_mode, exported):
     path = folder / "course-Q8_0.gguf"
     if binary == "llama-simple":
         command = [binary, "-m", str(path), "-n", "8", "Once upon a time"]
-    else:
-        command = [binary, "-m", str(path), "-p", "Once upon a time", "-n", "8", "--temp", "0", "-no-cnv"]
+    else:   # the command the chapter tells a reader to run, with a shorter generation
+        command = [binary, *shlex.split(LLAMA_CPP_COMMAND.format(path=shlex.quote(str(path)), prompt="Once upon a time"))[1:]]
+        command[command.index("-n") + 1] = "8"
     run = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
