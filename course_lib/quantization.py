@@ -1220,3 +1220,99 @@ def calibration_data(n: int = 128, seq_len: int = 512, seed: int = 0, tokenizer=
         start = rng.randint(0, len(ids) - seq_len)
         rows.append(ids[start:start + seq_len])
     return torch.tensor(rows, dtype=torch.long)
+
+
+# -- what each method costs the course model (implemented) --------------------------------------------------
+GGUF_DEQUANTIZERS = {"Q8_0": "dequantize_q8_0", "Q4_0": "dequantize_q4_0", "Q4_K": "dequantize_q4_k"}
+SWEEP_VERSION = 1
+SWEEP_BITS = {"rtn": (8, 4, 3, 2), "gptq": (4, 3, 2), "awq": (4, 3, 2)}   # method -> bit widths
+SWEEP_GGUF = ("Q8_0", "Q4_K", "Q4_0")
+SWEEP_GROUP_SIZE = 32
+SWEEP_CALIBRATION = {"n": 32, "seq_len": 128, "seed": 0}                 # 4,096 tokens of the training split
+
+
+def gguf_round_trip(weight: torch.Tensor, qtype: str) -> torch.Tensor:
+    """``weight`` stored as :func:`write_gguf` stores it in a ``qtype`` file and read back, float32 (a
+    matrix whose rows are not whole blocks comes back from float16)."""
+    kind, data = quantize_gguf_tensor(weight, qtype)
+    if kind in ("F32", "F16"):
+        return data.float()
+    return globals()[GGUF_DEQUANTIZERS[kind]](data)
+
+
+def gguf_quantize_model(model: nn.Module, qtype: str) -> nn.Module:
+    """A fake-quantized copy of a course model whose decoder's linear layers hold their ``qtype`` round
+    trip (:func:`gguf_round_trip`); embeddings, norms and output layer kept, as :func:`quantize_model` does."""
+    quantized = copy.deepcopy(model).eval()
+    for block in quantized.model.layers:
+        for linear in block_linears(block).values():
+            linear.weight.data = gguf_round_trip(linear.weight.detach(), qtype).to(linear.weight.dtype)
+    return quantized
+
+
+def linear_bits_per_weight(model: nn.Module, method: str, bits: int | None = None,
+                           group_size: int | None = SWEEP_GROUP_SIZE) -> float:
+    """What a weight of the decoder's linear layers costs, scales included, averaged over their weights.
+
+    ``method`` a GGUF type (``"Q4_0"``...): :func:`gguf_bits_per_weight`, 16 for a matrix whose rows are not
+    whole blocks (stored as float16). Otherwise ``bits`` plus, per group of :func:`layer_group_size`
+    columns, a float16 scale and a ``bits``-wide zero point, as GPTQ and AWQ checkpoints store them."""
+    total_bits = total = 0
+    for block in model.model.layers:
+        for linear in block_linears(block).values():
+            rows, cols = linear.weight.shape
+            if method in GGUF_BLOCK_TYPES:
+                per_weight = gguf_bits_per_weight(method) if cols % GGUF_BLOCK_TYPES[method][0] == 0 else 16.0
+            else:
+                per_weight = bits + (16 + bits) / (layer_group_size(group_size, cols) or cols)
+            total_bits += per_weight * rows * cols
+            total += rows * cols
+    return total_bits / total
+
+
+def quantization_sweep(size: str = "cpu", progress: bool = False) -> dict:
+    """The course's pretrained model quantized by every method of :data:`SWEEP_BITS` at each of its bit
+    widths (groups of :data:`SWEEP_GROUP_SIZE`, GPTQ and AWQ calibrated on :data:`SWEEP_CALIBRATION`) and
+    in each GGUF type of :data:`SWEEP_GGUF`, each scored on the test corpus (Chapter 10's
+    :func:`~course_lib.evaluation.corpus_scores`, windows of 128 tokens without overlap). Computed once
+    and cached in the course cache, keyed by the model's folder and the code that quantizes and scores.
+
+    Returns ``{"rows": [{"method", "bits", "bits_per_weight", "perplexity", "bits_per_byte", "seconds"}],
+    "group_size", "calibration_tokens"}``: the float model first (``"method": "float32"``), ``seconds`` the
+    CPU time the quantization took."""
+    import json
+    import time
+
+    from course_lib.cache import building, cache_entry, cache_key, read_json, write_atomic
+    from course_lib.evaluation import corpus_scores
+    from course_lib.pretraining import implementation_key, pretrained_course_lm, pretrained_model_dir
+
+    key = cache_key(SWEEP_VERSION, pretrained_model_dir(size).name, SWEEP_BITS, SWEEP_GGUF, SWEEP_GROUP_SIZE,
+                    SWEEP_CALIBRATION, implementation_key(("lora", "evaluation", "quantization")))
+    path = cache_entry("quantization", f"sweep-{size}-{key}.json")
+    with building(path):
+        result = read_json(path)
+        if result is None:
+            model, tokenizer = pretrained_course_lm(size, progress=progress)
+            calibration = list(calibration_data(**SWEEP_CALIBRATION, tokenizer=tokenizer).split(8))
+
+            def row(method, bits, quantized, seconds):
+                scores = corpus_scores(quantized, tokenizer, stride=128)
+                bits_per_weight = 32.0 if quantized is model else linear_bits_per_weight(model, method, bits)
+                return {"method": method, "bits": bits, "bits_per_weight": bits_per_weight, "seconds": seconds,
+                        "perplexity": scores["perplexity"], "bits_per_byte": scores["bits_per_byte"]}
+
+            rows = [row("float32", 32, model, 0.0)]
+            for method, widths in SWEEP_BITS.items():
+                for bits in widths:
+                    started = time.process_time()
+                    quantized = quantize_model(model, method, bits, SWEEP_GROUP_SIZE, calibration)
+                    rows.append(row(method, bits, quantized, time.process_time() - started))
+            for qtype in SWEEP_GGUF:
+                started = time.process_time()
+                quantized = gguf_quantize_model(model, qtype)
+                rows.append(row(qtype, None, quantized, time.process_time() - started))
+            result = {"rows": rows, "group_size": SWEEP_GROUP_SIZE,
+                      "calibration_tokens": SWEEP_CALIBRATION["n"] * SWEEP_CALIBRATION["seq_len"]}
+            write_atomic(path, json.dumps(result))
+    return result
