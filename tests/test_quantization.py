@@ -13,10 +13,11 @@ checked against its stated rule, written out here from llama.cpp's ``quantize_ro
 min/max choice of scales in place of ``make_qkx2_quants``, and its bytes are read back by gguf.
 
 GPTQ and AWQ (11.13-11.15): ``auto-gptq`` 0.7.1's ``GPTQ.add_batch`` and ``GPTQ.fasterquant``
-with its ``Quantizer`` (its two files loaded by path: the package does not import on transformers 5),
-and ``autoawq`` 0.2.7.post3's ``AwqQuantizer._search_best_scale`` (with ``_compute_best_scale`` and
-``pseudo_quantize_tensor``) on the same layer and inputs; a brute-force optimal-brain-surgeon update in
-float64 written out below; round to nearest on the same grid.
+with its ``Quantizer`` (its two files loaded by path by ``tests/auto_gptq_reference.py``: the package
+does not import on transformers 5), and ``autoawq`` 0.2.7.post3's ``AwqQuantizer._search_best_scale``
+(with ``_compute_best_scale`` and ``pseudo_quantize_tensor``) on the same layer and inputs; a
+brute-force optimal-brain-surgeon update in float64 written out below; round to nearest on the same
+grid.
 
 Each exercise's contract (its docstring), clause by clause, with the public tests that check it
 (``test_`` dropped).
@@ -140,8 +141,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -151,6 +150,7 @@ import torch
 import torch.nn.functional as F
 
 from grading.expect import assert_close, assert_unchanged
+from tests.auto_gptq_reference import INSTALL_HINT as AUTO_GPTQ_INSTALL_HINT, load_auto_gptq_gptq
 from tests.test_generation import solution_mode  # noqa: F401  (a fixture)
 from tests.test_sft import chat_tokenizer, memo, tiny_course_lm  # noqa: F401  (chat_tokenizer: a fixture)
 
@@ -1055,23 +1055,12 @@ def test_bad_input_to_the_gguf_blocks_gets_an_error_naming_the_argument(solution
 
 
 def auto_gptq_gptq():
-    """``auto_gptq/quantization/gptq.py`` (with its ``quantizer.py``), loaded by path: auto-gptq 0.7.1
-    does not import as a package on transformers 5, but these two files run on CPU."""
-    if "_auto_gptq_reference.gptq" in sys.modules:
-        return sys.modules["_auto_gptq_reference.gptq"]
-    spec = importlib.util.find_spec("auto_gptq")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs auto-gptq (pip install --no-deps auto-gptq==0.7.1)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "quantization"
-    package = types.ModuleType("_auto_gptq_reference")
-    package.__path__ = [str(folder)]
-    sys.modules["_auto_gptq_reference"] = package
-    for name in ("quantizer", "gptq"):
-        file_spec = importlib.util.spec_from_file_location(f"_auto_gptq_reference.{name}", folder / f"{name}.py")
-        module = importlib.util.module_from_spec(file_spec)
-        sys.modules[file_spec.name] = module
-        file_spec.loader.exec_module(module)
-    return sys.modules["_auto_gptq_reference.gptq"]
+    """``auto_gptq/quantization/gptq.py`` (with its ``quantizer.py``), loaded by path
+    (:mod:`tests.auto_gptq_reference`); the test is skipped where auto-gptq is not installed."""
+    module = load_auto_gptq_gptq()
+    if module is None:
+        pytest.skip(f"needs auto-gptq ({AUTO_GPTQ_INSTALL_HINT})")
+    return module
 
 
 def auto_gptq_hessian(inputs):
