@@ -1225,10 +1225,14 @@ def calibration_data(n: int = 128, seq_len: int = 512, seed: int = 0, tokenizer=
 # -- what each method costs the course model (implemented) --------------------------------------------------
 GGUF_DEQUANTIZERS = {"Q8_0": "dequantize_q8_0", "Q4_0": "dequantize_q4_0", "Q4_K": "dequantize_q4_k"}
 SWEEP_VERSION = 1
-SWEEP_BITS = {"rtn": (8, 4, 3, 2), "gptq": (4, 3, 2), "awq": (4, 3, 2)}   # method -> bit widths
-SWEEP_GGUF = ("Q8_0", "Q4_K", "Q4_0")
 SWEEP_GROUP_SIZE = 32
-SWEEP_CALIBRATION = {"n": 32, "seq_len": 128, "seed": 0}                 # 4,096 tokens of the training split
+# (method, bits, group size): RTN, GPTQ and AWQ at 4, 3 and 2 bits in groups of 32 and at 2 bits per output
+# channel (where they differ most), RTN at 8 bits
+SWEEP_SETTINGS = (("rtn", 8, SWEEP_GROUP_SIZE),
+                  *((method, bits, SWEEP_GROUP_SIZE) for bits in (4, 3, 2) for method in QUANTIZE_METHODS),
+                  *((method, 2, None) for method in QUANTIZE_METHODS))
+SWEEP_GGUF = ("Q8_0", "Q4_K", "Q4_0")
+SWEEP_CALIBRATION = {"n": 16, "seq_len": 128, "seed": 0}                 # 2,048 tokens of the training split
 
 
 def gguf_round_trip(weight: torch.Tensor, qtype: str) -> torch.Tensor:
@@ -1271,15 +1275,14 @@ def linear_bits_per_weight(model: nn.Module, method: str, bits: int | None = Non
 
 
 def quantization_sweep(size: str = "cpu", progress: bool = False) -> dict:
-    """The course's pretrained model quantized by every method of :data:`SWEEP_BITS` at each of its bit
-    widths (groups of :data:`SWEEP_GROUP_SIZE`, GPTQ and AWQ calibrated on :data:`SWEEP_CALIBRATION`) and
-    in each GGUF type of :data:`SWEEP_GGUF`, each scored on the test corpus (Chapter 10's
+    """The course's pretrained model quantized with each setting of :data:`SWEEP_SETTINGS` (GPTQ and AWQ
+    calibrated on :data:`SWEEP_CALIBRATION`) and in each GGUF type of :data:`SWEEP_GGUF`, each scored on the test corpus (Chapter 10's
     :func:`~course_lib.evaluation.corpus_scores`, windows of 128 tokens without overlap). Computed once
     and cached in the course cache, keyed by the model's folder and the code that quantizes and scores.
 
-    Returns ``{"rows": [{"method", "bits", "bits_per_weight", "perplexity", "bits_per_byte", "seconds"}],
-    "group_size", "calibration_tokens"}``: the float model first (``"method": "float32"``), ``seconds`` the
-    CPU time the quantization took."""
+    Returns ``{"rows": [{"method", "bits", "group_size", "bits_per_weight", "perplexity", "bits_per_byte",
+    "seconds"}], "calibration_tokens"}``: the float model first (``"method": "float32"``), ``seconds`` the
+    CPU time the quantization took (``group_size`` ``None``: per output channel)."""
     import json
     import time
 
@@ -1287,8 +1290,7 @@ def quantization_sweep(size: str = "cpu", progress: bool = False) -> dict:
     from course_lib.evaluation import corpus_scores
     from course_lib.pretraining import implementation_key, pretrained_course_lm, pretrained_model_dir
 
-    key = cache_key(SWEEP_VERSION, pretrained_model_dir(size).name, SWEEP_BITS, SWEEP_GGUF, SWEEP_GROUP_SIZE,
-                    SWEEP_CALIBRATION, implementation_key(("lora", "evaluation", "quantization")))
+    key = cache_key(SWEEP_VERSION, pretrained_model_dir(size).name, SWEEP_SETTINGS, SWEEP_GGUF, SWEEP_CALIBRATION, implementation_key(("lora", "evaluation", "quantization")))
     path = cache_entry("quantization", f"sweep-{size}-{key}.json")
     with building(path):
         result = read_json(path)
@@ -1296,23 +1298,22 @@ def quantization_sweep(size: str = "cpu", progress: bool = False) -> dict:
             model, tokenizer = pretrained_course_lm(size, progress=progress)
             calibration = list(calibration_data(**SWEEP_CALIBRATION, tokenizer=tokenizer).split(8))
 
-            def row(method, bits, quantized, seconds):
+            def row(method, bits, group_size, quantized, seconds):
                 scores = corpus_scores(quantized, tokenizer, stride=128)
-                bits_per_weight = 32.0 if quantized is model else linear_bits_per_weight(model, method, bits)
-                return {"method": method, "bits": bits, "bits_per_weight": bits_per_weight, "seconds": seconds,
-                        "perplexity": scores["perplexity"], "bits_per_byte": scores["bits_per_byte"]}
+                bits_per_weight = (32.0 if quantized is model
+                                   else linear_bits_per_weight(model, method, bits, group_size))
+                return {"method": method, "bits": bits, "group_size": group_size, "bits_per_weight": bits_per_weight,
+                        "seconds": seconds, "perplexity": scores["perplexity"], "bits_per_byte": scores["bits_per_byte"]}
 
-            rows = [row("float32", 32, model, 0.0)]
-            for method, widths in SWEEP_BITS.items():
-                for bits in widths:
-                    started = time.process_time()
-                    quantized = quantize_model(model, method, bits, SWEEP_GROUP_SIZE, calibration)
-                    rows.append(row(method, bits, quantized, time.process_time() - started))
+            rows = [row("float32", 32, None, model, 0.0)]
+            for method, bits, group_size in SWEEP_SETTINGS:
+                started = time.process_time()
+                quantized = quantize_model(model, method, bits, group_size, calibration)
+                rows.append(row(method, bits, group_size, quantized, time.process_time() - started))
             for qtype in SWEEP_GGUF:
                 started = time.process_time()
                 quantized = gguf_quantize_model(model, qtype)
-                rows.append(row(qtype, None, quantized, time.process_time() - started))
-            result = {"rows": rows, "group_size": SWEEP_GROUP_SIZE,
-                      "calibration_tokens": SWEEP_CALIBRATION["n"] * SWEEP_CALIBRATION["seq_len"]}
+                rows.append(row(qtype, None, GGUF_BLOCK_TYPES[qtype][0], quantized, time.process_time() - started))
+            result = {"rows": rows, "calibration_tokens": SWEEP_CALIBRATION["n"] * SWEEP_CALIBRATION["seq_len"]}
             write_atomic(path, json.dumps(result))
     return result
