@@ -10,7 +10,7 @@
 # Runs with the machine's own python (no venv, no registry): the packages that machine lacks come as
 # wheels in .gpu-wheels/, installed first into /tmp/course-site. Make them on a machine with the registry:
 #   EXTRA="datasketch lm-eval evaluate more-itertools pytablewriter mbstrdecoder pathvalidate tabledata tcolorpy
-#          typepy dataproperty chardet rouge-score nltk defusedxml" bash ../shared/gpu/wheels.sh
+#          typepy dataproperty chardet rouge-score nltk defusedxml autoawq==0.2.7.post3" bash ../shared/gpu/wheels.sh
 #   python3 -m pip wheel -q --no-deps -w .gpu-wheels sqlitedict word2number   # lm-eval's two sdist-only needs
 #   bash scripts/gpu_check.sh              on the GPU machine (or ./course gpu-check)
 #   bash scripts/gpu_check.sh --dry-run    anywhere: what it would run, each step's time limit, and

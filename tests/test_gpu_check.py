@@ -19,7 +19,10 @@ KIT = ["bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl", "trl-1.16.0-py3
        "typepy-2.0.0-py3-none-any.whl", "dataproperty-1.1.1-py3-none-any.whl",
        "chardet-7.7.0-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
        "rouge_score-0.0.4-py2.py3-none-any.whl", "nltk-3.10.4-py3-none-any.whl", "defusedxml-0.7.1-py2.py3-none-any.whl",
-       "sqlitedict-2.1.0-py3-none-any.whl", "word2number-1.1-py3-none-any.whl"]
+       "sqlitedict-2.1.0-py3-none-any.whl", "word2number-1.1-py3-none-any.whl",
+       # Chapter 11's AWQ reference (EXTRA=autoawq; auto-gptq has no wheel for that machine's Python 3.12, so
+       # the GPTQ comparisons skip there)
+       "autoawq-0.2.7.post3-py3-none-any.whl"]
 
 
 def gpu_imports(wheels: Path) -> subprocess.CompletedProcess:
