@@ -1006,14 +1006,21 @@ def quantize_model(model: nn.Module, target_modules: str | Sequence[str], *, blo
     """Replace every ``nn.Linear`` of ``model`` whose name matches ``target_modules`` (:func:`target_matches`)
     by an :class:`NF4Linear` (:meth:`NF4Linear.from_linear`), in place, and freeze the model: the frozen
     base of QLoRA. Returns ``model``."""
+    replace_linear_layers(model, target_modules, lambda linear: NF4Linear.from_linear(
+        linear, blocksize=blocksize, double_quant=double_quant, compute_dtype=compute_dtype))
+    return model.requires_grad_(False)
+
+
+def replace_linear_layers(model: nn.Module, target_modules: str | Sequence[str], make) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` whose name matches ``target_modules`` (:func:`target_matches`)
+    by ``make(linear)``, in place; refuse targets that match none. Returns ``model``."""
     names = [name for name, module in model.named_modules()
              if isinstance(module, nn.Linear) and target_matches(name, target_modules)]
     if not names:
         raise ValueError(f"target_modules {target_modules!r} match no nn.Linear of the model")
     for name in names:
-        replace_module(model, name, NF4Linear.from_linear(model.get_submodule(name), blocksize=blocksize,
-                                                          double_quant=double_quant, compute_dtype=compute_dtype))
-    return model.requires_grad_(False)
+        replace_module(model, name, make(model.get_submodule(name)))
+    return model
 
 
 # -- 8.16 memory ------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ from torch import nn
 
 from course_lib.checks import check_tensor
 from course_lib.exercises import exercise
-from course_lib.lora import pack_nibbles, replace_module, target_matches, unpack_nibbles
+from course_lib.lora import pack_nibbles, replace_linear_layers, unpack_nibbles
 
 
 GRANULARITIES = ("tensor", "channel", "group")
@@ -432,14 +432,8 @@ def quantize_linear_layers(model: nn.Module, target_modules: str | Sequence[str]
     """Replace every ``nn.Linear`` of ``model`` whose name matches ``target_modules`` (Chapter 8's
     ``target_matches``) by a :class:`QuantizedLinear` (:meth:`QuantizedLinear.from_linear`), in place.
     Returns ``model``."""
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and target_matches(name, target_modules)]
-    if not names:
-        raise ValueError(f"target_modules {target_modules!r} match no nn.Linear of the model")
-    for name in names:
-        replace_module(model, name, QuantizedLinear.from_linear(model.get_submodule(name), bits=bits,
-                                                                group_size=group_size, symmetric=symmetric))
-    return model
+    return replace_linear_layers(model, target_modules, lambda linear: QuantizedLinear.from_linear(
+        linear, bits=bits, group_size=group_size, symmetric=symmetric))
 
 
 def run_quantized_linear(layer_class: type, buffers: dict[str, torch.Tensor], in_features: int, out_features: int,
