@@ -850,6 +850,23 @@ def write_gguf(model, tokenizer, path: Path | str, qtype: str = "Q8_0", name: st
     return path
 
 
+def load_gguf(path: Path | str):
+    """The model of a ``.gguf`` file as ``transformers`` loads it (``from_pretrained(folder, gguf_file=name)``:
+    a ``LlamaForCausalLM`` with every tensor dequantized to float32), in eval mode. Its GGUF loader draws a
+    progress bar whatever ``transformers``' logging settings say (a widget in a notebook); it is switched
+    off while the file loads."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_loader
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    progress_bar = gguf_loader.tqdm
+    gguf_loader.tqdm = lambda iterable, **kwargs: iterable
+    try:
+        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    finally:
+        gguf_loader.tqdm = progress_bar
+
+
 QUANTIZE_METHODS = ("rtn", "gptq", "awq")
 
 

@@ -978,19 +978,15 @@ def test_transformers_loads_the_gguf_file(solution_mode, exported, chat_tokenize
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=f"course-{qtype}.gguf").eval()
     ids = torch.tensor([chat_tokenizer("The quick brown fox jumps over the lazy dog, 12 times.")["input_ids"]])
     # the weights the file holds, dequantized by the reference: transformers must compute exactly with them
-    held = to_llama(model)
-    dequantize = {"Q8_0": "dequantize_q8_0", "Q4_0": "dequantize_q4_0", "Q4_K": "dequantize_q4_k"}
-    import solutions.quantization as reference
-    from course_lib.quantization import quantize_gguf_tensor
+    from course_lib.quantization import gguf_round_trip, load_gguf
 
-    state = held.state_dict()
-    for name, weight in state.items():
-        kind, data = quantize_gguf_tensor(weight, qtype)
-        state[name] = getattr(reference, dequantize[kind])(data) if kind in dequantize else data.float()
-    held.load_state_dict(state)
+    held = to_llama(model)
+    held.load_state_dict({name: gguf_round_trip(weight, qtype) for name, weight in held.state_dict().items()})
     with torch.no_grad():
         original, expected, got = model(ids).logits, held(ids).logits, loaded(ids).logits
+        course_loaded = load_gguf(folder / f"course-{qtype}.gguf")(ids).logits
     assert_close(got, expected, what=f"logits of the {qtype} file loaded by transformers", rtol=0, atol=2e-5)
+    assert torch.equal(course_loaded, got), "load_gguf must load the same model as from_pretrained(gguf_file=...)"
     drift = float((got - original).abs().max() / original.abs().max())
     assert drift <= GGUF_LOGIT_TOLERANCE[qtype], f"{qtype}: logits moved by {drift:.3g} of their largest magnitude"
 
