@@ -8,7 +8,9 @@ numpy array in and out for gguf (on CUDA the course's quantizer runs on the GPU 
 copying the matrix to the host, gguf being numpy-only). ``QuantizedLinear`` dequantizes its weight on
 every forward in plain PyTorch, so it is *slower* than the float matmul (ratio above 1); what it buys is
 the weight memory in the library column, not speed (that takes a fused kernel such as Marlin or
-llama.cpp's). A reference library that is not installed gives no row."""
+llama.cpp's). The last row is the whole course model decoding with every linear layer of its decoder in
+4 bits, against the float model (tokens/s and the decoder's weight memory in the library column). A
+reference library that is not installed gives no row."""
 
 from __future__ import annotations
 
@@ -120,6 +122,41 @@ def _inference_rows(device: torch.device, gen: torch.Generator) -> list[Row]:
     return rows
 
 
+def _model_rows(device: torch.device) -> list[Row]:
+    """The course model of the device's preset (random weights: the time does not depend on them) with every
+    linear layer of its decoder a 4-bit QuantizedLinear (groups of 16, which divide the MLP's 688 columns
+    too), against the float model: 32 tokens of greedy decoding with the KV cache, one prompt."""
+    import copy
+
+    from course_lib.language_model import CourseLMForCausalLM, course_lm_config
+
+    size = "cpu" if device.type == "cpu" else "gpu"
+    torch.manual_seed(0)
+    model = CourseLMForCausalLM(course_lm_config(size)).to(device).eval()
+    quantized = Q.quantize_linear_layers(copy.deepcopy(model), r"model\.layers\..*", bits=4, group_size=16)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1)).to(device)
+
+    def decode(lm):
+        return lambda: lm.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                   pad_token_id=model.config.pad_token_id)
+
+    def linear_bytes(lm):
+        """Bytes of the decoder's linear weights (a QuantizedLinear's packed integers, scales and zeros)."""
+        total = 0
+        for name, module in lm.named_modules():
+            if ".layers." in name and isinstance(module, Q.QuantizedLinear):
+                total += module.weight_bytes()
+            elif ".layers." in name and isinstance(module, torch.nn.Linear):
+                total += module.weight.numel() * module.weight.element_size()
+        return total
+
+    with torch.no_grad():
+        course_ms, library_ms = interleaved_ms(decode(quantized), decode(model), device, repeats=3)
+    return [Row("int4 model decode", f"{size}, 32 tokens", str(device), course_ms, library_ms,
+                f"float course model; {32 / course_ms * 1000:.0f} vs {32 / library_ms * 1000:.0f} tokens/s, "
+                f"decoder {linear_bytes(quantized) / 2 ** 20:.2f} vs {linear_bytes(model) / 2 ** 20:.2f} MiB")]
+
+
 def run(device: torch.device) -> list[Row]:
     gen = torch.Generator().manual_seed(0)
-    return _gptq_rows(device, gen) + _gguf_rows(device, gen) + _inference_rows(device, gen)
+    return _gptq_rows(device, gen) + _gguf_rows(device, gen) + _inference_rows(device, gen) + _model_rows(device)
