@@ -146,6 +146,7 @@ stub for you to complete, the public tests, the assignment notebooks and the boo
 python -m venv .venv && source .venv/bin/activate
 pip install torch==2.13.0        # first, pinned: a looser request can pull a multi-GB CUDA build
 pip install -e ".[dev]"           # course_lib, the test tools (add ",book" to build the book pages)
+pip install --no-deps auto-gptq==0.7.1 autoawq==0.2.7.post3   # Chapter 11's GPTQ and AWQ references
 ```
 
 ## Work on a chapter
