@@ -64,7 +64,10 @@ def module_with(module: str, replacements: Mapping[str, Callable | None]) -> str
         if ex.qualname in chosen:
             func = inspect.unwrap(chosen[ex.qualname])
             path = Path(inspect.getsourcefile(func)).resolve()
-            origin = origins.setdefault(path, _Source(path.read_text()))
+            if path not in origins:
+                origins[path] = _Source(path.read_text())
+                origins[path].inline_imports_from(f"solutions.{module}", reference)
+            origin = origins[path]
             new_fn = origin.function_at(func.__code__.co_firstlineno, func.__name__)
             origin_name = _display(path)
         else:
@@ -95,6 +98,12 @@ def module_with(module: str, replacements: Mapping[str, Callable | None]) -> str
         if helpers:
             text += "\n\n" + _CARRIED_HEADER.format(origin=origin_name) + "\n" + "\n\n\n".join(helpers) + "\n"
     compile(text, str(stub_path), "exec")  # a broken splice fails here, not in the grader
+    for node in ast.walk(ast.parse(text)):  # the handout has no reference: a student's file cannot import it
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if any(n.split(".")[0] == "solutions" for n in names):
+            raise ValueError(f"the completed course_lib/{module}.py would import the reference solutions "
+                             f"(line {node.lineno}), which the student handout does not have")
     return text
 
 
@@ -140,6 +149,23 @@ class _Source:
         """The lines of ``fn``'s body after its docstring, dedented."""
         body = fn.body[1:] if _has_docstring(fn) and len(fn.body) > 1 else fn.body
         return _dedent(self._lines[body[0].lineno - 1:fn.end_lineno], body[0].col_offset)
+
+    def inline_imports_from(self, dotted: str, source: "_Source") -> None:
+        """Names this file imports from the module ``dotted`` (whose text is ``source``) become that
+        module's own definitions, as if written here; names only ``source`` defines come along for
+        the definitions that use them. A wrong variant may import the reference's private helpers
+        (``from solutions.quantization import _groups``): the student's file gets their code."""
+        imported = [a for node in self.tree.body if isinstance(node, ast.ImportFrom)
+                    and node.module == dotted and node.level == 0 for a in node.names]
+        for alias in imported:
+            name = alias.name
+            if alias.asname not in (None, name) or name not in source.top_level:
+                raise ValueError(f"cannot carry {name} from {dotted} (renamed, or not defined there)")
+            self.top_level[name], self._nodes[name] = source.top_level[name], source._nodes[name]
+        if imported:
+            for name, segment in source.top_level.items():
+                if name not in self.top_level:
+                    self.top_level[name], self._nodes[name] = segment, source._nodes[name]
 
     def names_needed(self, fn: ast.FunctionDef, defined: Mapping[str, str], entry_points: set[str]) -> list[str]:
         """Top-level names of this file that ``fn`` uses, directly or through them, and ``defined``

@@ -22,6 +22,7 @@ module and on the reference, report unfinished exercises, and print what a finis
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -185,6 +186,18 @@ def _scores(graded, student: str) -> dict[str, float]:
 
 def test_every_chapter_has_a_partly_wrong_submission_to_grade():
     assert set(PARTLY_WRONG) == set(exercises.CHAPTER_MODULES)
+
+
+@pytest.mark.parametrize("chapter", sorted(PARTLY_WRONG))
+def test_a_partly_wrong_submission_imports_only_what_the_handout_has(chapter):
+    """The walker's file is made quickly here, so that a wrong variant that imports from the
+    reference fails in seconds rather than after the chapter's graded walk."""
+    replaced, _ = PARTLY_WRONG[chapter]
+    text = module_with(chapter, {ex: name and mutant(chapter, name) for ex, name in replaced.items()})
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for name in [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]:
+                assert not name.startswith(("solutions", "tests.hidden", "tests.mutants")), f"line {node.lineno}: {name}"
 
 
 class ChapterGrading:
