@@ -49,7 +49,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from course_lib.checks import check_tensor
+from course_lib.checks import check_bool, check_number, check_tensor
 from course_lib.exercises import exercise
 from course_lib.loop_settings import LoopSettings
 
@@ -61,17 +61,6 @@ GRPO_STD_EPS = 1e-4        # added to the standard deviation of a group's reward
 
 
 # -- validation: bad input is refused before an exercise runs, with the argument's name ----------------
-def _check_number(name: str, value, minimum: float | None = None, maximum: float | None = None,
-                  open_minimum: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if minimum is not None and (value < minimum or (open_minimum and value == minimum)):
-        raise ValueError(f"{name} must be {'>' if open_minimum else '>='} {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
-    return float(value)
-
-
 def _check_same_shape(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> None:
     for name, tensor in zip(names[1:], tensors[1:]):
         if tensor.shape != tensors[0].shape:
@@ -119,7 +108,7 @@ def _validate_per_token_log_probs(logits, labels, temperature=1.0) -> None:
                          f"got {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
         raise ValueError(f"labels must lie in [0, {logits.shape[-1]}) (the vocabulary of logits)")
-    _check_number("temperature", temperature, 0.0, open_minimum=True)
+    check_number("temperature", temperature, 0.0, open_minimum=True)
 
 
 def _validate_sequence_log_probs(logits, input_ids, completion_mask, average=False) -> None:
@@ -134,8 +123,7 @@ def _validate_sequence_log_probs(logits, input_ids, completion_mask, average=Fal
         raise ValueError("completion_mask must be 0 at position 0: a completion follows a prompt")
     if not completion_mask.bool().any(dim=1).all():
         raise ValueError("every row of completion_mask needs at least one completion token")
-    if not isinstance(average, bool):
-        raise TypeError(f"average must be a bool, got {average!r}")
+    check_bool("average", average)
 
 
 def _validate_last_token_rewards(scores, attention_mask) -> None:
@@ -168,10 +156,10 @@ def _validate_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_lo
     _validate_pairs("policy_chosen_logps", policy_chosen_logps, "policy_rejected_logps", policy_rejected_logps)
     _validate_pairs("ref_chosen_logps", ref_chosen_logps, "ref_rejected_logps", ref_rejected_logps)
     _check_same_shape(("policy_chosen_logps", "ref_chosen_logps"), (policy_chosen_logps, ref_chosen_logps))
-    _check_number("beta", beta, 0.0, open_minimum=True)
+    check_number("beta", beta, 0.0, open_minimum=True)
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
-    _check_number("label_smoothing", label_smoothing, 0.0, 0.5)
+    check_number("label_smoothing", label_smoothing, 0.0, 0.5)
     if label_smoothing and loss_type not in ("sigmoid", "robust"):
         raise ValueError(f"label_smoothing applies to the 'sigmoid' and 'robust' losses, not {loss_type!r}")
     if loss_type == "robust" and label_smoothing >= 0.5:
@@ -191,14 +179,13 @@ def _validate_masked_whiten(values, mask, shift_mean=True) -> None:
     _check_mask("mask", mask, values.shape)
     if int(mask.bool().sum()) < 2:
         raise ValueError("mask must select at least two values (a variance needs two)")
-    if not isinstance(shift_mean, bool):
-        raise TypeError(f"shift_mean must be a bool, got {shift_mean!r}")
+    check_bool("shift_mean", shift_mean)
 
 
 def _validate_gae(rewards, values, mask, gamma=1.0, lam=0.95) -> None:
     _check_batch_tokens(("rewards", "values"), (rewards, values), "mask", mask)
-    _check_number("gamma", gamma, 0.0, 1.0)
-    _check_number("lam", lam, 0.0, 1.0)
+    check_number("gamma", gamma, 0.0, 1.0)
+    check_number("lam", lam, 0.0, 1.0)
 
 
 def _validate_kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.05) -> None:
@@ -208,18 +195,18 @@ def _validate_kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef
         raise ValueError(f"scores must be (batch,) = {tuple(logprobs.shape[:1])}, got {tuple(scores.shape)}")
     if not mask.bool().any(dim=1).all():
         raise ValueError("every row of mask needs at least one token (the one that gets the score)")
-    _check_number("kl_coef", kl_coef, 0.0)
+    check_number("kl_coef", kl_coef, 0.0)
 
 
 def _validate_ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2) -> None:
     _check_batch_tokens(("logprobs", "old_logprobs", "advantages"), (logprobs, old_logprobs, advantages), "mask",
                         mask)
-    _check_number("clip_range", clip_range, 0.0, 1.0, open_minimum=True)
+    check_number("clip_range", clip_range, 0.0, 1.0, open_minimum=True)
 
 
 def _validate_ppo_value_loss(values, old_values, returns, mask, clip_range_value=0.2) -> None:
     _check_batch_tokens(("values", "old_values", "returns"), (values, old_values, returns), "mask", mask)
-    _check_number("clip_range_value", clip_range_value, 0.0, open_minimum=True)
+    check_number("clip_range_value", clip_range_value, 0.0, open_minimum=True)
 
 
 def _validate_masked_entropy(logits, mask) -> None:
@@ -253,12 +240,12 @@ def _validate_grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, 
     check_tensor("advantages", advantages, floating=True)
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(f"advantages must be (batch,) = {tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
-    _check_number("beta", beta, 0.0)
+    check_number("beta", beta, 0.0)
     if beta and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs (the KL term is measured against the reference)")
-    _check_number("epsilon", epsilon, 0.0, 1.0, open_minimum=True)
+    check_number("epsilon", epsilon, 0.0, 1.0, open_minimum=True)
     if epsilon_high is not None:
-        _check_number("epsilon_high", epsilon_high, 0.0, open_minimum=True)
+        check_number("epsilon_high", epsilon_high, 0.0, open_minimum=True)
     if loss_type not in GRPO_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {GRPO_LOSS_TYPES}, got {loss_type!r}")
     if loss_type == "dr_grpo":
@@ -266,8 +253,7 @@ def _validate_grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, 
             raise ValueError("the 'dr_grpo' loss needs max_completion_length, an int")
         if max_completion_length < logprobs.shape[1]:
             raise ValueError(f"max_completion_length ({max_completion_length}) must be at least T = {logprobs.shape[1]}")
-    if not isinstance(importance_weighted_kl, bool):
-        raise TypeError(f"importance_weighted_kl must be a bool, got {importance_weighted_kl!r}")
+    check_bool("importance_weighted_kl", importance_weighted_kl)
 
 
 # -- 9.1-9.2 log-probabilities of completions ------------------------------------------------------------

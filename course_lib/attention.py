@@ -49,26 +49,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from course_lib.checks import check_tensor
+from course_lib.checks import check_bool, check_int, check_tensor
 from course_lib.exercises import exercise
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 # -- argument checks (run before your code; they are not part of the exercises) -------------------
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def _check_dropout(dropout_p) -> None:
     if not isinstance(dropout_p, (int, float)) or isinstance(dropout_p, bool) or not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be a number in [0, 1], got {dropout_p!r}")
@@ -121,11 +108,11 @@ def _validate_sdpa(query, key, value, attn_mask=None, is_causal=False, dropout_p
         _check_mask("attn_mask", attn_mask, (*query.shape[:-1], key.shape[-2]), "(..., q_len, kv_len)")
         if attn_mask.is_floating_point() and attn_mask.dtype != query.dtype:
             raise TypeError(f"a float attn_mask must have the dtype of query ({query.dtype}), got {attn_mask.dtype}")
-    _check_bool("is_causal", is_causal)
+    check_bool("is_causal", is_causal)
     _check_dropout(dropout_p)
     if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
         raise TypeError(f"scale must be None or a number, got {type(scale).__name__}")
-    _check_bool("return_weights", return_weights)
+    check_bool("return_weights", return_weights)
 
 
 def _validate_make_attention_mask(attention_mask, q_len, causal=True) -> None:
@@ -133,8 +120,8 @@ def _validate_make_attention_mask(attention_mask, q_len, causal=True) -> None:
     if attention_mask.ndim != 2:
         raise ValueError(f"attention_mask must have shape (batch, kv_len), got {tuple(attention_mask.shape)}")
     _check_padding_mask("attention_mask", attention_mask, *attention_mask.shape)
-    _check_int("q_len", q_len)
-    _check_bool("causal", causal)
+    check_int("q_len", q_len, 1)
+    check_bool("causal", causal)
 
 
 def _check_weights(weights, required: Sequence[str], optional: Sequence[str]) -> None:
@@ -166,7 +153,7 @@ def _validate_mha(weights, x, context=None, attention_mask=None, attn_mask=None,
     check_tensor("x", x, floating=True)
     if x.ndim != 3 or 0 in x.shape:
         raise ValueError(f"x must have shape (batch, q_len, d_model) with no empty dim, got {tuple(x.shape)}")
-    _check_int("n_heads", n_heads)
+    check_int("n_heads", n_heads, 1)
     batch, q_len, d_model = x.shape
     source = x
     if context is not None:
@@ -191,16 +178,16 @@ def _validate_mha(weights, x, context=None, attention_mask=None, attn_mask=None,
     if attn_mask is not None:
         _check_mask("attn_mask", attn_mask, (batch, n_heads, q_len, source.shape[1]),
                     "(batch, n_heads, q_len, kv_len)")
-    _check_bool("is_causal", is_causal)
+    check_bool("is_causal", is_causal)
     _check_dropout(dropout_p)
-    _check_bool("return_weights", return_weights)
+    check_bool("return_weights", return_weights)
 
 
 def _validate_repeat_kv(x, n_rep) -> None:
     check_tensor("x", x)
     if x.ndim != 4:
         raise ValueError(f"x must have shape (batch, n_kv_heads, seq, d_head), got {tuple(x.shape)}")
-    _check_int("n_rep", n_rep)
+    check_int("n_rep", n_rep, 1)
 
 
 def _validate_gqa(weights, x, attention_mask=None, is_causal=True, return_weights=False, *, n_heads,
@@ -209,8 +196,8 @@ def _validate_gqa(weights, x, attention_mask=None, is_causal=True, return_weight
     check_tensor("x", x, floating=True)
     if x.ndim != 3 or 0 in x.shape:
         raise ValueError(f"x must have shape (batch, seq, d_model) with no empty dim, got {tuple(x.shape)}")
-    _check_int("n_heads", n_heads)
-    _check_int("n_kv_heads", n_kv_heads)
+    check_int("n_heads", n_heads, 1)
+    check_int("n_kv_heads", n_kv_heads, 1)
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
     batch, seq, d_model = x.shape
@@ -227,8 +214,8 @@ def _validate_gqa(weights, x, attention_mask=None, is_causal=True, return_weight
             raise TypeError(f"weights[{k!r}] must have the dtype of x ({x.dtype}), got {w.dtype}")
     if attention_mask is not None:
         _check_padding_mask("attention_mask", attention_mask, batch, seq)
-    _check_bool("is_causal", is_causal)
-    _check_bool("return_weights", return_weights)
+    check_bool("is_causal", is_causal)
+    check_bool("return_weights", return_weights)
 
 
 # -- exercises ------------------------------------------------------------------------------------
@@ -425,12 +412,12 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, bias: bool = True, kv_dim: int | None = None,
                  dropout: float = 0.0):
         super().__init__()
-        _check_int("d_model", d_model)
-        _check_int("n_heads", n_heads)
+        check_int("d_model", d_model, 1)
+        check_int("n_heads", n_heads, 1)
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
         _check_dropout(dropout)
-        kv_dim = d_model if kv_dim is None else _check_int("kv_dim", kv_dim)
+        kv_dim = d_model if kv_dim is None else check_int("kv_dim", kv_dim, 1)
         self.d_model, self.n_heads, self.kv_dim, self.dropout = d_model, n_heads, kv_dim, dropout
         self.d_head = d_model // n_heads
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
@@ -485,16 +472,16 @@ class GroupedQueryAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_head: int | None = None,
                  bias: bool = False):
         super().__init__()
-        _check_int("d_model", d_model)
-        _check_int("n_heads", n_heads)
-        _check_int("n_kv_heads", n_kv_heads)
+        check_int("d_model", d_model, 1)
+        check_int("n_heads", n_heads, 1)
+        check_int("n_kv_heads", n_kv_heads, 1)
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
         if d_head is None:
             if d_model % n_heads:
                 raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads} (or give d_head)")
             d_head = d_model // n_heads
-        _check_int("d_head", d_head)
+        check_int("d_head", d_head, 1)
         self.d_model, self.n_heads, self.n_kv_heads, self.d_head = d_model, n_heads, n_kv_heads, d_head
         self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * d_head, bias=bias)
@@ -526,7 +513,7 @@ def attention_memory_bytes(batch: int, n_heads: int, q_len: int, kv_len: int,
     ``q_len * kv_len``; fused kernels (FlashAttention) never hold it, so their extra memory grows only
     with the sequence length."""
     for name, v in (("batch", batch), ("n_heads", n_heads), ("q_len", q_len), ("kv_len", kv_len)):
-        _check_int(name, v)
+        check_int(name, v, 1)
     return batch * n_heads * q_len * kv_len * _itemsize(dtype)
 
 
@@ -535,7 +522,7 @@ def attention_flops(batch: int, n_heads: int, q_len: int, kv_len: int, d_head: i
     ``weights v``): ``2 * 2 * batch * n_heads * q_len * kv_len * d_head`` (a multiply-add is 2)."""
     for name, v in (("batch", batch), ("n_heads", n_heads), ("q_len", q_len), ("kv_len", kv_len),
                     ("d_head", d_head)):
-        _check_int(name, v)
+        check_int(name, v, 1)
     return 4 * batch * n_heads * q_len * kv_len * d_head
 
 
@@ -546,7 +533,7 @@ def kv_cache_bytes(n_layers: int, batch: int, seq_len: int, n_kv_heads: int, d_h
     n_kv_heads`` times that of GQA, and ``n_heads`` times that of MQA (``n_kv_heads = 1``)."""
     for name, v in (("n_layers", n_layers), ("batch", batch), ("seq_len", seq_len), ("n_kv_heads", n_kv_heads),
                     ("d_head", d_head)):
-        _check_int(name, v)
+        check_int(name, v, 1)
     return 2 * n_layers * batch * seq_len * n_kv_heads * d_head * _itemsize(dtype)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -29,3 +31,41 @@ def check_dim(name: str, dim: int, tensor: torch.Tensor, *, non_empty: bool = Tr
     if non_empty and tensor.ndim and tensor.shape[dim] == 0:
         raise ValueError(f"{name} is empty along dim={dim} (shape {tuple(tensor.shape)})")
     return dim
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` is an ``int`` (a ``bool`` is not one), and
+    ``ValueError`` unless ``minimum <= value <= maximum`` (a bound of ``None`` is no bound)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    _check_bounds(name, value, minimum, maximum, False, False)
+    return value
+
+
+def check_number(name: str, value, minimum: float | None = None, maximum: float | None = None, *,
+                 open_minimum: bool = False, open_maximum: bool = False, finite: bool = False) -> float:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` is a real number (an ``int`` or a ``float``,
+    not a ``bool``), and ``ValueError`` if it is NaN, infinite where ``finite``, or outside the interval
+    from ``minimum`` to ``maximum`` (closed at each end unless ``open_minimum``/``open_maximum``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be a {'finite' if finite else 'real'} number, got {value!r}")
+    _check_bounds(name, value, minimum, maximum, open_minimum, open_maximum)
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _check_bounds(name: str, value, minimum, maximum, open_minimum: bool, open_maximum: bool) -> None:
+    below = minimum is not None and (value < minimum or (open_minimum and value == minimum))
+    above = maximum is not None and (value > maximum or (open_maximum and value == maximum))
+    if below or above:
+        low = "(-inf" if minimum is None else f"{'(' if open_minimum else '['}{minimum}"
+        high = "inf)" if maximum is None else f"{maximum}{')' if open_maximum else ']'}"
+        raise ValueError(f"{name} must lie in {low}, {high}, got {value!r}")

@@ -53,7 +53,7 @@ from typing import Hashable, Sequence
 
 import torch
 
-from course_lib.checks import check_tensor
+from course_lib.checks import check_bool, check_int, check_number, check_tensor
 from course_lib.exercises import exercise
 
 BLEU_SMOOTHING = ("none", "floor", "add-k", "exp")
@@ -64,19 +64,6 @@ KAPPA_WEIGHTS = (None, "linear", "quadratic")
 
 
 # -- validation: bad input is refused before an exercise runs, with the argument's name ----------------
-def _check_number(name: str, value, minimum: float | None = None, maximum: float | None = None,
-                  open_minimum: bool = False, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if integer and not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if minimum is not None and (value < minimum or (open_minimum and value == minimum)):
-        raise ValueError(f"{name} must be {'>' if open_minimum else '>='} {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
-    return value
-
-
 def _check_model(model) -> None:
     if not isinstance(model, torch.nn.Module) or not callable(model):
         raise TypeError(f"model must be a torch.nn.Module that returns logits, got {type(model).__name__}")
@@ -144,15 +131,15 @@ def _validate_sliding_window_nll(model, input_ids, max_length, stride) -> None:
     check_tensor("input_ids", input_ids, integer=True)
     if input_ids.ndim != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be (1, n) with n >= 2, got shape {tuple(input_ids.shape)}")
-    _check_number("max_length", max_length, 2, integer=True)
-    _check_number("stride", stride, 1, integer=True)
+    check_int("max_length", max_length, 2)
+    check_int("stride", stride, 1)
     if stride > max_length:
         raise ValueError(f"stride must be <= max_length ({max_length}), got {stride}: a larger stride skips tokens")
 
 
 def _validate_bits_per_byte(nll, n_bytes) -> None:
-    _check_number("nll", nll, 0.0)
-    _check_number("n_bytes", n_bytes, 1, integer=True)
+    check_number("nll", nll, 0.0)
+    check_int("n_bytes", n_bytes, 1)
 
 
 def _validate_tokenize_13a(text) -> None:
@@ -166,17 +153,16 @@ def _validate_corpus_bleu(hypotheses, references, smooth_method="exp", smooth_va
     if smooth_method not in BLEU_SMOOTHING:
         raise ValueError(f"smooth_method must be one of {BLEU_SMOOTHING}, got {smooth_method!r}")
     if smooth_value is not None:
-        _check_number("smooth_value", smooth_value, 0.0, open_minimum=True)
-    _check_number("max_order", max_order, 1, integer=True)
-    if not isinstance(lowercase, bool):
-        raise TypeError(f"lowercase must be a bool, got {lowercase!r}")
+        check_number("smooth_value", smooth_value, 0.0, open_minimum=True)
+    check_int("max_order", max_order, 1)
+    check_bool("lowercase", lowercase)
 
 
 def _validate_corpus_chrf(hypotheses, references, char_order=6, word_order=0, beta=2.0) -> None:
     _check_streams(hypotheses, references)
-    _check_number("char_order", char_order, 1, integer=True)
-    _check_number("word_order", word_order, 0, integer=True)
-    _check_number("beta", beta, 0.0, open_minimum=True)
+    check_int("char_order", char_order, 1)
+    check_int("word_order", word_order, 0)
+    check_number("beta", beta, 0.0, open_minimum=True)
 
 
 def _validate_choice_log_likelihoods(model, context_ids, continuation_ids, pad_token_id=0) -> None:
@@ -191,7 +177,7 @@ def _validate_choice_log_likelihoods(model, context_ids, continuation_ids, pad_t
             raise ValueError(f"context_ids[{i}] is empty: the first token of a continuation needs a context")
         if not continuation:
             raise ValueError(f"continuation_ids[{i}] is empty")
-    _check_number("pad_token_id", pad_token_id, 0, integer=True)
+    check_int("pad_token_id", pad_token_id, 0)
 
 
 def _validate_multiple_choice_metrics(log_likelihoods, choices, gold) -> None:
@@ -205,7 +191,7 @@ def _validate_multiple_choice_metrics(log_likelihoods, choices, gold) -> None:
         if not isinstance(lls, Sequence) or len(lls) < 2:
             raise ValueError(f"log_likelihoods[{q}] must list at least two choices' log-likelihoods")
         for ll in lls:
-            _check_number(f"log_likelihoods[{q}][...]", ll)
+            check_number(f"log_likelihoods[{q}][...]", ll)
         _check_texts(f"choices[{q}]", texts)
         if len(texts) != len(lls):
             raise ValueError(f"choices[{q}] has {len(texts)} texts for {len(lls)} log-likelihoods")
@@ -237,7 +223,7 @@ def _validate_cohen_kappa(rater_a, rater_b, weights=None) -> None:
 
 
 def _check_comparisons(comparisons, n_players) -> None:
-    _check_number("n_players", n_players, 2, integer=True)
+    check_int("n_players", n_players, 2)
     if isinstance(comparisons, (str, torch.Tensor)) or not isinstance(comparisons, Sequence) or not comparisons:
         raise TypeError("comparisons must be a non-empty list of (a, b, outcome) triples")
     for i, item in enumerate(comparisons):
@@ -255,15 +241,15 @@ def _check_comparisons(comparisons, n_players) -> None:
 
 def _validate_bradley_terry(comparisons, n_players, iterations=1000, tolerance=1e-10) -> None:
     _check_comparisons(comparisons, n_players)
-    _check_number("iterations", iterations, 1, integer=True)
-    _check_number("tolerance", tolerance, 0.0)
+    check_int("iterations", iterations, 1)
+    check_number("tolerance", tolerance, 0.0)
 
 
 def _validate_elo_ratings(comparisons, n_players, k=4.0, initial=1000.0, scale=400.0) -> None:
     _check_comparisons(comparisons, n_players)
-    _check_number("k", k, 0.0, open_minimum=True)
-    _check_number("initial", initial)
-    _check_number("scale", scale, 0.0, open_minimum=True)
+    check_number("k", k, 0.0, open_minimum=True)
+    check_number("initial", initial)
+    check_number("scale", scale, 0.0, open_minimum=True)
 
 
 def _validate_bootstrap_interval(values, statistic="mean", n_resamples=1000, confidence=0.95, seed=0) -> None:
@@ -274,11 +260,11 @@ def _validate_bootstrap_interval(values, statistic="mean", n_resamples=1000, con
         raise ValueError("values must be finite")
     if statistic not in ("mean", "median"):
         raise ValueError(f"statistic must be 'mean' or 'median', got {statistic!r}")
-    _check_number("n_resamples", n_resamples, 1, integer=True)
-    _check_number("confidence", confidence, 0.0, 1.0, open_minimum=True)
+    check_int("n_resamples", n_resamples, 1)
+    check_number("confidence", confidence, 0.0, 1.0, open_minimum=True)
     if confidence == 1.0:
         raise ValueError("confidence must be < 1")
-    _check_number("seed", seed, integer=True)
+    check_int("seed", seed)
 
 
 def _validate_position_bias(first_order, swapped_order) -> None:

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from transformers import Cache, DynamicCache
 
-from course_lib.checks import check_tensor
+from course_lib.checks import check_int, check_number, check_tensor
 from course_lib.exercises import exercise
 
 
@@ -121,20 +121,6 @@ def eos_and_pad(eos_token_id: int | Sequence[int] | None, pad_token_id: int | No
 
 
 # -- argument checks (run before your code; they are not part of the exercises) ---------------------
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_number(name: str, value, low: float, high: float, *, low_open: bool = False) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (low < value if low_open else low <= value) or not value <= high:
-        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
-
-
 def _vocab_size(model) -> int | None:
     config = getattr(model, "config", None)
     return getattr(config, "vocab_size", None) if config is not None else None
@@ -188,7 +174,7 @@ def _validate_decoding(model, input_ids, attention_mask=None, *, max_new_tokens,
     _check_ids("input_ids", input_ids, vocab_size)
     if attention_mask is not None:
         _check_padding_mask(attention_mask, tuple(input_ids.shape))
-    _check_int("max_new_tokens", max_new_tokens)
+    check_int("max_new_tokens", max_new_tokens, 1)
     _check_token_id("eos_token_id", eos_token_id, vocab_size, allow_list=True)
     _check_token_id("pad_token_id", pad_token_id, vocab_size, allow_list=False)
 
@@ -229,20 +215,20 @@ def _check_logits(logits) -> None:
 
 def _validate_top_k(logits, top_k, min_tokens_to_keep=1) -> None:
     _check_logits(logits)
-    _check_int("top_k", top_k)
-    _check_int("min_tokens_to_keep", min_tokens_to_keep)
+    check_int("top_k", top_k, 1)
+    check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
 
 
 def _validate_top_p(logits, top_p, min_tokens_to_keep=1) -> None:
     _check_logits(logits)
-    _check_number("top_p", top_p, 0.0, 1.0)
-    _check_int("min_tokens_to_keep", min_tokens_to_keep)
+    check_number("top_p", top_p, 0.0, 1.0)
+    check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
 
 
 def _validate_min_p(logits, min_p, min_tokens_to_keep=1) -> None:
     _check_logits(logits)
-    _check_number("min_p", min_p, 0.0, 1.0)
-    _check_int("min_tokens_to_keep", min_tokens_to_keep)
+    check_number("min_p", min_p, 0.0, 1.0)
+    check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
 
 
 def _check_history(logits, input_ids, attention_mask) -> None:
@@ -258,16 +244,16 @@ def _check_history(logits, input_ids, attention_mask) -> None:
 def _validate_repetition_penalty(logits, input_ids, penalty, attention_mask=None) -> None:
     _check_logits(logits)
     _check_history(logits, input_ids, attention_mask)
-    _check_number("penalty", penalty, 0.0, float("inf"), low_open=True)
+    check_number("penalty", penalty, 0.0, open_minimum=True)
 
 
 def _check_processors(temperature, top_k, top_p, min_p, repetition_penalty) -> None:
-    _check_number("temperature", temperature, 0.0, float("inf"), low_open=True)
-    _check_int("top_k", top_k, minimum=0)
-    _check_number("top_p", top_p, 0.0, 1.0)
+    check_number("temperature", temperature, 0.0, open_minimum=True)
+    check_int("top_k", top_k, minimum=0)
+    check_number("top_p", top_p, 0.0, 1.0)
     if min_p is not None:
-        _check_number("min_p", min_p, 0.0, 1.0)
-    _check_number("repetition_penalty", repetition_penalty, 0.0, float("inf"), low_open=True)
+        check_number("min_p", min_p, 0.0, 1.0)
+    check_number("repetition_penalty", repetition_penalty, 0.0, open_minimum=True)
 
 
 def _validate_process_logits(logits, input_ids, attention_mask=None, *, temperature=1.0, top_k=0, top_p=1.0,
@@ -281,7 +267,7 @@ def _validate_sample(model, input_ids, attention_mask=None, *, max_new_tokens, s
                      top_p=1.0, min_p=None, repetition_penalty=1.0, eos_token_id=None, pad_token_id=None) -> None:
     _validate_decoding(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                        pad_token_id=pad_token_id)
-    _check_int("seed", seed, minimum=0)
+    check_int("seed", seed, minimum=0)
     _check_processors(temperature, top_k, top_p, min_p, repetition_penalty)
 
 
@@ -289,11 +275,11 @@ def _validate_beam_search(model, input_ids, attention_mask=None, *, num_beams, m
                           early_stopping=False, num_return_sequences=1, eos_token_id=None, pad_token_id=None) -> None:
     _validate_decoding(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                        pad_token_id=pad_token_id)
-    _check_int("num_beams", num_beams)
-    _check_number("length_penalty", length_penalty, float("-inf"), float("inf"))
+    check_int("num_beams", num_beams, 1)
+    check_number("length_penalty", length_penalty)
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    _check_int("num_return_sequences", num_return_sequences)
+    check_int("num_return_sequences", num_return_sequences, 1)
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
 
@@ -821,7 +807,7 @@ def plot_temperatures(logits: torch.Tensor, temperatures: Sequence[float] = (0.5
     if ax is None:
         _, ax = plt.subplots(figsize=(6.0, 4.0))
     for t in temperatures:
-        _check_number("temperature", t, 0.0, float("inf"), low_open=True)
+        check_number("temperature", t, 0.0, open_minimum=True)
         ax.plot(range(len(order)), (logits / t).softmax(dim=-1)[order].numpy(), marker="o", label=f"T = {t:g}")
     ax.set_xlabel("token rank (by logit)")
     ax.set_ylabel("probability")

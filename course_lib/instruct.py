@@ -56,6 +56,7 @@ from typing import Sequence
 
 import torch
 
+from course_lib.checks import check_int
 from course_lib.exercises import exercise
 from course_lib.instruction_data import normalize_text, word_shingles  # noqa: F401  (the exercises use them)
 
@@ -106,13 +107,6 @@ def _check_str_list(name: str, value) -> None:
             raise TypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
 
 
-def _check_int(name: str, value, low: int = 0) -> None:
-    if type(value) is not int:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-
-
 def _check_fraction(name: str, value, allow_zero: bool = False) -> None:
     if type(value) not in (int, float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
@@ -159,9 +153,9 @@ def _validate_exact_dedup(texts) -> None:
 
 def _validate_minhash_signatures(texts, num_perm=128, seed=1, ngram=3) -> None:
     _check_str_list("texts", texts)
-    _check_int("num_perm", num_perm, 1)
-    _check_int("seed", seed)
-    _check_int("ngram", ngram, 1)
+    check_int("num_perm", num_perm, 1)
+    check_int("seed", seed, 0)
+    check_int("ngram", ngram, 1)
 
 
 def _validate_lsh_candidate_pairs(signatures, bands, rows) -> None:
@@ -169,8 +163,8 @@ def _validate_lsh_candidate_pairs(signatures, bands, rows) -> None:
         raise TypeError("signatures must be a 2-D tensor (n_texts, num_perm)")
     if signatures.dtype != torch.int64:
         raise TypeError(f"signatures must be int64, got {signatures.dtype}")
-    _check_int("bands", bands, 1)
-    _check_int("rows", rows, 1)
+    check_int("bands", bands, 1)
+    check_int("rows", rows, 1)
     if bands * rows > signatures.shape[1]:
         raise ValueError(f"bands * rows = {bands * rows} is more than the {signatures.shape[1]} values of a signature")
 
@@ -179,8 +173,8 @@ def _validate_near_dedup(texts, threshold=0.8, num_perm=128, bands=32, rows=4, s
     _validate_minhash_signatures(texts, num_perm, seed, ngram)
     if type(threshold) not in (int, float) or isinstance(threshold, bool) or not 0 < threshold <= 1:
         raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
-    _check_int("bands", bands, 1)
-    _check_int("rows", rows, 1)
+    check_int("bands", bands, 1)
+    check_int("rows", rows, 1)
     if bands * rows > num_perm:
         raise ValueError(f"bands * rows = {bands * rows} is more than num_perm = {num_perm}")
 
@@ -188,7 +182,7 @@ def _validate_near_dedup(texts, threshold=0.8, num_perm=128, bands=32, rows=4, s
 def _validate_find_contaminated(train_texts, eval_texts, n=13) -> None:
     _check_str_list("train_texts", train_texts)
     _check_str_list("eval_texts", eval_texts)
-    _check_int("n", n, 1)
+    check_int("n", n, 1)
 
 
 def _validate_grouped_split(groups, test_size, validation_size=0.0, seed=0) -> None:
@@ -200,7 +194,7 @@ def _validate_grouped_split(groups, test_size, validation_size=0.0, seed=0) -> N
     _check_fraction("validation_size", validation_size, allow_zero=True)
     if test_size + validation_size >= 1:
         raise ValueError(f"test_size + validation_size must be below 1, got {test_size + validation_size}")
-    _check_int("seed", seed)
+    check_int("seed", seed, 0)
 
 
 def _validate_fill_template(template, values, types=None) -> None:
@@ -221,12 +215,12 @@ def _validate_select_shots(lengths, budget, k, seed=None, scores=None) -> None:
     for i, n in enumerate(lengths):
         if type(n) is not int or n < 0:
             raise ValueError(f"lengths[{i}] must be a non-negative int, got {n!r}")
-    _check_int("budget", budget)
-    _check_int("k", k)
+    check_int("budget", budget, 0)
+    check_int("k", k, 0)
     if (seed is None) == (scores is None):
         raise ValueError("give exactly one of seed (random shots) and scores (the most similar shots)")
     if seed is not None:
-        _check_int("seed", seed)
+        check_int("seed", seed, 0)
     if scores is not None:
         if not isinstance(scores, torch.Tensor) or scores.ndim != 1 or not scores.is_floating_point():
             raise TypeError("scores must be a 1-D floating tensor, one similarity per candidate")
@@ -253,8 +247,8 @@ def _validate_sample_instructions(records, templates, n, seed) -> None:
     for i, template in enumerate(templates):
         if not isinstance(template, dict) or set(template) != {"instruction", "output"}:
             raise ValueError(f"templates[{i}] must be a dict with the keys 'instruction' and 'output'")
-    _check_int("n", n)
-    _check_int("seed", seed)
+    check_int("n", n, 0)
+    check_int("seed", seed, 0)
 
 
 # -- exercises: record formats --------------------------------------------------------------------
@@ -701,8 +695,8 @@ def minhash_permutations(num_perm: int, seed: int):
     hash functions ``x -> (a * x + b) mod 2**32`` for ``seed`` (``a`` odd, so each is a bijection)."""
     import numpy as np
 
-    _check_int("num_perm", num_perm, 1)
-    _check_int("seed", seed)
+    check_int("num_perm", num_perm, 1)
+    check_int("seed", seed, 0)
     gen = np.random.RandomState(seed)
     a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
     b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)

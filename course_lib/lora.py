@@ -61,10 +61,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import check_tensor
+from course_lib.checks import check_bool, check_int, check_number, check_tensor
 from course_lib.exercises import exercise
 from course_lib.memory import saved_tensor_bytes
-from course_lib.sft import _check_int
 
 ADAPTER_PREFIX = "base_model.model."       # how peft names a saved adapter's weights
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -76,21 +75,6 @@ METHODS = ("full", "lora", "qlora")
 
 
 # -- argument checks (run before your code; they are not part of the exercises) -------------------
-def _check_number(name: str, value, minimum: float | None = None, maximum: float | None = None) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must lie in [{minimum}, {maximum}], got {value}")
-    return float(value)
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def _check_code(code) -> None:
     check_tensor("code", code, floating=True)
     if code.ndim != 1 or code.numel() < 2:
@@ -133,17 +117,17 @@ def _check_targets(target_modules) -> None:
 
 
 def _validate_init(in_features, out_features, r, seed=None) -> None:
-    _check_int("in_features", in_features, 1)
-    _check_int("out_features", out_features, 1)
-    _check_int("r", r, 1)
+    check_int("in_features", in_features, 1)
+    check_int("out_features", out_features, 1)
+    check_int("r", r, 1)
     if seed is not None:
-        _check_int("seed", seed)
+        check_int("seed", seed, 0)
 
 
 def _validate_scaling(alpha, r, use_rslora=False) -> None:
-    _check_number("alpha", alpha)
-    _check_int("r", r, 1)
-    _check_bool("use_rslora", use_rslora)
+    check_number("alpha", alpha, finite=True)
+    check_int("r", r, 1)
+    check_bool("use_rslora", use_rslora)
 
 
 def _validate_forward(self, x) -> None:
@@ -160,9 +144,9 @@ def _validate_target_matches(name, target_modules) -> None:
 
 def _validate_lora_settings(r, alpha, dropout, use_rslora, seed) -> None:
     _validate_scaling(alpha, r, use_rslora)
-    _check_number("dropout", dropout, 0.0, 1.0)
+    check_number("dropout", dropout, 0.0, 1.0, finite=True)
     if seed is not None:
-        _check_int("seed", seed)
+        check_int("seed", seed, 0)
 
 
 def _validate_inject(model, target_modules, r=8, alpha=8.0, dropout=0.0, use_rslora=False, seed=None) -> None:
@@ -173,8 +157,8 @@ def _validate_inject(model, target_modules, r=8, alpha=8.0, dropout=0.0, use_rsl
 
 def _validate_delta(lora_A, lora_B, scaling, fan_in_fan_out=False) -> None:
     _check_lora_pair(lora_A, lora_B)
-    _check_number("scaling", scaling)
-    _check_bool("fan_in_fan_out", fan_in_fan_out)
+    check_number("scaling", scaling, finite=True)
+    check_bool("fan_in_fan_out", fan_in_fan_out)
 
 
 def _validate_model(model, *_) -> None:
@@ -196,13 +180,13 @@ def _validate_quantize(x, code, blocksize=NF4_BLOCKSIZE) -> None:
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite (an absmax of inf or NaN scales every value of its block to 0 or NaN)")
     _check_code(code)
-    _check_int("blocksize", blocksize, 1)
+    check_int("blocksize", blocksize, 1)
 
 
 def _validate_dequantize(indices, absmax, code, blocksize, shape) -> None:
     _check_code(code)
     _check_indices("indices", indices, code.numel())
-    _check_int("blocksize", blocksize, 1)
+    check_int("blocksize", blocksize, 1)
     check_tensor("absmax", absmax, floating=True)
     if absmax.ndim != 1 or absmax.numel() != -(-indices.numel() // blocksize):
         raise ValueError(f"absmax must hold one scale per block: {-(-indices.numel() // blocksize)} for "
@@ -220,7 +204,7 @@ def _validate_pack(indices) -> None:
 
 def _validate_unpack(packed, n) -> None:
     _check_indices("packed", packed, 256)
-    _check_int("n", n)
+    check_int("n", n, 0)
     if not 2 * packed.numel() - 1 <= n <= 2 * packed.numel():
         raise ValueError(f"{packed.numel()} bytes hold {2 * packed.numel() - 1} or {2 * packed.numel()} "
                          f"indices, not n={n}")
@@ -231,7 +215,7 @@ def _validate_double_quantize(absmax, code, blocksize=ABSMAX_BLOCKSIZE) -> None:
     if absmax.ndim != 1 or absmax.numel() == 0:
         raise ValueError(f"absmax must be a non-empty 1-D tensor of block scales, got shape {tuple(absmax.shape)}")
     _check_code(code)
-    _check_int("blocksize", blocksize, 1)
+    check_int("blocksize", blocksize, 1)
 
 
 def _validate_training_memory(linear_shapes, other_params, method, *, r=8, param_bytes=4, blocksize=NF4_BLOCKSIZE,
@@ -242,14 +226,14 @@ def _validate_training_memory(linear_shapes, other_params, method, *, r=8, param
         if (not isinstance(shape, (list, tuple)) or len(shape) != 2
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
             raise ValueError(f"linear_shapes[{i}] must be a pair of positive ints, got {shape!r}")
-    _check_int("other_params", other_params)
+    check_int("other_params", other_params, 0)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    _check_int("r", r, 1)
-    _check_int("param_bytes", param_bytes, 1)
-    _check_int("blocksize", blocksize, 1)
-    _check_bool("double_quant", double_quant)
-    _check_int("absmax_blocksize", absmax_blocksize, 1)
+    check_int("r", r, 1)
+    check_int("param_bytes", param_bytes, 1)
+    check_int("blocksize", blocksize, 1)
+    check_bool("double_quant", double_quant)
+    check_int("absmax_blocksize", absmax_blocksize, 1)
 
 
 ACTIVATION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -263,12 +247,12 @@ def _validate_activation_memory(config, batch_size, seq_len, method="full", *, r
     for key in ACTIVATION_KEYS:
         if key not in config:
             raise ValueError(f"config needs {key!r} (the keys: {ACTIVATION_KEYS})")
-        _check_int(f"config[{key!r}]", config[key], 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seq_len", seq_len, 1)
+        check_int(f"config[{key!r}]", config[key], 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("seq_len", seq_len, 1)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    _check_int("r", r, 1)
+    check_int("r", r, 1)
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
 

@@ -79,8 +79,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from course_lib.attention import _check_int, _check_padding_mask
-from course_lib.checks import check_tensor
+from course_lib.attention import _check_padding_mask
+from course_lib.checks import check_bool, check_int, check_number, check_tensor
 from course_lib.exercises import exercise
 from course_lib.loop_settings import LoopSettings
 
@@ -91,16 +91,6 @@ SETTINGS_KEYS = ("lr", "warmup_steps", "total_steps", "min_lr_ratio", "weight_de
 
 
 # -- argument checks (run before your code; they are not part of the exercises) -------------------
-def _check_number(name: str, value, low: float = -math.inf, high: float = math.inf, *, open_low: bool = False,
-                  open_high: bool = False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if value < low or value > high or (open_low and value == low) or (open_high and value == high):
-        bounds = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-        raise ValueError(f"{name} must lie in {bounds}, got {value}")
-    return value
-
-
 def _check_token_ids(name: str, ids, ndim: int | None = 2) -> None:
     check_tensor(name, ids, integer=True)
     if ndim is not None and ids.ndim != ndim:
@@ -114,23 +104,23 @@ def _validate_pack_blocks(token_ids_per_doc, block_size, eos_token_id) -> None:
         if not isinstance(doc, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
                                                          for t in doc):
             raise TypeError(f"token_ids_per_doc[{i}] must be a list of non-negative int token ids")
-    _check_int("block_size", block_size)
-    _check_int("eos_token_id", eos_token_id, minimum=0)
+    check_int("block_size", block_size, 1)
+    check_int("eos_token_id", eos_token_id, minimum=0)
 
 
 def _validate_split_documents(n_documents, validation_fraction, seed) -> None:
-    _check_int("n_documents", n_documents, minimum=2)
-    _check_number("validation_fraction", validation_fraction, 0.0, 1.0, open_low=True, open_high=True)
+    check_int("n_documents", n_documents, minimum=2)
+    check_number("validation_fraction", validation_fraction, 0.0, 1.0, open_minimum=True, open_maximum=True)
     if math.ceil(validation_fraction * n_documents) >= n_documents:
         raise ValueError(f"validation_fraction={validation_fraction} of {n_documents} documents leaves no "
                          "training document")
-    _check_int("seed", seed, minimum=0)
+    check_int("seed", seed, minimum=0)
 
 
 def _validate_batch_order(n_blocks, batch_size, seed) -> None:
-    _check_int("n_blocks", n_blocks, minimum=0)
-    _check_int("batch_size", batch_size)
-    _check_int("seed", seed, minimum=0)
+    check_int("n_blocks", n_blocks, minimum=0)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, minimum=0)
 
 
 def _validate_causal_lm_loss(logits, labels, attention_mask=None, ignore_index=IGNORE_INDEX,
@@ -142,7 +132,7 @@ def _validate_causal_lm_loss(logits, labels, attention_mask=None, ignore_index=I
     _check_token_ids("labels", labels)
     if labels.shape != logits.shape[:2]:
         raise ValueError(f"labels must have shape (batch, seq) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-    _check_int("ignore_index", ignore_index, minimum=-(2**63))
+    check_int("ignore_index", ignore_index, minimum=-(2**63))
     kept = labels[labels != ignore_index]
     if kept.numel() and (kept.min() < 0 or kept.max() >= logits.shape[-1]):
         raise ValueError(f"labels must lie in [0, {logits.shape[-1]}) or equal ignore_index={ignore_index}, "
@@ -158,8 +148,8 @@ def _validate_mask_tokens(input_ids, *, vocab_size, mask_token_id, special_token
     _check_token_ids("input_ids", input_ids, ndim=None)
     if input_ids.ndim not in (1, 2):
         raise ValueError(f"input_ids must be (seq,) or (batch, seq), got shape {tuple(input_ids.shape)}")
-    _check_int("vocab_size", vocab_size)
-    _check_int("mask_token_id", mask_token_id, minimum=0)
+    check_int("vocab_size", vocab_size, 1)
+    check_int("mask_token_id", mask_token_id, minimum=0)
     if mask_token_id >= vocab_size:
         raise ValueError(f"mask_token_id={mask_token_id} must be < vocab_size={vocab_size}")
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
@@ -167,30 +157,30 @@ def _validate_mask_tokens(input_ids, *, vocab_size, mask_token_id, special_token
     if not isinstance(special_token_ids, (list, tuple, set, frozenset)):
         raise TypeError(f"special_token_ids must be a list of ints, got {type(special_token_ids).__name__}")
     for t in special_token_ids:
-        _check_int("special_token_ids[...]", t, minimum=0)
-    _check_int("seed", seed, minimum=0)
-    _check_number("mlm_probability", mlm_probability, 0.0, 1.0)
-    _check_number("mask_replace_prob", mask_replace_prob, 0.0, 1.0)
-    _check_number("random_replace_prob", random_replace_prob, 0.0, 1.0)
+        check_int("special_token_ids[...]", t, minimum=0)
+    check_int("seed", seed, minimum=0)
+    check_number("mlm_probability", mlm_probability, 0.0, 1.0)
+    check_number("mask_replace_prob", mask_replace_prob, 0.0, 1.0)
+    check_number("random_replace_prob", random_replace_prob, 0.0, 1.0)
     if mask_replace_prob + random_replace_prob > 1:
         raise ValueError(f"mask_replace_prob + random_replace_prob must be <= 1, got "
                          f"{mask_replace_prob} + {random_replace_prob}")
 
 
 def _validate_lr_at(step, *, peak_lr, warmup_steps, total_steps, min_lr_ratio=0.0) -> None:
-    _check_int("step", step, minimum=0)
-    _check_number("peak_lr", peak_lr, 0.0)
-    _check_int("warmup_steps", warmup_steps, minimum=0)
-    _check_int("total_steps", total_steps)
+    check_int("step", step, minimum=0)
+    check_number("peak_lr", peak_lr, 0.0)
+    check_int("warmup_steps", warmup_steps, minimum=0)
+    check_int("total_steps", total_steps, 1)
     if warmup_steps > total_steps:
         raise ValueError(f"warmup_steps={warmup_steps} must be <= total_steps={total_steps}")
-    _check_number("min_lr_ratio", min_lr_ratio, 0.0, 1.0)
+    check_number("min_lr_ratio", min_lr_ratio, 0.0, 1.0)
 
 
 def _validate_weight_decay_groups(model, weight_decay) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_number("weight_decay", weight_decay, 0.0)
+    check_number("weight_decay", weight_decay, 0.0)
 
 
 def _validate_settings(settings) -> None:
@@ -203,7 +193,7 @@ def _validate_settings(settings) -> None:
                     total_steps=settings["total_steps"], min_lr_ratio=settings["min_lr_ratio"])
     _check_adam(settings["weight_decay"], settings["betas"], settings["eps"], name="settings['{}']")
     if settings["max_grad_norm"] is not None:
-        _check_number("settings['max_grad_norm']", settings["max_grad_norm"], 0.0, open_low=True)
+        check_number("settings['max_grad_norm']", settings["max_grad_norm"], 0.0, open_minimum=True)
     if settings["mixed_precision"] not in MIXED_PRECISION:
         raise ValueError(f"settings['mixed_precision'] must be one of {MIXED_PRECISION}, "
                          f"got {settings['mixed_precision']!r}")
@@ -249,25 +239,25 @@ def _validate_train_steps(model, batches, settings, optimizer=None, scheduler=No
 
 
 def _validate_mfu(tokens_per_second, flops_per_token, peak_flops, n_devices=1) -> None:
-    _check_number("tokens_per_second", tokens_per_second, 0.0)
-    _check_number("flops_per_token", flops_per_token, 0.0, open_low=True)
-    _check_number("peak_flops", peak_flops, 0.0, open_low=True)
-    _check_int("n_devices", n_devices)
+    check_number("tokens_per_second", tokens_per_second, 0.0)
+    check_number("flops_per_token", flops_per_token, 0.0, open_minimum=True)
+    check_number("peak_flops", peak_flops, 0.0, open_minimum=True)
+    check_int("n_devices", n_devices, 1)
 
 
 def _check_adam(weight_decay, betas, eps, name: str = "{}") -> None:
     """AdamW's weight_decay, betas and eps; ``name`` formats each argument's name for the errors."""
-    _check_number(name.format("weight_decay"), weight_decay, 0.0)
+    check_number(name.format("weight_decay"), weight_decay, 0.0)
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         raise TypeError(f"{name.format('betas')} must be a pair of numbers, got {betas!r}")
     for b in betas:
-        _check_number(f"{name.format('betas')}[...]", b, 0.0, 1.0, open_high=True)
-    _check_number(name.format("eps"), eps, 0.0)
+        check_number(f"{name.format('betas')}[...]", b, 0.0, 1.0, open_maximum=True)
+    check_number(name.format("eps"), eps, 0.0)
 
 
 def _validate_adamw_group(group: dict) -> None:
     """The hyperparameters of one parameter group of :class:`AdamW` (what torch.optim.AdamW checks)."""
-    _check_number("lr", group["lr"], 0.0)
+    check_number("lr", group["lr"], 0.0)
     _check_adam(group["weight_decay"], group["betas"], group["eps"])
     for flag in ("amsgrad", "maximize"):
         if not isinstance(group[flag], bool):
@@ -282,10 +272,9 @@ def _validate_step(self, closure=None) -> None:
 def _validate_clip_grad_norm(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False) -> None:
     if not isinstance(parameters, torch.Tensor) and not hasattr(parameters, "__iter__"):
         raise TypeError(f"parameters must be a tensor or an iterable of tensors, got {type(parameters).__name__}")
-    _check_number("max_norm", max_norm, 0.0)
-    _check_number("norm_type", norm_type, 0.0, open_low=True)
-    if not isinstance(error_if_nonfinite, bool):
-        raise TypeError(f"error_if_nonfinite must be a bool, got {type(error_if_nonfinite).__name__}")
+    check_number("max_norm", max_norm, 0.0)
+    check_number("norm_type", norm_type, 0.0, open_minimum=True)
+    check_bool("error_if_nonfinite", error_if_nonfinite)
 
 
 # -- 5.1-5.3 data ----------------------------------------------------------------------------------
@@ -807,7 +796,7 @@ def _check_optimizer_run(params, grads, groups, lrs, resume_after) -> None:
     if lrs is not None and (len(lrs) != len(grads) or any(len(row) != len(groups) for row in lrs)):
         raise ValueError("lrs must hold one learning rate per group for every step")
     if resume_after is not None:
-        _check_int("resume_after", resume_after, minimum=0)
+        check_int("resume_after", resume_after, minimum=0)
 
 
 def run_optimizer(optimizer_class: type, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]],
@@ -1001,7 +990,7 @@ def prepare_data(tokenizer, block_size: int, source: str | None = None, document
     :func:`course_lib.corpus.load_corpus`). With ``documents`` (a list of texts from anywhere), they
     are split with :func:`split_documents` (``validation_fraction``, ``seed``) first.
     """
-    _check_int("block_size", block_size)
+    check_int("block_size", block_size, 1)
     if documents is None:
         from course_lib.corpus import load_corpus
 
@@ -1065,7 +1054,7 @@ def evaluate(model: nn.Module, blocks: torch.Tensor, micro_batch_size: int = 16,
 
 def uniform_loss(vocab_size: int) -> float:
     """The loss of a model that spreads its probability evenly: ``ln(vocab_size)`` nats per token."""
-    return math.log(_check_int("vocab_size", vocab_size))
+    return math.log(check_int("vocab_size", vocab_size, 1))
 
 
 def unigram_loss(train_blocks: torch.Tensor, validation_blocks: torch.Tensor, vocab_size: int) -> float:
@@ -1126,7 +1115,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 def _validate_save_checkpoint(directory, model, optimizer, scheduler, step, history) -> None:
     _validate_checkpoint_objects(directory, model, optimizer, scheduler)
-    _check_int("step", step, minimum=0)
+    check_int("step", step, minimum=0)
     if not isinstance(history, dict):
         raise TypeError(f"history must be a dict of lists, got {type(history).__name__}")
 

@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F                  # F.linear and unpack_nibbles: for QuantizedLinear.forward (11.6)
 from torch import nn
 
-from course_lib.checks import check_tensor
+from course_lib.checks import check_bool, check_int, check_number, check_tensor
 from course_lib.exercises import exercise
 from course_lib.lora import pack_nibbles, replace_linear_layers, unpack_nibbles
 
@@ -90,14 +90,6 @@ QUANTIZED_LINEAR_BITS = (4, 8)           # QuantizedLinear stores 4 bits (two pe
 
 
 # -- argument checks (run before your code; they are not part of the exercises) -------------------
-def _check_real(name: str, value, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite real number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_float_matrix(name: str, x) -> None:
     check_tensor(name, x, floating=True)
     if x.ndim != 2 or x.numel() == 0:
@@ -148,7 +140,7 @@ def _validate_dequantize(q, scale, zero_point=None) -> None:
 
 def _validate_int8_vectorwise_quant(x, threshold=0.0) -> None:
     _check_float_matrix("x", x)
-    _check_real("threshold", threshold, 0.0)
+    check_number("threshold", threshold, 0.0, finite=True)
 
 
 def _validate_int8_linear(x, weight, bias=None, threshold=LLM_INT8_THRESHOLD) -> None:
@@ -163,7 +155,7 @@ def _validate_int8_linear(x, weight, bias=None, threshold=LLM_INT8_THRESHOLD) ->
         check_tensor("bias", bias, floating=True)
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"bias must be (out_features,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
-    _check_real("threshold", threshold, 0.0)
+    check_number("threshold", threshold, 0.0, finite=True)
 
 
 def _validate_quantized_forward(self, x) -> None:
@@ -888,19 +880,6 @@ def layer_group_size(group_size: int | None, in_features: int) -> int | None:
     return math.gcd(group_size, in_features)
 
 
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be {minimum}..{maximum}, got {value}" if maximum is not None
-                         else f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-
-
 def _check_finite(name: str, value: torch.Tensor) -> None:
     if value.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
@@ -939,14 +918,13 @@ def _validate_gptq_quantize(weight, hessian, bits=4, group_size=128, block_size=
     _check_finite("hessian", hessian)
     if (torch.diag(hessian) < 0).any():
         raise ValueError("hessian must have a non-negative diagonal (it is 2 X^T X)")
-    _check_int("bits", bits, 2, 8)
+    check_int("bits", bits, 2, 8)
     if group_size is not None and group_size != -1:
-        _check_int("group_size", group_size, 1)
-    _check_int("block_size", block_size, 1)
-    if isinstance(damp_percent, bool) or not isinstance(damp_percent, (int, float)) or not 0 <= damp_percent < 1:
-        raise ValueError(f"damp_percent must be a number in [0, 1), got {damp_percent!r}")
-    _check_bool("act_order", act_order)
-    _check_bool("symmetric", symmetric)
+        check_int("group_size", group_size, 1)
+    check_int("block_size", block_size, 1)
+    check_number("damp_percent", damp_percent, 0.0, 1.0, open_maximum=True)
+    check_bool("act_order", act_order)
+    check_bool("symmetric", symmetric)
 
 
 def _validate_awq_search_scales(weight, inputs, bits=4, group_size=128, n_grid=20) -> None:
@@ -956,11 +934,11 @@ def _validate_awq_search_scales(weight, inputs, bits=4, group_size=128, n_grid=2
         raise ValueError(f"inputs must be (..., in_features) with in_features = {weight.shape[1]}, got shape "
                          f"{tuple(inputs.shape)}")
     _check_finite("inputs", inputs)
-    _check_int("bits", bits, 1, 8)
-    _check_int("group_size", group_size, 1)
+    check_int("bits", bits, 1, 8)
+    check_int("group_size", group_size, 1)
     if weight.shape[1] % group_size:
         raise ValueError(f"group_size must divide in_features ({weight.shape[1]}), got {group_size}")
-    _check_int("n_grid", n_grid, 1)
+    check_int("n_grid", n_grid, 1)
 
 
 # -- 11.13-11.14 GPTQ ----------------------------------------------------------------------------------
@@ -1131,9 +1109,9 @@ def _validate_quantize_model(model, method, bits, group_size, calibration_batche
         raise TypeError(f"model must be a CourseLMForCausalLM, got {type(model).__name__}")
     if method not in QUANTIZE_METHODS:
         raise ValueError(f"method must be one of {QUANTIZE_METHODS}, got {method!r}")
-    _check_int("bits", bits, 2, 8)
+    check_int("bits", bits, 2, 8)
     if group_size is not None and group_size != -1:
-        _check_int("group_size", group_size, 1)
+        check_int("group_size", group_size, 1)
     if method == "rtn":
         return
     if isinstance(calibration_batches, torch.Tensor) or not isinstance(calibration_batches, Sequence) \
@@ -1201,8 +1179,8 @@ def calibration_data(n: int = 128, seq_len: int = 512, seed: int = 0, tokenizer=
     (:func:`course_lib.pretraining.course_tokenizer`); ``tokenizer`` (a ``transformers`` tokenizer) and
     ``documents`` (a list of texts) replace them.
     """
-    _check_int("n", n, 1)
-    _check_int("seq_len", seq_len, 1)
+    check_int("n", n, 1)
+    check_int("seq_len", seq_len, 1)
     if tokenizer is None:
         from course_lib.pretraining import course_tokenizer
 

@@ -63,14 +63,14 @@ import math
 import os
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from course_lib.checks import check_tensor
+from course_lib.checks import check_bool, check_int, check_tensor
 from course_lib.exercises import exercise
 from course_lib.loop_settings import LoopSettings
 
@@ -78,14 +78,6 @@ IGNORE_INDEX = -100
 
 
 # -- argument checks (run before your code; they are not part of the exercises) -------------------
-def _check_int(name: str, value, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_id_list(name: str, ids) -> None:
     if not isinstance(ids, (list, tuple)):
         raise TypeError(f"{name} must be a list of token ids, got {type(ids).__name__}")
@@ -117,9 +109,8 @@ def _check_examples(examples, keys: tuple[str, str]) -> None:
 
 def _validate_collate_chat(examples, pad_token_id, all_turns=True) -> None:
     _check_examples(examples, ("input_ids", "assistant_masks"))
-    _check_int("pad_token_id", pad_token_id)
-    if not isinstance(all_turns, bool):
-        raise TypeError(f"all_turns must be a bool, got {type(all_turns).__name__}")
+    check_int("pad_token_id", pad_token_id, 0)
+    check_bool("all_turns", all_turns)
 
 
 def _validate_pack_examples(examples) -> None:
@@ -162,7 +153,7 @@ def _validate_neftune_noise(embeddings, alpha, seed) -> None:
         raise ValueError(f"embeddings must be (batch, seq, d_model), got shape {tuple(embeddings.shape)}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha >= 0 or math.isinf(alpha):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    _check_int("seed", seed)
+    check_int("seed", seed, 0)
 
 
 def _validate_greedy_answers(model, prompts, *, pad_token_id, eos_token_id, max_new_tokens) -> None:
@@ -172,13 +163,13 @@ def _validate_greedy_answers(model, prompts, *, pad_token_id, eos_token_id, max_
         raise TypeError("prompts must be a non-empty list of lists of token ids")
     for i, prompt in enumerate(prompts):
         _check_id_list(f"prompts[{i}]", prompt)
-    _check_int("pad_token_id", pad_token_id)
+    check_int("pad_token_id", pad_token_id, 0)
     eos = [eos_token_id] if isinstance(eos_token_id, int) and not isinstance(eos_token_id, bool) else eos_token_id
     if not isinstance(eos, (list, tuple)) or not eos:
         raise TypeError(f"eos_token_id must be an int or a non-empty list of ints, got {eos_token_id!r}")
     for t in eos:
-        _check_int("eos_token_id", t)
-    _check_int("max_new_tokens", max_new_tokens, 1)
+        check_int("eos_token_id", t, 0)
+    check_int("max_new_tokens", max_new_tokens, 1)
 
 
 # -- 7.1-7.2 batches -------------------------------------------------------------------------------
@@ -374,7 +365,7 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     into a new bin. Returns the indices of each bin, in the order the bins were opened and, within a
     bin, the order the sequences went in.
     """
-    _check_int("capacity", capacity, 1)
+    check_int("capacity", capacity, 1)
     if any(n > capacity or n < 1 for n in lengths):
         raise ValueError(f"every length must lie in [1, capacity={capacity}]")
     bins: list[list[int]] = []

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib import attention
-from course_lib.attention import _check_bool, _check_int, _check_mask, _check_padding_mask
-from course_lib.checks import check_tensor
+from course_lib.attention import _check_mask, _check_padding_mask
+from course_lib.checks import check_bool, check_int, check_number, check_tensor
 from course_lib.exercises import exercise
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
@@ -162,12 +162,6 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attentio
 
 
 # -- argument checks (run before your code; they are not part of the exercises) -------------------
-def _check_number(name: str, value, positive: bool = True) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or (positive and value <= 0):
-        raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number, got {value!r}")
-
-
 def _check_choice(name: str, value, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
@@ -237,11 +231,11 @@ def _check_position_ids(position_ids, batch: int, seq: int, limit: int | None = 
 
 
 def _validate_sinusoidal_positions(seq_len, d_model, base=10000.0) -> None:
-    _check_int("seq_len", seq_len)
-    _check_int("d_model", d_model, minimum=2)
+    check_int("seq_len", seq_len, 1)
+    check_int("d_model", d_model, minimum=2)
     if d_model % 2:
         raise ValueError(f"d_model must be even (sine and cosine pairs), got {d_model}")
-    _check_number("base", base)
+    check_number("base", base, 0, open_minimum=True, finite=True)
 
 
 def _validate_embed(weights, input_ids, position_ids=None, scale=1.0) -> None:
@@ -275,7 +269,7 @@ def _validate_embed(weights, input_ids, position_ids=None, scale=1.0) -> None:
     elif positions is not None and input_ids.shape[1] > positions.shape[0]:
         raise ValueError(f"input_ids has {input_ids.shape[1]} positions, more than the {positions.shape[0]} rows of "
                          "weights['embed_positions.weight']")
-    _check_number("scale", scale)
+    check_number("scale", scale, 0, open_minimum=True, finite=True)
 
 
 def _validate_apply_rope(x, position_ids, base=10000.0) -> None:
@@ -285,7 +279,7 @@ def _validate_apply_rope(x, position_ids, base=10000.0) -> None:
     if x.shape[-1] % 2:
         raise ValueError(f"x's d_head must be even (pairs of features rotate together), got {x.shape[-1]}")
     _check_position_ids(position_ids, x.shape[0], x.shape[2], values=False)  # negative positions rotate too
-    _check_number("base", base)
+    check_number("base", base, 0, open_minimum=True, finite=True)
 
 
 def _validate_norm(x, weight=None, bias=None, eps=1e-5) -> None:
@@ -297,7 +291,7 @@ def _validate_norm(x, weight=None, bias=None, eps=1e-5) -> None:
             check_tensor(name, p, floating=True)
             if tuple(p.shape) != (x.shape[-1],):
                 raise ValueError(f"{name} must have shape (d_model,) = ({x.shape[-1]},), got {tuple(p.shape)}")
-    _check_number("eps", eps)
+    check_number("eps", eps, 0, open_minimum=True, finite=True)
 
 
 def _validate_rms_norm(x, weight=None, eps=1e-6) -> None:
@@ -351,7 +345,7 @@ def _check_layer_weights(weights, x, norms, attentions, activation, n_heads) -> 
 def _validate_encoder_layer(weights, x, attention_mask=None, attn_mask=None, norm_first=True, *, n_heads,
                             activation="relu", eps=1e-5) -> None:
     _check_hidden("x", x)
-    _check_int("n_heads", n_heads)
+    check_int("n_heads", n_heads, 1)
     _check_choice("activation", activation, ACTIVATIONS)
     _check_layer_weights(weights, x, ("norm1", "norm2"), ("self_attn",), activation, n_heads)
     batch, seq, _ = x.shape
@@ -359,8 +353,8 @@ def _validate_encoder_layer(weights, x, attention_mask=None, attn_mask=None, nor
         _check_padding_mask("attention_mask", attention_mask, batch, seq)
     if attn_mask is not None:
         _check_mask("attn_mask", attn_mask, (batch, n_heads, seq, seq), "(batch, n_heads, seq, seq)")
-    _check_bool("norm_first", norm_first)
-    _check_number("eps", eps)
+    check_bool("norm_first", norm_first)
+    check_number("eps", eps, 0, open_minimum=True, finite=True)
 
 
 def _validate_decoder_layer(weights, x, memory, attention_mask=None, memory_attention_mask=None, is_causal=True,
@@ -372,16 +366,16 @@ def _validate_decoder_layer(weights, x, memory, attention_mask=None, memory_atte
                          f"got {tuple(memory.shape)}")
     if memory.dtype != x.dtype:
         raise TypeError(f"memory must have the dtype of x ({x.dtype}), got {memory.dtype}")
-    _check_int("n_heads", n_heads)
+    check_int("n_heads", n_heads, 1)
     _check_choice("activation", activation, ACTIVATIONS)
     _check_layer_weights(weights, x, ("norm1", "norm2", "norm3"), ("self_attn", "cross_attn"), activation, n_heads)
     if attention_mask is not None:
         _check_padding_mask("attention_mask", attention_mask, x.shape[0], x.shape[1])
     if memory_attention_mask is not None:
         _check_padding_mask("memory_attention_mask", memory_attention_mask, memory.shape[0], memory.shape[1])
-    _check_bool("is_causal", is_causal)
-    _check_bool("norm_first", norm_first)
-    _check_number("eps", eps)
+    check_bool("is_causal", is_causal)
+    check_bool("norm_first", norm_first)
+    check_number("eps", eps, 0, open_minimum=True, finite=True)
 
 
 def _check_config(config, keys: Sequence[str]) -> None:
@@ -393,11 +387,11 @@ def _check_config(config, keys: Sequence[str]) -> None:
     for k in keys:
         kind, v = ARCHITECTURE_KEYS[k], config[k]
         if kind is int:
-            _check_int(f"config[{k!r}]", v)
+            check_int(f"config[{k!r}]", v, 1)
         elif kind is float:
-            _check_number(f"config[{k!r}]", v)
+            check_number(f"config[{k!r}]", v, 0, open_minimum=True, finite=True)
         elif kind is bool:
-            _check_bool(f"config[{k!r}]", v)
+            check_bool(f"config[{k!r}]", v)
     _check_choice("config['norm_type']", config["norm_type"], NORM_TYPES)
     _check_choice("config['hidden_act']", config["hidden_act"], ACTIVATIONS)
     _check_choice("config['position_embedding_type']", config["position_embedding_type"], POSITION_EMBEDDING_TYPES)
@@ -464,7 +458,7 @@ def _validate_cost_config(config, *_) -> None:
 
 def _validate_flops_per_token(config, seq_len) -> None:
     _validate_cost_config(config)
-    _check_int("seq_len", seq_len)
+    check_int("seq_len", seq_len, 1)
 
 
 # -- exercises: positions ---------------------------------------------------------------------------
@@ -811,7 +805,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
-        _check_int("d_model", d_model)
+        check_int("d_model", d_model, 1)
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
@@ -825,7 +819,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
-        _check_int("d_model", d_model)
+        check_int("d_model", d_model, 1)
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
 
@@ -839,8 +833,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu", bias: bool = True):
         super().__init__()
-        _check_int("d_model", d_model)
-        _check_int("d_ff", d_ff)
+        check_int("d_model", d_model, 1)
+        check_int("d_ff", d_ff, 1)
         _check_choice("activation", activation, ACTIVATIONS)
         self.activation = activation
         if activation == "swiglu":
@@ -983,7 +977,7 @@ class Seq2SeqTransformer(nn.Module):
         for name, v in (("vocab_size", vocab_size), ("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff),
                         ("max_len", max_len), ("n_encoder_layers", n_encoder_layers),
                         ("n_decoder_layers", n_decoder_layers)):
-            _check_int(name, v)
+            check_int(name, v, 1)
         self.pad_id, self.norm_first, self.d_model = pad_id, norm_first, d_model
         self.embed_tokens = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embed_tokens.weight, std=d_model ** -0.5)  # so that sqrt(d_model) * E is ~ N(0, 1)

@@ -336,8 +336,8 @@ def test_a_failure_shows_the_message_first_and_the_lines_of_the_test_and_of_the_
 def test_a_chapter_module_that_does_not_import_leaves_the_other_chapters_alone(leaky, tmp_path):
     attention = leaky / "course_lib" / "attention.py"
     source = attention.read_text()
-    line = source[:source.index("def _check_int(")].count("\n") + 1
-    attention.write_text(source.replace("def _check_int(", "def _check_int(:", 1))  # half-typed code
+    line = source[:source.index("def _check_dropout(")].count("\n") + 1
+    attention.write_text(source.replace("def _check_dropout(", "def _check_dropout(:", 1))  # half-typed code
     other = run_in_handout(leaky, ["-m", "pytest", "--exercise", "0.1", "-p", "no:cacheprovider"], tmp_path)
     output = other.stdout + other.stderr
     assert "INTERNALERROR" not in output and "attention" not in output, output[-3000:]
