@@ -1415,6 +1415,33 @@ def test_gptq_model_is_closer_to_the_float_model_than_rtn(solution_mode):
     assert errors["gptq"] < errors["rtn"], errors
 
 
+def test_gptq_and_awq_bring_the_course_model_closer_to_float_than_rtn(solution_mode):
+    """The course's own pretrained model (Chapter 5's, from the course cache), calibrated on 2,048 training
+    tokens and measured on 2,048 tokens of validation documents: the logits of GPTQ's model are much closer
+    to the float model's than round to nearest's (measured 0.20 and 0.22 of RTN's squared error), and AWQ's
+    in groups of 32 (measured 0.65; per output channel AWQ does not beat RTN on this model, see the page)."""
+    from course_lib.corpus import load_corpus
+    from course_lib.pretraining import pretrained_course_lm
+    from course_lib.quantization import calibration_data, quantize_model
+
+    model, tokenizer = pretrained_course_lm("cpu", progress=False)
+    model.eval()
+    calibration = list(calibration_data(16, 128, seed=1, tokenizer=tokenizer).split(8))
+    held_out = calibration_data(16, 128, seed=2, tokenizer=tokenizer, documents=load_corpus("validation"))
+    with torch.no_grad():
+        logits = model(input_ids=held_out).logits
+
+        def error(method, bits, group_size):
+            quantized = quantize_model(model, method, bits=bits, group_size=group_size, calibration_batches=calibration)
+            return (quantized(input_ids=held_out).logits - logits).pow(2).mean().item()
+
+        for bits, group_size in ((3, None), (2, 32)):
+            rtn, gptq = error("rtn", bits, group_size), error("gptq", bits, group_size)
+            assert gptq < 0.5 * rtn, f"{bits} bits, groups {group_size}: GPTQ {gptq:.5f} against RTN {rtn:.5f}"
+        rtn, awq = error("rtn", 3, 32), error("awq", 3, 32)
+        assert awq < 0.8 * rtn, f"3 bits, groups of 32: AWQ {awq:.5f} against RTN {rtn:.5f}"
+
+
 def test_calibration_data_cuts_windows_of_documents(solution_mode):
     from course_lib.quantization import calibration_data
     from tests.test_generation import word_tokenizer
