@@ -49,7 +49,7 @@ def check_number(name: str, value, minimum: float | None = None, maximum: float 
     from ``minimum`` to ``maximum`` (closed at each end unless ``open_minimum``/``open_maximum``)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    if math.isnan(value) or (finite and math.isinf(value)):
+    if isinstance(value, float) and (math.isnan(value) or (finite and math.isinf(value))):  # an int is neither
         raise ValueError(f"{name} must be a {'finite' if finite else 'real'} number, got {value!r}")
     _check_bounds(name, value, minimum, maximum, open_minimum, open_maximum)
     return value

@@ -25,6 +25,8 @@ from typing import Callable, Mapping
 from course_lib import exercises
 
 _CARRIED_HEADER = "# -- carried over from {origin}: helpers the completed exercises use --"
+# Modules of this repository that the student handout leaves out (grading.release).
+NOT_IN_HANDOUT = ("solutions", "tests.hidden", "tests.mutants")
 
 
 def solved_module(module: str) -> str:
@@ -98,12 +100,17 @@ def module_with(module: str, replacements: Mapping[str, Callable | None]) -> str
         if helpers:
             text += "\n\n" + _CARRIED_HEADER.format(origin=origin_name) + "\n" + "\n\n\n".join(helpers) + "\n"
     compile(text, str(stub_path), "exec")  # a broken splice fails here, not in the grader
-    for node in ast.walk(ast.parse(text)):  # the handout has no reference: a student's file cannot import it
-        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-            [a.name for a in node.names] if isinstance(node, ast.Import) else []
-        if any(n.split(".")[0] == "solutions" for n in names):
-            raise ValueError(f"the completed course_lib/{module}.py would import the reference solutions "
-                             f"(line {node.lineno}), which the student handout does not have")
+    for node in ast.walk(ast.parse(text)):  # what the handout leaves out, a student's file cannot import
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if any(name == left_out or name.startswith(left_out + ".") for left_out in NOT_IN_HANDOUT):
+                raise ValueError(f"the completed course_lib/{module}.py would import {name} (line {node.lineno}), "
+                                 f"which the student handout leaves out")
     return text
 
 

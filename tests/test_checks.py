@@ -53,8 +53,9 @@ def test_check_number_ends_are_closed_unless_said_open(value, kwargs, ok):
             check_number("confidence", value, 0.0, 1.0, **kwargs)
 
 
-def test_check_number_keeps_an_int_an_int():
+def test_check_number_keeps_an_int_an_int_however_large():
     assert type(check_number("scale", 3, 0.0)) is int
+    assert check_number("seed", 10 ** 400, 0, finite=True) == 10 ** 400   # too large for a float
 
 
 @pytest.mark.parametrize("value", [0, 1, "True", None])

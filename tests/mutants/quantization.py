@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 # the correct parts the variants share with the reference
-from solutions.quantization import _f16_bytes, _f16_value, _groups, _pack_scales
+from solutions.quantization import _f16_bytes, _f16_value, _gptq_grid, _groups, _pack_scales, _reciprocal, _round_half_away
 
 
 def _entry_point(harness, wrong, name):
@@ -296,24 +296,15 @@ MUTANTS_PART_A = {
 }
 
 
-def _roundf(v):
-    t = torch.trunc(v)
-    return torch.where((v - t).abs() >= 0.5, t + torch.sign(v), t)
-
-
-def _inverse(d):
-    return torch.where(d == 0, torch.zeros_like(d), 1 / d)
-
-
 def _blocks(x, size):
     return x.float().reshape(*x.shape[:-1], -1, size)
 
 
 # -- 11.7 quantize_q8_0 --------------------------------------------------------------------------------------------
-def _q8_0(x, rounding=_roundf, scale_for_values=lambda d: d, scale_bytes=_f16_bytes):
+def _q8_0(x, rounding=_round_half_away, scale_for_values=lambda d: d, scale_bytes=_f16_bytes):
     blocks = _blocks(x, 32)
     d = blocks.abs().amax(dim=-1, keepdim=True) / 127
-    q = rounding(blocks * _inverse(scale_for_values(d))).to(torch.int8)
+    q = rounding(blocks * _reciprocal(scale_for_values(d))).to(torch.int8)
     return torch.cat([scale_bytes(d), q.view(torch.uint8)], dim=-1).flatten(-2)
 
 
@@ -350,7 +341,7 @@ def _q4_0(x, pick=None, levels=None, pack=None):
     blocks = _blocks(x, 32)
     m = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True)) if pick is None else pick(blocks)
     d = m / -8
-    v = blocks * _inverse(d)
+    v = blocks * _reciprocal(d)
     q = (torch.trunc(v + 8.5) if levels is None else levels(v)).clamp(0, 15).to(torch.uint8)
     nibbles = q[..., :16] | (q[..., 16:] << 4) if pack is None else pack(q)
     return torch.cat([_f16_bytes(d), nibbles], dim=-1).flatten(-2)
@@ -524,19 +515,6 @@ def hessian_as_the_mean_of_batch_hessians(inputs):
 
 
 # -- 11.14 gptq_quantize ---------------------------------------------------------------------------------
-def _grid(w, maxq, symmetric):
-    zero = torch.zeros(w.shape[0])
-    lo, hi = torch.minimum(w.min(1).values, zero), torch.maximum(w.max(1).values, zero)
-    if symmetric:
-        hi = torch.maximum(lo.abs(), hi)
-        lo = torch.where(lo < 0, -hi, lo)
-    flat = (lo == 0) & (hi == 0)
-    lo, hi = lo.masked_fill(flat, -1.0), hi.masked_fill(flat, 1.0)
-    scale = (hi - lo) / maxq
-    z = torch.full_like(scale, (maxq + 1) / 2) if symmetric else torch.round(-lo / scale)
-    return scale[:, None], z[:, None]
-
-
 def _gptq(weight, hessian, bits=4, group_size=128, block_size=128, damp_percent=0.01, act_order=False,
           symmetric=False, *, update=True, damp=True, groups_from_original=False, undo_order=True, upper=True):
     maxq = 2 ** bits - 1
@@ -544,7 +522,7 @@ def _gptq(weight, hessian, bits=4, group_size=128, block_size=128, damp_percent=
     n = W.shape[1]
     per_row = group_size in (None, -1)
     if per_row:
-        scale, zero = _grid(W, maxq, symmetric)
+        scale, zero = _gptq_grid(W, maxq, symmetric)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -563,7 +541,7 @@ def _gptq(weight, hessian, bits=4, group_size=128, block_size=128, damp_percent=
         for i in range(i2 - i1):
             c = i1 + i
             if not per_row and c % group_size == 0:
-                scale, zero = _grid((original if groups_from_original else W)[:, c:c + group_size], maxq, symmetric)
+                scale, zero = _gptq_grid((original if groups_from_original else W)[:, c:c + group_size], maxq, symmetric)
                 scales.append(scale)
                 zeros.append(zero)
             w, d = W1[:, i], Hinv1[i, i]
