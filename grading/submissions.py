@@ -25,8 +25,6 @@ from typing import Callable, Mapping
 from course_lib import exercises
 
 _CARRIED_HEADER = "# -- carried over from {origin}: helpers the completed exercises use --"
-# Modules of this repository that the student handout leaves out (grading.release).
-NOT_IN_HANDOUT = ("solutions", "tests.hidden", "tests.mutants")
 
 
 def solved_module(module: str) -> str:
@@ -108,13 +106,20 @@ def module_with(module: str, replacements: Mapping[str, Callable | None]) -> str
         else:
             continue
         for name in names:
-            if any(name == left_out or name.startswith(left_out + ".") for left_out in NOT_IN_HANDOUT):
+            if _left_out_of_handout(name):
                 raise ValueError(f"the completed course_lib/{module}.py would import {name} (line {node.lineno}), "
                                  f"which the student handout leaves out")
     return text
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _left_out_of_handout(module: str) -> bool:
+    """Whether :func:`grading.release.build_handout` leaves ``module`` out: the reference solutions, the
+    release script, and every subfolder of ``tests/`` (hidden tests, wrong variants, infrastructure)."""
+    parts = module.split(".")
+    return parts[0] == "solutions" or module == "grading.release" or (parts[0] == "tests" and len(parts) > 2)
+
+
 class _Source:
     """A parsed Python file: its functions by qualified name and its top-level definitions."""
 
